@@ -1,0 +1,33 @@
+# Two commands: `make demo` and `make test`. Both create .venv and install everything on a fresh clone.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.zoomfeat-installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-all bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch + torchvision as a matching pair first (see README: "Install")
+	$(BIN)/python -m pip install -q "torch>=2.4" "torchvision>=0.19"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	WANDB_MODE=offline $(BIN)/zoomfeat demo --out demo_out
+
+test: $(STAMP)
+	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	WANDB_MODE=disabled $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

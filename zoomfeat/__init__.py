@@ -1,0 +1,3 @@
+"""zoomfeat: ZoomLDM multi-scale diffusion features, generation and MIL benchmarking for pathology."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from zoomfeat.cli import main
+
+sys.exit(main())

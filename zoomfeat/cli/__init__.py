@@ -1,0 +1,54 @@
+"""`zoomfeat <verb>`: a thin command layer over the Python API.
+
+Each verb lives in its own module under ``zoomfeat/cli/`` exposing ``register(subparsers)``; modules import
+heavy libraries (torch, openslide) inside their handlers so that ``zoomfeat --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from zoomfeat import __version__
+
+#: Verb modules in the order they appear in --help (pipeline order).
+VERB_MODULES = ["slides", "ldm", "extract", "mil", "train", "large", "demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zoomfeat",
+        description="ZoomLDM features, generation and MIL for computational pathology.",
+    )
+    parser.add_argument("--version", action="version", version=f"zoomfeat {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for name in VERB_MODULES:
+        try:
+            mod = importlib.import_module(f"zoomfeat.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"zoomfeat.cli.{name}":
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("WANDB_MODE", "offline")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        if os.environ.get("ZOOMFEAT_DEBUG"):
+            raise
+        print(f"zoomfeat {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
