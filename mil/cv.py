@@ -1,0 +1,296 @@
+"""Cross-validation: the Python API ``cross_validate`` and the config-driven ``run_cv`` behind ``zoomfeat mil cv``.
+
+Every fold trains a fresh head on the fold's training patients, early-stops on its validation patients and is
+scored once on its test patients; out-of-fold predictions are pooled for plots and bootstrap CIs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mil.data import BagDataset, Cohort, build_cohort, load_labels
+from mil.models import build_model
+from mil.splits import check_splits, fold_indices, load_splits, make_splits, save_splits
+from mil.tasks import CLASSIFICATION, TASKS, make_task
+from mil.trainer import TrainConfig, predict, seed_everything, train_model
+
+
+@dataclass
+class CVResult:
+    """What a cross-validation produced; ``write`` puts it on disk."""
+
+    metrics: pd.DataFrame  # one row per fold
+    predictions: pd.DataFrame  # one row per test slide (out-of-fold)
+    summary: pd.DataFrame  # one row per metric: mean, std, ci_low, ci_high
+    splits: pd.DataFrame
+    task: str
+    classes: list = field(default_factory=list)
+    attention: dict[str, np.ndarray] = field(default_factory=dict)  # slide -> scores (N,)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def bootstrap_ci(pred: pd.DataFrame, task: str, n_classes: int, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap CIs of each metric over the pooled out-of-fold predictions (resampling slides)."""
+    rng = np.random.default_rng(seed)
+    t = make_task(task, n_classes=max(n_classes, 2))
+    y, p = _pred_arrays(pred, task, n_classes)
+    draws: dict[str, list[float]] = {m: [] for m in t.metric_names}
+    n = len(pred)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(n_boot):
+            i = rng.integers(0, n, n)
+            for k, v in t.metrics(y[i], p[i]).items():
+                if np.isfinite(v):
+                    draws[k].append(v)
+    a = (1 - level) / 2
+    return {k: (float(np.quantile(v, a)), float(np.quantile(v, 1 - a))) if v else (float("nan"),) * 2
+            for k, v in draws.items()}
+
+
+def _pred_arrays(pred: pd.DataFrame, task: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    if task == "survival":
+        return pred[["time", "event"]].to_numpy(float), pred[["risk"]].to_numpy(float)
+    return pred["y"].to_numpy(int), pred[[f"prob_{c}" for c in range(n_classes)]].to_numpy(float)
+
+
+def summarize(metrics: pd.DataFrame, pred: pd.DataFrame, task: str, n_classes: int, seed: int = 0,
+              n_boot: int = 1000) -> pd.DataFrame:
+    """mean ± std over folds plus the pooled bootstrap 95% CI, one row per metric."""
+    names = list(make_task(task, n_classes=max(n_classes, 2)).metric_names)
+    ci = bootstrap_ci(pred, task, n_classes, n_boot=n_boot, seed=seed)
+    rows = []
+    for m in names:
+        v = metrics[m].to_numpy(float)
+        v = v[np.isfinite(v)]
+        rows.append({"metric": m, "mean": float(v.mean()) if len(v) else float("nan"),
+                     "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+                     "ci_low": ci[m][0], "ci_high": ci[m][1], "n_folds": int(len(v))})
+    return pd.DataFrame(rows)
+
+
+def run_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: str = "20x", seed: int = 0,
+              out_dir: str | os.PathLike | None = None, attention: bool = False, **hparams) -> CVResult:
+    """Train/evaluate one head per fold of ``splits`` on ``cohort``; the core shared by the API and the CLI."""
+    task_name = cohort.task
+    cfg = TrainConfig.from_hparams(hparams)
+    model_hp = dict(cfg.extra)
+    if str(model).lower() == "twobranch" and "split_dim" not in model_hp:
+        if mag != "20x+5x":
+            raise ValueError("model 'twobranch' needs mag '20x+5x' (or an explicit split_dim)")
+        model_hp["split_dim"] = cohort.dim // 2
+    n_classes = len(cohort.classes) if task_name in CLASSIFICATION else 0
+    out = Path(out_dir) if out_dir else None
+    fold_rows, pred_rows, attn = [], [], {}
+    cache = not any(isinstance(i, (str, os.PathLike)) for i in cohort.items) or bool(hparams.get("cache", False))
+    for fold in sorted(splits["fold"].unique()):
+        idx = fold_indices(splits, cohort.slides, fold)
+        fold_seed = int(seed) * 1000 + int(fold)
+        seed_everything(fold_seed)
+        task = make_task(task_name, n_classes=n_classes, **model_hp)
+        task.fit(cohort.targets[idx["train"]], balance=cfg.class_weights)
+        net = build_model(model, cohort.dim, task.n_out, **model_hp)
+        train_ds = BagDataset(cohort.subset(idx["train"]), mag, cfg.max_instances, sample=True, seed=fold_seed,
+                              cache=cache)
+        val_ds = BagDataset(cohort.subset(idx["val"]), mag, cache=cache) if len(idx["val"]) else None
+        test_ds = BagDataset(cohort.subset(idx["test"]), mag, cache=cache)
+        ckpt = out / f"fold{fold}" / "best.pt" if out else None
+        info = train_model(net, task, train_ds, val_ds, cfg, seed=fold_seed, ckpt_path=ckpt,
+                           name=f"{model}-{task_name}-fold{fold}", log_dir=out)
+        res = predict(net, task, test_ds, batch_size=1, device=next(net.parameters()).device, attention=attention)
+        y = cohort.targets[idx["test"]]
+        met = task.metrics(y, res["pred"])
+        fold_rows.append({"fold": int(fold), **met, "test_loss": res["loss"], "best_epoch": info["best_epoch"],
+                          "epochs_run": info["epochs_run"], "n_train": len(idx["train"]), "n_val": len(idx["val"]),
+                          "n_test": len(idx["test"])})
+        if out:
+            pd.DataFrame(info["history"]).to_csv(out / f"fold{fold}" / "history.csv", index=False)
+        for j, i in enumerate(idx["test"]):
+            row = {"slide": cohort.slides[i], "patient": cohort.patients[i], "fold": int(fold)}
+            if task_name == "survival":
+                row.update(time=float(y[j, 0]), event=int(y[j, 1]), risk=float(res["pred"][j, 0]))
+            else:
+                row.update(y=int(y[j]), label=cohort.classes[int(y[j])], pred=int(res["pred"][j].argmax()),
+                           **{f"prob_{c}": float(res["pred"][j, c]) for c in range(n_classes)})
+            pred_rows.append(row)
+            if attention:
+                attn[cohort.slides[i]] = res["attention"][j]
+    metrics = pd.DataFrame(fold_rows)
+    pred = pd.DataFrame(pred_rows)
+    summary = summarize(metrics, pred, task_name, n_classes, seed=seed, n_boot=int(hparams.get("n_boot", 1000)))
+    return CVResult(metrics, pred, summary, splits, task_name, list(cohort.classes), attn, list(cohort.skipped))
+
+
+def cross_validate(bags: Sequence[Any], labels: Sequence[Any], groups: Sequence[Any] | None = None,
+                   model: str = "abmil", task: str = "binary", n_folds: int = 5, seed: int = 0,
+                   **hparams) -> pd.DataFrame:
+    """Patient-level stratified k-fold CV of a MIL head; returns one row per fold with ``auc``, ``accuracy``,
+    ``balanced_accuracy``, ``f1`` (classification) or ``c_index`` (survival).
+
+    ``bags``: N_i×D arrays or bag paths; ``labels``: class labels, or (time, event) pairs for survival;
+    ``groups``: patient ids (default: one patient per bag). Extra keywords: trainer settings (``lr``,
+    ``epochs``, ``patience``, ``batch_size``, ``max_instances``, ...), head settings (``embed_dim``,
+    ``attn_dim``, ``dropout``, ``heads``, ``num_landmarks``, ``mask_aware``, ...), survival settings
+    (``surv_loss='cox'|'nll'``, ``n_bins``), and ``slide_ids``, ``mag``, ``val_fraction`` (0.2), ``splits``
+    (a saved split table or its CSV path, reused as is), ``out_dir`` (checkpoints), ``on_bad``
+    ('skip'|'error'). The out-of-fold predictions and summary ride along in ``df.attrs``.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    bags = list(bags)
+    if len(labels) != len(bags):
+        raise ValueError(f"{len(bags)} bags but {len(labels)} labels")
+    slide_ids = [str(s) for s in hparams.pop("slide_ids", None) or [f"bag{i:05d}" for i in range(len(bags))]]
+    groups = [str(g) for g in groups] if groups is not None else list(slide_ids)
+    if len(groups) != len(bags) or len(slide_ids) != len(bags):
+        raise ValueError("groups and slide_ids must have one entry per bag")
+    if task == "survival":
+        lab = np.asarray(labels, dtype=float)
+        df = pd.DataFrame({"slide": slide_ids, "patient": groups, "time": lab[:, 0], "event": lab[:, 1]})
+        target = None
+    else:
+        df = pd.DataFrame({"slide": slide_ids, "patient": groups, "target": list(labels)})
+        target = "target"
+    mag = hparams.pop("mag", "20x")
+    df, skipped = load_labels(df, task, target)
+    cohort = build_cohort(df, dict(zip(slide_ids, bags)), task, target, mag=mag,
+                          on_bad=hparams.pop("on_bad", "skip"), skipped=skipped)
+    splits = hparams.pop("splits", None)
+    val_fraction = hparams.pop("val_fraction", 0.2)
+    if splits is None:
+        splits = make_splits(cohort.slides, cohort.patients, cohort.strata, n_folds, seed, val_fraction)
+    else:
+        splits = load_splits(splits, cohort.slides)
+    res = run_folds(cohort, splits, model=model, mag=mag, seed=seed, out_dir=hparams.pop("out_dir", None), **hparams)
+    out = res.metrics
+    out.attrs["predictions"] = res.predictions
+    out.attrs["summary"] = res.summary
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ config / CLI
+
+DEFAULTS: dict[str, Any] = {
+    "labels": None, "bags": None, "encoder": None, "mag": "20x", "task": "binary", "target": None,
+    "time_col": "time", "event_col": "event", "model": "abmil", "n_folds": 5, "seed": 0, "val_fraction": 0.2,
+    "splits": None, "slides": None, "heatmaps": 3, "on_bad": "skip", "hparams": {},
+}
+
+
+def prepare_cohort(cfg: dict, bags: str | os.PathLike | None = None, mag: str | None = None,
+                   encoder: str | None = None) -> Cohort:
+    """Labels CSV + bag folder (``zoomfeat.bags.list_bags``) → validated :class:`Cohort` for ``cfg['task']``."""
+    from zoomfeat.bags import list_bags
+
+    bags = bags or cfg.get("bags")
+    if not cfg.get("labels") or not bags:
+        raise ValueError("config needs 'labels' (CSV) and 'bags' (folder of {slide}.h5)")
+    df, skipped = load_labels(cfg["labels"], cfg["task"], cfg.get("target"), cfg.get("time_col", "time"),
+                              cfg.get("event_col", "event"))
+    files = list_bags(bags, encoder=encoder or cfg.get("encoder"))
+    return build_cohort(df, files, cfg["task"], cfg.get("target"), mag=mag or cfg.get("mag", "20x"),
+                        on_bad=cfg.get("on_bad", "skip"), time_col=cfg.get("time_col", "time"),
+                        event_col=cfg.get("event_col", "event"), skipped=skipped)
+
+
+def splits_for(cohort: Cohort, cfg: dict, path: str | os.PathLike) -> pd.DataFrame:
+    """Reuse the split table at ``path`` when it exists (same folds for every encoder), else make and save it."""
+    path = Path(path)
+    if path.exists():
+        return load_splits(path, cohort.slides)
+    df = make_splits(cohort.slides, cohort.patients, cohort.strata, int(cfg["n_folds"]), int(cfg["seed"]),
+                     float(cfg.get("val_fraction", 0.2)))
+    save_splits(df, path)
+    return df
+
+
+def write_result(res: CVResult, out: Path, cfg: dict, cohort: Cohort | None = None) -> None:
+    """Per-fold metrics, predictions, summary (CSV + markdown), ROC or KM plot, attention CSVs, heatmaps."""
+    from mil import plots
+    from zoomfeat.io import atomic_path, write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, df in (("fold_metrics.csv", res.metrics), ("predictions.csv", res.predictions),
+                     ("summary.csv", res.summary)):
+        with atomic_path(out / name) as tmp:
+            df.to_csv(tmp, index=False)
+    pd.DataFrame(res.skipped, columns=["slide", "reason"]).to_csv(out / "skipped.csv", index=False)
+    extra = ""
+    if res.task == "survival":
+        p = plots.km_plot(res.predictions, out / "km.png", title=f"{cfg.get('model')} — predicted risk groups")
+        extra = f"\nKaplan–Meier of out-of-fold risk groups (median split): log-rank p = {p:.3g} (km.png)\n"
+    else:
+        plots.roc_plot(res.predictions, res.classes, out / "roc.png", title=f"{cfg.get('model')} — {cfg.get('target')}")
+    lines = [f"# MIL cross-validation: {cfg.get('model')} on {cfg.get('task')} ({cfg.get('target') or 'survival'})",
+             "", f"bags: {cfg.get('bags')} (mag {cfg.get('mag')}), {len(res.predictions)} slides, "
+             f"{res.metrics.shape[0]} folds, seed {cfg.get('seed')}, skipped {len(res.skipped)}", "",
+             "| metric | mean ± std | bootstrap 95% CI |", "|---|---|---|"]
+    for r in res.summary.itertuples():
+        lines.append(f"| {r.metric} | {r.mean:.3f} ± {r.std:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] |")
+    write_text_atomic(out / "summary.md", "\n".join(lines) + "\n" + extra)
+    if res.attention and cohort is not None:
+        write_attention(res, out, cohort, cfg)
+
+
+def write_attention(res: CVResult, out: Path, cohort: Cohort, cfg: dict) -> None:
+    """attention/{slide}.csv (x, y, score, rank) for every test slide; heatmaps for the top-scored few."""
+    from zoomfeat.bags import load_bag
+
+    from mil.heatmap import attention_heatmap, find_slide, rank_normalize
+
+    adir = out / "attention"
+    adir.mkdir(exist_ok=True)
+    pos = {s: i for i, s in enumerate(cohort.slides)}
+    pred = res.predictions
+    score_col = "risk" if res.task == "survival" else f"prob_{len(res.classes) - 1}"
+    order = pred.sort_values(score_col, ascending=False)["slide"].tolist()
+    n_maps = int(cfg.get("heatmaps", 3) or 0)
+    for slide in order:
+        scores = res.attention.get(slide)
+        item = cohort.items[pos[slide]]
+        coords, psize = None, None
+        if isinstance(item, (str, os.PathLike)):
+            bag = load_bag(item)
+            coords = bag.coords
+            psize = bag.coords_attrs.get("patch_size_level0") or bag.attrs.get("patch_size_level0")
+            if cfg.get("mag") == "5x":
+                coords = bag.coords_5x
+                psize = psize * 4 if psize else None
+        if coords is None or len(coords) != len(scores):
+            coords = None
+        df = pd.DataFrame({"x": coords[:, 0] if coords is not None else -1,
+                           "y": coords[:, 1] if coords is not None else -1,
+                           "score": scores, "rank": rank_normalize(scores)})
+        df.to_csv(adir / f"{slide}.csv", index=False)
+        if n_maps > 0 and coords is not None:
+            slide_path = find_slide(cfg.get("slides"), slide)
+            attention_heatmap(coords, scores, out / "heatmaps" / f"{slide}.png", patch_size=psize,
+                              slide_path=slide_path, title=f"{slide} ({score_col} {pred.set_index('slide').loc[slide, score_col]:.2f})")
+            n_maps -= 1
+
+
+def run_cv(cfg: dict, out_dir: str | os.PathLike) -> CVResult:
+    """``zoomfeat mil cv``: validate inputs, make or reuse splits, run the folds and write every output."""
+    from zoomfeat.config import merge, save_yaml
+
+    cfg = merge(DEFAULTS, cfg)
+    if cfg["task"] not in TASKS:
+        raise ValueError(f"unknown task {cfg['task']!r}; choose one of {TASKS}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    cohort = prepare_cohort(cfg)
+    splits = splits_for(cohort, cfg, cfg.get("splits") or out / "splits.csv")
+    check_splits(splits)
+    res = run_folds(cohort, splits, model=cfg["model"], mag=cfg["mag"], seed=int(cfg["seed"]), out_dir=out,
+                    attention=True, **(cfg.get("hparams") or {}))
+    write_result(res, out, cfg, cohort)
+    return res

@@ -1,0 +1,259 @@
+"""Labels and bags for MIL: validate a labels table, match it to bag files, and serve (padded) bags to torch.
+
+Bad-input policy (issue §7), the same for the Python API and the CLI:
+  * a labels row whose slide has no bag, or whose bag is unreadable, empty, NaN/inf or of the wrong width
+    → **skipped** with a warning and listed in ``skipped.csv`` (``on_bad="error"`` stops instead);
+  * a labels row with an empty target → skipped the same way;
+  * bags without a labels row → ignored (counted in the warning);
+  * a patient whose slides carry different labels, duplicated slide rows → **stop** (ValueError), because
+    any automatic choice would leak or mislabel;
+  * a class with fewer patients than folds → stop (raised by :mod:`mil.splits`).
+Bags are checked once before the splits are made, so a skipped slide never changes one fold only.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+SURVIVAL = "survival"
+
+
+class BadBagError(ValueError):
+    """A bag that cannot be used (missing, unreadable, empty, NaN/inf, wrong width)."""
+
+
+def read_features(item: Any, mag: str = "20x") -> np.ndarray:
+    """Features of one bag as float32 (N, D): a path goes through ``zoomfeat.bags.read_bag`` (opened per call)."""
+    if isinstance(item, (str, os.PathLike)):
+        from zoomfeat.bags import read_bag
+
+        path = Path(item)
+        if not path.exists():
+            raise BadBagError(f"missing bag: {path}")
+        try:
+            arr = read_bag(path, mag=mag)
+        except (OSError, KeyError) as exc:
+            raise BadBagError(f"unreadable bag {path}: {exc}") from exc
+        except ValueError as exc:
+            raise BadBagError(str(exc)) from exc
+    else:
+        arr = item.detach().cpu().numpy() if hasattr(item, "detach") else np.asarray(item)
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    return arr
+
+
+def check_features(arr: np.ndarray, name: str, dim: int | None = None) -> None:
+    """Raise :class:`BadBagError` with the slide name for empty, non-2-D, wrong-width or non-finite bags."""
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise BadBagError(f"{name}: bag is empty or not 2-D (shape {arr.shape})")
+    if dim is not None and arr.shape[1] != dim:
+        raise BadBagError(f"{name}: feature width {arr.shape[1]} differs from the cohort's {dim}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rows = int(bad.any(axis=1).sum())
+        raise BadBagError(f"{name}: {rows} of {arr.shape[0]} instances contain NaN or inf")
+
+
+@dataclass
+class Cohort:
+    """Slides that survived validation: bag items, integer/float targets, patients, and what was skipped."""
+
+    slides: list[str]
+    items: list[Any]  # arrays or paths, one per slide
+    targets: np.ndarray  # (n,) int64 class codes, or (n, 2) float (time, event)
+    patients: list[str]
+    task: str
+    classes: list[Any] = field(default_factory=list)
+    dim: int = 0
+    n_instances: list[int] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (slide, reason)
+
+    def __len__(self) -> int:
+        return len(self.slides)
+
+    @property
+    def strata(self) -> np.ndarray:
+        """What the folds stratify on: the class, or the event indicator for survival (as STAMP does)."""
+        return self.targets[:, 1].astype(int) if self.task == SURVIVAL else self.targets
+
+    def subset(self, idx: Sequence[int]) -> "Cohort":
+        idx = list(idx)
+        return Cohort(
+            [self.slides[i] for i in idx], [self.items[i] for i in idx], self.targets[idx],
+            [self.patients[i] for i in idx], self.task, self.classes, self.dim,
+            [self.n_instances[i] for i in idx] if self.n_instances else [], self.skipped,
+        )
+
+
+def encode_targets(values: Sequence[Any], task: str) -> tuple[np.ndarray, list[Any]]:
+    """Class labels → int codes (sorted class list), or (time, event) pairs → float (n, 2)."""
+    if task == SURVIVAL:
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] != 2:
+            raise ValueError("survival labels must be (time, event) pairs")
+        if (arr[:, 0] < 0).any():
+            raise ValueError("survival times must be non-negative")
+        if not np.isin(arr[:, 1], (0, 1)).all():
+            raise ValueError("survival events must be 0 (censored) or 1 (event)")
+        return arr, []
+    vals = list(values)
+    classes = sorted(set(vals), key=lambda v: (str(type(v)), v))
+    lookup = {c: i for i, c in enumerate(classes)}
+    return np.asarray([lookup[v] for v in vals], dtype=np.int64), classes
+
+
+def check_patient_labels(patients: Sequence[str], targets: np.ndarray, slides: Sequence[str]) -> None:
+    """A patient's slides must agree on the label (else folds would be ambiguous): ValueError naming them."""
+    seen: dict[str, Any] = {}
+    conflicts: dict[str, set] = {}
+    for p, t, s in zip(patients, targets, slides):
+        key = tuple(np.atleast_1d(t).tolist())
+        if p in seen and seen[p] != key:
+            conflicts.setdefault(p, {seen[p]}).add(key)
+        seen.setdefault(p, key)
+    if conflicts:
+        show = "; ".join(f"{p}: {sorted(v)}" for p, v in list(conflicts.items())[:5])
+        raise ValueError(f"{len(conflicts)} patient(s) have slides with different labels ({show}); "
+                         "fix the labels table (one label per patient)")
+
+
+def load_labels(labels: str | os.PathLike | pd.DataFrame, task: str, target: str | None = None,
+                time_col: str = "time", event_col: str = "event") -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Read and validate a labels table (columns ``slide``, optional ``patient``, the target column(s)).
+
+    Returns the usable rows (with a ``patient`` column filled from ``slide`` when absent) and the skipped
+    (slide, reason) pairs for rows with an empty target.
+    """
+    df = pd.read_csv(labels) if not isinstance(labels, pd.DataFrame) else labels.copy()
+    if "slide" not in df.columns:
+        raise ValueError(f"labels table needs a 'slide' column; it has {list(df.columns)}")
+    df["slide"] = df["slide"].astype(str)
+    if "patient" not in df.columns:
+        df["patient"] = df["slide"]
+    df["patient"] = df["patient"].astype(str)
+    dup = df["slide"][df["slide"].duplicated()].unique()
+    if len(dup):
+        raise ValueError(f"labels table lists slide(s) more than once: {', '.join(map(str, dup[:5]))}")
+    cols = [time_col, event_col] if task == SURVIVAL else [target]
+    if task != SURVIVAL and not target:
+        raise ValueError(f"task {task!r} needs a target column (e.g. target: subtype)")
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"labels table has no column(s) {missing}; it has {list(df.columns)}")
+    empty = df[cols].isna().any(axis=1)
+    skipped = [(s, f"empty {'/'.join(cols)} in labels") for s in df.loc[empty, "slide"]]
+    return df.loc[~empty].reset_index(drop=True), skipped
+
+
+def build_cohort(
+    df: pd.DataFrame,
+    bag_files: dict[str, Any],
+    task: str,
+    target: str | None = None,
+    mag: str = "20x",
+    on_bad: str = "skip",
+    time_col: str = "time",
+    event_col: str = "event",
+    skipped: list[tuple[str, str]] | None = None,
+    scan: bool = True,
+) -> Cohort:
+    """Match validated labels rows to bags, check every bag once (finite, non-empty, one width), apply ``on_bad``."""
+    if on_bad not in ("skip", "error"):
+        raise ValueError("on_bad must be 'skip' or 'error'")
+    skipped = list(skipped or [])
+    if on_bad == "error" and skipped:
+        raise ValueError(f"labels: {skipped[0][0]}: {skipped[0][1]}")
+    unlabeled = set(bag_files) - set(df["slide"])
+    if unlabeled:
+        warnings.warn(f"{len(unlabeled)} bag(s) have no labels row and are ignored", stacklevel=2)
+    keep_rows, items, n_inst = [], [], []
+    dim = None
+    for i, slide in enumerate(df["slide"]):
+        item = bag_files.get(slide)
+        try:
+            if item is None:
+                raise BadBagError(f"{slide}: no bag for this slide (labels name a slide the bag folder lacks)")
+            if scan:
+                arr = read_features(item, mag)
+                check_features(arr, slide, dim)
+                dim = arr.shape[1] if dim is None else dim
+                n_inst.append(int(arr.shape[0]))
+        except BadBagError as exc:
+            if on_bad == "error":
+                raise
+            skipped.append((slide, str(exc)))
+            continue
+        keep_rows.append(i)
+        items.append(item)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} slide(s): " + "; ".join(f"{s} ({r})" for s, r in skipped[:5])
+                      + (" …" if len(skipped) > 5 else ""), stacklevel=2)
+    if not keep_rows:
+        raise ValueError("no usable slides: every labelled slide was missing a bag or had a bad bag")
+    kept = df.iloc[keep_rows].reset_index(drop=True)
+    raw = kept[[time_col, event_col]].to_numpy() if task == SURVIVAL else kept[target].tolist()
+    targets, classes = encode_targets(raw, task)
+    patients = kept["patient"].tolist()
+    check_patient_labels(patients, targets, kept["slide"].tolist())
+    return Cohort(kept["slide"].tolist(), items, targets, patients, task, classes, int(dim or 0), n_inst, skipped)
+
+
+class BagDataset(Dataset):
+    """Bags as float32 tensors, read lazily per item (paths) with optional instance sampling for training.
+
+    ``max_instances`` draws a random subset of larger bags (training only: pass ``sample=True``); the
+    generator is seeded, so with ``num_workers=0`` the same seed gives the same draws.
+    """
+
+    def __init__(self, cohort: Cohort, mag: str = "20x", max_instances: int | None = None, sample: bool = False,
+                 seed: int = 0, cache: bool = False):
+        self.cohort = cohort
+        self.mag = mag
+        self.max_instances = int(max_instances) if max_instances else None
+        self.sample = sample
+        self.rng = np.random.default_rng(seed)
+        self.cache: dict[int, np.ndarray] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.cohort)
+
+    def features(self, i: int) -> np.ndarray:
+        if self.cache is not None and i in self.cache:
+            return self.cache[i]
+        arr = read_features(self.cohort.items[i], self.mag)
+        check_features(arr, self.cohort.slides[i], self.cohort.dim or None)
+        if self.cache is not None:
+            self.cache[i] = arr
+        return arr
+
+    def __getitem__(self, i: int) -> dict:
+        arr = self.features(i)
+        if self.sample and self.max_instances and arr.shape[0] > self.max_instances:
+            arr = arr[np.sort(self.rng.choice(arr.shape[0], self.max_instances, replace=False))]
+        y = self.cohort.targets[i]
+        return {"x": torch.from_numpy(np.ascontiguousarray(arr)), "y": torch.as_tensor(y), "index": i}
+
+
+def collate_bags(batch: list[dict]) -> dict:
+    """Pad bags to the longest in the batch; ``mask`` is True on real instances."""
+    n = max(b["x"].shape[0] for b in batch)
+    d = batch[0]["x"].shape[1]
+    x = torch.zeros(len(batch), n, d, dtype=torch.float32)
+    mask = torch.zeros(len(batch), n, dtype=torch.bool)
+    for j, b in enumerate(batch):
+        k = b["x"].shape[0]
+        x[j, :k] = b["x"]
+        mask[j, :k] = True
+    return {"x": x, "mask": mask, "y": torch.stack([b["y"] for b in batch]),
+            "index": torch.as_tensor([b["index"] for b in batch])}

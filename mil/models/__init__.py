@@ -1,0 +1,31 @@
+"""MIL heads: gated ABMIL, TransMIL and the two-branch 20x+5x fusion, built by name from hyperparameters."""
+
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+from mil.models.abmil import ABMIL, GatedAttention
+from mil.models.fusion import TwoBranchMIL
+from mil.models.transmil import TransMIL
+
+MODELS: dict[str, type[nn.Module]] = {"abmil": ABMIL, "transmil": TransMIL, "twobranch": TwoBranchMIL}
+
+
+def model_kwargs(name: str, hparams: dict) -> dict:
+    """The subset of ``hparams`` that the named model's constructor accepts (others belong to the trainer)."""
+    cls = MODELS[name]
+    params = set(inspect.signature(cls.__init__).parameters) - {"self", "in_dim", "n_out"}
+    return {k: v for k, v in hparams.items() if k in params}
+
+
+def build_model(name: str, in_dim: int, n_out: int, **hparams) -> nn.Module:
+    """Build a head by name; unknown names raise a ValueError that lists the known ones."""
+    key = str(name).lower()
+    if key not in MODELS:
+        raise ValueError(f"unknown MIL model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[key](in_dim=in_dim, n_out=n_out, **model_kwargs(key, hparams))
+
+
+__all__ = ["ABMIL", "GatedAttention", "TransMIL", "TwoBranchMIL", "MODELS", "build_model", "model_kwargs"]

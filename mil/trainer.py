@@ -1,0 +1,194 @@
+"""One fold's training: AdamW, early stopping on validation loss, best checkpoint, optional wandb, tqdm.
+
+Reproducibility: :func:`seed_everything` seeds python/numpy/torch and turns on deterministic algorithms;
+the loader's shuffling and the instance sampling use seeded generators and run in-process by default
+(``num_workers=0``), so one seed gives the same weights and metrics on the same machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from mil.data import BagDataset, collate_bags
+
+
+@dataclass
+class TrainConfig:
+    """Trainer hyperparameters (the model's own live in the head's constructor). Defaults follow CLAM."""
+
+    lr: float = 2e-4
+    weight_decay: float = 1e-5
+    epochs: int = 50
+    patience: int = 10
+    min_epochs: int = 0
+    batch_size: int | None = None  # None: 1 for classification / NLL (peers), 16 for Cox (needs risk sets)
+    max_instances: int | None = None
+    class_weights: bool = True
+    grad_clip: float | None = None
+    num_workers: int = 0
+    device: str = "auto"
+    progress: bool = True
+    wandb: bool = True
+    wandb_project: str = "zoomfeat-mil"
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_hparams(cls, hparams: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)} - {"extra"}
+        known = {k: v for k, v in hparams.items() if k in names}
+        return cls(**known, extra={k: v for k, v in hparams.items() if k not in names})
+
+    def resolved_batch_size(self, task) -> int:
+        if self.batch_size:
+            return int(self.batch_size)
+        return 16 if getattr(task, "kind", None) == "cox" else 1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class RunLogger:
+    """wandb if it can start (mode from WANDB_MODE, default offline), otherwise nothing; never raises."""
+
+    def __init__(self, enabled: bool, project: str, name: str, config: dict, out_dir: Path | None):
+        self.run = None
+        mode = os.environ.get("WANDB_MODE", "offline")
+        if not enabled or mode == "disabled":
+            return
+        try:
+            import wandb
+
+            self.run = wandb.init(project=project, name=name, config=config, mode=mode, reinit="finish_previous",
+                                  dir=str(out_dir) if out_dir else None)
+        except Exception as exc:  # wandb is optional: a broken install or no network must not stop training
+            warnings.warn(f"wandb disabled: {exc}", stacklevel=2)
+            self.run = None
+
+    def log(self, data: dict, step: int) -> None:
+        if self.run is not None:
+            try:
+                self.run.log(data, step=step)
+            except Exception:  # pragma: no cover - logging must never break training
+                pass
+
+    def finish(self) -> None:
+        if self.run is not None:
+            try:
+                self.run.finish()
+            except Exception:  # pragma: no cover
+                pass
+
+
+def _forward(model: torch.nn.Module, batch: dict, device: torch.device, attention: bool = False) -> dict:
+    x, mask = batch["x"].to(device), batch["mask"].to(device)
+    if mask.all():
+        mask = None  # unpadded batch: the official (mask-free) path
+    if attention or not hasattr(model, "mask_aware"):
+        return model(x, mask)
+    return model(x, mask, return_attention=False)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, task, dataset: BagDataset, batch_size: int = 1, device: str | torch.device = "cpu",
+            attention: bool = False) -> dict[str, Any]:
+    """Logits, task predictions, loss on the whole set and (optionally) per-bag attention arrays."""
+    device = torch.device(device)
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_bags)
+    logits, ys, idx, atts = [], [], [], []
+    for batch in loader:
+        out = _forward(model, batch, device, attention)
+        logits.append(out["logits"].float().cpu())
+        ys.append(batch["y"])
+        idx.append(batch["index"])
+        if attention:
+            a = out["attention"].float().cpu().numpy()
+            m = batch["mask"].numpy()
+            atts += [a[j][m[j]] for j in range(a.shape[0])]
+    lg, y = torch.cat(logits), torch.cat(ys)
+    return {"logits": lg, "pred": task.predict(lg), "y": y.numpy(), "index": torch.cat(idx).numpy(),
+            "loss": float(task.loss(lg, y)), "attention": atts if attention else None}
+
+
+def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagDataset | None, cfg: TrainConfig,
+                seed: int = 0, ckpt_path: str | os.PathLike | None = None, name: str = "fold",
+                log_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Train with AdamW; keep the weights of the epoch with the lowest validation loss (early stopping with
+    ``patience``, not before ``min_epochs``); save them to ``ckpt_path`` atomically and load them back into ``model``."""
+    device = resolve_device(cfg.device)
+    model.to(device)
+    bs = cfg.resolved_batch_size(task)
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train_ds, batch_size=bs, shuffle=True, generator=gen, collate_fn=collate_bags,
+                        num_workers=cfg.num_workers, drop_last=bs > 1 and len(train_ds) > bs and
+                        getattr(task, "kind", None) == "cox")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    logger = RunLogger(cfg.wandb, cfg.wandb_project, name, {"lr": cfg.lr, "batch_size": bs, **cfg.extra}, log_dir)
+    best = {"loss": float("inf"), "epoch": -1, "state": None}
+    history = []
+    bad_epochs = 0
+    bar = tqdm(range(cfg.epochs), desc=name, disable=not cfg.progress, leave=False)
+    for epoch in bar:
+        model.train()
+        total, n = 0.0, 0
+        for batch in loader:
+            out = _forward(model, batch, device)
+            loss = task.loss(out["logits"], batch["y"].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            total += float(loss.detach()) * len(batch["index"])
+            n += len(batch["index"])
+        rec = {"epoch": epoch, "train_loss": total / max(n, 1)}
+        if val_ds is not None and len(val_ds):
+            rec["val_loss"] = predict(model, task, val_ds, batch_size=max(bs, 1), device=device)["loss"]
+        else:
+            rec["val_loss"] = rec["train_loss"]  # no validation set: keep the last/best-on-train epoch
+        history.append(rec)
+        logger.log(rec, epoch)
+        bar.set_postfix(train=f"{rec['train_loss']:.3f}", val=f"{rec['val_loss']:.3f}")
+        if rec["val_loss"] < best["loss"] - 1e-6 or best["state"] is None or not np.isfinite(best["loss"]):
+            best = {"loss": rec["val_loss"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+            if epoch + 1 >= cfg.min_epochs and bad_epochs >= cfg.patience:
+                break
+    logger.finish()
+    model.load_state_dict(best["state"])
+    if ckpt_path is not None:
+        from zoomfeat.io import atomic_path
+
+        with atomic_path(ckpt_path) as tmp:
+            torch.save({k: v.cpu() for k, v in best["state"].items()}, tmp)
+    return {"best_epoch": best["epoch"], "best_val_loss": best["loss"], "epochs_run": len(history),
+            "history": history}
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model

@@ -1,0 +1,209 @@
+"""`zoomfeat extract` end to end with the tiny ZoomLDM: the real CMU slide, synthetic slides, 5x conditioning grids,
+kill + resume, rank sharding, per-slide failures, and CLAM-/TRIDENT-style reading of the bags."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ROOT, SLIDES, TINY_LDM
+from zoomfeat.bags import bag_path, list_bags, load_bag
+from zoomfeat.cli import main
+
+CKPT = TINY_LDM / "weights.ckpt"
+CMU = SLIDES / "cmu_small_region.svs"
+SIZES = [(768, 768), (1024, 768), (640, 896), (768, 1024)]
+SEEDS = [0, 1, 2, 5]  # all four give tissue tiles
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Four small synthetic slides (2–9 tissue tiles each, one or two 5x regions) and their tiling."""
+    from zoomfeat.slides.synthetic import make_slide
+    from zoomfeat.slides.tiling import tile_slide
+
+    root = tmp_path_factory.mktemp("cohort")
+    for i, size in enumerate(SIZES):
+        make_slide(root / "slides" / f"syn{i}.tiff", size_20x=size, seed=SEEDS[i], subtype=i % 2)
+        tile_slide(root / "slides" / f"syn{i}.tiff", root / "tiles", qc=False)
+    return root
+
+
+def _ldm_args(out, *extra):
+    return ["--encoder", "zoomldm", "--weights", str(CKPT), "--out", str(out), "--workers", "1",
+            "--batch-size", "8", "--no-progress", *extra]
+
+
+def test_cmu_slide_clam_and_trident_readers(tmp_path):
+    """Tiny ZoomLDM on the real CMU slide (tiled on the fly), then read the bag the way CLAM and TRIDENT do."""
+    import openslide
+
+    rc = main(["extract", str(CMU), *_ldm_args(tmp_path, "--conditioning", "none", "--blocks", "0,3")])
+    assert rc == 0
+    p = bag_path(tmp_path, "zoomldm", "cmu_small_region")
+    b = load_bag(p)
+    assert b.features.shape == (37, 128) and b.features_5x.shape == (6, 128)
+    assert np.isfinite(b.features).all() and b.features.std() > 0
+    assert b.attrs["conditioning"] == "none" and b.attrs["block"] == [0, 3] and b.attrs["t"] == [100]
+    assert b.attrs["mpp_level0"] == pytest.approx(0.499) and b.attrs["patch_size"] == 256
+    assert b.attrs["encoder_weights_sha256"] and b.attrs["toolkit_version"]
+    # each 20x tile lies inside its parent 5x region
+    parent = b.coords_5x[b.parent_index]
+    s0, s5 = b.attrs["patch_size_level0"], b.attrs["patch_size_level0_5x"]
+    assert (b.coords >= parent).all() and (b.coords + s0 <= parent + s5).all()
+
+    with h5py.File(p, "r") as f:  # CLAM (Generic_MIL_Dataset with load_from_h5 + its read_region convention)
+        features = torch.from_numpy(f["features"][:])
+        coords = f["coords"][:]
+        level, ps = int(f["coords"].attrs["patch_level"]), int(f["coords"].attrs["patch_size"])
+    assert features.shape == (37, 128) and coords.shape == (37, 2)
+    with openslide.OpenSlide(str(CMU)) as osr:
+        clam_tile = np.asarray(osr.read_region(tuple(int(v) for v in coords[5]), level, (ps, ps)).convert("RGB"))
+    from zoomfeat.slides.reader import open_slide
+
+    with open_slide(CMU) as wsi:
+        ours = wsi.read_region_l0(int(coords[5, 0]), int(coords[5, 1]), s0, 256)
+    np.testing.assert_array_equal(clam_tile, ours)
+
+    with h5py.File(p, "r") as f:  # TRIDENT (read features + coords, patch size from the coords attributes)
+        a = f["coords"].attrs
+        ps0 = int(a["patch_size"] * a["level0_magnification"] // a["target_magnification"])
+        assert ps0 == a["patch_size_level0"] == s0
+        assert f["features"].attrs["encoder"] == "zoomldm" and f["features"].dtype == np.float32
+
+    # rerun: the bag is complete and has the same settings → skipped
+    assert main(["extract", str(CMU), *_ldm_args(tmp_path, "--conditioning", "none", "--blocks", "0,3")]) == 0
+    summary = (p.parent / "summary.csv").read_text()
+    assert "skipped" in summary and "done" not in summary
+
+
+def test_5x_conditioning_grid_of_children(cohort, tmp_path):
+    """With UNI-style conditioning a 5x region's feature is conditioned on the 4×4 grid of its children (background
+    children embedded too), and each 20x feature on the tile's own embedding — recomputed here by hand."""
+    from zoomfeat.encoders import create_encoder
+    from zoomfeat.encoders.zoomldm import tile_seed
+    from zoomfeat.extract import ExtractOptions, extract_cohort
+    from zoomfeat.slides.reader import open_slide
+
+    enc = create_encoder("zoomldm", weights=CKPT, ssl_encoder="tiny-vit")
+    slide = cohort / "slides" / "syn0.tiff"
+    rep = extract_cohort([slide], enc, tmp_path, tiles_dir=cohort / "tiles",
+                         opts=ExtractOptions(workers=0, batch_size=4, progress=False))
+    assert rep.exit_code == 0
+    info = rep.results[0].info
+    b = load_bag(bag_path(tmp_path, "zoomldm", "syn0"))
+    assert info["n_20x"] == len(b) and info["children_embedded_5x"] == 16 * len(b.coords_5x) - len(b)
+    s = b.attrs["patch_size_level0"]
+    with open_slide(slide) as wsi:
+        read = lambda x, y, size: torch.from_numpy(np.array(wsi.read_region_l0(int(x), int(y), size, 256)))[None]
+        x5, y5 = b.coords_5x[0]
+        kids = [read(x5 + i * s, y5 + j * s, s) for j in range(4) for i in range(4)]
+        ssl = enc.ssl_encoder.encode(torch.cat(kids))  # row-major: row j (y), column i (x)
+        grid = ssl.T.reshape(1, -1, 4, 4)
+        f5 = enc.encode(read(x5, y5, 4 * s), "5x", grid, [tile_seed("syn0", x5, y5, "5x")])
+        x0, y0 = b.coords[0]
+        tile = read(x0, y0, s)
+        f20 = enc.encode(tile, "20x", enc.ssl_encoder.encode(tile)[:, :, None, None], [tile_seed("syn0", x0, y0, "20x")])
+    torch.testing.assert_close(torch.from_numpy(b.features_5x[:1]), f5, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(torch.from_numpy(b.features[:1]), f20, rtol=1e-3, atol=1e-3)
+
+
+def _cli(out, tiles, slides):
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    return [sys.executable, "-m", "zoomfeat", "extract", str(slides), "--tiles", str(tiles),
+            *_ldm_args(out, "--ssl-encoder", "tiny-vit")], env
+
+
+def _same_bag(p: Path, q: Path) -> None:
+    a, b = load_bag(p), load_bag(q)
+    for k in ("features", "coords", "features_5x", "coords_5x", "parent_index"):
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=f"{p.name}: {k}")
+    drop = {"created_utc", "savetodir"}
+    assert {k: v for k, v in a.attrs.items() if k not in drop} == {k: v for k, v in b.attrs.items() if k not in drop}
+
+
+def test_kill_mid_cohort_then_resume_gives_identical_bags(cohort, tmp_path):
+    slides, tiles = cohort / "slides", cohort / "tiles"
+    cmd, env = _cli(tmp_path / "full", tiles, slides)
+    subprocess.run(cmd, env=env, check=True, timeout=300)
+    full = list_bags(tmp_path / "full")
+    assert len(full) == 4
+
+    cmd, env = _cli(tmp_path / "killed", tiles, slides)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    feat_dir = tmp_path / "killed" / "features_zoomldm"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not list(feat_dir.glob("*.h5")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = len(list(feat_dir.glob("*.h5")))
+    assert 1 <= n_before < 4, "the kill should land mid-cohort"
+
+    res = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    resumed = list_bags(tmp_path / "killed")
+    assert sorted(resumed) == sorted(full)
+    summary = (feat_dir / "summary.csv").read_text()
+    assert summary.count(",skipped,") == n_before and summary.count(",done,") == 4 - n_before
+    for sid in full:
+        _same_bag(full[sid], resumed[sid])
+    assert not list(feat_dir.glob(".*.tmp")) and not list((feat_dir / ".locks").glob("*.lock"))
+
+
+def test_rank_sharding_merges_one_summary(cohort, tmp_path, monkeypatch):
+    from zoomfeat.encoders import create_encoder
+    from zoomfeat.extract import ExtractOptions, extract_cohort
+
+    enc = create_encoder("tiny-vit")
+    slides = sorted((cohort / "slides").glob("*.tiff"))
+    opts = ExtractOptions(mags="20x", workers=0, progress=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "run-1")
+    feat_dir = tmp_path / "features_tiny-vit"
+    for rank in (1, 0):
+        monkeypatch.setenv("RANK", str(rank))
+        rep = extract_cohort(slides, enc, tmp_path, tiles_dir=cohort / "tiles", opts=opts)
+        assert len(rep.results) == (4 if rank == 0 else 2)  # rank 0 finished last → merged report
+        if rank == 1:
+            assert not (feat_dir / "summary.csv").exists()
+    rows = (feat_dir / "summary.csv").read_text().strip().splitlines()
+    assert len(rows) == 5 and all(",done," in r for r in rows[1:])
+    assert sorted(list_bags(tmp_path)) == [f"syn{i}" for i in range(4)]
+    b = load_bag(bag_path(tmp_path, "tiny-vit", "syn1"))
+    assert b.features.shape[1] == 48 and b.features_5x is None
+
+
+def test_failed_slide_reported_and_missing_weights_fail_early(cohort, tmp_path, monkeypatch, capsys):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(cohort / "slides" / "syn2.tiff", mixed / "good.tiff")
+    shutil.copy(SLIDES / "unopenable.tiff", mixed / "broken.tiff")
+    out = tmp_path / "out"
+    rc = main(["extract", str(mixed), "--encoder", "tiny-vit", "--out", str(out), "--workers", "0",
+               "--mags", "20x,5x", "--no-progress"])
+    assert rc == 3  # partial: one slide failed, the other was written
+    assert list(list_bags(out)) == ["good"]
+    assert "broken" in (out / "features_tiny-vit" / "summary.json").read_text()
+
+    empty = tmp_path / "registry.yaml"
+    empty.write_text("uni: null\n")
+    monkeypatch.setenv("ZOOMFEAT_WEIGHTS_REGISTRY", str(empty))
+    rc = main(["extract", str(mixed), "--encoder", "uni", "--out", str(tmp_path / "never")])
+    assert rc == 2 and "no weights for encoder 'uni'" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+    rc = main(["extract", str(mixed), "--encoder", "zoomldm", "--weights", str(CKPT), "--out", str(tmp_path / "x")])
+    assert rc == 2 and "--ssl-weights" in capsys.readouterr().err  # conditioning uni without UNI weights
+    with pytest.raises(SystemExit):
+        main(["extract", str(mixed), "--encoder", "tiny-vit", "--out", str(out), "--blocks", "a,b"])
+    assert main(["extract", str(mixed), "--encoder", "tiny-vit", "--out", str(out), "--mags", "5x"]) == 2

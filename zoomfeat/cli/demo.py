@@ -1,0 +1,23 @@
+"""`zoomfeat demo`: the whole pipeline on an embedded synthetic cohort."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="end-to-end demo on a synthetic cohort (what `make demo` runs)",
+                              description="synth-cohort → tile → train → extract → compare → generate, "
+                                          "printing each equivalent command.")
+    p.add_argument("--out", default="demo_out", help="output folder (reruns reuse finished steps)")
+    p.add_argument("--n-slides", type=int, default=24)
+    p.add_argument("--train-steps", type=int, default=250)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--skip-train", action="store_true", help="use the shared tiny fixture model instead of training")
+    p.set_defaults(func=handler)
+
+
+def handler(args) -> int:
+    from zoomfeat.demo import run_demo
+
+    run_demo(args.out, n_slides=args.n_slides, train_steps=args.train_steps, folds=args.folds,
+             skip_train=args.skip_train)
+    return 0

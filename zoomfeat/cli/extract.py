@@ -1,0 +1,102 @@
+"""`zoomfeat extract`: slides (+ tile coordinates) → one HDF5 feature bag per slide per encoder."""
+
+from __future__ import annotations
+
+import argparse
+
+ENCODERS = ("zoomldm", "uni", "phikon", "tiny-vit", "custom")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in str(text).replace(" ", "").split(",") if v != ""]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "extract",
+        help="extract tile features (ZoomLDM, UNI, Phikon, …) into HDF5 bags",
+        description=(
+            "Extract 20x tile features and 5x parent-region features for every slide into "
+            "OUT/features_{encoder}/{slide}.h5 (CLAM/TRIDENT-readable). Completed slides are skipped, a killed run "
+            "resumes, failures are listed in OUT/features_{encoder}/summary.csv. Under torchrun, slides are split "
+            "by rank (one GPU each) and the last rank to finish merges the per-rank summaries."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("slides", metavar="SLIDES", help="slide file, folder of slides, or CSV with a 'slide' column")
+    p.add_argument("--encoder", required=True, choices=ENCODERS)
+    p.add_argument("--out", required=True, help="output folder (bags go to OUT/features_{encoder}/)")
+    p.add_argument("--tiles", default=None, help="folder written by `zoomfeat tile` (default: tile on the fly "
+                                                  "into OUT/_tiles)")
+    p.add_argument("--weights", default=None, help="encoder weights (file or folder); default: from the registry")
+    p.add_argument("--weights-registry", default=None,
+                   help="YAML/JSON encoder → path registry (default configs/encoders/weights.yaml or "
+                        "$ZOOMFEAT_WEIGHTS_REGISTRY)")
+    p.add_argument("--mags", default="20x,5x", help="'20x' or '20x,5x'")
+    g = p.add_argument_group("zoomldm options")
+    g.add_argument("--conditioning", choices=("uni", "none"), default="uni",
+                   help="uni: the tile's SSL embedding (20x: 1×1, 5x: 4×4 children grid); none: null context")
+    g.add_argument("--ssl-encoder", default="uni", choices=("uni", "tiny-vit", "phikon"),
+                   help="SSL encoder for conditioning (tiny-vit for the tiny test model)")
+    g.add_argument("--ssl-weights", default=None, help="weights of the SSL encoder (default: from the registry)")
+    g.add_argument("--blocks", type=_int_list, default=[0],
+                   help="UNet blocks to pool: 0 = middle block, 1..12 = decoder blocks; several are concatenated")
+    g.add_argument("--t", type=_int_list, default=[100], help="noise timestep(s); several are concatenated")
+    g.add_argument("--seed", type=int, default=0, help="base seed of the per-tile noise")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (each opens its own slide handle)")
+    p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else cpu), cpu, cuda, cuda:1 …")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
+                   help="autocast dtype on GPU (default per encoder: zoomldm/uni fp16, phikon fp32)")
+    p.add_argument("--mpp", type=float, default=None, help="force the level-0 µm/px of every slide")
+    p.add_argument("--mpp-csv", default=None, help="CSV slide,mpp overriding slide metadata")
+    p.add_argument("--tag", default=None, help="name of the features_{tag} folder (default: encoder name)")
+    p.add_argument("--custom-model", default=None, help="custom encoder: 'package.module:factory'")
+    p.add_argument("--clam-pt", action="store_true", help="also write CLAM pt_files/{slide}.pt")
+    p.add_argument("--random-init", action="store_true",
+                   help="uni/phikon without weights (random features; for tests and timing only)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=handler)
+
+
+def build_encoder_from_args(args):
+    """Build the encoder first, so a missing weights file fails before any slide is touched."""
+    from zoomfeat.encoders import create_encoder
+
+    kw: dict = {"registry": args.weights_registry}
+    if args.precision:
+        kw["precision"] = args.precision
+    if args.encoder == "zoomldm":
+        kw.update(blocks=args.blocks, t=args.t, conditioning=args.conditioning, base_seed=args.seed)
+        if args.conditioning == "uni":
+            kw.update(ssl_encoder=args.ssl_encoder, ssl_weights=args.ssl_weights)
+            if args.random_init and args.ssl_encoder in ("uni", "phikon"):
+                kw["ssl_kwargs"] = {"random_init": True}
+    elif args.encoder in ("uni", "phikon"):
+        kw["random_init"] = bool(args.random_init and args.weights is None)
+    elif args.encoder == "custom":
+        if not args.custom_model:
+            raise ValueError("--encoder custom needs --custom-model package.module:factory")
+        kw["model"] = args.custom_model
+    elif args.encoder == "tiny-vit":
+        kw["seed"] = args.seed
+    return create_encoder(args.encoder, weights=args.weights, **kw)
+
+
+def handler(args) -> int:
+    from zoomfeat.cohort import resolve_slides
+    from zoomfeat.extract import ExtractOptions, extract_cohort
+
+    opts = ExtractOptions(mags=args.mags, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                          tag=args.tag, mpp=args.mpp, mpp_csv=args.mpp_csv, clam_pt=args.clam_pt,
+                          progress=not args.no_progress)
+    slides = resolve_slides(args.slides)
+    if not slides:
+        raise FileNotFoundError(f"no slides found in {args.slides}")
+    encoder = build_encoder_from_args(args)
+    report = extract_cohort(slides, encoder, args.out, tiles_dir=args.tiles, opts=opts)
+    report.print()
+    return report.exit_code

@@ -1,0 +1,69 @@
+"""`zoomfeat mil cv` (cross-validate one head on one bag folder) and `zoomfeat compare` (encoders × tasks)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("mil", help="MIL heads on feature bags (cross-validation)",
+                              description="Train and evaluate ABMIL / TransMIL heads on feature bags.")
+    sub = p.add_subparsers(dest="mil_verb", metavar="SUBVERB")
+    sub.required = True
+    cv = sub.add_parser("cv", help="patient-level k-fold CV of one head on one bag folder",
+                        description="Writes splits.csv, fold_metrics.csv, predictions.csv, summary.{csv,md}, "
+                                    "roc.png or km.png, attention/{slide}.csv and heatmaps/{slide}.png.")
+    cv.add_argument("--config", required=True, help="YAML config (e.g. configs/mil/abmil_subtype.yaml)")
+    cv.add_argument("--out", default=None, help="output folder (default: config 'out' or runs/mil/<config name>)")
+    cv.add_argument("overrides", nargs="*", help="key=value overrides, e.g. bags=out/features_zoomldm hparams.lr=1e-4")
+    cv.set_defaults(func=_cv)
+
+    c = subparsers.add_parser("compare", help="same splits over several bag folders × tasks → table + plot",
+                              description="Cross-validate every encoder entry on every task with shared "
+                                          "patient-level splits; writes compare.md, compare.csv, compare.png.")
+    c.add_argument("--config", required=True, help="YAML config (e.g. configs/mil/compare.yaml)")
+    c.add_argument("--out", default=None, help="output folder")
+    c.add_argument("--labels", default=None, help="labels CSV (slide, patient, subtype, hrd, time, event)")
+    c.add_argument("--bags", action="append", default=None, metavar="[NAME=]FOLDER[:MAG]",
+                   help="an encoder entry (repeatable; replaces the config's list), e.g. "
+                        "zoomldm-20x+5x=out/features_zoomldm:20x+5x")
+    c.add_argument("--tasks", default=None, help="comma-separated task names (subtype,hrd,survival)")
+    c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model=transmil n_folds=3")
+    c.set_defaults(func=_compare)
+
+
+def _load(args: argparse.Namespace) -> tuple[dict, str]:
+    from pathlib import Path
+
+    from zoomfeat.config import apply_overrides, load_yaml
+
+    cfg = apply_overrides(load_yaml(args.config), args.overrides)
+    out = args.out or cfg.get("out") or str(Path("runs") / "mil" / Path(args.config).stem)
+    return cfg, out
+
+
+def _cv(args: argparse.Namespace) -> int:
+    from mil.cv import run_cv
+
+    cfg, out = _load(args)
+    res = run_cv(cfg, out)
+    print(res.summary.to_string(index=False))
+    print(f"wrote {out} ({len(res.predictions)} slides, {len(res.skipped)} skipped)")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from mil.compare import compare
+
+    cfg, out = _load(args)
+    if args.labels:
+        cfg["labels"] = args.labels
+    if args.bags:
+        cfg["encoders"] = list(args.bags)
+    if args.tasks:
+        cfg["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    table = compare(cfg, out)
+    prim = table[table["metric"].isin(["auc", "c_index"])]
+    print(prim[["encoder", "task", "metric", "mean", "std"]].to_string(index=False))
+    print(f"wrote {out}/compare.md, compare.csv, compare.png")
+    return 0

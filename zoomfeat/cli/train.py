@@ -1,0 +1,113 @@
+"""`zoomfeat build-dataset` and `zoomfeat train`: build a multi-scale ZoomLDM training set, then train on it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "build-dataset",
+        help="build a multi-scale ZoomLDM training set (SSL grids + VQ latents, sharded HDF5)",
+        description=(
+            "For every slide and scale k=0..7: regions of 256*2^k px at 20x resized to --patch-px, their SSL grid "
+            "(2^k x 2^k embeddings of the 20x tiles, computed once per slide, pooled to 8x8 above that) and the "
+            "VQ-f4 pre-quantisation latent. Resumable: slides whose shard exists are skipped."
+        ),
+    )
+    p.add_argument("slides", metavar="SLIDES", help="slide folder, slide file or CSV with a 'slide' column")
+    p.add_argument("--out", required=True, help="dataset folder (shards/, index.csv, meta.json)")
+    p.add_argument("--ssl-encoder", required=True, help="SSL tile encoder name (uni, phikon, tiny-vit, custom, ...)")
+    p.add_argument("--ssl-weights", default=None, help="weights file of the SSL encoder")
+    p.add_argument("--ssl-dim", type=int, default=None, help="output width (tiny-vit only; default: the model's ssl dim)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", default=None, help="ZoomLDM folder (save_pretrained / `zoomfeat convert`) whose VQ encodes")
+    src.add_argument("--official", default=None, metavar="CKPT", help="released weights.ckpt (needs --official-config)")
+    src.add_argument("--ldm-config", default=None, help="our ZoomLDM YAML: random-init VQ from --seed (tests, from-scratch)")
+    p.add_argument("--official-config", default=None, help="the released config.yaml of --official")
+    p.add_argument("--patch-px", type=int, default=None, help="patch side after resizing (default: the model's image size, 256 full size)")
+    p.add_argument("--ssl-px", type=int, default=256, help="pixels at which each 20x tile is read for the SSL encoder")
+    p.add_argument("--scales", default="all", help="scales to build: 'all' or e.g. '0,1,2' / '20x,5x'")
+    p.add_argument("--pool-to", type=int, default=8, help="average-pool SSL grids wider than this (0: store full grids)")
+    p.add_argument("--max-per-scale", type=int, default=None, help="cap patches per slide and scale (random, seeded)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--mpp", type=float, default=None, help="override the slides' level-0 µm/px")
+    p.add_argument("--mpp-csv", default=None, help="CSV slide,mpp for slides without resolution metadata")
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.set_defaults(func=build_dataset_cmd)
+
+    t = subparsers.add_parser(
+        "train",
+        help="train or fine-tune ZoomLDM (UNet + Summarizer, VQ frozen); resumable, multi-GPU via torchrun/accelerate",
+        description=(
+            "Train per a YAML config (configs/train/*.yaml). Writes DIR/metrics.csv, DIR/checkpoints/step_N, "
+            "DIR/samples/ and the final EMA model DIR/model (loadable by extraction and generation). "
+            "Multi-process: torchrun --nproc_per_node N -m zoomfeat train ..."
+        ),
+    )
+    t.add_argument("--config", required=True, help="training YAML (e.g. configs/train/tiny.yaml)")
+    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set train.lr=1e-4 (repeatable)")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=train_cmd)
+
+
+def _scales(spec: str) -> list[int]:
+    from zoomfeat.mags import N_SCALES, mag_to_index
+
+    if spec.strip().lower() == "all":
+        return list(range(N_SCALES))
+    return sorted({mag_to_index(int(s) if s.strip().isdigit() else s) for s in spec.split(",") if s.strip()})
+
+
+def build_dataset_cmd(args: argparse.Namespace) -> int:
+    import torch
+
+    from zoomfeat.encoders import create_encoder
+    from zoomfeat.ldm import ZoomLDM
+    from zoomfeat.train.dataset import build_dataset
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.model:
+        ldm = ZoomLDM.from_pretrained(args.model)
+    elif args.official:
+        if not args.official_config:
+            raise ValueError("--official needs --official-config (the released config.yaml)")
+        ldm = ZoomLDM.from_official(args.official, args.official_config)
+    else:
+        from zoomfeat.config import load_yaml
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            ldm = ZoomLDM.from_config(load_yaml(args.ldm_config))
+    ldm.to(device).eval()
+    kw = {}
+    if args.ssl_encoder == "tiny-vit":
+        kw = {"dim": args.ssl_dim or ldm.ssl_dim, "seed": args.seed}
+    encoder = create_encoder(args.ssl_encoder, weights=args.ssl_weights, **kw).to(device)
+    if encoder.dim != ldm.ssl_dim:
+        raise ValueError(f"SSL encoder {encoder.name} gives {encoder.dim}-d embeddings but the model's Summarizer "
+                         f"expects {ldm.ssl_dim}")
+    report = build_dataset(
+        args.slides, args.out, encoder, ldm.vq, patch_px=args.patch_px or ldm.image_size, ssl_px=args.ssl_px,
+        scales=_scales(args.scales), pool_to=args.pool_to, max_per_scale=args.max_per_scale, seed=args.seed,
+        batch_size=args.batch_size, mpp=args.mpp, mpp_csv=args.mpp_csv,
+    )
+    report.print()
+    print(f"dataset: {Path(args.out) / 'index.csv'}")
+    return report.exit_code
+
+
+def train_cmd(args: argparse.Namespace) -> int:
+    from zoomfeat.train.loop import load_train_config, train
+
+    cfg = load_train_config(args.config, args.overrides)
+    summary = train(cfg, args.out, max_steps=args.max_steps, resume=args.resume, progress=not args.no_progress)
+    if "last_loss" in summary:
+        print(f"trained to step {summary['steps']} (loss {summary['last_loss']:.4f}); model: {summary['model']}")
+    return 0

@@ -1,0 +1,193 @@
+"""The one interface every tile encoder shares: model + transforms + precision + dim + name + weights hash + config.
+
+Transforms run on tensors (uint8 batches are moved to the device first, then resized and normalised there), so the
+DataLoader workers only read and decode pixels: peer_toolkits §4 shows per-patch PIL work is a main CPU cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def to_float_images(images: Any, device: torch.device | str | None = None) -> torch.Tensor:
+    """Tiles in any common form → float [B, 3, H, W] in [0, 1] on ``device``.
+
+    Accepts uint8 [B, H, W, 3] / [B, 3, H, W] (numpy or torch; the channel axis is found by its size 3) or float
+    tensors already in [0, 1]. uint8 is moved before the cast so host→device copies stay 4× smaller.
+    """
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a numpy array or torch tensor, got {type(images).__name__}")
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, H, W, 3] or [B, 3, H, W], got shape {tuple(images.shape)}")
+    if device is not None:
+        images = images.to(device, non_blocking=True)
+    if images.shape[-1] == 3 and images.shape[1] != 3:
+        images = images.permute(0, 3, 1, 2)
+    elif images.shape[1] != 3:
+        raise ValueError(f"images need 3 channels (RGB), got shape {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+@dataclass
+class TileTransform:
+    """Resize (antialiased) + normalise on tensors; ``config()`` is what a bag records as its transform."""
+
+    size: int = 224
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def __call__(self, images: Any, device: torch.device | str | None = None) -> torch.Tensor:
+        x = to_float_images(images, device)
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode=self.interpolation, antialias=True,
+                              align_corners=False)
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def config(self) -> dict:
+        return {"input_size": self.size, "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation, "antialias": True}
+
+
+def autocast_context(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast on GPU for fp16/bf16; fp32 (or CPU with fp16, which CPUs run slowly) runs without autocast."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=PRECISIONS[precision])
+    if device.type == "cpu" and precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """Hash of a module's parameters and buffers (for random-init encoders that have no weight file)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A plain tensor state dict from ``.safetensors`` or a torch file (``weights_only=True``: no pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:  # mmap: a 1.2 GB UNI checkpoint is paged in as needed instead of copied
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path}: expected a state dict (mapping of tensors), got {type(sd).__name__}")
+    return sd
+
+
+def load_into_meta_built(build: Callable[[], nn.Module], state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Build ``build()`` on the meta device and load ``state_dict`` into it with ``strict=True, assign=True``.
+
+    Skips the random initialisation of large models (UNI's takes ~40 s on 2 CPU cores), since every tensor is
+    replaced anyway; a state dict that does not cover the model fails loudly, exactly like strict loading.
+    """
+    with torch.device("meta"):
+        model = build()
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:  # non-persistent buffers are not in a state dict: rebuild normally instead
+        model = build()
+        model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+@dataclass
+class Encoder:
+    """A tile encoder: ``encode(images) -> [B, dim]`` float32.
+
+    ``model`` maps transformed images to features through ``forward_fn`` (default: ``model(x)``); ``precision``
+    is the autocast dtype used on GPU; ``config`` is recorded in every bag so features can be traced to settings.
+    """
+
+    name: str
+    model: nn.Module
+    transforms: Callable[..., torch.Tensor]
+    dim: int
+    precision: str = "fp32"
+    weights_sha256: str | None = None
+    config: dict = field(default_factory=dict)
+    forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+    weights_path: str | None = None
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.model.parameters()).device
+        except StopIteration:
+            return torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> "Encoder":
+        self.model.to(device)
+        return self
+
+    def full_config(self) -> dict:
+        """What a bag stores as ``encoder_config``: the builder's options plus transform and precision."""
+        tcfg = self.transforms.config() if hasattr(self.transforms, "config") else {}
+        return {"name": self.name, "dim": self.dim, "precision": self.precision, **tcfg, **self.config}
+
+    @torch.inference_mode()
+    def encode(self, images: Any) -> torch.Tensor:
+        """Tiles (uint8 [B,H,W,3] or float [B,3,H,W] in [0,1]) → features [B, dim] float32 on the model's device."""
+        device = self.device
+        x = self.transforms(images, device)
+        with autocast_context(device, self.precision):
+            out = self.forward_fn(self.model, x) if self.forward_fn is not None else self.model(x)
+        if out.ndim != 2 or out.shape[1] != self.dim:
+            raise RuntimeError(f"encoder {self.name} returned shape {tuple(out.shape)}, expected (B, {self.dim})")
+        return out.float()
+
+
+def infer_dim(model: nn.Module, transforms: Callable, forward_fn=None, size: int = 64) -> int:
+    """Output width of a model, found by one forward on a dummy tile (for ``custom`` encoders given no dim)."""
+    dummy = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    with torch.inference_mode():
+        x = transforms(dummy, next(model.parameters()).device if any(True for _ in model.parameters()) else None)
+        out = forward_fn(model, x) if forward_fn is not None else model(x)
+    if out.ndim != 2:
+        raise ValueError(f"custom model must return [B, D] features, got shape {tuple(out.shape)}")
+    return int(out.shape[1])

@@ -1,0 +1,38 @@
+"""``tiny-vit``: a small random-init timm ViT, deterministic from its seed — the stand-in SSL/UNI encoder for the
+tiny ZoomLDM, so tests, the demo and training need no weight file (its ``dim`` must equal the model's ssl dim)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from zoomfeat.encoders.base import Encoder, TileTransform, load_state_dict_file, state_dict_sha256
+from zoomfeat.io import sha256_file
+
+
+def build_tiny_vit(dim: int = 48, seed: int = 0, depth: int = 2, img_size: int = 64, patch_size: int = 16):
+    """timm VisionTransformer, class token out; weights drawn under a private RNG seeded with ``seed``."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    heads = next(h for h in (4, 3, 2, 1) if dim % h == 0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=dim, depth=depth,
+                                  num_heads=heads, mlp_ratio=2.0, num_classes=0, dynamic_img_size=True)
+    return model
+
+
+def create_tiny_vit(weights: str | os.PathLike | None = None, dim: int = 48, seed: int = 0, depth: int = 2,
+                    input_size: int = 64, precision: str = "fp32") -> Encoder:
+    """Random init from ``seed`` or a saved state dict (``strict=True``); ImageNet normalisation at 64 px."""
+    model = build_tiny_vit(dim=dim, seed=seed, depth=depth, img_size=input_size)
+    if weights is not None:
+        model.load_state_dict(load_state_dict_file(weights), strict=True)
+        sha = sha256_file(weights)
+    else:
+        sha = state_dict_sha256(model)
+    return Encoder(name="tiny-vit", model=model, transforms=TileTransform(size=input_size), dim=dim,
+                   precision=precision, weights_sha256=sha, weights_path=str(weights) if weights else None,
+                   config={"arch": "timm VisionTransformer", "depth": depth, "seed": seed,
+                           "feature_token": "cls", "random_init": weights is None})

@@ -1,0 +1,228 @@
+"""``zoomldm``: frozen ZoomLDM as a tile encoder — VQ-encode, noise to t, UNet up to the requested block, pool.
+
+Pipeline per tile (spec §8 working hypothesis, every choice exposed):
+  tile → resize to the model's image size, scale to [-1, 1] → VQ encode (pre-quant latent, as in training)
+  → x_t = √ᾱ_t z + √(1-ᾱ_t) ε with ε drawn from a per-tile seed (slide id + level-0 coords + mag + base seed, so the
+  same tile always gets the same noise, whatever batch or worker it lands in) → UNet with early exit after the
+  deepest requested block (``ZoomLDM.unet_features``) → global average pool of each block → concatenation over
+  blocks, then over timesteps.
+
+Conditioning ``uni``: a 20x tile is conditioned on its own SSL embedding as a 1×1 grid at mag 20x; a 5x region on
+the 4×4 grid of its 16 children's SSL embeddings at mag 5x (the training-time inputs, spec §1.5). ``none`` uses the
+null (all-zeros) context that classifier-free guidance was trained with.
+
+Defaults: block 0 (the middle-block output, the most compact and semantic activation the authors' hook returns),
+t = 100 (low noise: the latent keeps the tile's content, yet the UNet runs in its denoising regime — feature papers
+on diffusion models find small t best for recognition), conditioning ``uni`` (the model was trained conditioned;
+the null context was seen only 10% of the time). The paper does not state its choice (spec §8), so all are options.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from zoomfeat.encoders.base import Encoder, TileTransform, autocast_context
+from zoomfeat.io import sha256_file
+from zoomfeat.mags import mag_to_index
+
+DEFAULT_BLOCKS = (0,)
+DEFAULT_T = (100,)
+DEFAULT_CONDITIONING = "uni"
+#: SSL grid side per magnification (spec §1.5): a 5x region holds 4×4 20x tiles.
+GRID_SIDE = {"20x": 1, "5x": 4}
+
+
+def tile_seed(slide: str, x: int, y: int, mag: str, base_seed: int = 0) -> int:
+    """Reproducible 63-bit noise seed of one tile: independent of batch composition, worker count and rank."""
+    h = hashlib.sha256(f"{slide}|{int(x)}|{int(y)}|{mag}|{int(base_seed)}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def tile_seeds(slide: str, coords: np.ndarray, mag: str, base_seed: int = 0) -> np.ndarray:
+    return np.array([tile_seed(slide, x, y, mag, base_seed) for x, y in np.asarray(coords).reshape(-1, 2)],
+                    dtype=np.int64)
+
+
+def block_channels(unet_config: Any) -> dict[int, int]:
+    """Channels of every ``return_intermediates`` activation: 0 = middle block, 1.. = decoder (output) blocks."""
+    get = unet_config.get if isinstance(unet_config, dict) else (lambda k, d=None: getattr(unet_config, k, d))
+    chans = list(get("block_out_channels"))
+    per = int(get("layers_per_block")) + 1
+    out = {0: chans[-1]}
+    for j in range(1, len(chans) * per + 1):
+        out[j] = list(reversed(chans))[(j - 1) // per]
+    return out
+
+
+def load_zoomldm(weights: str | os.PathLike, config: str | os.PathLike | None = None):
+    """A ZoomLDM from a ``save_pretrained`` folder (``zoomfeat convert`` / training) or an official
+    ``weights.ckpt`` with its ``config.yaml`` (next to it unless ``config`` is given)."""
+    from zoomfeat.ldm import ZoomLDM
+
+    p = Path(weights)
+    if p.is_dir():
+        return ZoomLDM.from_pretrained(p)
+    if not p.is_file():
+        raise FileNotFoundError(f"ZoomLDM weights not found: {p}")
+    cfg = Path(config) if config is not None else p.with_name("config.yaml")
+    if not cfg.is_file():
+        raise FileNotFoundError(f"official ZoomLDM checkpoint {p} needs its config.yaml (looked for {cfg})")
+    return ZoomLDM.from_official(p, cfg)
+
+
+class ZoomLDMEncoder:
+    """Tile → ZoomLDM UNet activation features. Same attributes as :class:`Encoder`; ``encode`` takes the tiles'
+    magnification, SSL grids (for ``conditioning='uni'``) and per-tile noise seeds."""
+
+    def __init__(self, ldm, blocks: Sequence[int] = DEFAULT_BLOCKS, t: Sequence[int] = DEFAULT_T,
+                 conditioning: str = DEFAULT_CONDITIONING, ssl_encoder: Encoder | None = None,
+                 precision: str = "fp16", base_seed: int = 0, weights_sha256: str | None = None,
+                 weights_path: str | None = None):
+        self.name = "zoomldm"
+        self.model = ldm
+        self.blocks = [int(b) for b in (blocks if isinstance(blocks, (list, tuple)) else [blocks])]
+        self.t = [int(v) for v in (t if isinstance(t, (list, tuple)) else [t])]
+        if not self.blocks or not self.t:
+            raise ValueError("zoomldm needs at least one block and one timestep")
+        if conditioning not in ("uni", "none"):
+            raise ValueError(f"conditioning must be 'uni' or 'none', got {conditioning!r}")
+        n_t = int(getattr(ldm, "num_train_timesteps", 1000))
+        bad_t = [v for v in self.t if not 0 <= v < n_t]
+        if bad_t:
+            raise ValueError(f"timesteps must lie in [0, {n_t - 1}], got {bad_t}")
+        chans = block_channels(ldm.unet.config)
+        bad = [b for b in self.blocks if b not in chans]
+        if bad:
+            raise ValueError(f"blocks must be in 0..{max(chans)} (0 = middle block, 1..{max(chans)} = decoder "
+                             f"blocks), got {bad}")
+        self.conditioning = conditioning
+        if conditioning == "uni":
+            if ssl_encoder is None:
+                raise ValueError("conditioning 'uni' needs an SSL encoder (--ssl-encoder/--ssl-weights); "
+                                 "use --conditioning none for the null context")
+            if ssl_encoder.dim != ldm.ssl_dim:
+                raise ValueError(f"SSL encoder {ssl_encoder.name} gives {ssl_encoder.dim}-d embeddings but this "
+                                 f"ZoomLDM expects ssl dim {ldm.ssl_dim}")
+        self.ssl_encoder = ssl_encoder if conditioning == "uni" else None
+        self.precision = precision
+        self.base_seed = int(base_seed)
+        self.weights_sha256 = weights_sha256
+        self.weights_path = weights_path
+        self.image_size = int(ldm.image_size)
+        # [0,1] → [-1,1] (mean = std = 0.5) at the model's image size (64 for the tiny fixture, 256 full size)
+        self.transforms = TileTransform(size=self.image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        self.dim = sum(chans[b] for b in self.blocks) * len(self.t)
+        self.config = {"blocks": self.blocks, "t": self.t, "conditioning": conditioning, "pool": "global_avg",
+                       "noise_seed": "sha256(slide|x|y|mag|base_seed)", "base_seed": self.base_seed,
+                       "image_size": self.image_size, "feature_order": "t-major, then blocks",
+                       "ssl_encoder": ssl_encoder.name if self.ssl_encoder else None,
+                       "ssl_weights_sha256": ssl_encoder.weights_sha256 if self.ssl_encoder else None}
+
+    # -- Encoder-compatible surface --------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.model.device)
+
+    def to(self, device: torch.device | str) -> "ZoomLDMEncoder":
+        self.model.to(device)
+        if self.ssl_encoder is not None:
+            self.ssl_encoder.to(device)
+        return self
+
+    @property
+    def needs_ssl(self) -> bool:
+        return self.ssl_encoder is not None
+
+    def full_config(self) -> dict:
+        return {"name": self.name, "dim": self.dim, "precision": self.precision, **self.transforms.config(),
+                **self.config}
+
+    # -- features ------------------------------------------------------------------------------------------------
+    def _noise(self, seeds: Sequence[int] | np.ndarray | None, shape: tuple[int, ...], n: int) -> torch.Tensor:
+        if seeds is None:
+            g = torch.Generator().manual_seed(self.base_seed)
+            return torch.randn((n, *shape), generator=g)
+        seeds = np.asarray(seeds).reshape(-1)
+        if len(seeds) != n:
+            raise ValueError(f"got {len(seeds)} seeds for {n} tiles")
+        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+    def context(self, n: int, mag: str, ssl_grid: torch.Tensor | None) -> torch.Tensor:
+        """UNet cross-attention context for ``n`` tiles: Summarizer(raw SSL grid, mag) or the null context."""
+        if self.conditioning == "none":
+            return self.model.null_context(n)
+        if ssl_grid is None:
+            raise ValueError("conditioning 'uni' needs ssl_grid [B, C, s, s] (s = 1 at 20x, 4 at 5x)")
+        ssl_grid = torch.as_tensor(ssl_grid, dtype=torch.float32).to(self.device)
+        if ssl_grid.ndim == 2:
+            ssl_grid = ssl_grid[:, :, None, None]
+        return self.model.condition(ssl_grid, mag_to_index(mag))
+
+    @torch.inference_mode()
+    def pooled_features(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Noisy latents → pooled activations of ``self.blocks`` concatenated, [B, Σ channels] float32."""
+        acts = self.model.unet_features(x_t, t, context, self.blocks)
+        return torch.cat([acts[b].float().mean(dim=(2, 3)) for b in self.blocks], dim=1)
+
+    @torch.inference_mode()
+    def encode(self, images: Any, mag: str = "20x", ssl_grid: torch.Tensor | None = None,
+               seeds: Sequence[int] | np.ndarray | None = None) -> torch.Tensor:
+        """Tiles (uint8 [B,H,W,3] or float [0,1]) → [B, dim] float32 features (see the module docstring)."""
+        ldm = self.model
+        device = self.device
+        x = self.transforms(images, device)
+        n = x.shape[0]
+        n_t = len(self.t)
+        with autocast_context(device, self.precision):
+            z0 = ldm.encode(x).float()
+            ctx = self.context(n, mag, ssl_grid)
+            noise = self._noise(seeds, tuple(z0.shape[1:]), n).to(device, z0.dtype)
+            # all timesteps in one UNet batch: [t0 tiles…, t1 tiles…]
+            tt = torch.cat([torch.full((n,), v, device=device, dtype=torch.long) for v in self.t])
+            zt = ldm.add_noise(z0.repeat(n_t, 1, 1, 1), noise.repeat(n_t, 1, 1, 1), tt)
+            pooled = self.pooled_features(zt, tt, ctx.repeat(n_t, 1, 1))  # [T*n, C]
+        out = pooled.view(n_t, n, -1).permute(1, 0, 2).reshape(n, -1)
+        if out.shape[1] != self.dim:
+            raise RuntimeError(f"zoomldm features have width {out.shape[1]}, expected {self.dim}")
+        return out.float()
+
+
+def create_zoomldm(weights: str | os.PathLike | None = None, blocks: Sequence[int] = DEFAULT_BLOCKS,
+                   t: Sequence[int] = DEFAULT_T, conditioning: str = DEFAULT_CONDITIONING,
+                   ssl_encoder: Encoder | str | None = None, ssl_weights: str | os.PathLike | None = None,
+                   ssl_kwargs: dict | None = None, precision: str = "fp16", base_seed: int = 0,
+                   config: str | os.PathLike | None = None, ldm=None) -> ZoomLDMEncoder:
+    """Build the zoomldm encoder from local weights (folder or official ckpt + config.yaml) or a loaded ``ldm``.
+
+    ``ssl_encoder``: an Encoder or a registry name (default ``uni``; ``tiny-vit`` for the tiny fixture, sized to
+    the model's ssl dim automatically). Fails before any work when conditioning needs SSL weights that are missing.
+    """
+    from zoomfeat.encoders import create_encoder
+
+    if ldm is None:
+        if weights is None:
+            raise FileNotFoundError("zoomldm needs --weights: a folder from `zoomfeat convert`/training or an "
+                                    "official weights.ckpt with config.yaml beside it")
+        ldm = load_zoomldm(weights, config)
+        sha, wpath = sha256_file(weights), str(weights)
+    else:
+        sha, wpath = (sha256_file(weights), str(weights)) if weights is not None else (None, None)
+    ssl = None
+    if conditioning == "uni":
+        if ssl_encoder is None:
+            ssl_encoder = "uni"
+        if isinstance(ssl_encoder, str):
+            kw = dict(ssl_kwargs or {})
+            if ssl_encoder == "tiny-vit":
+                kw.setdefault("dim", int(ldm.ssl_dim))
+            ssl = create_encoder(ssl_encoder, weights=ssl_weights, **kw)
+        else:
+            ssl = ssl_encoder
+    return ZoomLDMEncoder(ldm, blocks=blocks, t=t, conditioning=conditioning, ssl_encoder=ssl, precision=precision,
+                          base_seed=base_seed, weights_sha256=sha, weights_path=wpath)

@@ -1,0 +1,416 @@
+"""Feature extraction: slides + tile coordinates in, one HDF5 bag per slide per encoder out (20x and 5x features).
+
+Per slide: a DataLoader (one slide handle per worker) reads the 20x tiles; each batch goes through the encoder
+(for ``zoomldm`` with ``uni`` conditioning, the SSL encoder first, whose embeddings are kept). Then every 5x parent
+region is read once (the 4×4-tile region at the tile size) and encoded; ``zoomldm`` conditions it on the 4×4 grid of
+its 16 children's SSL embeddings. Children that were not kept as tissue tiles are read and embedded too, so the
+grid is always complete — the same input the model saw in training, where the region's whole UNI grid was used.
+The bag is written atomically at the end; a rerun skips bags whose settings signature matches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from zoomfeat.bags import bag_path, read_bag_attrs, write_bag, write_clam_pt
+from zoomfeat.cohort import CohortReport, SlideResult, rank_slice, run_cohort, slide_id
+
+TILES_ON_THE_FLY = "_tiles"
+
+
+@dataclass
+class ExtractOptions:
+    """Cohort-level settings (encoder settings live in the encoder's own config)."""
+
+    mags: tuple[str, ...] = ("20x", "5x")
+    batch_size: int = 16
+    workers: int = 2
+    device: str = "auto"
+    tag: str | None = None  # features_{tag}/ sub-folder; default: the encoder name
+    mpp: float | None = None
+    mpp_csv: str | None = None
+    min_tissue: float | None = None  # only for on-the-fly tiling
+    clam_pt: bool = False  # also write CLAM's pt_files/{slide}.pt
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        mags = tuple(m.strip().lower() for m in (self.mags.split(",") if isinstance(self.mags, str) else self.mags))
+        mags = tuple(m for m in mags if m)
+        bad = [m for m in mags if m not in ("20x", "5x")]
+        if bad or "20x" not in mags:
+            raise ValueError(f"--mags must be '20x' or '20x,5x' (20x features are the bag's root), got {self.mags!r}")
+        self.mags = tuple(sorted(set(mags), key=("20x", "5x").index))
+        if self.batch_size < 1 or self.workers < 0:
+            raise ValueError("batch size must be ≥ 1 and workers ≥ 0")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` = this rank's GPU (torchrun LOCAL_RANK) if CUDA is available, else the CPU."""
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+# ------------------------------------------------------------------------------------------------ data loading
+
+
+class RegionDataset(torch.utils.data.Dataset):
+    """Square level-0 regions of one slide read at ``out_px``: ``(uint8 [out_px, out_px, 3], row)``.
+
+    The WSI object pickles without its OpenSlide handle, so each worker opens its own handle on first read.
+    """
+
+    def __init__(self, wsi, coords: np.ndarray, size_l0: int, out_px: int):
+        self.wsi = wsi
+        self.coords = np.asarray(coords, np.int64).reshape(-1, 2)
+        self.size_l0 = int(size_l0)
+        self.out_px = int(out_px)
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def __getitem__(self, i: int):
+        x, y = self.coords[i]
+        return torch.from_numpy(np.array(self.wsi.read_region_l0(int(x), int(y), self.size_l0,
+                                                                             self.out_px))), i
+
+
+def _loader(wsi, coords, size_l0, out_px, opts: ExtractOptions, device: torch.device):
+    ds = RegionDataset(wsi, coords, size_l0, out_px)
+    workers = min(opts.workers, max(1, len(ds) // max(1, opts.batch_size))) if len(ds) else 0
+    return torch.utils.data.DataLoader(
+        ds, batch_size=opts.batch_size, shuffle=False, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+def _batches(loader, desc: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress or len(loader) < 2)
+
+
+# ------------------------------------------------------------------------------------------------ one slide
+
+
+def _coords_attrs(path: Path | None, group: str | None = None) -> dict:
+    """The tiling file's attributes on ``coords`` (TRIDENT + CLAM sets), copied onto the bag's coords."""
+    if path is None or not Path(path).exists():
+        return {}
+    import h5py
+
+    from zoomfeat.bags import _attrs_dict
+
+    with h5py.File(path, "r") as f:
+        node = f[group] if group else f
+        return _attrs_dict(node["coords"]) if "coords" in node else {}
+
+
+def parents_5x(grid) -> tuple[np.ndarray, np.ndarray, int]:
+    """5x regions (coords, parent_index, level-0 size) from the tiling file, or derived on the lattice anchored at
+    (0, 0) (4×4 tiles per region) when the coordinate file has none (CLAM/TRIDENT files)."""
+    s = int(grid.patch_size_level0)
+    if grid.coords_5x is not None and grid.parent_index is not None:
+        return (np.asarray(grid.coords_5x, np.int64), np.asarray(grid.parent_index, np.int64),
+                int(grid.patch_size_level0_5x or 4 * s))
+    from zoomfeat.slides.grid import parent_regions
+
+    c5, pidx = parent_regions(grid.coords, s, 2)
+    return c5, pidx, 4 * s
+
+
+def children_coords(coords_5x: np.ndarray, size_l0: int) -> np.ndarray:
+    """Level-0 top-left of the 16 20x children of each 5x region: (M, 16, 2), row-major (y, then x) like the
+    UNI grid the model was trained on."""
+    j, i = np.meshgrid(np.arange(4), np.arange(4), indexing="ij")
+    offs = np.stack([i.ravel(), j.ravel()], axis=1).astype(np.int64) * np.int64(size_l0)  # (16, 2) (x, y)
+    return np.asarray(coords_5x, np.int64)[:, None, :] + offs[None]
+
+
+def _encode_batch(encoder, imgs: torch.Tensor, mag: str, ssl: torch.Tensor | None, seeds: np.ndarray | None):
+    if getattr(encoder, "name", "") == "zoomldm":
+        return encoder.encode(imgs, mag=mag, ssl_grid=ssl, seeds=seeds)
+    return encoder.encode(imgs)
+
+
+def extract_slide(
+    slide: str | os.PathLike,
+    grid,
+    encoder,
+    out_path: str | os.PathLike,
+    opts: ExtractOptions | None = None,
+    coords_file: str | os.PathLike | None = None,
+    signature: str | None = None,
+) -> dict:
+    """Extract one slide's bag to ``out_path`` (atomic). Returns timings and counts for the cohort summary."""
+    from zoomfeat import __version__
+    from zoomfeat.encoders.zoomldm import tile_seeds
+    from zoomfeat.slides.reader import open_slide
+
+    opts = opts or ExtractOptions()
+    device = encoder.device
+    sid = grid.slide or slide_id(slide)
+    is_ldm = getattr(encoder, "name", "") == "zoomldm"
+    ssl_enc = getattr(encoder, "ssl_encoder", None) if is_ldm else None
+    s = int(grid.patch_size_level0)
+    out_px = int(grid.patch_size)
+    coords = np.asarray(grid.coords, np.int64).reshape(-1, 2)
+    if len(coords) == 0:
+        raise ValueError(f"{sid}: the coordinate file has no tiles")
+    timing: dict[str, float] = {}
+    wsi = open_slide(slide, mpp=opts.mpp, mpp_csv=opts.mpp_csv, require_mpp=False)
+    try:
+        # 20x pass ---------------------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        feats = np.zeros((len(coords), encoder.dim), np.float32)
+        ssl20 = np.zeros((len(coords), ssl_enc.dim), np.float32) if ssl_enc is not None else None
+        for imgs, idx in _batches(_loader(wsi, coords, s, out_px, opts, device), f"{sid} 20x", opts.progress):
+            idx = idx.numpy()
+            ssl = None
+            if ssl_enc is not None:
+                ssl = ssl_enc.encode(imgs)
+                ssl20[idx] = ssl.cpu().numpy()
+                ssl = ssl[:, :, None, None]
+            seeds = tile_seeds(sid, coords[idx], "20x", encoder.base_seed) if is_ldm else None
+            feats[idx] = _encode_batch(encoder, imgs, "20x", ssl, seeds).cpu().numpy()
+        timing["seconds_20x"] = time.perf_counter() - t0
+        f5 = c5 = pidx = None
+        if "5x" in opts.mags:
+            t0 = time.perf_counter()
+            c5, pidx, s5 = parents_5x(grid)
+            grids = None
+            if ssl_enc is not None:
+                # SSL grid of every 5x region: kept children reuse their 20x embedding, the others are embedded now
+                kids = children_coords(c5, s).reshape(-1, 2)
+                known = {(int(x), int(y)): r for r, (x, y) in enumerate(coords)}
+                rows = np.array([known.get((int(x), int(y)), -1) for x, y in kids], np.int64)
+                emb = np.zeros((len(kids), ssl_enc.dim), np.float32)
+                emb[rows >= 0] = ssl20[rows[rows >= 0]]
+                missing = np.flatnonzero(rows < 0)
+                if len(missing):
+                    for imgs, idx in _batches(_loader(wsi, kids[missing], s, out_px, opts, device),
+                                              f"{sid} 5x children", opts.progress):
+                        emb[missing[idx.numpy()]] = ssl_enc.encode(imgs).cpu().numpy()
+                timing["children_embedded_5x"] = int(len(missing))
+                # (M, 16, C) row-major → (M, C, 4, 4)
+                grids = emb.reshape(len(c5), 4, 4, -1).transpose(0, 3, 1, 2)
+            f5 = np.zeros((len(c5), encoder.dim), np.float32)
+            for imgs, idx in _batches(_loader(wsi, c5, s5, out_px, opts, device), f"{sid} 5x", opts.progress):
+                idx = idx.numpy()
+                ssl = torch.from_numpy(np.ascontiguousarray(grids[idx])) if grids is not None else None
+                seeds = tile_seeds(sid, c5[idx], "5x", encoder.base_seed) if is_ldm else None
+                f5[idx] = _encode_batch(encoder, imgs, "5x", ssl, seeds).cpu().numpy()
+            timing["seconds_5x"] = time.perf_counter() - t0
+        mpp0 = grid.mpp_level0 if grid.mpp_level0 is not None else wsi.mpp
+    finally:
+        wsi.close()
+
+    import openslide
+
+    cfg = encoder.full_config()
+    attrs: dict[str, Any] = {
+        "slide": sid,
+        "encoder": encoder.name,
+        "encoder_config": cfg,
+        "encoder_weights_sha256": encoder.weights_sha256,
+        "encoder_weights_path": getattr(encoder, "weights_path", None),
+        "precision": encoder.precision,
+        "dim": int(encoder.dim),
+        "mags": list(opts.mags),
+        "mpp_level0": float(mpp0) if mpp0 is not None else None,
+        "mpp_source": grid.mpp_source,
+        "target_mpp": grid.target_mpp,
+        "patch_size": out_px,
+        "patch_size_level0": s,
+        "toolkit_version": __version__,
+        "reader": "openslide",
+        "reader_version": getattr(openslide, "__library_version__", ""),
+        "coords_file": str(coords_file) if coords_file else None,
+        "extract_signature": signature,
+        "device": str(device),
+        "input_size": cfg.get("input_size"),
+        "mean": cfg.get("mean"),
+        "std": cfg.get("std"),
+        "feature_token": cfg.get("feature_token", cfg.get("pool")),
+    }
+    if is_ldm:
+        attrs.update({"block": encoder.blocks, "t": encoder.t, "conditioning": encoder.conditioning,
+                      "ssl_encoder": ssl_enc.name if ssl_enc else None,
+                      "ssl_weights_sha256": ssl_enc.weights_sha256 if ssl_enc else None})
+    if f5 is not None:
+        attrs.update({"patch_size_level0_5x": int(s5), "target_magnification_5x": 5,
+                      "region_px_20x_5x": 4 * out_px})
+    cattrs = _coords_attrs(Path(coords_file) if coords_file else None)
+    cattrs.setdefault("patch_size", out_px)
+    cattrs.setdefault("patch_size_level0", s)
+    cattrs.setdefault("name", sid)
+    _clean_stale_tmp(Path(out_path))
+    write_bag(out_path, feats, coords, attrs, f5, c5, pidx, coords_attrs=cattrs)
+    if opts.clam_pt:
+        write_clam_pt(Path(out_path).parent / "pt_files" / f"{sid}.pt", feats)
+    return {"n_20x": int(len(coords)), "n_5x": int(0 if c5 is None else len(c5)), **timing}
+
+
+def _clean_stale_tmp(final: Path) -> None:
+    """Remove temp files a killed run left for this bag (``.{name}.{pid}.tmp`` whose pid is gone)."""
+    for tmp in final.parent.glob(f".{final.name}.*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        except (ValueError, PermissionError):
+            continue
+
+
+# ------------------------------------------------------------------------------------------------ cohort
+
+
+def extract_signature(encoder, opts: ExtractOptions, tiles_source: str) -> str:
+    """Hash of everything that changes a bag's content: encoder config + weights, mags, tiling source."""
+    payload = {"encoder": encoder.full_config(), "weights": encoder.weights_sha256, "mags": list(opts.mags),
+               "tiles": tiles_source, "mpp": opts.mpp}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def bag_done(path: Path, signature: str) -> bool:
+    """A bag counts as done when it exists, opens, and was made with the same settings signature."""
+    if not path.exists():
+        return False
+    try:
+        return read_bag_attrs(path).get("extract_signature") == signature
+    except (OSError, ValueError):
+        return False
+
+
+def _load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: ExtractOptions):
+    from zoomfeat.slides.coords import coords_path, read_coords
+
+    sid = slide_id(slide)
+    if tiles_dir is not None:
+        cp = coords_path(tiles_dir, sid)
+        if not cp.exists():
+            raise FileNotFoundError(f"{sid}: no coordinate file {cp} (run `zoomfeat tile` first, or omit --tiles)")
+    else:
+        from zoomfeat.slides.tiling import tile_slide
+
+        tdir = out_dir / TILES_ON_THE_FLY
+        cp = coords_path(tdir, sid)
+        if not cp.exists():
+            kw = {"mpp": opts.mpp, "mpp_csv": opts.mpp_csv,
+                  "scales": (0, 2) if "5x" in opts.mags else (0,)}
+            if opts.min_tissue is not None:
+                kw["min_tissue"] = opts.min_tissue
+            cp = Path(tile_slide(slide, tdir, **kw))
+    return read_coords(cp, mpp=opts.mpp), cp
+
+
+def extract_cohort(
+    slides: Sequence[str | os.PathLike],
+    encoder,
+    out_dir: str | os.PathLike,
+    tiles_dir: str | os.PathLike | None = None,
+    opts: ExtractOptions | None = None,
+) -> CohortReport:
+    """Extract every slide of this rank's share (torchrun RANK/WORLD_SIZE) into ``out_dir/features_{tag}/``.
+
+    Completed bags with the same settings are skipped, per-slide errors are collected, and a summary is written:
+    ``summary.csv/json`` for a single process, or ``summary_rank{r}`` per rank merged into ``summary`` by the
+    last rank to finish.
+    """
+    opts = opts or ExtractOptions()
+    out_dir = Path(out_dir)
+    tiles_dir = Path(tiles_dir) if tiles_dir is not None else None
+    if tiles_dir is not None and not tiles_dir.is_dir():
+        raise FileNotFoundError(f"--tiles folder not found: {tiles_dir}")
+    device = resolve_device(opts.device)
+    encoder.to(device)
+    tag = opts.tag or encoder.name
+    sig = extract_signature(encoder, opts, "tiles:" + (str(tiles_dir.resolve()) if tiles_dir else "on-the-fly"))
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    mine = rank_slice(list(slides), rank, world)
+    feat_dir = bag_path(out_dir, tag, "x").parent
+    feat_dir.mkdir(parents=True, exist_ok=True)
+
+    def is_done(slide: Path) -> bool:
+        return bag_done(bag_path(out_dir, tag, slide_id(slide)), sig)
+
+    def process(slide: Path) -> dict:
+        grid, cp = _load_grid(slide, tiles_dir, out_dir, opts)
+        return extract_slide(slide, grid, encoder, bag_path(out_dir, tag, slide_id(slide)), opts, cp, sig)
+
+    report = run_cohort(mine, process, is_done, lock_dir=feat_dir / ".locks",
+                        desc=f"extract {tag}" + (f" rank {rank}/{world}" if world > 1 else ""),
+                        progress=opts.progress)
+    _write_timings(report, feat_dir, rank if world > 1 else None)
+    if world > 1:
+        report.write(feat_dir, f"summary_rank{rank}")
+        from zoomfeat.io import write_json_atomic
+
+        write_json_atomic(feat_dir / f"summary_rank{rank}.meta.json",
+                          {"run_id": _run_id(), "rank": rank, "world": world})
+        merged = merge_rank_summaries(feat_dir, world)
+        if merged is not None:
+            return merged if rank == 0 else report
+    else:
+        report.write(feat_dir, "summary")
+    return report
+
+
+def _run_id() -> str:
+    return os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("ZOOMFEAT_RUN_ID") or ""
+
+
+def _write_timings(report: CohortReport, feat_dir: Path, rank: int | None) -> None:
+    rows = [{"slide": r.slide, "status": r.status, "seconds": round(r.seconds, 3), **r.info}
+            for r in report.results if r.info]
+    if rows:
+        from zoomfeat.io import write_json_atomic
+
+        write_json_atomic(feat_dir / ("timings.json" if rank is None else f"timings_rank{rank}.json"), rows)
+
+
+def merge_rank_summaries(feat_dir: str | os.PathLike, world: int) -> CohortReport | None:
+    """Merge ``summary_rank{r}`` of all ranks into ``summary`` once all are present from the same run.
+
+    Every rank calls this after writing its own file; the last one to finish finds all and merges (a concurrent
+    double merge writes the same content atomically). Returns the merged report, or None if ranks are missing.
+    """
+    import csv
+
+    feat_dir = Path(feat_dir)
+    run_id = _run_id()
+    results: list[SlideResult] = []
+    for r in range(world):
+        meta, rows = feat_dir / f"summary_rank{r}.meta.json", feat_dir / f"summary_rank{r}.csv"
+        if not meta.exists() or not rows.exists():
+            return None
+        try:
+            if json.loads(meta.read_text()).get("run_id", "") != run_id:
+                return None
+        except ValueError:
+            return None
+        with open(rows, newline="") as fh:
+            for row in csv.DictReader(fh):
+                results.append(SlideResult(row["slide"], row["status"], float(row["seconds"] or 0), row["error"]))
+    merged = CohortReport(sorted(results, key=lambda x: x.slide))
+    merged.write(feat_dir, "summary")
+    return merged
+
+
+__all__ = ["ExtractOptions", "extract_slide", "extract_cohort", "extract_signature", "merge_rank_summaries",
+           "children_coords", "parents_5x", "resolve_device", "RegionDataset"]
