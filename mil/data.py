@@ -113,17 +113,15 @@ def encode_targets(values: Sequence[Any], task: str) -> tuple[np.ndarray, list[A
     return np.asarray([lookup[v] for v in vals], dtype=np.int64), classes
 
 
-def check_patient_labels(patients: Sequence[str], targets: np.ndarray, slides: Sequence[str]) -> None:
+def check_patient_labels(patients: Sequence[str], targets: Sequence[Any], slides: Sequence[str]) -> None:
     """A patient's slides must agree on the label (else folds would be ambiguous): ValueError naming them."""
-    seen: dict[str, Any] = {}
-    conflicts: dict[str, set] = {}
+    per: dict[str, dict[str, Any]] = {}
     for p, t, s in zip(patients, targets, slides):
-        key = tuple(np.atleast_1d(t).tolist())
-        if p in seen and seen[p] != key:
-            conflicts.setdefault(p, {seen[p]}).add(key)
-        seen.setdefault(p, key)
+        per.setdefault(p, {})[s] = tuple(np.atleast_1d(t).tolist()) if np.ndim(t) else t
+    conflicts = {p: v for p, v in per.items() if len(set(v.values())) > 1}
     if conflicts:
-        show = "; ".join(f"{p}: {sorted(v)}" for p, v in list(conflicts.items())[:5])
+        show = "; ".join(f"patient {p}: " + ", ".join(f"{s}={t}" for s, t in v.items())
+                         for p, v in list(conflicts.items())[:5])
         raise ValueError(f"{len(conflicts)} patient(s) have slides with different labels ({show}); "
                          "fix the labels table (one label per patient)")
 
@@ -203,9 +201,9 @@ def build_cohort(
         raise ValueError("no usable slides: every labelled slide was missing a bag or had a bad bag")
     kept = df.iloc[keep_rows].reset_index(drop=True)
     raw = kept[[time_col, event_col]].to_numpy() if task == SURVIVAL else kept[target].tolist()
-    targets, classes = encode_targets(raw, task)
     patients = kept["patient"].tolist()
-    check_patient_labels(patients, targets, kept["slide"].tolist())
+    check_patient_labels(patients, [tuple(r) for r in raw] if task == SURVIVAL else raw, kept["slide"].tolist())
+    targets, classes = encode_targets(raw, task)
     return Cohort(kept["slide"].tolist(), items, targets, patients, task, classes, int(dim or 0), n_inst, skipped)
 
 

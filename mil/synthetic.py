@@ -56,7 +56,7 @@ def concept_bags(n_bags: int = 200, dim: int = 16, size: tuple[int, int] = (20, 
     return bags, labels.astype(int)
 
 
-def survival_bags(n_bags: int = 120, dim: int = 16, size: tuple[int, int] = (20, 60), beta: float = 4.0,
+def survival_bags(n_bags: int = 120, dim: int = 16, size: tuple[int, int] = (20, 60), beta: float = 12.0,
                   seed: int = 0, censor_rate: float = 0.3) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Bags, (time, event) pairs and the true risk: hazard = exp(beta · fraction of risk-concept instances)."""
     rng = np.random.default_rng(seed)

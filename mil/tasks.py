@@ -129,7 +129,7 @@ class SurvivalTask:
 
     def _bins(self, time: torch.Tensor) -> torch.Tensor:
         edges = torch.as_tensor(self.edges if self.edges is not None else [], dtype=time.dtype, device=time.device)
-        return torch.bucketize(time, edges, right=True).clamp(max=self.n_bins - 1)
+        return torch.bucketize(time.contiguous(), edges, right=True).clamp(max=self.n_bins - 1)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         y = y.float().view(-1, 2)

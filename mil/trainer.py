@@ -46,13 +46,31 @@ class TrainConfig:
     @classmethod
     def from_hparams(cls, hparams: dict) -> "TrainConfig":
         names = {f.name for f in fields(cls)} - {"extra"}
-        known = {k: v for k, v in hparams.items() if k in names}
+        known = {k: _coerce(k, v) for k, v in hparams.items() if k in names}
         return cls(**known, extra={k: v for k, v in hparams.items() if k not in names})
 
     def resolved_batch_size(self, task) -> int:
         if self.batch_size:
             return int(self.batch_size)
         return 16 if getattr(task, "kind", None) == "cox" else 1
+
+
+_FLOATS = {"lr", "weight_decay", "grad_clip"}
+_INTS = {"epochs", "patience", "min_epochs", "batch_size", "max_instances", "num_workers"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """YAML reads ``1e-4`` (no dot) as a string: numbers from configs/overrides are cast here."""
+    if value is None or value == "null":
+        return None
+    try:
+        if key in _FLOATS:
+            return float(value)
+        if key in _INTS:
+            return int(float(value))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"hparams.{key} must be a number, got {value!r}") from exc
+    return value
 
 
 def seed_everything(seed: int) -> None:
@@ -75,13 +93,17 @@ class RunLogger:
     def __init__(self, enabled: bool, project: str, name: str, config: dict, out_dir: Path | None):
         self.run = None
         mode = os.environ.get("WANDB_MODE", "offline")
-        if not enabled or mode == "disabled":
-            return
+        if not enabled or mode == "disabled" or out_dir is None:
+            return  # no output folder (plain API call): nowhere to put the run, so no run
         try:
             import wandb
 
+            try:
+                settings = wandb.Settings(silent=True)
+            except Exception:  # older/newer wandb without that field
+                settings = None
             self.run = wandb.init(project=project, name=name, config=config, mode=mode, reinit="finish_previous",
-                                  dir=str(out_dir) if out_dir else None)
+                                  dir=str(out_dir), settings=settings)
         except Exception as exc:  # wandb is optional: a broken install or no network must not stop training
             warnings.warn(f"wandb disabled: {exc}", stacklevel=2)
             self.run = None

@@ -131,3 +131,13 @@ def test_wsi_pickles_and_reopens():
     np.testing.assert_array_equal(w.read_region_l0(256, 256, 256, 64), a)
     w.close()
     w2.close()
+
+
+def test_thumbnail_at_mpp_is_read_in_pieces_consistently():
+    with open_slide(CMU) as w:
+        whole, scale = w.thumbnail_at_mpp(8.0)
+        assert scale == pytest.approx(8.0 / 0.499)
+        assert whole.shape == (round(2967 / scale), round(2220 / scale), 3)
+        pieces = w._read_chunked(scale, whole.shape[1], whole.shape[0], piece=48)  # many small reads
+        assert np.abs(whole.astype(int) - pieces.astype(int)).mean() < 2.0
+        assert w.thumbnail(300).shape == (300, 224, 3)

@@ -184,6 +184,17 @@ def test_20x_and_40x_slides_give_same_physical_grid(syn, tmp_path):
         c20, z20 = g20.scales[k]
         c40, z40 = g40.scales[k]
         assert z40 == 2 * z20 == 2 * 256 * 2**k
+    # CLAM attributes per scale where a level holds the region natively: 5x = 256 px at level 1 (4x) of s20
+    with h5py.File(coords_path(tmp_path, "s20"), "r") as f:
+        a5 = dict(f["5x/coords"].attrs)
+        c5 = f["5x/coords"][:]
+        assert a5["patch_level"] == 1 and a5["patch_size"] == 256 and a5["patch_size_level0"] == 1024
+        assert "patch_level" not in f["10x/coords"].attrs  # 512 level-0 px is 512 or 128 px at the levels
+    osr = openslide.OpenSlide(str(syn["s20"]))
+    with open_slide(syn["s20"]) as w:
+        x5, y5 = (int(v) for v in c5[0])
+        clam5 = np.asarray(osr.read_region((x5, y5), 1, (256, 256)).convert("RGB"))
+        np.testing.assert_array_equal(clam5, w.read_region_l0(x5, y5, 1024, 256))
     # the same physical 20x tile reads (almost) the same from both slides
     x, y = sorted(s20 & s40)[len(s20 & s40) // 2]
     with open_slide(syn["s20"]) as a, open_slide(syn["s40"]) as b:
@@ -269,6 +280,8 @@ def test_killed_subprocess_then_rerun_gives_identical_output(syn, tmp_path):
     rep = tiling.tile_cohort(slides, out, progress=False)
     assert rep.exit_code == 0
     assert {r.slide for r in rep.results if r.status == "skipped"} == done_before
+    assert not list((out / "coords").glob(".*.tmp"))  # temp files of the killed run were cleaned up
+    assert not list((out / ".locks").glob("*.lock"))  # its stale lock was taken over and released
     clean = tmp_path / "clean"
     tiling.tile_cohort(slides, clean, progress=False)
     for s in slides:
@@ -282,3 +295,13 @@ def test_parallel_workers_match_sequential(syn, tmp_path):
     assert [r.status for r in par.results] == ["done", "done"] == [r.status for r in seq.results]
     for s in ("a", "b"):
         assert _h5_content(coords_path(tmp_path / "seq", s)) == _h5_content(coords_path(tmp_path / "par", s))
+
+
+def test_blank_slide_fails_with_no_tissue(tmp_path):
+    from zoomfeat.slides.synthetic import write_pyramid_tiff
+
+    blank = np.full((768, 768, 3), 241, np.uint8)
+    write_pyramid_tiff(tmp_path / "blank.tiff", blank, mpp=0.5)
+    rep = tiling.tile_cohort([tmp_path / "blank.tiff"], tmp_path / "out", progress=False)
+    assert rep.exit_code == 2
+    assert "NoTissueError" in rep.results[0].error and "--min-tissue" in rep.results[0].error

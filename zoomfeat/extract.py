@@ -41,6 +41,9 @@ class ExtractOptions:
     mpp_csv: str | None = None
     min_tissue: float | None = None  # only for on-the-fly tiling
     clam_pt: bool = False  # also write CLAM's pt_files/{slide}.pt
+    #: SSL embedding of 5x children that are not tissue tiles: "embed" reads and embeds them (the full grid the
+    #: model saw in training; default) or "mean" uses the mean of the region's kept children (no extra forwards)
+    missing_children: str = "embed"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -50,6 +53,8 @@ class ExtractOptions:
         if bad or "20x" not in mags:
             raise ValueError(f"--mags must be '20x' or '20x,5x' (20x features are the bag's root), got {self.mags!r}")
         self.mags = tuple(sorted(set(mags), key=("20x", "5x").index))
+        if self.missing_children not in ("embed", "mean"):
+            raise ValueError(f"missing_children must be 'embed' or 'mean', got {self.missing_children!r}")
         if self.batch_size < 1 or self.workers < 0:
             raise ValueError("batch size must be ≥ 1 and workers ≥ 0")
 
@@ -66,33 +71,50 @@ def resolve_device(device: str = "auto") -> torch.device:
 # ------------------------------------------------------------------------------------------------ data loading
 
 
-class RegionDataset(torch.utils.data.Dataset):
-    """Square level-0 regions of one slide read at ``out_px``: ``(uint8 [out_px, out_px, 3], row)``.
+#: Read-request kinds of one slide, in processing order: 20x tiles, background children of 5x regions (SSL only),
+#: 5x regions. The 5x conditioning needs every child's embedding, so the regions come last.
+KIND_20X, KIND_CHILD, KIND_5X = 0, 1, 2
 
-    The WSI object pickles without its OpenSlide handle, so each worker opens its own handle on first read.
+
+class RegionDataset(torch.utils.data.Dataset):
+    """Square level-0 regions of one slide read at ``out_px``; item = ``(uint8 [out_px, out_px, 3], kind, row)``.
+
+    ``parts[kind] = (coords (n, 2), level-0 side)``. The WSI object pickles without its OpenSlide handle, so each
+    DataLoader worker opens its own handle on its first read.
     """
 
-    def __init__(self, wsi, coords: np.ndarray, size_l0: int, out_px: int):
+    def __init__(self, wsi, parts: dict[int, tuple[np.ndarray, int]], out_px: int):
         self.wsi = wsi
-        self.coords = np.asarray(coords, np.int64).reshape(-1, 2)
-        self.size_l0 = int(size_l0)
+        self.parts = {k: (np.asarray(c, np.int64).reshape(-1, 2), int(sz)) for k, (c, sz) in parts.items()}
         self.out_px = int(out_px)
+        self.index = [(k, i) for k in sorted(self.parts) for i in range(len(self.parts[k][0]))]
 
     def __len__(self) -> int:
-        return len(self.coords)
+        return len(self.index)
 
-    def __getitem__(self, i: int):
-        x, y = self.coords[i]
-        return torch.from_numpy(np.array(self.wsi.read_region_l0(int(x), int(y), self.size_l0,
-                                                                             self.out_px))), i
+    def __getitem__(self, j: int):
+        kind, i = self.index[j]
+        coords, size = self.parts[kind]
+        x, y = coords[i]
+        tile = np.array(self.wsi.read_region_l0(int(x), int(y), size, self.out_px))  # writable copy
+        return torch.from_numpy(tile), kind, i
+
+    def batches(self, batch_size: int) -> list[list[int]]:
+        """Batches never mix kinds, so each one goes through one code path; order = processing order."""
+        out, start = [], 0
+        for k in sorted(self.parts):
+            n = len(self.parts[k][0])
+            out += [list(range(start + i, start + min(i + batch_size, n))) for i in range(0, n, batch_size)]
+            start += n
+        return out
 
 
-def _loader(wsi, coords, size_l0, out_px, opts: ExtractOptions, device: torch.device):
-    ds = RegionDataset(wsi, coords, size_l0, out_px)
-    workers = min(opts.workers, max(1, len(ds) // max(1, opts.batch_size))) if len(ds) else 0
+def _loader(ds: RegionDataset, opts: ExtractOptions, device: torch.device):
+    """One DataLoader (one worker pool, one slide handle per worker) for all of a slide's reads."""
+    batches = ds.batches(opts.batch_size)
+    workers = min(opts.workers, len(batches))
     return torch.utils.data.DataLoader(
-        ds, batch_size=opts.batch_size, shuffle=False, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=False,
+        ds, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
     )
 
@@ -171,52 +193,66 @@ def extract_slide(
     if len(coords) == 0:
         raise ValueError(f"{sid}: the coordinate file has no tiles")
     timing: dict[str, float] = {}
-    wsi = open_slide(slide, mpp=opts.mpp, mpp_csv=opts.mpp_csv, require_mpp=False)
+    with_5x = "5x" in opts.mags
+    parts: dict[int, tuple[np.ndarray, int]] = {KIND_20X: (coords, s)}
+    feats = np.zeros((len(coords), encoder.dim), np.float32)
+    ssl20 = np.zeros((len(coords), ssl_enc.dim), np.float32) if ssl_enc is not None else None
+    f5 = c5 = pidx = grids = emb = rows = None
+    if with_5x:
+        c5, pidx, s5 = parents_5x(grid)
+        f5 = np.zeros((len(c5), encoder.dim), np.float32)
+        if ssl_enc is not None:
+            # SSL grid of each 5x region: kept children reuse their 20x embedding, the others are read and embedded
+            kids = children_coords(c5, s).reshape(-1, 2)
+            known = {(int(x), int(y)): r for r, (x, y) in enumerate(coords)}
+            rows = np.array([known.get((int(x), int(y)), -1) for x, y in kids], np.int64)
+            emb = np.zeros((len(kids), ssl_enc.dim), np.float32)
+            if opts.missing_children == "embed":
+                parts[KIND_CHILD] = (kids[rows < 0], s)
+                timing["children_embedded_5x"] = int((rows < 0).sum())
+            else:
+                timing["children_mean_filled_5x"] = int((rows < 0).sum())
+        parts[KIND_5X] = (c5, s5)
+    ds = RegionDataset(open_slide(slide, mpp=opts.mpp, mpp_csv=opts.mpp_csv, require_mpp=False), parts, out_px)
+    missing = np.flatnonzero(rows < 0) if rows is not None else None
+    t0 = t_start = time.perf_counter()
     try:
-        # 20x pass ---------------------------------------------------------------------------------------
-        t0 = time.perf_counter()
-        feats = np.zeros((len(coords), encoder.dim), np.float32)
-        ssl20 = np.zeros((len(coords), ssl_enc.dim), np.float32) if ssl_enc is not None else None
-        for imgs, idx in _batches(_loader(wsi, coords, s, out_px, opts, device), f"{sid} 20x", opts.progress):
-            idx = idx.numpy()
-            ssl = None
-            if ssl_enc is not None:
-                ssl = ssl_enc.encode(imgs)
-                ssl20[idx] = ssl.cpu().numpy()
-                ssl = ssl[:, :, None, None]
-            seeds = tile_seeds(sid, coords[idx], "20x", encoder.base_seed) if is_ldm else None
-            feats[idx] = _encode_batch(encoder, imgs, "20x", ssl, seeds).cpu().numpy()
-        timing["seconds_20x"] = time.perf_counter() - t0
-        f5 = c5 = pidx = None
-        if "5x" in opts.mags:
-            t0 = time.perf_counter()
-            c5, pidx, s5 = parents_5x(grid)
-            grids = None
-            if ssl_enc is not None:
-                # SSL grid of every 5x region: kept children reuse their 20x embedding, the others are embedded now
-                kids = children_coords(c5, s).reshape(-1, 2)
-                known = {(int(x), int(y)): r for r, (x, y) in enumerate(coords)}
-                rows = np.array([known.get((int(x), int(y)), -1) for x, y in kids], np.int64)
-                emb = np.zeros((len(kids), ssl_enc.dim), np.float32)
+        for imgs, kind, idx in _batches(_loader(ds, opts, device), sid, opts.progress):
+            kind, idx = int(kind[0]), idx.numpy()
+            if kind == KIND_20X:
+                ssl = None
+                if ssl_enc is not None:
+                    ssl = ssl_enc.encode(imgs)
+                    ssl20[idx] = ssl.cpu().numpy()
+                    ssl = ssl[:, :, None, None]
+                seeds = tile_seeds(sid, coords[idx], "20x", encoder.base_seed) if is_ldm else None
+                feats[idx] = _encode_batch(encoder, imgs, "20x", ssl, seeds).cpu().numpy()
+                continue
+            if "seconds_20x" not in timing:
+                timing["seconds_20x"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+            if kind == KIND_CHILD:
+                emb[missing[idx]] = ssl_enc.encode(imgs).cpu().numpy()
+                continue
+            if ssl_enc is not None and grids is None:
                 emb[rows >= 0] = ssl20[rows[rows >= 0]]
-                missing = np.flatnonzero(rows < 0)
-                if len(missing):
-                    for imgs, idx in _batches(_loader(wsi, kids[missing], s, out_px, opts, device),
-                                              f"{sid} 5x children", opts.progress):
-                        emb[missing[idx.numpy()]] = ssl_enc.encode(imgs).cpu().numpy()
-                timing["children_embedded_5x"] = int(len(missing))
-                # (M, 16, C) row-major → (M, C, 4, 4)
-                grids = emb.reshape(len(c5), 4, 4, -1).transpose(0, 3, 1, 2)
-            f5 = np.zeros((len(c5), encoder.dim), np.float32)
-            for imgs, idx in _batches(_loader(wsi, c5, s5, out_px, opts, device), f"{sid} 5x", opts.progress):
-                idx = idx.numpy()
-                ssl = torch.from_numpy(np.ascontiguousarray(grids[idx])) if grids is not None else None
-                seeds = tile_seeds(sid, c5[idx], "5x", encoder.base_seed) if is_ldm else None
-                f5[idx] = _encode_batch(encoder, imgs, "5x", ssl, seeds).cpu().numpy()
+                per_region = emb.reshape(len(c5), 16, -1)
+                if opts.missing_children == "mean":
+                    kept = (rows >= 0).reshape(len(c5), 16)
+                    mean = (per_region * kept[..., None]).sum(1) / kept.sum(1, keepdims=True)
+                    per_region[~kept] = np.repeat(mean, (~kept).sum(1), axis=0)
+                grids = per_region.reshape(len(c5), 4, 4, -1).transpose(0, 3, 1, 2)  # row-major → (M, C, 4, 4)
+            ssl = torch.from_numpy(np.ascontiguousarray(grids[idx])) if grids is not None else None
+            seeds = tile_seeds(sid, c5[idx], "5x", encoder.base_seed) if is_ldm else None
+            f5[idx] = _encode_batch(encoder, imgs, "5x", ssl, seeds).cpu().numpy()
+        if "seconds_20x" not in timing:
+            timing["seconds_20x"] = time.perf_counter() - t0
+        elif with_5x:
             timing["seconds_5x"] = time.perf_counter() - t0
-        mpp0 = grid.mpp_level0 if grid.mpp_level0 is not None else wsi.mpp
+        timing["seconds_total"] = time.perf_counter() - t_start
+        mpp0 = grid.mpp_level0 if grid.mpp_level0 is not None else ds.wsi.mpp
     finally:
-        wsi.close()
+        ds.wsi.close()
 
     import openslide
 
@@ -248,9 +284,10 @@ def extract_slide(
     }
     if is_ldm:
         attrs.update({"block": encoder.blocks, "t": encoder.t, "conditioning": encoder.conditioning,
+                      "missing_children_5x": opts.missing_children if ssl_enc is not None else None,
                       "ssl_encoder": ssl_enc.name if ssl_enc else None,
                       "ssl_weights_sha256": ssl_enc.weights_sha256 if ssl_enc else None})
-    if f5 is not None:
+    if with_5x:
         attrs.update({"patch_size_level0_5x": int(s5), "target_magnification_5x": 5,
                       "region_px_20x_5x": 4 * out_px})
     cattrs = _coords_attrs(Path(coords_file) if coords_file else None)
@@ -283,7 +320,7 @@ def _clean_stale_tmp(final: Path) -> None:
 def extract_signature(encoder, opts: ExtractOptions, tiles_source: str) -> str:
     """Hash of everything that changes a bag's content: encoder config + weights, mags, tiling source."""
     payload = {"encoder": encoder.full_config(), "weights": encoder.weights_sha256, "mags": list(opts.mags),
-               "tiles": tiles_source, "mpp": opts.mpp}
+               "tiles": tiles_source, "mpp": opts.mpp, "missing_children": opts.missing_children}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -14,6 +14,20 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
+def _track_explicit(action: argparse.Action) -> None:
+    """Record options given on the command line (in ``namespace._explicit``) so --config never overrides them."""
+    base = type(action)
+
+    class Tracked(base):  # type: ignore[misc, valid-type]
+        def __call__(self, parser, namespace, values, option_string=None):
+            explicit = set(getattr(namespace, "_explicit", set()))
+            explicit.add(self.dest)
+            namespace._explicit = explicit
+            super().__call__(parser, namespace, values, option_string)
+
+    action.__class__ = Tracked
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "extract",
@@ -27,8 +41,11 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("slides", metavar="SLIDES", help="slide file, folder of slides, or CSV with a 'slide' column")
-    p.add_argument("--encoder", required=True, choices=ENCODERS)
-    p.add_argument("--out", required=True, help="output folder (bags go to OUT/features_{encoder}/)")
+    p.add_argument("--config", default=None,
+                   help="YAML of options (keys = long option names, e.g. configs/extract/zoomldm_brca.yaml); "
+                        "options given on the command line win")
+    p.add_argument("--encoder", default=None, choices=ENCODERS, help="required (here or in --config)")
+    p.add_argument("--out", default=None, help="output folder (bags go to OUT/features_{encoder}/); required")
     p.add_argument("--tiles", default=None, help="folder written by `zoomfeat tile` (default: tile on the fly "
                                                   "into OUT/_tiles)")
     p.add_argument("--weights", default=None, help="encoder weights (file or folder); default: from the registry")
@@ -46,6 +63,9 @@ def register(subparsers) -> None:
                    help="UNet blocks to pool: 0 = middle block, 1..12 = decoder blocks; several are concatenated")
     g.add_argument("--t", type=_int_list, default=[100], help="noise timestep(s); several are concatenated")
     g.add_argument("--seed", type=int, default=0, help="base seed of the per-tile noise")
+    g.add_argument("--missing-children", choices=("embed", "mean"), default="embed",
+                   help="5x conditioning: embed background children too (training-faithful) or use the mean of "
+                        "the region's tissue children (no extra SSL forwards)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (each opens its own slide handle)")
     p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else cpu), cpu, cuda, cuda:1 …")
@@ -59,7 +79,10 @@ def register(subparsers) -> None:
     p.add_argument("--random-init", action="store_true",
                    help="uni/phikon without weights (random features; for tests and timing only)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=handler)
+    for action in p._actions:
+        if action.option_strings and action.dest != "help":
+            _track_explicit(action)
+    p.set_defaults(func=handler, _defaults={a.dest: a.default for a in p._actions if a.dest != "help"})
 
 
 def build_encoder_from_args(args):
@@ -86,16 +109,45 @@ def build_encoder_from_args(args):
     return create_encoder(args.encoder, weights=args.weights, **kw)
 
 
+def apply_config(args) -> None:
+    """Fill options left at their defaults from ``--config`` (YAML keys = long option names)."""
+    if not args.config:
+        return
+    from zoomfeat.config import load_yaml
+
+    defaults = args._defaults
+    for key, value in load_yaml(args.config).items():
+        dest = str(key).replace("-", "_")
+        if dest in ("slides", "config", "func", "_defaults") or dest not in defaults:
+            raise ValueError(f"{args.config}: unknown extract option {key!r}")
+        if dest not in getattr(args, "_explicit", set()):
+            if dest in ("blocks", "t") and not isinstance(value, list):
+                value = _int_list(str(value))
+            setattr(args, dest, value)
+
+
 def handler(args) -> int:
     from zoomfeat.cohort import resolve_slides
     from zoomfeat.extract import ExtractOptions, extract_cohort
 
+    apply_config(args)
+    if not args.encoder or not args.out:
+        raise ValueError("--encoder and --out are required (on the command line or in --config)")
+    if args.encoder not in ENCODERS:
+        raise ValueError(f"--encoder must be one of {', '.join(ENCODERS)}, got {args.encoder!r}")
     opts = ExtractOptions(mags=args.mags, batch_size=args.batch_size, workers=args.workers, device=args.device,
                           tag=args.tag, mpp=args.mpp, mpp_csv=args.mpp_csv, clam_pt=args.clam_pt,
+                          missing_children=args.missing_children,
                           progress=not args.no_progress)
+    from pathlib import Path
+
     slides = resolve_slides(args.slides)
     if not slides:
         raise FileNotFoundError(f"no slides found in {args.slides}")
+    if args.tiles is not None and not Path(args.tiles).is_dir():
+        raise FileNotFoundError(f"--tiles folder not found: {args.tiles}")
+    if args.mpp_csv is not None and not Path(args.mpp_csv).is_file():
+        raise FileNotFoundError(f"--mpp-csv file not found: {args.mpp_csv}")
     encoder = build_encoder_from_args(args)
     report = extract_cohort(slides, encoder, args.out, tiles_dir=args.tiles, opts=opts)
     report.print()

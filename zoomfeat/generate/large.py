@@ -38,6 +38,7 @@ __all__ = [
     "make_schedule",
     "cfg_eps",
     "constrained_sample",
+    "guided_update",
     "decode_tiled",
     "refine_latent",
     "sample_large_image",
@@ -263,6 +264,27 @@ def _autograd_guidance(model, x, eps, x0, ctx, t, a, tiles, down, up, cfg: Large
             eps = cfg_eps(model, x, t, ctx, scale)
             x0 = _x0(x, eps, a)
     return x, eps, x0
+
+
+def guided_update(model, x: torch.Tensor, contexts: torch.Tensor, t_index: int, tiles: torch.Tensor, n: int,
+                  cfg: LargeImageConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One timestep's constraint updates on a patch batch (no ancestral step): returns (x_t, ε, x̂0).
+
+    ``t_index`` indexes ᾱ (0..999); ``tiles`` [B, 3, S/n, S/n] are the guide tiles. Exposed for the
+    backprop-free vs autograd benchmark.
+    """
+    s, _, _ = _model_geometry(model)
+    down = Resizer(s, scale=1.0 / n).to(x.device)
+    up = Resizer(s // n, scale=float(n)).to(x.device)
+    a = float(model.alphas_cumprod[t_index])
+    t = float(t_index + 1 if cfg.official_timesteps else t_index)
+    with torch.no_grad():
+        eps = cfg_eps(model, x, t, contexts, cfg.guidance_scale)
+        x0 = _x0(x, eps, a)
+    update = {"fd": _fd_guidance, "autograd": _autograd_guidance}.get(cfg.guidance)
+    if update is None or cfg.n_steps == 0:
+        return x, eps, x0
+    return update(model, x, eps, x0, contexts, t, a, tiles, down, up, cfg, cfg.guidance_scale)
 
 
 def constrained_sample(

@@ -83,7 +83,6 @@ class ZoomLDM(nn.Module):
         self.summarizer = summarizer
         self.config = _normalize_config(config)
         self.noise_scheduler = training_scheduler(self.config["schedule"])
-        self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone().float(), persistent=False)
         self.eval()
 
     # ------------------------------------------------------------------------------------ construction
@@ -170,6 +169,11 @@ class ZoomLDM(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """ᾱ_t of the training schedule, float32 ``[1000]`` on the model's device (never cast to half)."""
+        return self.noise_scheduler.alphas_cumprod.to(self.device, torch.float32)
 
     @property
     def num_train_timesteps(self) -> int:

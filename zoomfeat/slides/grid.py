@@ -40,6 +40,17 @@ def patch_size_level0(
     return max(1, int(round(exact))), None
 
 
+def native_level(
+    size_l0: int, level_downsamples: tuple[float, ...] | list[float], patch_px: int = 256,
+    snap_tol: float = SNAP_TOLERANCE,
+) -> int | None:
+    """The pyramid level at which a ``size_l0`` level-0 region is ``patch_px`` px (within ``snap_tol``), if any."""
+    for level in sorted(range(len(level_downsamples)), key=lambda i: -level_downsamples[i]):
+        if abs(size_l0 / float(level_downsamples[level]) - patch_px) <= snap_tol * patch_px:
+            return level
+    return None
+
+
 def full_grid(width: int, height: int, size_l0: int) -> np.ndarray:
     """All whole tiles that fit in the slide, (N, 2) int64 level-0 top-left, row-major (y, then x)."""
     nx, ny = int(width) // int(size_l0), int(height) // int(size_l0)

@@ -26,7 +26,6 @@ import csv
 import math
 import os
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -204,27 +203,6 @@ def best_level(downsamples: tuple[float, ...] | list[float], needed: float, tol:
     return best
 
 
-def rgba_to_rgb(arr: np.ndarray, background: int = 255) -> np.ndarray:
-    """Drop alpha; transparent pixels (outside the scanned area or the slide) become ``background``."""
-    rgb = arr[..., :3]
-    alpha = arr[..., 3]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
-    a = alpha[..., None].astype(np.float32) / 255.0
-    # OpenSlide returns un-premultiplied RGBA from read_region
-    out = rgb.astype(np.float32) * a + background * (1.0 - a)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
-def resize(arr: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
-    """One resize: area averaging (BOX) when shrinking, LANCZOS when enlarging."""
-    h, w = arr.shape[:2]
-    if (w, h) == (out_w, out_h):
-        return arr
-    method = Image.Resampling.BOX if (w >= out_w and h >= out_h) else Image.Resampling.LANCZOS
-    return np.asarray(Image.fromarray(arr).resize((out_w, out_h), method))
-
-
 class WSI:
     """One slide: OpenSlide handle + resolved resolution. Picklable: workers reopen it lazily.
 
@@ -246,7 +224,6 @@ class WSI:
 
         self.name = slide_id(self.path)
         self.base_mpp = float(base_mpp)
-        self._lock = threading.Lock()
         self._slide = None
         slide = self._handle()
         self.dimensions: tuple[int, int] = tuple(int(v) for v in slide.dimensions)
@@ -260,6 +237,9 @@ class WSI:
         )
         self.properties: dict[str, str] = dict(slide.properties)
         self.vendor = self.properties.get("openslide.vendor")
+        # slides with a non-scanned area (MIRAX, VMS, sparse DICOM …) announce it with openslide.bounds-*;
+        # elsewhere a region inside the level is opaque and the alpha check can be skipped
+        self._opaque = "openslide.bounds-x" not in self.properties
         self.objective_power = _float(self.properties.get("openslide.objective-power"))
         try:
             self.mpp, self.mpp_source = resolve_mpp(self.properties, self.path, mpp, mpp_csv)
@@ -304,12 +284,10 @@ class WSI:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_slide"] = None
-        state["_lock"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -326,8 +304,8 @@ class WSI:
     def best_level(self, downsample: float) -> int:
         return best_level(self.level_downsamples, downsample)
 
-    def read_level(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
-        """Raw ``read_region`` at ``level`` (origin in level-0 px) → RGB uint8, transparency → white."""
+    def _read_pil(self, x: int, y: int, level: int, w: int, h: int) -> Image.Image:
+        """``read_region`` → RGB PIL image; transparent pixels (outside the scan) composited onto white."""
         try:
             img = self._handle().read_region((int(x), int(y)), int(level), (int(w), int(h)))
         except SlideOpenError:
@@ -336,7 +314,21 @@ class WSI:
             raise SlideReadError(
                 f"{self.path.name}: reading pixels failed at ({x}, {y}) level {level}: {exc}"
             ) from exc
-        return rgba_to_rgb(np.asarray(img))
+        if self._opaque and x >= 0 and y >= 0:
+            lw, lh = self.level_dimensions[level]
+            ds = self.level_downsamples[level]
+            if x / ds + w <= lw + 0.5 and y / ds + h <= lh + 0.5:  # inside a fully scanned slide: opaque
+                return img.convert("RGB")
+        alpha = img.getchannel("A")
+        if alpha.getextrema()[0] == 255:
+            return img.convert("RGB")
+        out = Image.new("RGB", img.size, (255, 255, 255))
+        out.paste(img.convert("RGB"), mask=alpha)  # OpenSlide's RGBA is un-premultiplied
+        return out
+
+    def read_level(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
+        """Raw ``read_region`` at ``level`` (origin in level-0 px) → RGB uint8, transparency → white."""
+        return np.asarray(self._read_pil(x, y, level, w, h)).copy()
 
     def read_region_l0(self, x: int, y: int, size_l0: float, out_px: int) -> np.ndarray:
         """Read the level-0 square ``[x, x+size_l0)²`` as an ``out_px``² RGB uint8 array.
@@ -353,10 +345,11 @@ class WSI:
         ds = self.level_downsamples[level]
         rw = max(1, int(round(w_l0 / ds)))
         rh = max(1, int(round(h_l0 / ds)))
-        if abs(rw - out_w) <= 0 and abs(rh - out_h) <= 0:
-            rw, rh = out_w, out_h
-        arr = self.read_level(x, y, level, rw, rh)
-        return resize(arr, out_w, out_h)
+        img = self._read_pil(x, y, level, rw, rh)
+        if (rw, rh) != (out_w, out_h):  # the one resize, done in PIL without a numpy round trip
+            shrink = rw >= out_w and rh >= out_h
+            img = img.resize((out_w, out_h), Image.Resampling.BOX if shrink else Image.Resampling.LANCZOS)
+        return np.asarray(img).copy()  # writable; np.array(PIL image) is several times slower
 
     def read_at_mpp(self, x: int, y: int, out_px: int, target_mpp: float) -> np.ndarray:
         """Read ``out_px``² px at ``target_mpp`` µm/px with top-left ``(x, y)`` in level-0 px."""
@@ -371,15 +364,26 @@ class WSI:
         w0, h0 = self.dimensions
         scale = max(float(target_mpp) / self.mpp, max(w0, h0) / max_side, 1e-9)
         tw, th = max(1, int(round(w0 / scale))), max(1, int(round(h0 / scale)))
-        arr = self.read_rect_l0(0, 0, tw * scale, th * scale, tw, th)
-        return arr, scale
+        return self._read_chunked(scale, tw, th), scale
+
+    def _read_chunked(self, scale: float, tw: int, th: int, piece: int = 1024) -> np.ndarray:
+        """Whole slide at ``scale`` level-0 px per output px, read in pieces of ``piece`` output px so a
+        slide without a coarse pyramid level never needs its full level in memory."""
+        out = np.empty((th, tw, 3), np.uint8)
+        for y in range(0, th, piece):
+            for x in range(0, tw, piece):
+                pw, ph = min(piece, tw - x), min(piece, th - y)
+                out[y:y + ph, x:x + pw] = self.read_rect_l0(
+                    int(round(x * scale)), int(round(y * scale)), pw * scale, ph * scale, pw, ph
+                )
+        return out
 
     def thumbnail(self, max_side: int = 1024) -> np.ndarray:
         """Whole-slide RGB uint8 image whose longer side is ``max_side`` px (aspect kept)."""
         w0, h0 = self.dimensions
         scale = max(w0, h0) / max_side
         tw, th = max(1, int(round(w0 / scale))), max(1, int(round(h0 / scale)))
-        return self.read_rect_l0(0, 0, w0, h0, tw, th)
+        return self._read_chunked(scale, tw, th)
 
     def check_readable(self) -> None:
         """Decode a few pixels from the lowest-resolution level so corrupt files fail early and clearly."""

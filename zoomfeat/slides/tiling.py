@@ -67,7 +67,7 @@ def build_grid(
     """Compute the linked grid for an open slide. Returns ``(TileGrid, scale_attrs, tissue_mask)``."""
     target_mpp = float(target_mpp or wsi.base_mpp)
     scales = tuple(sorted(set(int(k) for k in scales) | {0}))
-    ps0, native_level = G.patch_size_level0(wsi.mpp, wsi.level_downsamples, target_mpp, patch_px)
+    ps0, _ = G.patch_size_level0(wsi.mpp, wsi.level_downsamples, target_mpp, patch_px)
     w, h = wsi.dimensions
     if w < ps0 or h < ps0:
         raise SlideTooSmallError(
@@ -95,19 +95,21 @@ def build_grid(
         regions, pidx = G.parent_regions(coords, ps0, k)
         scale_map[k] = (regions, ps0 << k)
         parents[k] = pidx
-        assert G.check_nesting(coords, ps0, regions, ps0 << k, pidx)
+        if not G.check_nesting(coords, ps0, regions, ps0 << k, pidx):  # cannot happen by construction
+            raise RuntimeError(f"{wsi.path.name}: internal error, a 20x tile lies outside its scale-{k} region")
     savetodir = str(out_dir) if out_dir is not None else ""
-    clam = None
-    if native_level is not None:
-        clam = {
-            "patch_level": native_level,
-            "downsample": wsi.level_downsamples[native_level],
-            "level_dim": wsi.level_dimensions[native_level],
-        }
+
+    def clam_attrs(size: int) -> dict | None:
+        # CLAM's patch_level/patch_size only where a level holds the region natively at patch_px
+        lvl = G.native_level(size, wsi.level_downsamples, patch_px)
+        if lvl is None:
+            return None
+        return {"patch_level": lvl, "downsample": wsi.level_downsamples[lvl], "level_dim": wsi.level_dimensions[lvl]}
+
     scale_attrs = {
         k: coord_attrs(
             wsi.name, patch_px, size, wsi.mpp, wsi.mpp_source, target_mpp * 2**k, w, h, savetodir, k,
-            base_mpp=wsi.base_mpp, clam=clam if k == 0 else None,
+            base_mpp=wsi.base_mpp, clam=clam_attrs(size),
         )
         for k, (_, size) in scale_map.items()
     }
@@ -151,6 +153,8 @@ def tile_slide(
     out_dir = Path(out_dir)
     scales = parse_scales(scales)
     sid = slide_id(path)
+    for final in (coords_path(out_dir, sid), qc_path(out_dir, sid), geojson_path(out_dir, sid)):
+        _remove_dead_temps(final)
     with open_slide(path, mpp=mpp, mpp_csv=mpp_csv, base_mpp=base_mpp) as wsi:
         wsi.check_readable()
         grid, scale_attrs, tm = build_grid(
@@ -181,6 +185,18 @@ def tile_slide(
             "level_downsamples": np.asarray(wsi.level_downsamples, np.float64),
         }
         return write_coords(coords_path(out_dir, sid), grid, scale_attrs, file_attrs)
+
+
+def _remove_dead_temps(final: Path) -> None:
+    """Delete ``.{name}.{pid}.tmp`` files that a killed run left next to ``final`` (their pid is gone)."""
+    for tmp in final.parent.glob(f".{final.name}.*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, PermissionError, OSError):
+            continue
 
 
 def _tile_one(slide: str, out_dir: str, kwargs: dict) -> SlideResult:

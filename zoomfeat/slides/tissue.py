@@ -150,7 +150,13 @@ def write_geojson(geom, path: str | os.PathLike, properties: dict | None = None)
             "type": "Feature",
             "id": i,
             "geometry": mapping(part),
-            "properties": {"classification": "tissue", "area_px_level0": float(part.area), **(properties or {})},
+            # QuPath-style annotation properties, so the file opens directly in QuPath
+            "properties": {
+                "objectType": "annotation",
+                "classification": {"name": "Tissue", "color": [40, 200, 60]},
+                "area_px_level0": float(part.area),
+                **(properties or {}),
+            },
         })
     fc = {"type": "FeatureCollection", "features": feats}
     write_text_atomic(path, json.dumps(fc))

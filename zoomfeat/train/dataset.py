@@ -148,15 +148,24 @@ def build_slide_shard(
             for x, y in coords:
                 for pos in _subtile_positions(int(x), int(y), size_l0, tile_l0):
                     needed.setdefault(pos, len(needed))
+        # Low-magnification regions reach past the slide (the official set keeps one whole-slide patch at
+        # 0.15625x): tiles wholly outside it are identical padding, so one embedding serves them all.
         positions = list(needed)
-        emb = None
-        for chunk_start in range(0, len(positions), batch_size):
-            chunk = positions[chunk_start : chunk_start + batch_size]
+        width, height = (int(v) for v in wsi.dimensions)
+        inside = [p for p in positions if p[0] < width and p[1] < height]
+        outside = [p for p in positions if not (p[0] < width and p[1] < height)]
+        todo = inside + outside[:1]
+        feats_by_pos: dict[tuple[int, int], np.ndarray] = {}
+        for chunk in _batched(todo, batch_size):
             tiles = np.stack([wsi.read_region_l0(x, y, tile_l0, ssl_px) for x, y in chunk])
             feats = ssl_encoder.encode(tiles).detach().float().cpu().numpy()
-            if emb is None:
-                emb = np.empty((len(positions), feats.shape[1]), np.float32)
-            emb[chunk_start : chunk_start + len(chunk)] = feats
+            feats_by_pos.update(zip(chunk, feats))
+        emb = None
+        if positions:
+            emb = np.empty((len(positions), len(next(iter(feats_by_pos.values())))), np.float32)
+            pad = feats_by_pos[outside[0]] if outside else None
+            for p, i in needed.items():
+                emb[i] = feats_by_pos[p] if p in feats_by_pos else pad
         if emb is not None and not np.isfinite(emb).all():
             raise DatasetError(f"{Path(slide).name}: the SSL encoder returned non-finite embeddings")
 
@@ -187,14 +196,14 @@ def build_slide_shard(
             h5.attrs["slide"] = Path(slide).stem
             h5.attrs["format_version"] = FORMAT_VERSION
             h5.attrs["skipped_scales"] = np.asarray(skipped, np.int64)
-            h5.attrs["n_20x_tiles_embedded"] = len(positions)
+            h5.attrs["n_20x_tiles_embedded"] = len(todo) if positions else 0
             for k, d in out.items():
                 g = h5.create_group(f"scale_{k}")
                 g.attrs["size_l0"] = d["size_l0"]
                 g.create_dataset("latents", data=d["latents"], chunks=(1,) + d["latents"].shape[1:])
                 g.create_dataset("ssl", data=d["ssl"], chunks=(1,) + d["ssl"].shape[1:])
                 g.create_dataset("coords", data=d["coords"])
-    return {"counts": counts, "skipped": skipped, "n_20x_tiles": len(positions)}
+    return {"counts": counts, "skipped": skipped, "n_20x_tiles": len(todo) if positions else 0}
 
 
 def write_index(out_dir: str | os.PathLike) -> tuple[Path, dict[int, int], dict[int, int]]:

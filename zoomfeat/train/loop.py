@@ -408,14 +408,15 @@ def train(cfg: dict, out_dir: str | os.PathLike, max_steps: int | None = None, r
     accum = int(tc["grad_accum"])
     seed = int(cfg["seed"])
 
-    accelerator = Accelerator(mixed_precision=_mixed_precision(tc["mixed_precision"]))
+    # cpu=True on GPU-less machines: without it accelerate ignores torchrun's env and every process thinks it is rank 0
+    accelerator = Accelerator(mixed_precision=_mixed_precision(tc["mixed_precision"]), cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
     ckpts = list_checkpoints(out_dir)
     if ckpts and not resume:
-        raise FileExistsError(f"{out_dir} already holds checkpoints ({ckpts[-1].name}); pass --resume or use another --out")
+        raise ValueError(f"{out_dir} already holds checkpoints ({ckpts[-1].name}); pass --resume or use another --out")
     accelerator.wait_for_everyone()
 
     # model (same seeded init on every rank) and data
@@ -528,6 +529,8 @@ def train(cfg: dict, out_dir: str | os.PathLike, max_steps: int | None = None, r
 
     # final model: EMA weights in the UNet (what extraction and generation load)
     accelerator.wait_for_everyone()
+    write_json_atomic(out_dir / "ranks" / f"rank{rank}.json",
+                      {"rank": rank, "world_size": world, "param_checksum": param_checksum(accelerator.unwrap_model(module))})
     summary = {"steps": max_steps, "start_step": start_step, "world_size": world,
                "seconds": round(time.perf_counter() - t0, 3), "model": str(out_dir / "model")}
     if main:
@@ -544,6 +547,13 @@ def train(cfg: dict, out_dir: str | os.PathLike, max_steps: int | None = None, r
         write_json_atomic(out_dir / "train_summary.json", summary)
     accelerator.wait_for_everyone()
     return summary
+
+
+def param_checksum(module: nn.Module) -> list[float]:
+    """Sum and sum of squares of all parameters (float64): equal on every rank when DDP keeps them in sync."""
+    with torch.no_grad():
+        ps = [p.detach().double() for p in module.parameters()]
+        return [float(sum(p.sum() for p in ps)), float(sum(p.pow(2).sum() for p in ps))]
 
 
 def _with_ema(ema, ldm, fn):

@@ -1,0 +1,165 @@
+"""Backprop-free (finite-difference) vs autograd constraint guidance: time and peak-memory ratios on one problem.
+
+Both variants run the same constraint update (``zoomfeat.generate.large.guided_update``) on the same batch,
+timestep and guide tiles: the FD variant uses 2 encoder + 2 denoiser evaluations per iteration and keeps no
+graph; the autograd variant backpropagates ½‖tile − down(D(x̂0(x_t)))‖² through the VQ decoder and the UNet (both
+CFG branches). Goal: FD/autograd ≤ 0.5 in time and in peak memory.
+
+Memory on CPU: ``tracemalloc`` does not see torch's allocator, so each variant runs in its own subprocess with
+glibc told to return freed blocks at once (``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``); a thread
+samples the resident set (psutil) every 2 ms and the peak above the post-warm-up baseline is reported
+(``ru_maxrss`` cannot be used alone: model loading sets the high-water mark). On CUDA it is
+``torch.cuda.max_memory_allocated`` above the baseline. Time is best-of-N wall and process-CPU seconds after one
+warm-up (CPU seconds matter on a shared machine).
+
+Problems: ``tiny`` = the fixture model (64 px, 2×2 grid, batch 4, 4 iterations); ``full`` = one guided step of
+the full-size BRCA architecture (random init from configs/ldm/zoomldm_brca.yaml, 256 px, 4×4 grid, batch 1,
+1 iteration).
+
+    .venv/bin/python benchmarks/guidance.py [--problems tiny,full] [--device cpu|cuda] [--threads 2] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = Path(os.environ.get("ZOOMFEAT_SHARED", ROOT.parent / "shared")) / "fixtures" / "zoomldm_official_tiny"
+PROBLEMS = {
+    "tiny": {"n": 2, "batch": 4, "n_steps": 4},
+    "full": {"n": 4, "batch": 1, "n_steps": 1},
+}
+
+
+class RssSampler:
+    """Peak resident set size of this process, sampled in a thread."""
+
+    def __init__(self, period: float = 0.002):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.period = period
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self.peak = self.proc.memory_info().rss
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.period)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def worker(problem: str, mode: str, device: str, threads: int, repeats: int) -> dict:
+    import gc
+
+    import psutil
+    import torch
+
+    from zoomfeat.generate.large import LargeImageConfig, guided_update
+    from zoomfeat.ldm import ZoomLDM
+
+    torch.set_num_threads(threads)
+    spec = PROBLEMS[problem]
+    if problem == "tiny":
+        model = ZoomLDM.from_official(TINY / "weights.ckpt", TINY / "config.yaml")
+    else:
+        torch.manual_seed(0)
+        model = ZoomLDM.from_config(ROOT / "configs" / "ldm" / "zoomldm_brca.yaml")
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)  # the update differentiates w.r.t. x_t only
+    n, b = spec["n"], spec["batch"]
+    s, l = model.image_size, model.latent_size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, model.latent_channels, l, l, generator=g).to(device)
+    tiles = (torch.rand(b, 3, s // n, s // n, generator=g) * 2 - 1).to(device)
+    grid = torch.randn(b, model.ssl_dim, 1, 1, generator=g).to(device)
+    with torch.no_grad():
+        ctx = model.condition(grid, 0)
+    cfg = LargeImageConfig(guidance=mode, n_steps=spec["n_steps"], guidance_scale=3.0, progress=False)
+
+    def run():
+        out = guided_update(model, x, ctx, 499, tiles, n, cfg)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out
+
+    run()  # warm-up
+    gc.collect()
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        base_gpu = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    base = psutil.Process().memory_info().rss
+    wall, cpu = float("inf"), float("inf")
+    peak = base
+    for _ in range(repeats):
+        with RssSampler() as rs:
+            t0, c0 = time.perf_counter(), time.process_time()
+            run()
+            wall = min(wall, time.perf_counter() - t0)
+            cpu = min(cpu, time.process_time() - c0)
+        peak = max(peak, rs.peak)
+        gc.collect()
+    res = {"problem": problem, "mode": mode, "device": device, "batch": b, "n_steps": spec["n_steps"],
+           "wall_s": wall, "cpu_s": cpu, "peak_extra_mib": (peak - base) / 2**20, "baseline_rss_mib": base / 2**20}
+    if cuda:
+        res["peak_extra_mib"] = (torch.cuda.max_memory_allocated() - base_gpu) / 2**20
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--problems", default="tiny,full")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--worker", nargs=2, metavar=("PROBLEM", "MODE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.device, args.threads, args.repeats)))
+        return 0
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="0", PYTHONPATH=str(ROOT))
+    rows = []
+    for problem in [p.strip() for p in args.problems.split(",") if p.strip()]:
+        if problem not in PROBLEMS:
+            raise SystemExit(f"unknown problem {problem!r}; choose from {', '.join(PROBLEMS)}")
+        res = {}
+        for mode in ("fd", "autograd"):
+            cmd = [sys.executable, __file__, "--worker", problem, mode, "--device", args.device,
+                   "--threads", str(args.threads), "--repeats", str(args.repeats)]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(out.stderr[-3000:], file=sys.stderr)
+                return 1
+            res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(res[mode])
+        fd, ag = res["fd"], res["autograd"]
+        print(f"[{problem}] batch {fd['batch']}, {fd['n_steps']} iteration(s), {args.device}, {args.threads} thread(s)")
+        for r in (fd, ag):
+            print(f"  {r['mode']:9s} wall {r['wall_s']:8.2f} s  cpu {r['cpu_s']:8.2f} s  peak +{r['peak_extra_mib']:9.1f} MiB")
+        print(f"  ratio fd/autograd: wall {fd['wall_s'] / ag['wall_s']:.2f}  cpu {fd['cpu_s'] / ag['cpu_s']:.2f}  "
+              f"peak memory {fd['peak_extra_mib'] / max(ag['peak_extra_mib'], 1e-9):.2f}  (goal <= 0.5)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""`zoomfeat mil cv` and `zoomfeat compare` end to end on small synthetic HDF5 bags (with bad inputs mixed in)."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mil.synthetic import write_bags
+from zoomfeat.cli import main
+
+torch.set_num_threads(1)
+
+TINY = ["hparams.embed_dim=16", "hparams.attn_dim=8", "hparams.epochs=6", "hparams.min_epochs=0",
+        "hparams.patience=3", "hparams.lr=3e-3", "hparams.progress=false", "hparams.n_boot=100", "n_folds=3"]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("milcohort")
+    good, labels = write_bags(root, n_slides=30, dim=8, seed=0, encoder="zoomldm")
+    noise, _ = write_bags(root, n_slides=30, dim=8, seed=0, informative=False, encoder="noise")
+    # bad inputs: a NaN bag, a bag nobody labelled, a labelled slide without a bag
+    with h5py.File(good / "slide_029.h5", "r+") as h5:
+        f = h5["features"][:]
+        f[3, 1] = np.nan
+        h5["features"][...] = f
+    with h5py.File(good / "orphan.h5", "w") as h5:  # raw h5py: the documented layout, written by hand
+        h5["features"] = np.ones((4, 8), np.float32)
+        h5["coords"] = np.zeros((4, 2), np.int64)
+    df = pd.read_csv(labels)
+    df = pd.concat([df, pd.DataFrame([{**df.iloc[0].to_dict(), "slide": "ghost", "patient": "patient_ghost"}])])
+    df.to_csv(labels, index=False)
+    return root, good, noise, labels
+
+
+def test_mil_cv_end_to_end(cohort, tmp_path, capsys):
+    root, good, _, labels = cohort
+    args = ["mil", "cv", "--config", "configs/mil/abmil_hrd.yaml", "--out", str(tmp_path / "a"),
+            f"labels={labels}", f"bags={good}", *TINY]
+    assert main(args) == 0
+    out = tmp_path / "a"
+    for name in ("splits.csv", "fold_metrics.csv", "predictions.csv", "summary.csv", "summary.md", "roc.png",
+                 "config.yaml", "skipped.csv", "fold0/best.pt"):
+        assert (out / name).exists(), name
+    skipped = pd.read_csv(out / "skipped.csv").set_index("slide")["reason"]
+    assert "NaN or inf" in skipped["slide_029"] and "no bag" in skipped["ghost"]
+    pred = pd.read_csv(out / "predictions.csv")
+    assert len(pred) == 29 and pred.groupby("patient")["fold"].nunique().max() == 1
+    att = pd.read_csv(out / "attention" / "slide_000.csv")
+    assert list(att.columns) == ["x", "y", "score", "rank"] and att["rank"].max() == 1.0
+    assert len(list((out / "heatmaps").glob("*.png"))) == 3
+    metrics = pd.read_csv(out / "fold_metrics.csv")
+    assert set(metrics.columns) >= {"fold", "auc", "accuracy", "balanced_accuracy", "f1"}
+    state = torch.load(out / "fold0" / "best.pt", weights_only=True)
+    assert any(k.startswith("attention.") for k in state)
+
+    # same seed, same config → identical splits and metrics; the saved splits are reused
+    assert main([*args[:5], str(tmp_path / "b"), *args[6:]]) == 0
+    pd.testing.assert_frame_equal(metrics, pd.read_csv(tmp_path / "b" / "fold_metrics.csv"))
+    assert (out / "splits.csv").read_text() == (tmp_path / "b" / "splits.csv").read_text()
+
+
+def test_compare_end_to_end(cohort, tmp_path):
+    root, good, noise, labels = cohort
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--config", "configs/mil/compare.yaml", "--out", str(out), "--labels", str(labels),
+               "--bags", f"zoomldm-20x={good}:20x", "--bags", f"zoomldm-20x+5x={good}:20x+5x",
+               "--bags", f"noise={noise}", "--tasks", "hrd,survival", *TINY, "hparams.epochs=4"])
+    assert rc == 0
+    table = pd.read_csv(out / "compare.csv")
+    assert set(table["encoder"]) == {"zoomldm-20x", "zoomldm-20x+5x", "noise"}
+    assert set(table["task"]) == {"hrd", "survival"}
+    md = (out / "compare.md").read_text()
+    assert "| zoomldm-20x+5x |" in md and "±" in md
+    assert (out / "compare.png").stat().st_size > 1000
+    assert (out / "zoomldm-20x" / "survival" / "km.png").exists()
+    # one split table per task, and every encoder was scored on exactly those test folds
+    splits = pd.read_csv(out / "splits_hrd.csv")
+    for enc in ("zoomldm-20x", "zoomldm-20x+5x", "noise"):
+        pred = pd.read_csv(out / enc / "hrd" / "predictions.csv")
+        test = splits[splits["split"] == "test"].set_index("slide")["fold"]
+        assert (pred.set_index("slide")["fold"] == test.loc[pred["slide"]]).all()
+    # slide_029 is NaN in one encoder only: left out of every entry so the folds stay identical
+    assert "slide_029" not in set(splits["slide"])
+
+
+def test_cli_errors_are_clear(cohort, tmp_path, capsys):
+    root, good, _, labels = cohort
+    df = pd.read_csv(labels)
+    df.loc[1, "hrd"] = 1 - df.loc[0, "hrd"]  # slides 0 and 1 belong to patient_000
+    bad = tmp_path / "bad.csv"
+    df.to_csv(bad, index=False)
+    rc = main(["mil", "cv", "--config", "configs/mil/abmil_hrd.yaml", "--out", str(tmp_path / "x"),
+               f"labels={bad}", f"bags={good}", *TINY])
+    assert rc == 2
+    assert "patient_000" in capsys.readouterr().err
+    rc = main(["mil", "cv", "--config", "configs/mil/abmil_hrd.yaml", "--out", str(tmp_path / "y"),
+               f"labels={labels}", f"bags={good}", *TINY, "n_folds=20"])
+    assert rc == 2
+    assert "fewer patients than folds" in capsys.readouterr().err
