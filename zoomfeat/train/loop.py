@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
         "keep_checkpoints": 2,
         "log_every": 1,
         "sample_every": 0,
+        "save_model": True,
         "sample": {"n": 8, "steps": 20, "guidance_scale": 2.0, "scheduler": "ddim"},
     },
     "wandb": {"enabled": True, "project": "zoomfeat-train", "name": None},
@@ -533,7 +534,7 @@ def train(cfg: dict, out_dir: str | os.PathLike, max_steps: int | None = None, r
                       {"rank": rank, "world_size": world, "param_checksum": param_checksum(accelerator.unwrap_model(module))})
     summary = {"steps": max_steps, "start_step": start_step, "world_size": world,
                "seconds": round(time.perf_counter() - t0, 3), "model": str(out_dir / "model")}
-    if main:
+    if main and tc.get("save_model", True):
         ema.copy_to(ldm.unet.parameters())
         ldm.unet.eval()
         ldm.summarizer.eval()
@@ -542,6 +543,7 @@ def train(cfg: dict, out_dir: str | os.PathLike, max_steps: int | None = None, r
         ldm.to("cpu")
         ldm.config["training"] = {"steps": max_steps, "dataset": str(root), "ema_decay": float(tc["ema_decay"])}
         ldm.save_pretrained(out_dir / "model")
+    if main:
         if losses_seen:
             summary["last_loss"] = losses_seen[-1]
         write_json_atomic(out_dir / "train_summary.json", summary)
