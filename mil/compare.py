@@ -74,47 +74,66 @@ def compare(cfg: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     save_yaml({**cfg, "encoders": entries, "tasks": tasks}, out / "config.yaml")
     files = {e["name"]: list_bags(e["bags"], encoder=e.get("encoder")) for e in entries}
-    rows, long_rows = [], []
+    long_rows: list[dict] = []
+    failed: list[tuple[str, str]] = []
     for t in tasks:
-        tcfg = merge(cfg, {k: v for k, v in t.items() if k != "name"})
-        df, skipped = load_labels(cfg["labels"], t["task"], t.get("target"), tcfg["time_col"], tcfg["event_col"])
-        cohorts: dict[str, Cohort] = {}
-        for e in entries:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                cohorts[e["name"]] = build_cohort(df, files[e["name"]], t["task"], t.get("target"), mag=e["mag"],
-                                                  on_bad=cfg["on_bad"], time_col=tcfg["time_col"],
-                                                  event_col=tcfg["event_col"], skipped=skipped)
-        common = set.intersection(*(set(c.slides) for c in cohorts.values()))
-        dropped = sorted({s for c in cohorts.values() for s in c.slides} - common)
-        all_skipped = sorted({(s, f"{n}: {r}") for n, c in cohorts.items() for s, r in c.skipped}
-                             | {(s, "not usable in every encoder entry") for s in dropped})
-        pd.DataFrame(all_skipped, columns=["slide", "reason"]).to_csv(out / f"skipped_{t['name']}.csv", index=False)
-        if all_skipped:
-            warnings.warn(f"compare/{t['name']}: {len({s for s, _ in all_skipped})} slide(s) left out "
-                          f"(see skipped_{t['name']}.csv)", stacklevel=2)
-        if not common:
-            raise ValueError(f"task {t['name']}: no slide has a usable bag in every encoder entry")
-        order = [s for s in cohorts[entries[0]["name"]].slides if s in common]
-        ref = _restrict(cohorts[entries[0]["name"]], order)
-        splits = splits_for(ref, tcfg, out / f"splits_{t['name']}.csv")
-        for e in entries:
-            cohort = _restrict(cohorts[e["name"]], order)
-            sub = out / e["name"] / t["name"]
-            res: CVResult = run_folds(cohort, splits, model=tcfg["model"], mag=e["mag"], seed=int(cfg["seed"]),
-                                      out_dir=sub, attention=False, **(cfg.get("hparams") or {}))
-            write_result(res, sub, {**tcfg, "bags": e["bags"], "mag": e["mag"]})
-            for r in res.summary.itertuples():
-                long_rows.append({"encoder": e["name"], "task": t["name"], "metric": r.metric, "mean": r.mean,
-                                  "std": r.std, "ci_low": r.ci_low, "ci_high": r.ci_high, "n_folds": r.n_folds,
-                                  "n_slides": len(order)})
+        try:
+            long_rows += _run_task(cfg, t, entries, files, out)
+        except ValueError as exc:  # e.g. too few patients in a class for this task: the other tasks still run
+            warnings.warn(f"compare: task {t['name']} skipped: {exc}", stacklevel=2)
+            failed.append((t["name"], str(exc)))
+    if not long_rows:
+        raise ValueError("compare: every task failed: " + "; ".join(f"{n}: {r}" for n, r in failed))
     table = pd.DataFrame(long_rows)
     with atomic_path(out / "compare.csv") as tmp:
         table.to_csv(tmp, index=False)
     primary = table[table["metric"].isin(["auc", "c_index"])]
     compare_plot(primary, out / "compare.png", title=f"{cfg['model']}: encoder comparison ({cfg['n_folds']}-fold)")
-    write_text_atomic(out / "compare.md", to_markdown(table, cfg))
+    md = to_markdown(table, cfg)
+    if failed:
+        md += "\nTasks not run:\n\n" + "".join(f"- {n}: {r}\n" for n, r in failed)
+    write_text_atomic(out / "compare.md", md)
     return table
+
+
+def _run_task(cfg: dict, t: dict, entries: list[dict], files: dict, out: Path) -> list[dict]:
+    """One task over every encoder entry with one shared split table; returns the summary rows."""
+    from zoomfeat.config import merge
+
+    long_rows = []
+    tcfg = merge(cfg, {k: v for k, v in t.items() if k != "name"})
+    df, skipped = load_labels(cfg["labels"], t["task"], t.get("target"), tcfg["time_col"], tcfg["event_col"])
+    cohorts: dict[str, Cohort] = {}
+    for e in entries:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cohorts[e["name"]] = build_cohort(df, files[e["name"]], t["task"], t.get("target"), mag=e["mag"],
+                                              on_bad=cfg["on_bad"], time_col=tcfg["time_col"],
+                                              event_col=tcfg["event_col"], skipped=skipped)
+    common = set.intersection(*(set(c.slides) for c in cohorts.values()))
+    dropped = sorted({s for c in cohorts.values() for s in c.slides} - common)
+    all_skipped = sorted({(s, f"{n}: {r}") for n, c in cohorts.items() for s, r in c.skipped}
+                         | {(s, "not usable in every encoder entry") for s in dropped})
+    pd.DataFrame(all_skipped, columns=["slide", "reason"]).to_csv(out / f"skipped_{t['name']}.csv", index=False)
+    if all_skipped:
+        warnings.warn(f"compare/{t['name']}: {len({s for s, _ in all_skipped})} slide(s) left out "
+                      f"(see skipped_{t['name']}.csv)", stacklevel=2)
+    if not common:
+        raise ValueError(f"task {t['name']}: no slide has a usable bag in every encoder entry")
+    order = [s for s in cohorts[entries[0]["name"]].slides if s in common]
+    ref = _restrict(cohorts[entries[0]["name"]], order)
+    splits = splits_for(ref, tcfg, out / f"splits_{t['name']}.csv")
+    for e in entries:
+        cohort = _restrict(cohorts[e["name"]], order)
+        sub = out / e["name"] / t["name"]
+        res: CVResult = run_folds(cohort, splits, model=tcfg["model"], mag=e["mag"], seed=int(cfg["seed"]),
+                                  out_dir=sub, attention=False, **(cfg.get("hparams") or {}))
+        write_result(res, sub, {**tcfg, "bags": e["bags"], "mag": e["mag"]})
+        for r in res.summary.itertuples():
+            long_rows.append({"encoder": e["name"], "task": t["name"], "metric": r.metric, "mean": r.mean,
+                              "std": r.std, "ci_low": r.ci_low, "ci_high": r.ci_high, "n_folds": r.n_folds,
+                              "n_slides": len(order)})
+    return long_rows
 
 
 def _restrict(c: Cohort, order: list[str]) -> Cohort:

@@ -7,7 +7,6 @@ scored once on its test patients; out-of-fold predictions are pooled for plots a
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -205,7 +204,8 @@ def cross_validate(bags: Sequence[Any], labels: Sequence[Any], groups: Sequence[
     splits = hparams.pop("splits", None)
     val_fraction = hparams.pop("val_fraction", 0.2)
     if splits is None:
-        splits = make_splits(cohort.slides, cohort.patients, cohort.strata, n_folds, seed, val_fraction)
+        splits = make_splits(cohort.slides, cohort.patients, cohort.strata, n_folds, seed, val_fraction,
+                             strict=task != "survival")
     else:
         splits = load_splits(splits, cohort.slides)
     res = run_folds(cohort, splits, model=model, mag=mag, seed=seed, out_dir=hparams.pop("out_dir", None), **hparams)
@@ -246,7 +246,7 @@ def splits_for(cohort: Cohort, cfg: dict, path: str | os.PathLike) -> pd.DataFra
     if path.exists():
         return load_splits(path, cohort.slides)
     df = make_splits(cohort.slides, cohort.patients, cohort.strata, int(cfg["n_folds"]), int(cfg["seed"]),
-                     float(cfg.get("val_fraction", 0.2)))
+                     float(cfg.get("val_fraction", 0.2)), strict=cohort.task != "survival")
     save_splits(df, path)
     return df
 
@@ -292,6 +292,7 @@ def write_attention(res: CVResult, out: Path, cohort: Cohort, cfg: dict) -> None
     score_col = "risk" if res.task == "survival" else f"prob_{len(res.classes) - 1}"
     order = pred.sort_values(score_col, ascending=False)["slide"].tolist()
     n_maps = int(cfg.get("heatmaps", 3) or 0)
+    label_paths = _label_slide_paths(cfg.get("labels"))
     for slide in order:
         scores = res.attention.get(slide)
         item = cohort.items[pos[slide]]
@@ -310,10 +311,27 @@ def write_attention(res: CVResult, out: Path, cohort: Cohort, cfg: dict) -> None
                            "score": scores, "rank": rank_normalize(scores)})
         df.to_csv(adir / f"{slide}.csv", index=False)
         if n_maps > 0 and coords is not None:
-            slide_path = find_slide(cfg.get("slides"), slide)
+            slide_path = find_slide(cfg.get("slides"), slide) or label_paths.get(slide)
             attention_heatmap(coords, scores, out / "heatmaps" / f"{slide}.png", patch_size=psize,
                               slide_path=slide_path, title=f"{slide} ({score_col} {pred.set_index('slide').loc[slide, score_col]:.2f})")
             n_maps -= 1
+
+
+def _label_slide_paths(labels: str | os.PathLike | None) -> dict[str, Path]:
+    """slide → WSI path from a ``path`` column of the labels CSV (relative paths: next to the CSV), if any."""
+    if not labels or not Path(labels).is_file():
+        return {}
+    df = pd.read_csv(labels, dtype={"slide": str})
+    if "path" not in df.columns:
+        return {}
+    root = Path(labels).resolve().parent
+    out = {}
+    for s, p in zip(df["slide"], df["path"]):
+        if isinstance(p, str) and p:
+            q = Path(p) if Path(p).is_absolute() else root / p
+            if q.exists():
+                out[s] = q
+    return out
 
 
 def run_cv(cfg: dict, out_dir: str | os.PathLike) -> CVResult:

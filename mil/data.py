@@ -133,7 +133,8 @@ def load_labels(labels: str | os.PathLike | pd.DataFrame, task: str, target: str
     Returns the usable rows (with a ``patient`` column filled from ``slide`` when absent) and the skipped
     (slide, reason) pairs for rows with an empty target.
     """
-    df = pd.read_csv(labels) if not isinstance(labels, pd.DataFrame) else labels.copy()
+    df = (pd.read_csv(labels, dtype={"slide": str, "patient": str}) if not isinstance(labels, pd.DataFrame)
+          else labels.copy())
     if "slide" not in df.columns:
         raise ValueError(f"labels table needs a 'slide' column; it has {list(df.columns)}")
     df["slide"] = df["slide"].astype(str)

@@ -32,8 +32,12 @@ def _patient_strata(patients: Sequence[str], strata: Sequence) -> dict[str, obje
 
 
 def make_splits(slides: Sequence[str], patients: Sequence[str], strata: Sequence, n_folds: int = 5,
-                seed: int = 0, val_fraction: float = 0.2) -> pd.DataFrame:
-    """Patient-level stratified folds; raises ValueError when a class has fewer patients than folds."""
+                seed: int = 0, val_fraction: float = 0.2, strict: bool = True) -> pd.DataFrame:
+    """Patient-level stratified folds; raises ValueError when a class has fewer patients than folds.
+
+    ``strict=False`` (survival, where the strata are event/censored) only warns: a fold may then lack
+    censored patients, which the c-index tolerates, and at least one event per fold is still required.
+    """
     slides, patients = [str(s) for s in slides], [str(p) for p in patients]
     strata = np.asarray(strata)
     if n_folds < 2:
@@ -41,18 +45,27 @@ def make_splits(slides: Sequence[str], patients: Sequence[str], strata: Sequence
     per_patient = _patient_strata(patients, strata.tolist())
     counts = Counter(per_patient.values())
     small = {c: k for c, k in counts.items() if k < n_folds}
-    if small:
+    if small and not strict:
+        if counts.get(1, 0) < n_folds:
+            raise ValueError(f"only {counts.get(1, 0)} patient(s) with an event for {n_folds} folds; "
+                             f"need at least one per fold (lower n_folds)")
+        warnings.warn("strata with fewer patients than folds: " + ", ".join(f"{c!r}: {k}" for c, k in small.items())
+                      + " (folds stay patient-level; some folds lack that stratum)", stacklevel=2)
+    elif small:
         raise ValueError(
             "class(es) with fewer patients than folds: "
             + ", ".join(f"{c!r} has {k} patient(s)" for c, k in sorted(small.items(), key=str))
             + f" (n_folds={n_folds}); lower n_folds or drop/merge the class"
         )
-    if len(counts) < 2:
+    if len(counts) < 2 and strict:
         raise ValueError(f"only one class/stratum ({next(iter(counts))!r}) among the labelled slides")
     idx = np.arange(len(slides))
     outer = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     rows = []
-    for fold, (train_idx, test_idx) in enumerate(outer.split(idx, strata, groups=patients)):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*least populated class.*")  # warned above (survival only)
+        outer_splits = list(outer.split(idx, strata, groups=patients))
+    for fold, (train_idx, test_idx) in enumerate(outer_splits):
         val_idx = np.array([], dtype=int)
         if val_fraction and val_fraction > 0:
             n_inner = max(2, int(round(1.0 / val_fraction)))
@@ -61,6 +74,7 @@ def make_splits(slides: Sequence[str], patients: Sequence[str], strata: Sequence
             inner = StratifiedGroupKFold(n_splits=n_inner, shuffle=True, random_state=seed + 1000 + fold)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*least populated class.*")
+                warnings.filterwarnings("ignore", message=".*members, which is less than n_splits.*")
                 _, v = next(inner.split(train_idx, strata[train_idx], groups=tr_pat))
             val_idx = train_idx[v]
             train_idx = np.setdiff1d(train_idx, val_idx)

@@ -183,7 +183,7 @@ def test_rank_sharding_merges_one_summary(cohort, tmp_path, monkeypatch):
 
     enc = create_encoder("tiny-vit")
     slides = sorted((cohort / "slides").glob("*.tiff"))
-    opts = ExtractOptions(mags="20x", workers=0, progress=False)
+    opts = ExtractOptions(mags="20x", workers=0, progress=False, clam_pt=True)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "run-1")
     feat_dir = tmp_path / "features_tiny-vit"
@@ -198,6 +198,10 @@ def test_rank_sharding_merges_one_summary(cohort, tmp_path, monkeypatch):
     assert sorted(list_bags(tmp_path)) == [f"syn{i}" for i in range(4)]
     b = load_bag(bag_path(tmp_path, "tiny-vit", "syn1"))
     assert b.features.shape[1] == 48 and b.features_5x is None
+    pt = load_bag(feat_dir / "pt_files" / "syn1.pt")  # --clam-pt: CLAM's training input, coords from the .h5
+    assert pt.layout == "clam_pt"
+    np.testing.assert_array_equal(pt.features, b.features)
+    np.testing.assert_array_equal(pt.coords, b.coords)
 
 
 def test_failed_slide_reported_and_missing_weights_fail_early(cohort, tmp_path, monkeypatch, capsys):

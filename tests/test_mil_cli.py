@@ -101,3 +101,17 @@ def test_cli_errors_are_clear(cohort, tmp_path, capsys):
                f"labels={labels}", f"bags={good}", *TINY, "n_folds=20"])
     assert rc == 2
     assert "fewer patients than folds" in capsys.readouterr().err
+
+
+def test_cross_validate_reads_bag_paths(cohort):
+    import mil
+
+    root, good, _, labels = cohort
+    df = pd.read_csv(labels, dtype={"slide": str})
+    df = df[df["slide"].str.startswith("slide_")]
+    paths = [good / f"{s}.h5" for s in df["slide"]]
+    with pytest.warns(UserWarning, match="NaN or inf"):
+        res = mil.cross_validate(paths, df["hrd"].tolist(), df["patient"].tolist(), model="abmil", n_folds=3,
+                                 seed=0, slide_ids=df["slide"].tolist(), mag="20x+5x", embed_dim=8, attn_dim=4,
+                                 epochs=2, progress=False, n_boot=20)
+    assert len(res) == 3 and res["n_test"].sum() == 29  # the NaN bag is skipped

@@ -105,3 +105,13 @@ def test_survival_folds_stratify_on_event():
     per_fold = df[df["split"] == "test"].groupby("fold")["slide"].apply(lambda s: sum(ev[x] for x in s))
     assert per_fold.min() >= 4 and per_fold.max() <= 6
     del rng
+
+
+def test_survival_with_few_censored_patients_warns_but_splits():
+    event = np.r_[np.ones(18, int), np.zeros(2, int)]  # 2 censored < 5 folds: fine for survival, warned
+    ids = [f"s{i}" for i in range(20)]
+    with pytest.warns(UserWarning, match="fewer patients than folds"):
+        df = make_splits(ids, ids, event, 5, seed=0, strict=False)
+    assert df["fold"].nunique() == 5
+    with pytest.raises(ValueError, match="with an event"):
+        make_splits(ids, ids, 1 - event, 5, seed=0, strict=False)  # 2 events for 5 folds

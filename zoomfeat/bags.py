@@ -255,9 +255,10 @@ def _load_pt(path: Path) -> np.ndarray:
 
 
 def _clam_sibling_coords(pt: Path) -> tuple[np.ndarray | None, dict]:
-    """A CLAM ``pt_files/x.pt`` has its coords in ``../h5_files/x.h5`` (if present)."""
-    h5p = pt.parent.parent / "h5_files" / f"{pt.stem}.h5"
-    if h5p.exists():
+    """A CLAM ``pt_files/x.pt`` has its coords in ``../h5_files/x.h5`` (zoomfeat's ``--clam-pt``: ``../x.h5``)."""
+    for h5p in (pt.parent.parent / "h5_files" / f"{pt.stem}.h5", pt.parent.parent / f"{pt.stem}.h5"):
+        if not h5p.exists():
+            continue
         with h5py.File(h5p, "r") as h5:
             if "coords" in h5:
                 return np.asarray(h5["coords"][:], dtype=np.int64), _attrs_dict(h5["coords"])

@@ -53,7 +53,7 @@ def _ssl_grid_from_slide(slide: Path, tiles_dir: Path, out_npy: Path, ssl_dim: i
 
 def run_demo(out: str | Path = "demo_out", n_slides: int = 24, train_steps: int = 250, folds: int = 5,
              skip_train: bool = False) -> Path:
-    """Run the demo into ``out`` and return the comparison table's path; reruns reuse finished steps."""
+    """Run the demo into ``out`` and return the comparison folder; reruns reuse finished steps."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log: list[tuple[str, float]] = []
@@ -87,13 +87,17 @@ def run_demo(out: str | Path = "demo_out", n_slides: int = 24, train_steps: int 
           "--conditioning", "uni", "--ssl-encoder", "tiny-vit"], log)
     _run(["extract", *common, "--encoder", "tiny-vit", "--mags", "20x"], log)
 
-    cmp_dir = out / "compare"
-    _run(["compare", "--config", "configs/mil/demo_compare.yaml", "--out", str(cmp_dir), "--labels", str(labels),
-          "--bags", f"zoomldm-20x={feats / 'features_zoomldm'}:20x",
-          "--bags", f"zoomldm-5x={feats / 'features_zoomldm'}:5x",
-          "--bags", f"zoomldm-20x+5x={feats / 'features_zoomldm'}:20x+5x",
-          "--bags", f"baseline-tinyvit={feats / 'features_tiny-vit'}:20x",
-          f"n_folds={folds}"], log)
+    cmp_root = out / "compare"
+    bags = [f"zoomldm-20x={feats / 'features_zoomldm'}:20x",
+            f"zoomldm-5x={feats / 'features_zoomldm'}:5x",
+            f"zoomldm-20x+5x={feats / 'features_zoomldm'}:20x+5x",
+            f"baseline-tinyvit={feats / 'features_tiny-vit'}:20x"]
+    for head in ("abmil", "transmil"):
+        argv = ["compare", "--config", "configs/mil/demo_compare.yaml", "--out", str(cmp_root / head),
+                "--labels", str(labels)]
+        for b in bags:
+            argv += ["--bags", b]
+        _run([*argv, f"model={head}", f"n_folds={folds}"], log)
 
     gen = out / "generated"
     first_slide = sorted(slides.iterdir())[0]
@@ -109,17 +113,18 @@ def run_demo(out: str | Path = "demo_out", n_slides: int = 24, train_steps: int 
     _run(["generate", "--model", str(model_dir), "--ssl", str(out / "ssl_grid_20x.npy"), "--mag", "20x", "--n", "4",
           "--steps", "20", "--out", str(gen / "20x")], log)
 
-    table_md = cmp_dir / "comparison.md"
     print("\n" + "=" * 80)
     print(f"zoomfeat demo finished in {time.perf_counter() - t_start:.0f} s\n")
-    if table_md.exists():
-        print(table_md.read_text())
+    for head in ("abmil", "transmil"):
+        table_md = cmp_root / head / "compare.md"
+        if table_md.exists():
+            print(table_md.read_text())
     print("Outputs:")
     for name, path in [("synthetic cohort + labels", cohort), ("coordinate files, QC PNGs, GeoJSON", tiles),
-                       ("ZoomLDM model", model_dir), ("feature bags", feats), ("comparison table + plots", cmp_dir),
+                       ("ZoomLDM model", model_dir), ("feature bags", feats), ("comparison tables + plots", cmp_root),
                        ("generated patches", gen)]:
         print(f"  {name:<38} {path}")
     print("\nStep timings:")
     for cmd, dt in log:
         print(f"  {dt:7.1f} s  {cmd[:100]}")
-    return table_md
+    return cmp_root

@@ -38,7 +38,6 @@ def register(subparsers) -> None:
             "resumes, failures are listed in OUT/features_{encoder}/summary.csv. Under torchrun, slides are split "
             "by rank (one GPU each) and the last rank to finish merges the per-rank summaries."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("slides", metavar="SLIDES", help="slide file, folder of slides, or CSV with a 'slide' column")
     p.add_argument("--config", default=None,
@@ -52,22 +51,22 @@ def register(subparsers) -> None:
     p.add_argument("--weights-registry", default=None,
                    help="YAML/JSON encoder → path registry (default configs/encoders/weights.yaml or "
                         "$ZOOMFEAT_WEIGHTS_REGISTRY)")
-    p.add_argument("--mags", default="20x,5x", help="'20x' or '20x,5x'")
+    p.add_argument("--mags", default="20x,5x", help="'20x' or '20x,5x' (default: both)")
     g = p.add_argument_group("zoomldm options")
     g.add_argument("--conditioning", choices=("uni", "none"), default="uni",
-                   help="uni: the tile's SSL embedding (20x: 1×1, 5x: 4×4 children grid); none: null context")
+                   help="uni (default): the tile's SSL embedding (20x: 1×1, 5x: 4×4 children grid); none: null context")
     g.add_argument("--ssl-encoder", default="uni", choices=("uni", "tiny-vit", "phikon"),
-                   help="SSL encoder for conditioning (tiny-vit for the tiny test model)")
+                   help="SSL encoder for conditioning (default uni; tiny-vit for the tiny test model)")
     g.add_argument("--ssl-weights", default=None, help="weights of the SSL encoder (default: from the registry)")
     g.add_argument("--blocks", type=_int_list, default=[0],
-                   help="UNet blocks to pool: 0 = middle block, 1..12 = decoder blocks; several are concatenated")
-    g.add_argument("--t", type=_int_list, default=[100], help="noise timestep(s); several are concatenated")
-    g.add_argument("--seed", type=int, default=0, help="base seed of the per-tile noise")
+                   help="UNet blocks to pool (default 0): 0 = middle block, 1..12 = decoder blocks; several are concatenated")
+    g.add_argument("--t", type=_int_list, default=[100], help="noise timestep(s) (default 100); several are concatenated")
+    g.add_argument("--seed", type=int, default=0, help="base seed of the per-tile noise (default 0)")
     g.add_argument("--missing-children", choices=("embed", "mean"), default="embed",
                    help="5x conditioning: embed background children too (training-faithful) or use the mean of "
-                        "the region's tissue children (no extra SSL forwards)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (each opens its own slide handle)")
+                        "the region's tissue children (no extra SSL forwards); default embed")
+    p.add_argument("--batch-size", type=int, default=16, help="tiles per forward (default 16)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers, each with its own slide handle (default 2)")
     p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else cpu), cpu, cuda, cuda:1 …")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
                    help="autocast dtype on GPU (default per encoder: zoomldm/uni fp16, phikon fp32)")

@@ -81,7 +81,7 @@ def load_train_config(path: str | os.PathLike, overrides: list[str] | None = Non
 
 
 def _resolve(path: str | os.PathLike, base: Path) -> Path:
-    """Relative paths in a training config: tried under ``base`` (the run folder), then the cwd, then configs/."""
+    """Relative model paths in a training config: the cwd, configs/, the repository root, else under ``base``."""
     p = Path(os.path.expanduser(str(path)))
     if p.is_absolute():
         return p
@@ -172,7 +172,9 @@ class DiffusionObjective(nn.Module):
             if out is None:
                 out = ctx.new_zeros((len(ssl),) + tuple(ctx.shape[1:]))
             out[idx.to(ctx.device)] = ctx
-        return out
+        # A batch of only 8x8 grids never touches pad_token; DDP (find_unused_parameters=False) would then wait for
+        # its gradient forever. A zero-weighted use keeps every parameter in the graph at no numerical cost.
+        return out + 0.0 * self.summarizer.pad_token.sum().to(out.dtype)
 
     def forward(self, latents, ssl, mags, t, noise, generator=None):
         ctx = self.context(ssl, mags)
@@ -299,7 +301,9 @@ class MetricsLog:
         rows = []
         if resume_step is not None and self.path.exists():
             with open(self.path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+                rows = [r for r in csv.DictReader(fh)  # a row cut short by a kill has a missing last field
+                        if (r.get("step") or "").isdigit() and int(r["step"]) <= resume_step
+                        and r.get(METRIC_COLUMNS[-1]) is not None]
         with atomic_path(self.path) as tmp:
             with open(tmp, "w", newline="") as fh:
                 w = csv.DictWriter(fh, METRIC_COLUMNS)
@@ -362,18 +366,17 @@ def save_sample_grid(ldm, dataset: MultiScaleLatentDataset, path: Path, n: int =
                      generator=torch.Generator().manual_seed(seed))
     fake = ldm.decode(lat)
     real = ldm.decode(torch.stack([it["latents"] for it in items]).to(ldm.device))
-    images = ((torch.cat([real, fake]).float().clamp(-1, 1) + 1) / 2).cpu()
+    images = torch.cat([real, fake]).float().clamp(-1, 1).cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         from zoomfeat.generate.patches import save_image_grid
-
-        with atomic_path(path) as tmp:
-            save_image_grid(images, tmp, nrow=n)
-    except (ImportError, TypeError, AttributeError):
+    except ImportError:  # generation module absent: torchvision's grid writer
         from torchvision.utils import save_image
 
         with atomic_path(path) as tmp:
-            save_image(images, str(tmp), nrow=n, format="png")
+            save_image((images + 1) / 2, str(tmp), nrow=n, format="png")
+    else:
+        save_image_grid(images, path, nrow=n)  # atomic; takes [-1, 1] floats
     return path
 
 
@@ -422,7 +425,8 @@ def train(cfg: dict, out_dir: str | os.PathLike, max_steps: int | None = None, r
 
     # model (same seeded init on every rank) and data
     ldm = make_model(cfg, out_dir)
-    root = _resolve(cfg["dataset"]["root"], out_dir)
+    root = Path(os.path.expanduser(str(cfg["dataset"]["root"])))
+    root = root if root.is_absolute() else out_dir / root  # relative dataset roots live in the run folder
     if main:
         ensure_dataset(cfg, root, ldm, progress=progress)
     accelerator.wait_for_everyone()
