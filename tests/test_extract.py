@@ -21,6 +21,16 @@ from zoomfeat.bags import bag_path, list_bags, load_bag
 from zoomfeat.cli import main
 
 CKPT = TINY_LDM / "weights.ckpt"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP barriers waiting for a descheduled second thread
+    made the tiny models up to 10× slower; restored afterwards for other test modules."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 CMU = SLIDES / "cmu_small_region.svs"
 SIZES = [(768, 768), (1024, 768), (640, 896), (768, 1024)]
 SEEDS = [0, 1, 2, 5]  # all four give tissue tiles
@@ -155,7 +165,7 @@ def test_kill_mid_cohort_then_resume_gives_identical_bags(cohort, tmp_path):
     full = list_bags(tmp_path / "full")
     assert len(full) == 3
 
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "zoomfeat", *_cli_args(tmp_path / "killed", tiles, slides)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     feat_dir = tmp_path / "killed" / "features_zoomldm"

@@ -203,3 +203,22 @@ def test_cfg_dropout_rate_over_many_draws():
         dropped += int(zero.sum())
         n += len(zero)
     assert abs(dropped / n - 0.1) < 0.005, dropped / n  # 51,200 draws: sd 0.0013
+
+
+def test_cli_build_dataset(tiny_dataset, tmp_path, capsys):
+    from zoomfeat.cli import main
+
+    slides = str(tiny_dataset / "cohort" / "slides")
+    common = ["--ssl-encoder", "tiny-vit", "--ldm-config", "ldm/zoomldm_tiny.yaml", "--ssl-px", "64"]
+    rc = main(["build-dataset", slides, *common, "--out", str(tmp_path / "ds"), "--scales", "0,5x",
+               "--max-per-scale", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "2 slides (done: 2)" in out and "patches per scale: 0:4, 1:0, 2:4," in out
+    from zoomfeat.train.dataset import MultiScaleLatentDataset
+
+    data = MultiScaleLatentDataset(tmp_path / "ds", latent_shape=(3, 16, 16), ssl_dim=48)
+    assert data.scales == [0, 2] and data[0]["latents"].shape == (3, 16, 16)
+    # an SSL encoder whose width does not fit the model's Summarizer is refused before any work
+    rc = main(["build-dataset", slides, *common, "--ssl-dim", "32", "--out", str(tmp_path / "bad")])
+    assert rc == 2 and "expects 48" in capsys.readouterr().err

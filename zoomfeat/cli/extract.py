@@ -70,6 +70,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else cpu), cpu, cuda, cuda:1 …")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
                    help="autocast dtype on GPU (default per encoder: zoomldm/uni fp16, phikon fp32)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (CPU runs on a busy machine are often faster with 1)")
     p.add_argument("--mpp", type=float, default=None, help="force the level-0 µm/px of every slide")
     p.add_argument("--mpp-csv", default=None, help="CSV slide,mpp overriding slide metadata")
     p.add_argument("--tag", default=None, help="name of the features_{tag} folder (default: encoder name)")
@@ -147,6 +149,10 @@ def handler(args) -> int:
         raise FileNotFoundError(f"--tiles folder not found: {args.tiles}")
     if args.mpp_csv is not None and not Path(args.mpp_csv).is_file():
         raise FileNotFoundError(f"--mpp-csv file not found: {args.mpp_csv}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(int(args.threads))
     encoder = build_encoder_from_args(args)
     report = extract_cohort(slides, encoder, args.out, tiles_dir=args.tiles, opts=opts)
     report.print()
