@@ -34,3 +34,15 @@ def slides_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_ldm_dir() -> Path:
     return TINY_LDM
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread for the whole suite: the test models are tiny, and on a busy 2-core machine OpenMP
+    barriers waiting for a descheduled second thread made them 10-30x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -17,15 +17,6 @@ from zoomfeat.encoders.base import TileTransform, to_float_images
 CKPT = TINY_LDM / "weights.ckpt"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP barriers waiting for a descheduled second thread
-    made the tiny models up to 10× slower; restored afterwards for other test modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def ref():

@@ -22,15 +22,6 @@ from zoomfeat.cli import main
 
 CKPT = TINY_LDM / "weights.ckpt"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP barriers waiting for a descheduled second thread
-    made the tiny models up to 10× slower; restored afterwards for other test modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 CMU = SLIDES / "cmu_small_region.svs"
 SIZES = [(768, 768), (1024, 768), (640, 896), (768, 1024)]
 SEEDS = [0, 1, 2, 5]  # all four give tissue tiles

@@ -20,14 +20,6 @@ from zoomfeat.generate.large import (
 from zoomfeat.generate.resize import Resizer, imresize
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine is shared: one intra-op thread is much faster than oversubscribed spinning."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def model(tiny_ldm_dir):

@@ -14,13 +14,6 @@ from tests.conftest import FIXTURES, TINY_LDM
 from zoomfeat.config import CONFIG_DIR, load_yaml
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def sd():

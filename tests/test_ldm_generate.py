@@ -12,13 +12,6 @@ from PIL import Image
 from tests.conftest import TINY_LDM
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):

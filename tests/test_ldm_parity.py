@@ -11,14 +11,6 @@ from tests.conftest import TINY_LDM
 TOL = 1e-4  # max|Δ| / max|ref|, fp32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # 2 shared cores: OpenMP spin-waiting under load makes small models ~30x slower with 2 threads
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def ref():

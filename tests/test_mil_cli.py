@@ -11,7 +11,6 @@ import torch
 from mil.synthetic import write_bags
 from zoomfeat.cli import main
 
-torch.set_num_threads(1)
 
 TINY = ["hparams.embed_dim=16", "hparams.attn_dim=8", "hparams.epochs=6", "hparams.min_epochs=0",
         "hparams.patience=3", "hparams.lr=3e-3", "hparams.progress=false", "hparams.n_boot=100", "n_folds=3"]

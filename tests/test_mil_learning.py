@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -17,7 +16,6 @@ from mil.synthetic import concept_bags, survival_bags
 from mil.tasks import ClassificationTask, c_index, classification_metrics
 from mil.trainer import TrainConfig, predict, seed_everything, train_model
 
-torch.set_num_threads(1)
 D = 16
 
 

@@ -7,7 +7,6 @@ import torch
 
 from mil.models import ABMIL, TransMIL, TwoBranchMIL, build_model
 
-torch.set_num_threads(1)
 
 
 def _batch(b=3, n=40, d=12, lengths=(40, 25, 6), seed=0):

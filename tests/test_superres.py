@@ -22,13 +22,6 @@ from zoomfeat.generate.superres import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def model(tiny_ldm_dir):

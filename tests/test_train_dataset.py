@@ -27,14 +27,6 @@ def tiny_train_cfg(root: Path, **train) -> dict:
     return cfg
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread is several times faster than two fighting other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.test_train_dataset import one_thread, tiny_dataset, tiny_train_cfg  # noqa: F401 (fixtures)
+from tests.test_train_dataset import tiny_dataset, tiny_train_cfg  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 REF_STEPS = 60

@@ -9,7 +9,7 @@ def register(subparsers) -> None:
                                           "printing each equivalent command.")
     p.add_argument("--out", default="demo_out", help="output folder (reruns reuse finished steps)")
     p.add_argument("--n-slides", type=int, default=24)
-    p.add_argument("--train-steps", type=int, default=250)
+    p.add_argument("--train-steps", type=int, default=200)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--skip-train", action="store_true", help="use the shared tiny fixture model instead of training")
     p.set_defaults(func=handler)
