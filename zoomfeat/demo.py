@@ -97,7 +97,7 @@ def run_demo(out: str | Path = "demo_out", n_slides: int = 24, train_steps: int 
                 "--labels", str(labels)]
         for b in bags:
             argv += ["--bags", b]
-        extra = ["hparams.epochs=20", "hparams.patience=5"] if head == "transmil" else []  # CPU budget of the demo
+        extra = ["hparams.epochs=10", "hparams.patience=4"] if head == "transmil" else []  # CPU budget of the demo
         _run([*argv, f"model={head}", f"n_folds={folds}", *extra], log)
 
     gen = out / "generated"
