@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from zoomfeat.io import SlideLock, write_json_atomic
+from zoomfeat.io import SlideLock, atomic_path, write_json_atomic
 
 #: File endings treated as slides when SLIDES is a folder (OpenSlide formats + generic TIFF + DICOM).
 SLIDE_SUFFIXES = {
@@ -116,7 +116,6 @@ class CohortReport:
             "exit_code": self.exit_code,
             "failed": [{"slide": r.slide, "error": r.error} for r in self.failed],
         })
-        from zoomfeat.io import atomic_path
         with atomic_path(out_dir / f"{name}.csv") as tmp:
             with open(tmp, "w", newline="") as fh:
                 w = csv.writer(fh)

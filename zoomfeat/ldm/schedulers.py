@@ -26,28 +26,21 @@ def _base(schedule: dict | None) -> dict:
     return s
 
 
+def _schedule_kwargs(s: dict) -> dict:
+    """The β table and parameterisation every scheduler of one model shares."""
+    return {k: s[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")}
+
+
 def training_scheduler(schedule: dict | None = None) -> DDPMScheduler:
     """The training schedule (ᾱ table, ``add_noise``): ``scaled_linear`` 0.0015 → 0.0195 over 1000 steps."""
-    s = _base(schedule)
-    return DDPMScheduler(
-        num_train_timesteps=s["num_train_timesteps"],
-        beta_start=s["beta_start"],
-        beta_end=s["beta_end"],
-        beta_schedule=s["beta_schedule"],
-        prediction_type=s["prediction_type"],
-        clip_sample=False,
-    )
+    return DDPMScheduler(**_schedule_kwargs(_base(schedule)), clip_sample=False)
 
 
 def make_scheduler(name: str, schedule: dict | None = None):
     """A sampling scheduler: ``ddim`` (η=0) or ``plms``/``pndm`` (CompVis PLMS), or ``ddpm`` (ancestral)."""
     s = _base(schedule)
     common = dict(
-        num_train_timesteps=s["num_train_timesteps"],
-        beta_start=s["beta_start"],
-        beta_end=s["beta_end"],
-        beta_schedule=s["beta_schedule"],
-        prediction_type=s["prediction_type"],
+        **_schedule_kwargs(s),
         set_alpha_to_one=False,
         steps_offset=1,
         timestep_spacing="leading",
