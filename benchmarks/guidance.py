@@ -12,6 +12,12 @@ samples the resident set (psutil) every 2 ms and the peak above the post-warm-up
 ``torch.cuda.max_memory_allocated`` above the baseline. Time is best-of-N wall and process-CPU seconds after one
 warm-up (CPU seconds matter on a shared machine).
 
+FLOPs (``torch.utils.flop_counter``, hardware-independent) are counted on the warm-up call, and the fd worker
+also times and counts the pieces of one update -- a CFG denoiser pass U, a decode D, an encode of two images E2 --
+so the steady-state cost per update is printed beside the measured one: fd = D + E2 + 2U, autograd = forward +
+backward of U and D. ``D + U`` (decode once, recompute ε once) is the floor of any update that keeps no graph, so
+``(D + U) / autograd`` bounds the time ratio any backprop-free variant of this kind can reach.
+
 Problems: ``tiny`` = the fixture model (64 px, 2×2 grid, batch 4, 4 iterations); ``full`` = one guided step of
 the full-size BRCA architecture (random init from configs/ldm/zoomldm_brca.yaml, 256 px, 4×4 grid, batch 1,
 1 iteration).
@@ -72,7 +78,9 @@ def worker(problem: str, mode: str, device: str, threads: int, repeats: int) -> 
     import psutil
     import torch
 
-    from zoomfeat.generate.large import LargeImageConfig, guided_update
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zoomfeat.generate.large import LargeImageConfig, cfg_eps, guided_update
     from zoomfeat.ldm import ZoomLDM
 
     torch.set_num_threads(threads)
@@ -94,16 +102,40 @@ def worker(problem: str, mode: str, device: str, threads: int, repeats: int) -> 
     with torch.no_grad():
         ctx = model.condition(grid, 0)
     cfg = LargeImageConfig(guidance=mode, n_steps=spec["n_steps"], guidance_scale=3.0, progress=False)
+    cuda = device.startswith("cuda")
 
-    def run():
-        out = guided_update(model, x, ctx, 499, tiles, n, cfg)
-        if device.startswith("cuda"):
+    def sync(out=None):
+        if cuda:
             torch.cuda.synchronize()
         return out
 
-    run()  # warm-up
+    def run():
+        return sync(guided_update(model, x, ctx, 499, tiles, n, cfg))
+
+    with FlopCounterMode(display=False) as counter:
+        run()  # warm-up, counted
+    gflop = counter.get_total_flops() / 1e9
     gc.collect()
-    cuda = device.startswith("cuda")
+
+    # the pieces of one update, timed and counted alone (no graph)
+    pieces = {}
+    with torch.no_grad():
+        img = model.decode(x)
+        calls = {"U": lambda: cfg_eps(model, x, 499.0, ctx, 3.0)}
+        if mode == "fd":
+            calls["D"] = lambda: model.decode(x)
+            calls["E2"] = lambda: model.encode(torch.cat([img, img]))
+        for name, fn in calls.items():
+            with FlopCounterMode(display=False) as c:
+                sync(fn())
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                sync(fn())
+                best = min(best, time.perf_counter() - t0)
+            pieces[name] = {"wall_s": best, "gflop": c.get_total_flops() / 1e9}
+    del img
+    gc.collect()
     if cuda:
         torch.cuda.synchronize()
         base_gpu = torch.cuda.memory_allocated()
@@ -120,7 +152,8 @@ def worker(problem: str, mode: str, device: str, threads: int, repeats: int) -> 
         peak = max(peak, rs.peak)
         gc.collect()
     res = {"problem": problem, "mode": mode, "device": device, "batch": b, "n_steps": spec["n_steps"],
-           "wall_s": wall, "cpu_s": cpu, "peak_extra_mib": (peak - base) / 2**20, "baseline_rss_mib": base / 2**20}
+           "wall_s": wall, "cpu_s": cpu, "peak_extra_mib": (peak - base) / 2**20, "baseline_rss_mib": base / 2**20,
+           "gflop": gflop, "pieces": pieces}
     if cuda:
         res["peak_extra_mib"] = (torch.cuda.max_memory_allocated() - base_gpu) / 2**20
     return res
@@ -132,6 +165,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="also write every measurement to this JSON file")
     ap.add_argument("--worker", nargs=2, metavar=("PROBLEM", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -157,8 +191,34 @@ def main() -> int:
         for r in (fd, ag):
             print(f"  {r['mode']:9s} wall {r['wall_s']:8.2f} s  cpu {r['cpu_s']:8.2f} s  peak +{r['peak_extra_mib']:9.1f} MiB")
         print(f"  ratio fd/autograd: wall {fd['wall_s'] / ag['wall_s']:.2f}  cpu {fd['cpu_s'] / ag['cpu_s']:.2f}  "
-              f"peak memory {fd['peak_extra_mib'] / max(ag['peak_extra_mib'], 1e-9):.2f}  (goal <= 0.5)")
+              f"peak memory {fd['peak_extra_mib'] / max(ag['peak_extra_mib'], 1e-9):.2f}  "
+              f"GFLOP {fd['gflop'] / ag['gflop']:.2f}  (goal <= 0.5)")
+        print(steady_state(fd, ag))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def steady_state(fd: dict, ag: dict) -> str:
+    """Cost of one more update, from the measured call minus its fixed passes, and the backprop-free floor.
+
+    Each measured call starts with one CFG pass (both modes); autograd ends with one more to refresh ε at the
+    updated x_t (fd refreshes inside every update). Removing those leaves k updates' worth of work.
+    """
+    k = fd["n_steps"]
+    p = fd["pieces"]
+    u_t, u_f = p["U"]["wall_s"], p["U"]["gflop"]
+    fd_t, fd_f = (fd["wall_s"] - u_t) / k, (fd["gflop"] - u_f) / k
+    ag_t, ag_f = (ag["wall_s"] - 2 * u_t) / k, (ag["gflop"] - 2 * u_f) / k
+    floor_t, floor_f = p["D"]["wall_s"] + u_t, p["D"]["gflop"] + u_f
+    lines = [
+        f"  pieces: CFG denoiser U {u_t:.2f} s / {u_f:.1f} GFLOP, decode D {p['D']['wall_s']:.2f} s / "
+        f"{p['D']['gflop']:.1f} GFLOP, encode x2 E2 {p['E2']['wall_s']:.2f} s / {p['E2']['gflop']:.1f} GFLOP",
+        f"  per update (steady state): fd {fd_t:.2f} s / {fd_f:.1f} GFLOP (D + E2 + 2U), autograd {ag_t:.2f} s / "
+        f"{ag_f:.1f} GFLOP (U + D forward + backward) -> ratio time {fd_t / ag_t:.2f}, GFLOP {fd_f / ag_f:.2f}",
+        f"  floor of a graph-free update (D + U): time {floor_t / ag_t:.2f}, GFLOP {floor_f / ag_f:.2f} of autograd",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
