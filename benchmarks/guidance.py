@@ -134,7 +134,7 @@ def worker(problem: str, mode: str, device: str, threads: int, repeats: int) -> 
                 sync(fn())
                 best = min(best, time.perf_counter() - t0)
             pieces[name] = {"wall_s": best, "gflop": c.get_total_flops() / 1e9}
-    del img
+        calls.clear()
     gc.collect()
     if cuda:
         torch.cuda.synchronize()

@@ -10,7 +10,6 @@ The bag is written atomically at the end; a rerun skips bags whose settings sign
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +23,7 @@ import torch
 
 from zoomfeat.bags import bag_path, read_bag_attrs, write_bag, write_clam_pt
 from zoomfeat.cohort import CohortReport, SlideResult, rank_slice, run_cohort, slide_id
+from zoomfeat.io import remove_dead_temps
 
 TILES_ON_THE_FLY = "_tiles"
 
@@ -294,24 +294,11 @@ def extract_slide(
     cattrs.setdefault("patch_size", out_px)
     cattrs.setdefault("patch_size_level0", s)
     cattrs.setdefault("name", sid)
-    _clean_stale_tmp(Path(out_path))
+    remove_dead_temps(out_path)
     write_bag(out_path, feats, coords, attrs, f5, c5, pidx, coords_attrs=cattrs)
     if opts.clam_pt:
         write_clam_pt(Path(out_path).parent / "pt_files" / f"{sid}.pt", feats)
     return {"n_20x": int(len(coords)), "n_5x": int(0 if c5 is None else len(c5)), **timing}
-
-
-def _clean_stale_tmp(final: Path) -> None:
-    """Remove temp files a killed run left for this bag (``.{name}.{pid}.tmp`` whose pid is gone)."""
-    for tmp in final.parent.glob(f".{final.name}.*.tmp"):
-        try:
-            pid = int(tmp.name.rsplit(".", 2)[-2])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        except (ValueError, PermissionError):
-            continue
 
 
 # ------------------------------------------------------------------------------------------------ cohort

@@ -30,6 +30,21 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def remove_dead_temps(final: str | os.PathLike) -> None:
+    """Delete ``.{name}.{pid}.tmp`` files that a killed run (SIGKILL skips ``atomic_path``'s cleanup) left next
+    to ``final``; a temp whose pid is still alive belongs to a concurrent writer and is kept."""
+    final = Path(final)
+    for tmp in final.parent.glob(f".{final.name}.*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        except (ValueError, PermissionError, OSError):
+            continue
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

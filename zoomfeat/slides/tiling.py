@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from zoomfeat.cohort import CohortReport, SlideResult, resolve_slides, run_cohort, slide_id
+from zoomfeat.io import remove_dead_temps
 from zoomfeat.mags import BASE_MPP, MAG_LABELS, N_SCALES, mag_to_index
 from zoomfeat.slides import grid as G
 from zoomfeat.slides.coords import (
@@ -154,7 +155,7 @@ def tile_slide(
     scales = parse_scales(scales)
     sid = slide_id(path)
     for final in (coords_path(out_dir, sid), qc_path(out_dir, sid), geojson_path(out_dir, sid)):
-        _remove_dead_temps(final)
+        remove_dead_temps(final)
     with open_slide(path, mpp=mpp, mpp_csv=mpp_csv, base_mpp=base_mpp) as wsi:
         wsi.check_readable()
         grid, scale_attrs, tm = build_grid(
@@ -185,18 +186,6 @@ def tile_slide(
             "level_downsamples": np.asarray(wsi.level_downsamples, np.float64),
         }
         return write_coords(coords_path(out_dir, sid), grid, scale_attrs, file_attrs)
-
-
-def _remove_dead_temps(final: Path) -> None:
-    """Delete ``.{name}.{pid}.tmp`` files that a killed run left next to ``final`` (their pid is gone)."""
-    for tmp in final.parent.glob(f".{final.name}.*.tmp"):
-        try:
-            pid = int(tmp.name.rsplit(".", 2)[-2])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except (ValueError, PermissionError, OSError):
-            continue
 
 
 def _tile_one(slide: str, out_dir: str, kwargs: dict) -> SlideResult:
