@@ -46,3 +46,26 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The tiny official-format ZoomLDM, loaded once per test module (some tests patch it; modules stay isolated)."""
+    from zoomfeat.ldm import ZoomLDM
+
+    return ZoomLDM.from_official(TINY_LDM / "weights.ckpt", TINY_LDM / "config.yaml")
+
+
+@pytest.fixture
+def invertible_first_stage(monkeypatch, model):
+    """Swap the VQ for an exactly invertible linear pair: E = f×f average pooling, D = nearest upsampling.
+
+    The backprop-free update uses the encoder's finite difference in place of the decoder's VJP, which
+    assumes E ≈ D⁻¹ — true for a trained VQ, false for the fixture's random one. UNet and Summarizer stay real.
+    """
+    import torch.nn.functional as F
+
+    f = model.image_size // model.latent_size
+    monkeypatch.setattr(model, "encode", lambda img: F.avg_pool2d(img.float(), f))
+    monkeypatch.setattr(model, "decode", lambda z, quantize=True: F.interpolate(z.float(), scale_factor=f, mode="nearest"))
+    return model

@@ -21,23 +21,6 @@ from zoomfeat.generate.resize import Resizer, imresize
 
 
 
-@pytest.fixture(scope="module")
-def model(tiny_ldm_dir):
-    from zoomfeat.ldm import ZoomLDM
-
-    return ZoomLDM.from_official(tiny_ldm_dir / "weights.ckpt", tiny_ldm_dir / "config.yaml")
-
-
-def invertible_first_stage(monkeypatch, model):
-    """Swap the VQ for an exactly invertible linear pair: E = f×f average pooling, D = nearest upsampling.
-
-    The backprop-free update uses the encoder's finite difference in place of the decoder's VJP, which
-    assumes E ≈ D⁻¹ — true for a trained VQ, false for the fixture's random one. UNet and Summarizer stay real.
-    """
-    f = model.image_size // model.latent_size
-    monkeypatch.setattr(model, "encode", lambda img: F.avg_pool2d(img.float(), f))
-    monkeypatch.setattr(model, "decode", lambda z, quantize=True: F.interpolate(z.float(), scale_factor=f, mode="nearest"))
-
 
 # ------------------------------------------------------------------------------------------------ resizer
 def test_resizer_shapes_and_constants():
@@ -141,8 +124,7 @@ def _joint(model, mode: str, n_steps: int = 4):
 
 
 @pytest.mark.parametrize("mode", ["fd", "autograd"])
-def test_guidance_enforces_the_low_mag_constraint(model, monkeypatch, mode):
-    invertible_first_stage(monkeypatch, model)
+def test_guidance_enforces_the_low_mag_constraint(model, invertible_first_stage, mode):
     p0, g0 = _joint(model, "none")
     p1, g1 = _joint(model, mode)
     assert torch.equal(g0, g1)  # same seed: the guide chain does not depend on the patches

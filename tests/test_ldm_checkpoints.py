@@ -22,12 +22,6 @@ def sd():
     return load_official_state_dict(TINY_LDM / "weights.ckpt")
 
 
-@pytest.fixture(scope="module")
-def model():
-    from zoomfeat.ldm import ZoomLDM
-
-    return ZoomLDM.from_official(TINY_LDM / "weights.ckpt", TINY_LDM / "config.yaml")
-
 
 @pytest.fixture(scope="module")
 def ref():

@@ -17,12 +17,6 @@ def ref():
     return dict(np.load(TINY_LDM / "reference.npz"))
 
 
-@pytest.fixture(scope="module")
-def model():
-    from zoomfeat.ldm import ZoomLDM
-
-    return ZoomLDM.from_official(TINY_LDM / "weights.ckpt", TINY_LDM / "config.yaml")
-
 
 CHECKED: set[str] = set()
 
