@@ -21,7 +21,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    tmp = _temp_path(final, os.getpid())
     try:
         yield tmp
         os.replace(tmp, final)
@@ -30,11 +30,16 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _temp_path(final: Path, pid: int | str) -> Path:
+    """``.{name}.{pid}.tmp`` beside ``final``: hidden, and the writer's pid says whether it is still alive."""
+    return final.with_name(f".{final.name}.{pid}.tmp")
+
+
 def remove_dead_temps(final: str | os.PathLike) -> None:
     """Delete ``.{name}.{pid}.tmp`` files that a killed run (SIGKILL skips ``atomic_path``'s cleanup) left next
     to ``final``; a temp whose pid is still alive belongs to a concurrent writer and is kept."""
     final = Path(final)
-    for tmp in final.parent.glob(f".{final.name}.*.tmp"):
+    for tmp in final.parent.glob(_temp_path(final, "*").name):
         try:
             pid = int(tmp.name.rsplit(".", 2)[-2])
             os.kill(pid, 0)
