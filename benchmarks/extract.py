@@ -27,8 +27,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-FIX = ROOT.parent / "shared" / "fixtures"
-TINY = FIX / "zoomldm_official_tiny"
+FIX = ROOT / "tests" / "data"  # vendored test data (see its README)
+TINY = FIX / "zoomldm_official_micro"
 CMU = FIX / "slides" / "cmu_small_region.svs"
 
 

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = Path(os.environ.get("ZOOMFEAT_SHARED", ROOT.parent / "shared")) / "fixtures" / "zoomldm_official_tiny"
+TINY = ROOT / "tests" / "data" / "zoomldm_official_micro"  # vendored official-format fixture (random weights)
 PROBLEMS = {
     "tiny": {"n": 2, "batch": 4, "n_steps": 4},
     "full": {"n": 4, "batch": 1, "n_steps": 1},

@@ -75,7 +75,7 @@ def parallel(path: str, coords: np.ndarray, ps0: int, out_px: int, workers: int)
 def default_slides(tmp: Path) -> list[Path]:
     from zoomfeat.slides.synthetic import make_slide
 
-    cmu = ROOT.parent / "shared" / "fixtures" / "slides" / "cmu_small_region.svs"
+    cmu = ROOT / "tests" / "data" / "slides" / "cmu_small_region.svs"
     s40 = tmp / "synthetic_40x.tiff"
     make_slide(s40, subtype=1, mpp=0.25, size_20x=(3072, 3072), seed=0)  # levels 1, 4, 16: 20x needs a resize
     s20 = tmp / "synthetic_20x.tiff"

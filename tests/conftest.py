@@ -1,4 +1,5 @@
-"""Shared test fixtures: paths into ../shared/fixtures and a few tiny synthetic inputs."""
+"""Test fixtures: the vendored test data in tests/data (see its README) and, when present, the larger optional
+official-format fixture ``zoomldm_official_tiny`` from ``$ZOOMFEAT_SHARED`` or ``../shared/fixtures``."""
 
 from __future__ import annotations
 
@@ -10,20 +11,29 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("ZOOMFEAT_SHARED", ROOT.parent / "shared")).resolve()
-FIXTURES = SHARED / "fixtures"
-SLIDES = FIXTURES / "slides"
-TINY_LDM = FIXTURES / "zoomldm_official_tiny"
+DATA = ROOT / "tests" / "data"  # vendored: always present in a clone
+SLIDES = DATA / "slides"
+MICRO_LDM = DATA / "zoomldm_official_micro"  # official-format ZoomLDM, random weights, 4.3 MB
+MANIFESTS = DATA / "manifests"  # every key of the full-size released checkpoints
+PEER = DATA / "peer_outputs"  # files written by the real CLAM and TRIDENT code
 
 
-def pytest_configure(config):
-    if not FIXTURES.exists():
-        raise pytest.UsageError(f"shared fixtures not found at {FIXTURES} (set ZOOMFEAT_SHARED)")
+def _optional_fixtures() -> Path:
+    env = os.environ.get("ZOOMFEAT_SHARED")
+    base = Path(env) if env else ROOT.parent / "shared"
+    return (base / "fixtures").resolve()
+
+
+#: The larger official-format fixture (13 UNet intermediates, 34 MB): not vendored; its tests skip when absent.
+TINY_LDM = _optional_fixtures() / "zoomldm_official_tiny"
+TINY_SKIP_REASON = (f"optional large fixture zoomldm_official_tiny not found at {TINY_LDM} "
+                    "(set ZOOMFEAT_SHARED to the folder that holds fixtures/)")
+needs_tiny = pytest.mark.skipif(not (TINY_LDM / "weights.ckpt").exists(), reason=TINY_SKIP_REASON)
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    return FIXTURES
+    return DATA
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +42,15 @@ def slides_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def micro_ldm_dir() -> Path:
+    return MICRO_LDM
+
+
+@pytest.fixture(scope="session")
 def tiny_ldm_dir() -> Path:
+    """The optional large fixture; the requesting test is skipped with a one-line reason when it is absent."""
+    if not (TINY_LDM / "weights.ckpt").exists():
+        pytest.skip(TINY_SKIP_REASON)
     return TINY_LDM
 
 
@@ -50,10 +68,10 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="module")
 def model():
-    """The tiny official-format ZoomLDM, loaded once per test module (some tests patch it; modules stay isolated)."""
+    """The vendored micro official-format ZoomLDM, loaded once per test module (some tests patch it)."""
     from zoomfeat.ldm import ZoomLDM
 
-    return ZoomLDM.from_official(TINY_LDM / "weights.ckpt", TINY_LDM / "config.yaml")
+    return ZoomLDM.from_official(MICRO_LDM / "weights.ckpt", MICRO_LDM / "config.yaml")
 
 
 @pytest.fixture

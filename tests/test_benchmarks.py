@@ -11,13 +11,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_guidance_benchmark_tiny(tmp_path, tiny_ldm_dir):
+def test_guidance_benchmark_tiny(tmp_path, micro_ldm_dir):
     out = tmp_path / "guidance.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "guidance.py"), "--problems", "tiny", "--repeats", "1",
          "--threads", "1", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
-        env={**os.environ, "ZOOMFEAT_SHARED": str(tiny_ldm_dir.parent.parent)},
+        env=dict(os.environ),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ratio fd/autograd" in proc.stdout and "per update (steady state)" in proc.stdout

@@ -10,17 +10,17 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import TINY_LDM
+from tests.conftest import MICRO_LDM
 from zoomfeat.encoders import create_encoder, load_weights_registry, resolve_weights
 from zoomfeat.encoders.base import TileTransform, to_float_images
 
-CKPT = TINY_LDM / "weights.ckpt"
+CKPT = MICRO_LDM / "weights.ckpt"
 
 
 
 @pytest.fixture(scope="module")
 def ref():
-    return dict(np.load(TINY_LDM / "reference.npz"))
+    return dict(np.load(MICRO_LDM / "reference.npz"))
 
 
 @pytest.fixture(scope="module")
@@ -244,4 +244,4 @@ def test_zoomldm_bad_options():
     with pytest.raises(ValueError, match="timesteps"):
         create_encoder("zoomldm", weights=CKPT, conditioning="none", t=[1000])
     with pytest.raises(FileNotFoundError):
-        create_encoder("zoomldm", weights=TINY_LDM / "missing.ckpt", conditioning="none")
+        create_encoder("zoomldm", weights=MICRO_LDM / "missing.ckpt", conditioning="none")

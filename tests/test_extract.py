@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT, SLIDES, TINY_LDM
+from tests.conftest import ROOT, SLIDES, MICRO_LDM
 from zoomfeat.bags import bag_path, list_bags, load_bag
 from zoomfeat.cli import main
 
-CKPT = TINY_LDM / "weights.ckpt"
+CKPT = MICRO_LDM / "weights.ckpt"
 
 CMU = SLIDES / "cmu_small_region.svs"
 SIZES = [(768, 768), (1024, 768), (640, 896), (768, 1024)]

@@ -150,13 +150,13 @@ def test_sample_large_image_end_to_end_and_deterministic(model):
     assert not np.array_equal(b.image, c.image)
 
 
-def test_cli_generate_large(tmp_path, tiny_ldm_dir):
+def test_cli_generate_large(tmp_path, micro_ldm_dir):
     from zoomfeat.cli import main
 
     grid = tmp_path / "grid.npy"
     np.save(grid, np.random.RandomState(0).randn(48, 4).astype(np.float32))  # official [C, n] layout, 2×2
     out = tmp_path / "out"
-    ckpt = str(tiny_ldm_dir / "weights.ckpt")
+    ckpt = str(micro_ldm_dir / "weights.ckpt")
     assert main(["generate-large", "--model", ckpt, "--ssl", str(grid), "--size", "1024", "--out", str(out)]) == 2
     rc = main(["generate-large", "--model", ckpt, "--ssl", str(grid), "--size", "128", "--out", str(out),
                "--stride", "500", "--n-steps", "1", "--decode-stride", "16", "--device", "cpu"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import FIXTURES, TINY_LDM
+from tests.conftest import MANIFESTS, MICRO_LDM, TINY_LDM, needs_tiny
 from zoomfeat.config import CONFIG_DIR, load_yaml
 
 
@@ -19,13 +19,13 @@ from zoomfeat.config import CONFIG_DIR, load_yaml
 def sd():
     from zoomfeat.ldm.official import load_official_state_dict
 
-    return load_official_state_dict(TINY_LDM / "weights.ckpt")
+    return load_official_state_dict(MICRO_LDM / "weights.ckpt")
 
 
 
 @pytest.fixture(scope="module")
 def ref():
-    return dict(np.load(TINY_LDM / "reference.npz"))
+    return dict(np.load(MICRO_LDM / "reference.npz"))
 
 
 def _save(tmp_path, obj, name="w.ckpt"):
@@ -50,7 +50,7 @@ def _outputs(m, ref):
 def test_full_size_release_keys_all_mapped(name):
     from zoomfeat.ldm.official import SKIPPED_KEYS, check_official_keys
 
-    manifest = json.loads((FIXTURES / f"zoomldm_{name}_keys.json").read_text())
+    manifest = json.loads((MANIFESTS / f"zoomldm_{name}_keys.json").read_text())
     assert len(manifest) == 1750
     report = check_official_keys(manifest, load_yaml(CONFIG_DIR / "ldm" / f"zoomldm_{name}.yaml"))
     assert report.n_accounted == 1750
@@ -63,7 +63,7 @@ def test_full_size_release_rejects_wrong_config():
     """The NAIP release (4 magnification embeddings) does not fit the BRCA config (8)."""
     from zoomfeat.ldm.official import CheckpointMismatchError, check_official_keys
 
-    manifest = json.loads((FIXTURES / "zoomldm_naip_keys.json").read_text())
+    manifest = json.loads((MANIFESTS / "zoomldm_naip_keys.json").read_text())
     with pytest.raises(CheckpointMismatchError, match=r"mag_embedding.weight: checkpoint \(4, 512\) vs config \(8, 512\)"):
         check_official_keys(manifest, load_yaml(CONFIG_DIR / "ldm" / "zoomldm_brca.yaml"))
 
@@ -78,6 +78,7 @@ def test_full_size_param_counts():
     assert count(summ) == 38_656_000  # spec §1.4
 
 
+@needs_tiny
 def test_tiny_config_derived_from_official_matches_ours():
     from zoomfeat.ldm.official import config_from_official, load_official_config
 
@@ -92,7 +93,7 @@ def test_state_dict_wrapper_and_legacy_mlp_names(tmp_path, sd, ref, model):
     legacy = {k.replace(".mlp.0.", ".mlp.linear_1.").replace(".mlp.3.", ".mlp.linear_2."): v for k, v in sd.items()}
     assert any(".mlp.linear_1." in k for k in legacy)
     p = _save(tmp_path, {"state_dict": legacy})
-    m = ZoomLDM.from_official(p, TINY_LDM / "config.yaml")
+    m = ZoomLDM.from_official(p, MICRO_LDM / "config.yaml")
     for a, b in zip(_outputs(m, ref), _outputs(model, ref)):
         assert torch.equal(a, b)
 
@@ -102,7 +103,7 @@ def test_pickle_with_objects_is_refused(tmp_path, sd):
 
     p = _save(tmp_path, {"state_dict": dict(sd), "hyper_parameters": argparse.Namespace(lr=1.0)})
     with pytest.raises(ValueError, match="refusing to load.*non-tensor Python objects"):
-        ZoomLDM.from_official(p, TINY_LDM / "config.yaml")
+        ZoomLDM.from_official(p, MICRO_LDM / "config.yaml")
 
 
 def test_non_tensor_entries_and_missing_file(tmp_path, sd):
@@ -118,7 +119,7 @@ def test_unexpected_and_missing_keys_are_named(sd):
     from zoomfeat.ldm.official import CheckpointMismatchError, config_from_official, load_official_config
     from zoomfeat.ldm.official import modules_from_state_dict as load
 
-    cfg = config_from_official(load_official_config(TINY_LDM / "config.yaml"))
+    cfg = config_from_official(load_official_config(MICRO_LDM / "config.yaml"))
     extra = dict(sd)
     extra["cond_stage_model.extra_head.weight"] = torch.zeros(2)
     extra["logvar"] = torch.zeros(1000)
@@ -142,16 +143,16 @@ def test_config_checkpoint_disagreement_lists_mismatched_tensors(tmp_path):
     from zoomfeat.ldm import ZoomLDM
     from zoomfeat.ldm.official import CheckpointMismatchError
 
-    cfg = yaml.safe_load((TINY_LDM / "config.yaml").read_text())
+    cfg = yaml.safe_load((MICRO_LDM / "config.yaml").read_text())
     cfg["model"]["params"]["cond_stage_config"]["params"]["mag_levels"] = 4
     cfg["model"]["params"]["cond_stage_config"]["params"]["vit_mlp_dim"] = 96
     p = tmp_path / "config.yaml"
     p.write_text(yaml.safe_dump(cfg))
     with pytest.raises(CheckpointMismatchError) as ei:
-        ZoomLDM.from_official(TINY_LDM / "weights.ckpt", p)
+        ZoomLDM.from_official(MICRO_LDM / "weights.ckpt", p)
     msg = str(ei.value)
-    assert "mag_embedding.weight: checkpoint (8, 64) vs config (4, 64)" in msg
-    assert "encoder.layers.encoder_layer_0.mlp.0.weight: checkpoint (128, 64) vs config (96, 64)" in msg
+    assert "mag_embedding.weight: checkpoint (8, 16) vs config (4, 16)" in msg
+    assert "encoder.layers.encoder_layer_0.mlp.0.weight: checkpoint (40, 16) vs config (96, 16)" in msg
     assert "shape mismatches (7)" in msg  # mag embedding + mlp.0.{weight,bias}, mlp.3.weight × 2 layers
 
 
@@ -159,9 +160,9 @@ def test_ema_choice_and_missing_ema(tmp_path, sd, ref, model):
     from zoomfeat.ldm import ZoomLDM
 
     no_ema = {k: v for k, v in sd.items() if not k.startswith("model_ema.")}
-    m = ZoomLDM.from_official(_save(tmp_path, no_ema), TINY_LDM / "config.yaml")
+    m = ZoomLDM.from_official(_save(tmp_path, no_ema), MICRO_LDM / "config.yaml")
     assert m.conversion_report.unet_source == "online"
-    online = ZoomLDM.from_official(TINY_LDM / "weights.ckpt", TINY_LDM / "config.yaml", ema=False)
+    online = ZoomLDM.from_official(MICRO_LDM / "weights.ckpt", MICRO_LDM / "config.yaml", ema=False)
     a, b = _outputs(m, ref)[1], _outputs(online, ref)[1]
     assert torch.equal(a, b)
     assert model.conversion_report.unet_source == "ema"
@@ -174,7 +175,7 @@ def test_convert_cli_round_trip(tmp_path, model, ref):
     from zoomfeat.ldm import ZoomLDM
 
     out = tmp_path / "tiny_model"
-    rc = main(["convert", str(TINY_LDM / "weights.ckpt"), str(TINY_LDM / "config.yaml"), str(out)])
+    rc = main(["convert", str(MICRO_LDM / "weights.ckpt"), str(MICRO_LDM / "config.yaml"), str(out)])
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["summarizer", "unet", "vq", "zoomldm_config.yaml"]
     for sub in ("unet", "vq", "summarizer"):
@@ -200,7 +201,7 @@ def test_convert_cli_reports_bad_checkpoint(tmp_path, capsys):
 
     bad = tmp_path / "bad.ckpt"
     torch.save({"weights": argparse.Namespace()}, bad)
-    rc = main(["convert", str(bad), str(TINY_LDM / "config.yaml"), str(tmp_path / "out")])
+    rc = main(["convert", str(bad), str(MICRO_LDM / "config.yaml"), str(tmp_path / "out")])
     assert rc == 2
     assert "refusing to load" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TINY_LDM
+from tests.conftest import MICRO_LDM, SLIDES
 
 
 
@@ -17,7 +17,7 @@ from tests.conftest import TINY_LDM
 def model_dir(tmp_path_factory):
     from zoomfeat.ldm.official import convert
 
-    return convert(TINY_LDM / "weights.ckpt", TINY_LDM / "config.yaml", tmp_path_factory.mktemp("m") / "tiny")
+    return convert(MICRO_LDM / "weights.ckpt", MICRO_LDM / "config.yaml", tmp_path_factory.mktemp("m") / "tiny")
 
 
 def test_generate_cli_writes_patches_and_grid(tmp_path, model_dir):
@@ -41,7 +41,7 @@ def test_generate_cli_writes_patches_and_grid(tmp_path, model_dir):
 
     # same seed → same patches, also when --model is the official .ckpt
     out2 = tmp_path / "gen2"
-    rc = main(["generate", "--model", str(TINY_LDM / "weights.ckpt"), "--official-config", str(TINY_LDM / "config.yaml"),
+    rc = main(["generate", "--model", str(MICRO_LDM / "weights.ckpt"), "--official-config", str(MICRO_LDM / "config.yaml"),
                "--ssl", str(tmp_path / "grid.npy"), "--mag", "2", "--n", "3", "--steps", "4", "--out", str(out2),
                "--seed", "1"])
     assert rc == 0
@@ -97,7 +97,7 @@ def test_generate_patches_api_and_image_conditioning(model_dir):
             stats = torch.cat([x.mean(dim=(1, 2)), x.std(dim=(1, 2))], dim=1)
             return stats @ self.proj
 
-    he = np.asarray(Image.open(TINY_LDM.parent / "slides" / "he_tile_1000px.png").convert("RGB"))
+    he = np.asarray(Image.open(SLIDES / "he_tile_1000px.png").convert("RGB"))
     grid = ssl_grid_from_image(he, FakeEncoder(), side=4)
     assert grid.shape == (1, 48, 4, 4)
     ims = generate_patches(model, grid, "5x", n=2, steps=3, scheduler="plms", seed=0)

@@ -1,4 +1,7 @@
-"""Parity of our diffusers ZoomLDM with the official code: every array of the tiny fixture's reference.npz."""
+"""Parity of our diffusers ZoomLDM with the official code: every array of each fixture's reference.npz.
+
+Runs against the vendored micro fixture always, and against the larger optional tiny fixture (13 intermediates)
+when it is present. Block counts and shapes come from the fixture, not from constants."""
 
 from __future__ import annotations
 
@@ -6,19 +9,37 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY_LDM
+from tests.conftest import MICRO_LDM, TINY_LDM, needs_tiny
 
 TOL = 1e-4  # max|Δ| / max|ref|, fp32
 
+FIXTURES = [pytest.param(MICRO_LDM, id="micro"), pytest.param(TINY_LDM, id="tiny", marks=needs_tiny)]
+
+
+@pytest.fixture(scope="module", params=FIXTURES)
+def fixture_dir(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def ref():
-    return dict(np.load(TINY_LDM / "reference.npz"))
+def model(fixture_dir):
+    from zoomfeat.ldm import ZoomLDM
+
+    return ZoomLDM.from_official(fixture_dir / "weights.ckpt", fixture_dir / "config.yaml")
 
 
+@pytest.fixture(scope="module")
+def ref(fixture_dir):
+    r = dict(np.load(fixture_dir / "reference.npz"))
+    r["__name__"] = fixture_dir.name
+    return r
 
-CHECKED: set[str] = set()
+
+CHECKED: dict[str, set[str]] = {}
+
+
+def n_intermediates(ref: dict) -> int:
+    return sum(1 for k in ref if k.startswith("ema_intermediate_"))
 
 
 def check(name: str, ours, ref: dict) -> None:
@@ -27,7 +48,7 @@ def check(name: str, ours, ref: dict) -> None:
     assert got.shape == want.shape, f"{name}: shape {got.shape} vs {want.shape}"
     err = float(np.abs(got - want).max() / np.abs(want).max())
     assert err <= TOL, f"{name}: relative max error {err:.3g} > {TOL}"
-    CHECKED.add(name)
+    CHECKED.setdefault(ref["__name__"], set()).add(name)
 
 
 def T(a) -> torch.Tensor:
@@ -44,21 +65,20 @@ def test_ssl_preprocess_and_context(model, ref, s):
     assert ctx.shape == (2, 65, model.context_dim)
     check(f"context_{s}", ctx, ref)
     check(f"context_{s}", ctx2, ref)
-    for key in (f"ssl_raw_{s}", f"mag_{s}"):
-        CHECKED.add(key)
+    CHECKED.setdefault(ref["__name__"], set()).update({f"ssl_raw_{s}", f"mag_{s}"})
 
 
 def test_eps_ema(model, ref):
     with torch.no_grad():
         eps = model.predict_eps(T(ref["x_t"]), T(ref["t"]), T(ref["context_4"]))
     check("eps_ema", eps, ref)
-    CHECKED.update({"x_t", "t"})
+    CHECKED.setdefault(ref["__name__"], set()).update({"x_t", "t"})
 
 
-def test_eps_online(ref):
+def test_eps_online(ref, fixture_dir):
     from zoomfeat.ldm import ZoomLDM
 
-    online = ZoomLDM.from_official(TINY_LDM / "weights.ckpt", TINY_LDM / "config.yaml", ema=False)
+    online = ZoomLDM.from_official(fixture_dir / "weights.ckpt", fixture_dir / "config.yaml", ema=False)
     assert online.conversion_report.unet_source == "online"
     with torch.no_grad():
         eps = online.predict_eps(T(ref["x_t"]), T(ref["t"]), T(ref["context_4"]))
@@ -68,9 +88,11 @@ def test_eps_online(ref):
 
 def test_intermediates_all_blocks(model, ref):
     blocks = model.feature_blocks()
-    assert [b.index for b in blocks] == list(range(13))
+    n = n_intermediates(ref)
+    assert n in (5, 13)
+    assert [b.index for b in blocks] == list(range(n))
     with torch.no_grad():
-        feats = model.unet_features(T(ref["x_t"]), T(ref["t"]), T(ref["context_4"]), blocks=range(13))
+        feats = model.unet_features(T(ref["x_t"]), T(ref["t"]), T(ref["context_4"]), blocks=range(n))
     for b in blocks:
         name = f"ema_intermediate_{b.index:02d}"
         assert feats[b.index].shape[1] == b.channels, name
@@ -79,7 +101,8 @@ def test_intermediates_all_blocks(model, ref):
 
 
 def test_intermediates_early_exit(model, ref):
-    """Asking for block 3 must not run the up blocks after it (and still match the reference)."""
+    """Asking for the last block of the first up block must not run the up blocks after it (and still match)."""
+    k = len(model.unet.up_blocks[0].resnets)  # output index of the first up block's last layer
     called = []
     hooks = [
         up.register_forward_pre_hook(lambda mod, args, i=i: called.append(i))
@@ -93,20 +116,21 @@ def test_intermediates_early_exit(model, ref):
     hooks.append(model.unet.conv_out.register_forward_pre_hook(lambda *a: called.append("conv_out")))
     try:
         with torch.no_grad():
-            feats = model.unet_features(T(ref["x_t"]), T(ref["t"]), T(ref["context_4"]), blocks=[0, 3])
+            feats = model.unet_features(T(ref["x_t"]), T(ref["t"]), T(ref["context_4"]), blocks=[0, k])
             only_mid = model.unet_features(T(ref["x_t"]), T(ref["t"]), T(ref["context_4"]), blocks=[0])
     finally:
         for h in hooks:
             h.remove()
-    assert set(feats) == {0, 3} and set(only_mid) == {0}
+    assert set(feats) == {0, k} and set(only_mid) == {0}
     assert "conv_out" not in called and resnet_calls == []
-    check("ema_intermediate_03", feats[3], ref)
+    check(f"ema_intermediate_{k:02d}", feats[k], ref)
     check("ema_intermediate_00", only_mid[0], ref)
 
 
 def test_unet_features_rejects_bad_blocks(model, ref):
-    with pytest.raises(ValueError, match="0..12"):
-        model.unet_features(T(ref["x_t"]), T(ref["t"]), T(ref["context_4"]), blocks=[13])
+    n = n_intermediates(ref)
+    with pytest.raises(ValueError, match=f"0..{n - 1}"):
+        model.unet_features(T(ref["x_t"]), T(ref["t"]), T(ref["context_4"]), blocks=[n])
 
 
 def test_alphas_cumprod(model, ref):
@@ -123,7 +147,7 @@ def test_vq_encode_decode(model, ref):
         # decode snaps to the codebook: decoding the quantized latent gives the same image
         q = model.vq.quantize(T(ref["latent_prequant"]))[0]
         assert torch.allclose(model.decode(q), model.decode(T(ref["latent_prequant"])), atol=1e-5)
-    CHECKED.add("image")
+    CHECKED.setdefault(ref["__name__"], set()).add("image")
 
 
 @pytest.mark.parametrize("scheduler,key", [("ddim", "sample_ddim_20steps_cfg2"), ("plms", "sample_plms_20steps_cfg2")])
@@ -132,7 +156,7 @@ def test_sampler_cfg2_20_steps(model, ref, scheduler, key):
         lat = model.sample(T(ref["context_4"]), steps=20, scheduler=scheduler, guidance_scale=2.0,
                            latents=T(ref["sample_xT"]))
     check(key, lat, ref)
-    CHECKED.add("sample_xT")
+    CHECKED.setdefault(ref["__name__"], set()).add("sample_xT")
 
 
 def test_every_reference_array_was_checked(ref, request):
@@ -141,5 +165,5 @@ def test_every_reference_array_was_checked(ref, request):
     defined = {n for n in dir(request.module) if n.startswith("test_")}
     if {it.originalname for it in here} != defined:
         pytest.skip("only meaningful when the whole parity module runs")
-    missing = sorted(set(ref) - CHECKED)
+    missing = sorted(set(ref) - {"__name__"} - CHECKED.get(ref["__name__"], set()))
     assert not missing, f"reference arrays without a parity check: {missing}"

@@ -87,13 +87,13 @@ def test_lr_constraint_is_enforced(model, invertible_first_stage, lr):
     assert errs["none"] / errs["fd"] >= 2.0, errs
 
 
-def test_cli_superres(tmp_path, tiny_ldm_dir, slides_dir, lr):
+def test_cli_superres(tmp_path, micro_ldm_dir, slides_dir, lr):
     from zoomfeat.cli import main
 
     lr_path = tmp_path / "lr.png"
     Image.fromarray(lr).save(lr_path)
     out = tmp_path / "sr"
-    rc = main(["superres", "--model", str(tiny_ldm_dir / "weights.ckpt"), "--image", str(lr_path), "--out", str(out),
+    rc = main(["superres", "--model", str(micro_ldm_dir / "weights.ckpt"), "--image", str(lr_path), "--out", str(out),
                "--reference", str(slides_dir / "he_tile_1000px.png"), "--scale", "2", "--iters", "3",
                "--stride", "500", "--n-steps", "1", "--decode-stride", "16", "--device", "cpu"])
     assert rc == 0
@@ -102,5 +102,5 @@ def test_cli_superres(tmp_path, tiny_ldm_dir, slides_dir, lr):
     assert (out / "inversion_loss.png").is_file()
     rec = json.loads((out / "superres.json").read_text())
     assert np.isfinite(rec["psnr"]) and np.isfinite(rec["ssim"])
-    assert main(["superres", "--model", str(tiny_ldm_dir / "weights.ckpt"), "--image", str(tmp_path / "missing.png"),
+    assert main(["superres", "--model", str(micro_ldm_dir / "weights.ckpt"), "--image", str(tmp_path / "missing.png"),
                  "--out", str(out)]) == 2

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE_TINY = ROOT.parent / "shared" / "fixtures" / "zoomldm_official_tiny"
+FIXTURE_MICRO = ROOT / "tests" / "data" / "zoomldm_official_micro"  # vendored; only for --skip-train
 
 
 def _run(argv: list[str], log: list[tuple[str, float]]) -> None:
@@ -78,7 +78,7 @@ def run_demo(out: str | Path = "demo_out", n_slides: int = 24, train_steps: int 
     if skip_train or not (model_dir / "zoomldm_config.json").exists() and not any(model_dir.glob("*")):
         model_dir = out / "model_fixture"
         if not model_dir.exists():
-            _run(["convert", str(FIXTURE_TINY / "weights.ckpt"), str(FIXTURE_TINY / "config.yaml"), str(model_dir)],
+            _run(["convert", str(FIXTURE_MICRO / "weights.ckpt"), str(FIXTURE_MICRO / "config.yaml"), str(model_dir)],
                  log)
 
     feats = out / "features"

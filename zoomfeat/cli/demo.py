@@ -11,7 +11,7 @@ def register(subparsers) -> None:
     p.add_argument("--n-slides", type=int, default=24)
     p.add_argument("--train-steps", type=int, default=200)
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--skip-train", action="store_true", help="use the shared tiny fixture model instead of training")
+    p.add_argument("--skip-train", action="store_true", help="skip ZoomLDM training and use the vendored micro fixture (random weights: features carry nothing)")
     p.set_defaults(func=handler)
 
 
