@@ -5,7 +5,7 @@ edit the cells here, then run ``python notebooks/build_notebooks.py`` (``--check
 committed .ipynb files match this script). ``tests/test_notebooks.py`` executes every notebook top to bottom.
 
 Every notebook finds the repository (``ZOOMFEAT_ROOT`` or the first parent of the working directory holding
-``pyproject.toml`` + ``zoomfeat/``), the shared fixtures (``ZOOMFEAT_SHARED``, default ``ROOT/../shared``) and
+``pyproject.toml`` + ``zoomfeat/``), the vendored test data (``ROOT/tests/data``, see its README) and
 writes into ``ZOOMFEAT_NB_OUT`` (default ``ROOT/outputs/notebooks/<name>``, git-ignored).
 """
 
@@ -44,13 +44,12 @@ def find_root() -> Path:
 
 
 ROOT = find_root()
-FIXTURES = Path(os.environ.get("ZOOMFEAT_SHARED", ROOT.parent / "shared")).resolve() / "fixtures"
-assert FIXTURES.is_dir(), f"shared fixtures not found at {FIXTURES} (set ZOOMFEAT_SHARED)"
+FIXTURES = ROOT / "tests" / "data"  # vendored with the repository: slides, official-format micro ZoomLDM
 OUT = Path(os.environ.get("ZOOMFEAT_NB_OUT", ROOT / "outputs" / "notebooks" / "{name}")).resolve()
 OUT.mkdir(parents=True, exist_ok=True)
 if os.environ.get("ZOOMFEAT_NB_THREADS"):  # the test suite pins 1 thread: faster on a busy 2-core machine
     torch.set_num_threads(int(os.environ["ZOOMFEAT_NB_THREADS"]))
-TINY = FIXTURES / "zoomldm_official_tiny"  # official-format ZoomLDM with random weights (tiny widths)
+TINY = FIXTURES / "zoomldm_official_micro"  # official-format ZoomLDM with random weights (micro widths)
 print("repository:", ROOT)
 print("fixtures:  ", FIXTURES)
 print("outputs:   ", OUT)
@@ -78,7 +77,7 @@ test fixtures) in under a minute on a CPU:
    baseline encoder's features into one HDF5 bag per slide;
 5. open a bag with zoomfeat (20x, 5x, fused 20x+5x) and read it the way CLAM does (plain `h5py`).
 
-The model here is the **tiny random-weight fixture** (64-px images, 48-d SSL tokens) and the SSL encoder is
+The model here is the **micro random-weight fixture** (64-px images, 24-d SSL tokens) and the SSL encoder is
 `tiny-vit`, a seeded random ViT standing in for UNI. The features are therefore meaningless; the point is the
 pipeline, the file layout and the API. The commands for the released weights are at the end."""),
     ("code", setup("01_feature_extraction")),
@@ -361,7 +360,7 @@ NB03 = [
 3. 4× super-resolution of a downsampled H&E image: invert the unseen 20x SSL tokens, then sample 20x patches
    constrained to the low-resolution image; PSNR / SSIM against the original.
 
-The model is the **tiny random-weight fixture** with `tiny-vit` as the SSL encoder and every setting is cut to the
+The model is the **micro random-weight fixture** with `tiny-vit` as the SSL encoder and every setting is cut to the
 bone (few steps, few iterations), so the images are noise-like and the metrics are low; with the released weights
 the same calls give histology. The real-size commands are at the end."""),
     ("code", setup("03_generation_superres") + '''

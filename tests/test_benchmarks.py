@@ -29,7 +29,9 @@ def test_guidance_benchmark_tiny(tmp_path, micro_ldm_dir):
     u, d, e2 = p["U"]["gflop"], p["D"]["gflop"], p["E2"]["gflop"]
     k = fd["n_steps"]
     # fd call = initial CFG pass + k × (decode + two encodes + two CFG passes)
-    assert abs(fd["gflop"] - (u + k * (d + e2 + 2 * u))) < 1e-3 * fd["gflop"]
+    # (to 0.3 %: the few elementwise ops of the update itself are counted in the call but in no piece; they weigh
+    # more in the micro fixture than at full size)
+    assert abs(fd["gflop"] - (u + k * (d + e2 + 2 * u))) < 3e-3 * fd["gflop"]
     # autograd does the same arithmetic as fd per update, to within ~15%, and never less than the graph-free floor
     ag_update = (ag["gflop"] - 2 * u) / k
     assert 0.8 < (d + e2 + 2 * u) / ag_update < 1.2

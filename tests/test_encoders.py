@@ -25,8 +25,8 @@ def ref():
 
 @pytest.fixture(scope="module")
 def ldm_enc():
-    """Tiny ZoomLDM encoder, middle block + two decoder blocks, two timesteps, tiny-vit SSL conditioning."""
-    return create_encoder("zoomldm", weights=CKPT, ssl_encoder="tiny-vit", blocks=[0, 5, 12], t=[50, 100])
+    """Micro ZoomLDM encoder, middle block + two decoder blocks, two timesteps, tiny-vit SSL conditioning."""
+    return create_encoder("zoomldm", weights=CKPT, ssl_encoder="tiny-vit", blocks=[0, 2, 4], t=[50, 100])
 
 
 def _tiles(n: int, seed: int = 0, px: int = 96) -> torch.Tensor:
@@ -189,8 +189,8 @@ def test_zoomldm_pooled_features_match_official_intermediates(ldm_enc, ref):
     """Early-exit activations, pooled, equal pooling the official return_intermediates outputs."""
     x_t, t, ctx = (torch.from_numpy(ref[k]) for k in ("x_t", "t", "context_4"))
     got = ldm_enc.pooled_features(x_t, t.long(), ctx)
-    want = torch.cat([torch.from_numpy(ref[f"ema_intermediate_{b:02d}"]).mean(dim=(2, 3)) for b in (0, 5, 12)], 1)
-    assert got.shape == (2, 64 + 64 + 32)
+    want = torch.cat([torch.from_numpy(ref[f"ema_intermediate_{b:02d}"]).mean(dim=(2, 3)) for b in (0, 2, 4)], 1)
+    assert got.shape == (2, 32 + 32 + 32)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -199,7 +199,7 @@ def test_zoomldm_encode_chain_matches_fixture(ldm_enc, ref):
     img01 = (torch.from_numpy(ref["image"]) + 1) / 2  # [1, 3, 64, 64] in [0, 1]; 64 px = the model's image size
     seed = 1234
     feats = ldm_enc.encode(img01, mag="20x", ssl_grid=torch.from_numpy(ref["ssl_raw_1"][:1]), seeds=[seed])
-    assert feats.shape == (1, ldm_enc.dim) and ldm_enc.dim == 2 * 160
+    assert feats.shape == (1, ldm_enc.dim) and ldm_enc.dim == 2 * 96
     z0 = torch.from_numpy(ref["latent_prequant"])
     eps = torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(seed))[None]
     ac = torch.from_numpy(ref["alphas_cumprod"])
@@ -229,16 +229,16 @@ def test_zoomldm_seeds_batches_and_options(ldm_enc):
     g5 = ssl.repeat(1, 1, 4, 4)
     assert not torch.allclose(ldm_enc.encode(x, "5x", g5, seeds), full)
     # t-major concatenation: the first half is the t=50 feature alone
-    only50 = create_encoder("zoomldm", weights=CKPT, ssl_encoder="tiny-vit", blocks=[0, 5, 12], t=[50])
-    torch.testing.assert_close(only50.encode(x, "20x", ssl, seeds), full[:, :160], rtol=1e-3, atol=1e-3)
+    only50 = create_encoder("zoomldm", weights=CKPT, ssl_encoder="tiny-vit", blocks=[0, 2, 4], t=[50])
+    torch.testing.assert_close(only50.encode(x, "20x", ssl, seeds), full[:, :96], rtol=1e-3, atol=1e-3)
     none = create_encoder("zoomldm", weights=CKPT, conditioning="none", blocks=[0])
-    assert none.dim == 64 and none.ssl_encoder is None
-    assert not torch.allclose(none.encode(x, "20x", None, seeds), full[:, :64])
+    assert none.dim == 32 and none.ssl_encoder is None
+    assert not torch.allclose(none.encode(x, "20x", None, seeds), full[:, :32])
 
 
 def test_zoomldm_bad_options():
     with pytest.raises(ValueError, match="blocks"):
-        create_encoder("zoomldm", weights=CKPT, conditioning="none", blocks=[13])
+        create_encoder("zoomldm", weights=CKPT, conditioning="none", blocks=[5])
     with pytest.raises(ValueError, match="ssl dim"):
         create_encoder("zoomldm", weights=CKPT, ssl_encoder="tiny-vit", ssl_kwargs={"dim": 32})
     with pytest.raises(ValueError, match="timesteps"):

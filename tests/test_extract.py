@@ -53,7 +53,7 @@ def test_cmu_slide_clam_and_trident_readers(tmp_path):
     assert rc == 0
     p = bag_path(tmp_path, "zoomldm", "cmu_small_region")
     b = load_bag(p)
-    assert b.features.shape == (37, 128) and b.features_5x.shape == (6, 128)
+    assert b.features.shape == (37, 64) and b.features_5x.shape == (6, 64)
     assert np.isfinite(b.features).all() and b.features.std() > 0
     assert b.attrs["conditioning"] == "none" and b.attrs["block"] == [0, 3] and b.attrs["t"] == [100]
     assert b.attrs["mpp_level0"] == pytest.approx(0.499) and b.attrs["patch_size"] == 256
@@ -67,7 +67,7 @@ def test_cmu_slide_clam_and_trident_readers(tmp_path):
         features = torch.from_numpy(f["features"][:])
         coords = f["coords"][:]
         level, ps = int(f["coords"].attrs["patch_level"]), int(f["coords"].attrs["patch_size"])
-    assert features.shape == (37, 128) and coords.shape == (37, 2)
+    assert features.shape == (37, 64) and coords.shape == (37, 2)
     with openslide.OpenSlide(str(CMU)) as osr:
         clam_tile = np.asarray(osr.read_region(tuple(int(v) for v in coords[5]), level, (ps, ps)).convert("RGB"))
     from zoomfeat.slides.reader import open_slide

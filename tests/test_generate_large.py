@@ -154,7 +154,7 @@ def test_cli_generate_large(tmp_path, micro_ldm_dir):
     from zoomfeat.cli import main
 
     grid = tmp_path / "grid.npy"
-    np.save(grid, np.random.RandomState(0).randn(48, 4).astype(np.float32))  # official [C, n] layout, 2×2
+    np.save(grid, np.random.RandomState(0).randn(24, 4).astype(np.float32))  # official [C, n] layout, 2×2
     out = tmp_path / "out"
     ckpt = str(micro_ldm_dir / "weights.ckpt")
     assert main(["generate-large", "--model", ckpt, "--ssl", str(grid), "--size", "1024", "--out", str(out)]) == 2

@@ -184,7 +184,7 @@ def test_convert_cli_round_trip(tmp_path, model, ref):
     for a, b in zip(_outputs(loaded, ref), _outputs(model, ref)):
         assert torch.equal(a, b)
     assert torch.equal(loaded.alphas_cumprod, model.alphas_cumprod)
-    assert loaded.mag_labels == model.mag_labels and loaded.ssl_dim == 48 and loaded.context_dim == 64
+    assert loaded.mag_labels == model.mag_labels and loaded.ssl_dim == 24 and loaded.context_dim == 16
     # re-saving over an existing model folder works; a foreign non-empty folder is refused
     loaded.save_pretrained(out)
     assert ZoomLDM.from_pretrained(out) is not None
@@ -228,15 +228,15 @@ def test_from_config_random_init_save_load(tmp_path):
 # ------------------------------------------------------------------------------------------- conditioning API
 def test_bad_ssl_grids_are_clear_errors(model):
     with pytest.raises(ValueError, match="3x3 is not supported"):
-        model.condition(torch.randn(1, 48, 3, 3), 0)
+        model.condition(torch.randn(1, 24, 3, 3), 0)
     with pytest.raises(ValueError, match="4x8 is not supported"):
-        model.condition(torch.randn(1, 48, 4, 8), 0)
-    with pytest.raises(ValueError, match="has 32 channels but this model expects 48"):
+        model.condition(torch.randn(1, 24, 4, 8), 0)
+    with pytest.raises(ValueError, match="has 32 channels but this model expects 24"):
         model.condition(torch.randn(1, 32, 4, 4), 0)
     with pytest.raises(ValueError, match=r"\[B, C, h, w\]"):
-        model.condition(torch.randn(48), 0)
+        model.condition(torch.randn(24), 0)
     with pytest.raises(ValueError, match="Summarizer takes square 1x1, 2x2, 4x4 or 8x8"):
-        model.summarizer(torch.randn(1, 48, 16, 16), torch.tensor([0]))
+        model.summarizer(torch.randn(1, 24, 16, 16), torch.tensor([0]))
 
 
 def test_magnification_forms(model, ref):
@@ -271,7 +271,7 @@ def test_no_cfg_dropout_in_condition_only_in_drop_condition(model, ref):
     assert 0 < int(zero.sum()) < 32
     assert torch.equal(dropped[~zero], c[~zero])
     assert torch.equal(model.drop_condition(c, p_uncond=0.0), c)
-    assert torch.equal(model.null_context(3), torch.zeros(3, 65, 64))
+    assert torch.equal(model.null_context(3), torch.zeros(3, 65, 16))
 
 
 def test_add_noise_matches_schedule(model):

@@ -1,4 +1,4 @@
-"""Execute every walkthrough notebook top to bottom (nbclient) on the shared fixtures, and check that the committed
+"""Execute every walkthrough notebook top to bottom (nbclient) on the vendored test data, and check that the committed
 notebooks are exactly what notebooks/build_notebooks.py generates (no outputs, no drift)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, SHARED
+from tests.conftest import ROOT
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -65,7 +65,7 @@ def executed(tmp_path_factory, request):
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "zoomfeat test kernel", "language": "python"}))
     env = {**os.environ, "JUPYTER_PATH": str(base / "jupyter"), "ZOOMFEAT_ROOT": str(ROOT),
-           "ZOOMFEAT_SHARED": str(SHARED), "ZOOMFEAT_NB_THREADS": "1", "WANDB_MODE": "disabled"}
+           "ZOOMFEAT_NB_THREADS": "1", "WANDB_MODE": "disabled"}
 
     async def run(name: str):
         stem = name.removesuffix(".ipynb")

@@ -154,19 +154,21 @@ def test_two_process_gloo_ranks_in_sync(tiny_dataset, tmp_path):
     assert ZoomLDM.from_pretrained(out / "model").unet is not None
 
 
-def test_finetune_from_released_checkpoint(tiny_dataset, micro_ldm_dir, tmp_path):
-    """init: official loads the released-format checkpoint; the VQ stays frozen; the result reloads."""
+def test_finetune_from_released_checkpoint(tiny_dataset, tiny_ldm_dir, tmp_path):
+    """init: official loads the released-format checkpoint; the VQ stays frozen; the result reloads.
+
+    Needs the optional large fixture: configs/ldm/zoomldm_tiny.yaml (the training set's architecture) is its layout."""
     from zoomfeat.ldm import ZoomLDM
     from zoomfeat.train.loop import train
 
     cfg = tiny_train_cfg(tiny_dataset, checkpoint_every=0)
-    cfg["model"] = {"init": "official", "ckpt": str(micro_ldm_dir / "weights.ckpt"),
-                    "official_config": str(micro_ldm_dir / "config.yaml"), "ema": True}
+    cfg["model"] = {"init": "official", "ckpt": str(tiny_ldm_dir / "weights.ckpt"),
+                    "official_config": str(tiny_ldm_dir / "config.yaml"), "ema": True}
     with pytest.raises(ValueError, match="another VQ"):  # the session dataset was encoded by the random-init VQ
         train(cfg, tmp_path / "refused", max_steps=2, progress=False)
     cfg["dataset"]["check_vq"] = False
     train(cfg, tmp_path / "ft", max_steps=2, progress=False)
-    official = ZoomLDM.from_official(micro_ldm_dir / "weights.ckpt", micro_ldm_dir / "config.yaml")
+    official = ZoomLDM.from_official(tiny_ldm_dir / "weights.ckpt", tiny_ldm_dir / "config.yaml")
     tuned = ZoomLDM.from_pretrained(tmp_path / "ft" / "model")
     for (k, a), b in zip(official.vq.state_dict().items(), tuned.vq.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)

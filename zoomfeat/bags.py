@@ -255,8 +255,10 @@ def _load_pt(path: Path) -> np.ndarray:
 
 
 def _clam_sibling_coords(pt: Path) -> tuple[np.ndarray | None, dict]:
-    """A CLAM ``pt_files/x.pt`` has its coords in ``../h5_files/x.h5`` (zoomfeat's ``--clam-pt``: ``../x.h5``)."""
-    for h5p in (pt.parent.parent / "h5_files" / f"{pt.stem}.h5", pt.parent.parent / f"{pt.stem}.h5"):
+    """A CLAM ``pt_files/x.pt`` has its coords in ``../h5_files/x.h5`` (zoomfeat's ``--clam-pt``: ``../x.h5``);
+    TRIDENT's ``saveas='pt'`` writes ``x.pt`` beside its ``x.h5`` in the same ``features_*`` folder."""
+    for h5p in (pt.parent.parent / "h5_files" / f"{pt.stem}.h5", pt.parent.parent / f"{pt.stem}.h5",
+                pt.with_suffix(".h5")):
         if not h5p.exists():
             continue
         with h5py.File(h5p, "r") as h5:

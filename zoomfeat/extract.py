@@ -150,8 +150,14 @@ def parents_5x(grid) -> tuple[np.ndarray, np.ndarray, int]:
                 int(grid.patch_size_level0_5x or 4 * s))
     from zoomfeat.slides.grid import parent_regions
 
-    c5, pidx = parent_regions(grid.coords, s, 2)
-    return c5, pidx, 4 * s
+    coords = np.asarray(grid.coords, np.int64).reshape(-1, 2)
+    # CLAM anchors its grid at the tissue contour's corner (e.g. x = 320, y = 70), not at (0, 0): anchor the 5x
+    # lattice at the grid's own origin so that every tile lies inside its parent region
+    origin = coords[0] % s if len(coords) else np.zeros(2, np.int64)
+    if not (coords % s == origin).all():
+        origin = np.zeros(2, np.int64)  # irregular grid (overlap): tiles may straddle two regions
+    c5, pidx = parent_regions(coords - origin, s, 2)
+    return c5 + origin, pidx, 4 * s
 
 
 def children_coords(coords_5x: np.ndarray, size_l0: int) -> np.ndarray:
@@ -322,13 +328,14 @@ def bag_done(path: Path, signature: str) -> bool:
 
 
 def _load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: ExtractOptions):
-    from zoomfeat.slides.coords import coords_path, read_coords
+    from zoomfeat.slides.coords import coords_path, find_coords, read_coords
 
     sid = slide_id(slide)
     if tiles_dir is not None:
-        cp = coords_path(tiles_dir, sid)
-        if not cp.exists():
-            raise FileNotFoundError(f"{sid}: no coordinate file {cp} (run `zoomfeat tile` first, or omit --tiles)")
+        try:
+            cp = find_coords(tiles_dir, sid)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e} (run `zoomfeat tile` first, or omit --tiles)") from None
     else:
         from zoomfeat.slides.tiling import tile_slide
 
@@ -340,7 +347,15 @@ def _load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: Extract
             if opts.min_tissue is not None:
                 kw["min_tissue"] = opts.min_tissue
             cp = Path(tile_slide(slide, tdir, **kw))
-    return read_coords(cp, mpp=opts.mpp), cp
+    grid = read_coords(cp, mpp=opts.mpp)
+    if grid.attrs.get("format") != "zoomfeat" and opts.mpp is None:
+        # CLAM records no resolution and TRIDENT only a magnification (mpp assumed 10/mag): use the slide's own
+        from zoomfeat.slides.reader import open_slide
+
+        with open_slide(slide, mpp_csv=opts.mpp_csv, require_mpp=False) as wsi:
+            if wsi.mpp is not None and np.isfinite(wsi.mpp):
+                grid = read_coords(cp, mpp=float(wsi.mpp))
+    return grid, cp
 
 
 def extract_cohort(

@@ -40,6 +40,30 @@ def coords_path(tile_dir: str | os.PathLike, slide_id: str) -> Path:
     return Path(tile_dir) / COORDS_DIR / f"{slide_id}.h5"
 
 
+def find_coords(tile_dir: str | os.PathLike, slide_id: str) -> Path:
+    """A slide's coordinate file in a zoomfeat ``tile`` folder, a CLAM ``--save_dir``, a TRIDENT job folder (or
+    one of its ``{mag}x_{px}px_{overlap}px_overlap`` folders), or a folder holding the files themselves.
+
+    Lets CLAM and TRIDENT users reuse their patching. Raises FileNotFoundError naming every place looked at, and
+    ValueError when a TRIDENT job folder holds several patchings of the slide (point at the one you want)."""
+    root = Path(tile_dir)
+    names = (f"{slide_id}.h5", f"{slide_id}_patches.h5")
+    places = [root / COORDS_DIR / names[0]]  # zoomfeat
+    places += [root / "patches" / n for n in names]  # CLAM save_dir, TRIDENT coords folder
+    places += [root / n for n in names]  # the patches folder itself
+    found = [p for p in places if p.is_file()]
+    if not found:  # TRIDENT job root: <job>/<mag>x_<px>px_<overlap>px_overlap/patches/<id>_patches.h5
+        found = sorted(root.glob(f"*/patches/{names[1]}"))
+        if len(found) > 1:
+            raise ValueError(f"{slide_id}: {len(found)} TRIDENT patchings under {root} "
+                             f"({', '.join(p.parent.parent.name for p in found)}); pass that folder as --tiles")
+        places.append(root / "*" / "patches" / names[1])
+    if not found:
+        raise FileNotFoundError(f"{slide_id}: no coordinate file in {root} (looked for "
+                                + ", ".join(str(p.relative_to(root)) for p in places) + ")")
+    return found[0]
+
+
 def qc_path(tile_dir: str | os.PathLike, slide_id: str) -> Path:
     return Path(tile_dir) / QC_DIR / f"{slide_id}.png"
 
