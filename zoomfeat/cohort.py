@@ -24,7 +24,7 @@ SLIDE_SUFFIXES = {
     ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm", ".czi",
 }
 
-#: Exit codes of cohort commands (documented in the README).
+#: Exit codes of cohort commands (documented in docs/tiling.md).
 EXIT_OK = 0          # every slide done or skipped
 EXIT_PARTIAL = 3     # some slides failed, others succeeded (see the summary file)
 EXIT_ALL_FAILED = 2  # every attempted slide failed, or no slide was found
