@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.zoomfeat-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench notebooks docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	WANDB_MODE=disabled $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+notebooks: $(STAMP)
+	cd notebooks && ZOOMFEAT_NB_THREADS=1 WANDB_MODE=disabled ../$(BIN)/jupyter execute --inplace *.ipynb
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -d site
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
