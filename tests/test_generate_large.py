@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -54,6 +56,28 @@ def test_resizer_vs_torch_and_pil():
     up = Resizer(16, scale=4.0)(ours)
     ref_up = F.interpolate(ours, size=(64, 64), mode="bicubic", antialias=True, align_corners=False)
     assert (up - ref_up).abs()[0, 0, 8:-8, 8:-8].max() < 1e-5
+
+
+def test_resizer_matches_official_values():
+    """Values computed once by the official ``large_image_gen/resizer.py`` (ZoomLDM faca5d8; not vendored, only its
+    outputs: tests/data/resizer_official_reference.npz) on seeded inputs: 64→16, 64→32, 48→16, 16→64, 32→64 and the
+    128→32→128 round trip of joint sampling / super-resolution."""
+    from tests.conftest import DATA
+
+    ref = np.load(DATA / "resizer_official_reference.npz")
+    g = np.random.RandomState(0)  # legacy RandomState: the same stream on every numpy version
+    cases = [(64, 0.25), (64, 0.5), (48, 1 / 3), (16, 4.0), (32, 2.0)]
+    worst = 0.0
+    for n, (size, sc) in enumerate(cases):
+        x = torch.from_numpy(g.rand(1, 1, size, size).astype(np.float32) * 2 - 1)
+        got = Resizer(size, scale=sc)(x).numpy()
+        assert got.shape == ref[f"out_{n}"].shape, (size, sc)
+        worst = max(worst, float(np.abs(got - ref[f"out_{n}"]).max()))
+    x = torch.from_numpy(g.rand(1, 1, 128, 128).astype(np.float32) * 2 - 1)
+    down = Resizer(128, scale=0.25)(x)
+    up = Resizer(32, scale=4.0)(down)
+    worst = max(worst, float(np.abs(down.numpy() - ref["rt_down"]).max()), float(np.abs(up.numpy() - ref["rt_up"]).max()))
+    assert worst < 1e-6, worst
 
 
 def test_resizer_is_differentiable():
@@ -165,7 +189,13 @@ def test_cli_generate_large(tmp_path, micro_ldm_dir):
 
     assert Image.open(out / "large.png").size == (128, 128)
     assert Image.open(out / "guide.png").size == (64, 64)
-    assert (out / "generation.json").is_file()
+    assert json.loads((out / "generation.json").read_text())["config"]["official_timesteps"] is False
+    off = tmp_path / "official"  # the official loop's t / t-1 convention is one flag away
+    assert main(["generate-large", "--model", ckpt, "--ssl", str(grid), "--size", "128", "--out", str(off),
+                 "--stride", "500", "--n-steps", "1", "--decode-stride", "16", "--device", "cpu",
+                 "--official-timesteps"]) == 0
+    assert json.loads((off / "generation.json").read_text())["config"]["official_timesteps"] is True
+    assert not np.array_equal(np.asarray(Image.open(off / "large.png")), np.asarray(Image.open(out / "large.png")))
 
 
 def test_schedule_conventions(model):

@@ -26,6 +26,9 @@ def _sampling_args(p: argparse.ArgumentParser, n_steps: int) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--online", action="store_true", help="official .ckpt only: use the online UNet, not EMA")
+    p.add_argument("--official-timesteps", action="store_true",
+                   help="reproduce the official loop bit for bit: the UNet gets t (not t-1) and the last step's "
+                   "alpha_bar_prev is alpha_bar_0 (default: the timesteps the UNet was trained with)")
 
 
 def register(subparsers) -> None:
@@ -75,7 +78,7 @@ def _config(args):
     return LargeImageConfig(
         t0=args.t0, stride=args.stride, guidance_scale=args.guidance_scale, guidance=args.guidance,
         n_steps=args.n_steps, lr=args.lr, batch_size=args.batch_size, decode_stride=args.decode_stride,
-        refine=args.refine, refine_t0=args.refine_t0,
+        refine=args.refine, refine_t0=args.refine_t0, official_timesteps=args.official_timesteps,
     )
 
 
