@@ -97,14 +97,14 @@ def _show(v: Any) -> str:
     return s[:12] + "…" if isinstance(v, str) and len(v) == 64 else s  # sha256: enough to tell them apart
 
 
-def differences(model_spec: Mapping, bag_spec: Mapping, mag: str = "20x") -> list[str]:
+def differences(model_spec: Mapping, bag_spec: Mapping, mag: str = "20x", other: str = "bags") -> list[str]:
     """Human-readable differences ``"<what>: model X, bags Y"``; empty when the bag may be scored."""
     a, b = _flat(model_spec, mag), _flat(bag_spec, mag)
-    diffs = [f"{k}: model {_show(a.get(k))}, bags {_show(b.get(k))}" for k in list(a) + [k for k in b if k not in a]
+    diffs = [f"{k}: model {_show(a.get(k))}, {other} {_show(b.get(k))}" for k in list(a) + [k for k in b if k not in a]
              if _num(a.get(k)) != _num(b.get(k))]
     mags = bag_spec.get("mags")
     if needs_5x(mag) and mags is not None and "5x" not in mags:
-        diffs.append(f"magnification: the model reads {mag} features, the bags have only {', '.join(mags)} "
+        diffs.append(f"magnification: the model reads {mag} features, the {other} have only {', '.join(mags)} "
                      "(extract with --mags 20x,5x)")
     return diffs
 
