@@ -54,6 +54,10 @@ def test_final_epochs_from_cv_and_cv_estimate_in_card(bags, tmp_path):
     assert main(["mil", "cv", "--config", "configs/mil/abmil_hrd.yaml", "--out", str(cv), f"labels={labels}",
                  f"bags={good}", *TINY]) == 0
     best = pd.read_csv(cv / "fold_metrics.csv")["best_epoch"]
+    # a plain `mil cv` folder (no feature_spec.json) works as an ensemble: spec read from its bag folder
+    assert main(["mil", "predict", "--ensemble", str(cv), "--bags", str(good), "--out", str(tmp_path / "ens"),
+                 "--heatmaps", "0"]) == 0
+    assert len(pd.read_csv(tmp_path / "ens" / "predictions.csv")) == 24
     model = tmp_path / "model"
     assert main(["mil", "train", "--config", "configs/mil/abmil_hrd.yaml", "--out", str(model), "--cv-from", str(cv),
                  f"labels={labels}", f"bags={good}", "final.strategy=epochs", *TINY]) == 0
