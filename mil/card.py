@@ -79,7 +79,8 @@ def model_card(meta: dict[str, Any]) -> str:
              "## Task", "",
              f"- task: {task['name']}, target column `{what}`",
              f"- classes (output order): {', '.join(map(str, task['classes']))}" if task["classes"] else
-             f"- survival loss: {task.get('surv_loss')} (time `{task.get('time_col')}`, event `{task.get('event_col')}`)",
+             f"- survival loss: {task.get('surv_loss')} "
+             f"(time `{task.get('time_col')}`, event `{task.get('event_col')}`)",
              f"- head: {head['name']} ({head['in_dim']} → {head['n_out']} outputs), settings "
              f"`{head.get('kwargs')}`; reads {meta['mag']} features", "",
              "## Training cohort", ""]

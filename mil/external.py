@@ -156,7 +156,8 @@ def write_attention_maps(out: Path, pred: pd.DataFrame, attn: dict[str, np.ndarr
                                                                                index=False)
         if coords is None or (heatmaps is not None and made >= heatmaps):
             continue
-        title = f"{s}: risk {row.risk:.2f}" if score else f"{s}: {row.pred_label} ({getattr(row, f'prob_{row.pred}'):.2f})"
+        title = (f"{s}: risk {row.risk:.2f}" if score
+                 else f"{s}: {row.pred_label} ({getattr(row, f'prob_{row.pred}'):.2f})")
         attention_heatmap(coords, scores, out / "heatmaps" / f"{s}.png", patch_size=psize,
                           slide_path=slide_paths.get(s), title=title)
         made += 1
@@ -220,7 +221,10 @@ def run_predict(model: str | os.PathLike | Predictor, bags: str | os.PathLike | 
             paths[s] = p
     write_attention_maps(out, pred, attn, ok, pr, paths, heatmaps)
     metrics = None
-    if labels is not None:
+    if labels is not None and _scored(pred, pr.task).empty:
+        warnings.warn(f"no predicted slide has a usable label in {labels}: no metrics (check slide ids / target)",
+                      stacklevel=2)
+    elif labels is not None:
         metrics = external_metrics(pred, pr, n_boot, seed)
         _write_metrics(out, pred, metrics, pr)
     return PredictResult(pred, metrics, skipped, out)

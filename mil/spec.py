@@ -102,6 +102,8 @@ def differences(model_spec: Mapping, bag_spec: Mapping, mag: str = "20x", other:
     a, b = _flat(model_spec, mag), _flat(bag_spec, mag)
     diffs = [f"{k}: model {_show(a.get(k))}, {other} {_show(b.get(k))}" for k in list(a) + [k for k in b if k not in a]
              if _num(a.get(k)) != _num(b.get(k))]
+    if a.get("encoder") != b.get("encoder"):  # another encoder: its recipe differs in every key, say so once
+        diffs = [d for d in diffs if not d.startswith("recipe.")] + ["recipe: another encoder's"]
     mags = bag_spec.get("mags")
     if needs_5x(mag) and mags is not None and "5x" not in mags:
         diffs.append(f"magnification: the model reads {mag} features, the {other} have only {', '.join(mags)} "

@@ -66,7 +66,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     if bool(args.model) == bool(args.ensemble):
         raise ValueError("give either MODEL (a `mil train` folder) or --ensemble CVDIR (a `mil cv` folder)")
-    res = run_predict(load_ensemble(args.ensemble) if args.ensemble else args.model, args.bags, args.out, labels=args.labels, slides=args.slides,
+    model = load_ensemble(args.ensemble) if args.ensemble else args.model
+    res = run_predict(model, args.bags, args.out, labels=args.labels, slides=args.slides,
                       heatmaps=args.heatmaps, device=args.device, n_boot=args.n_boot, seed=args.seed,
                       target=args.target)
     print(f"predicted {len(res.predictions)} slides ({len(res.skipped)} skipped) → {args.out}/predictions.csv")
