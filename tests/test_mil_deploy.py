@@ -171,3 +171,29 @@ def test_cv_folds_as_ensemble_average_the_fold_models(trained, tmp_path):
     got = pred.set_index("slide").loc["syn003", ["prob_0", "prob_1", "prob_2"]].to_numpy(float)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert {"auc", "balanced_accuracy"} <= set(pd.read_csv(out / "metrics.csv")["metric"])
+
+
+def test_zoomldm_spec_round_trip_rebuilds_the_encoder(trained, tmp_path):
+    """The recorded ZoomLDM recipe (blocks, t, conditioning, SSL encoder + hash, 5x fill) rebuilds an encoder whose
+    spec equals the bag's; a changed timestep or other weights are named."""
+    from mil.spec import SpecMismatchError, read_spec
+    from tests.conftest import MICRO_LDM
+    from zoomfeat.predict import encoder_for_model
+
+    ckpt = MICRO_LDM / "weights.ckpt"
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(trained["root"] / "B" / "slides" / "syn000.tiff", one)
+    assert main(["extract", str(one), "--encoder", "zoomldm", "--weights", str(ckpt), "--ssl-encoder", "tiny-vit",
+                 "--blocks", "0,2", "--mags", "20x,5x", "--out", str(tmp_path / "f"), "--workers", "0",
+                 "--no-progress"]) == 0
+    spec = read_spec(tmp_path / "f" / "features_zoomldm" / "syn000.h5")
+    assert spec["recipe"]["blocks"] == [0, 2] and spec["recipe"]["missing_children_5x"] == "embed"
+    enc = encoder_for_model(spec, weights=ckpt, mag="20x+5x")
+    assert enc.blocks == [0, 2] and enc.ssl_encoder.name == "tiny-vit"
+    assert encoder_for_model({**spec, "recipe": {**spec["recipe"], "t": [200]}}, weights=ckpt).t == [200]
+    # what the weights fix cannot be asked for: a model trained at another image size is refused, named
+    with pytest.raises(SpecMismatchError, match=r"recipe\.image_size: model 256, encoder built here 64"):
+        encoder_for_model({**spec, "recipe": {**spec["recipe"], "image_size": 256}}, weights=ckpt)
+    with pytest.raises(SpecMismatchError, match="weights sha256"):
+        encoder_for_model({**spec, "weights_sha256": "0" * 64}, weights=ckpt)
