@@ -11,7 +11,8 @@ def _cv_lines(cv: dict | None) -> list[str]:
         return ["No cross-validation was recorded with this model (train with `--cv` or `--cv-from CVDIR` to add "
                 "one). Without it there is no estimate of how well the head generalises.", ""]
     lines = [f"Patient-level {cv.get('n_folds')}-fold cross-validation on the training cohort ({cv.get('source')}); "
-             "mean ± std over folds and a bootstrap 95% CI of the pooled out-of-fold predictions:", "",
+             "mean ± std over folds and a bootstrap 95% CI of the pooled out-of-fold predictions (pooling mixes "
+             "folds whose scores are on different scales, so for AUC it can sit below the fold mean):", "",
              "| metric | mean ± std | 95% CI |", "|---|---|---|"]
     for r in cv.get("summary", []):
         lines.append(f"| {r['metric']} | {r['mean']:.3f} ± {r['std']:.3f} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}] |")
@@ -22,8 +23,7 @@ def _cohort_lines(tr: dict, task: dict) -> list[str]:
     counts = ", ".join(f"{k}: {v}" for k, v in (tr.get("class_counts") or {}).items())
     lines = [f"- labels: `{tr.get('labels')}`; bags: `{tr.get('bags')}`",
              f"- {tr.get('n_slides')} slides from {tr.get('n_patients')} patients ({counts})",
-             f"- fitted on {tr.get('n_train')} slides, {tr.get('n_val')} held out for early stopping; "
-             f"strategy: {tr.get('strategy')}",
+             f"- training: {tr.get('strategy')}",
              f"- best epoch {tr.get('best_epoch')} of {tr.get('epochs_run')} run"]
     if tr.get("skipped"):
         lines.append(f"- {len(tr['skipped'])} labelled slide(s) skipped (missing/bad bag or empty label)")

@@ -36,8 +36,13 @@ def external_validation(out: str | Path, labels: str | Path, bags: str | Path, l
 
     out = Path(out)
     model = out / "subtype_model"
-    _step(["mil", "train", "--config", "mil/demo_final.yaml", "--out", model, "--cv", f"labels={labels}",
-           f"bags={bags}", f"n_folds={folds}"], log)
+    train = ["mil", "train", "--config", "mil/demo_final.yaml", "--out", model, f"labels={labels}", f"bags={bags}",
+             f"n_folds={folds}"]
+    try:
+        _step([*train, "--cv"], log)
+    except RuntimeError:  # a cohort too small for k folds with inner splits (as `compare` skips such a task)
+        print("  cross-validation impossible on this cohort: training the final model without a CV estimate")
+        _step(train, log)
     ext = out / "external"
     ext_labels = ext / "cohort" / "labels.csv"
     if not ext_labels.exists():
