@@ -100,6 +100,9 @@ def run_demo(out: str | Path = "demo_out", n_slides: int = 24, train_steps: int 
         extra = ["hparams.epochs=10", "hparams.patience=4"] if head == "transmil" else []  # CPU budget of the demo
         _run([*argv, f"model={head}", f"n_folds={folds}", *extra], log)
 
+    from zoomfeat.demo_external import external_validation  # final model + external cohort (issue 18)
+
+    external_validation(out, labels, feats / "features_tiny-vit", log, folds=folds)
     gen = out / "generated"
     first_slide = sorted(slides.iterdir())[0]
     from zoomfeat.ldm import ZoomLDM

@@ -1,4 +1,5 @@
-"""`zoomfeat mil cv` (cross-validate one head on one bag folder) and `zoomfeat compare` (encoders × tasks)."""
+"""`zoomfeat mil cv` (cross-validate one head on one bag folder), `mil train` / `mil predict` (final model, apply it;
+see zoomfeat/cli/mil_deploy.py) and `zoomfeat compare` (encoders × tasks)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("mil", help="MIL heads on feature bags (cross-validation)",
+    p = subparsers.add_parser("mil", help="MIL heads on feature bags (cv, train, predict)",
                               description="Train and evaluate ABMIL / TransMIL heads on feature bags.")
     sub = p.add_subparsers(dest="mil_verb", metavar="SUBVERB")
     sub.required = True
@@ -17,6 +18,9 @@ def register(subparsers) -> None:
     cv.add_argument("--out", default=None, help="output folder (default: config 'out' or runs/mil/<config name>)")
     cv.add_argument("overrides", nargs="*", help="key=value overrides, e.g. bags=out/features_zoomldm hparams.lr=1e-4")
     cv.set_defaults(func=_cv)
+    from zoomfeat.cli.mil_deploy import register_deploy
+
+    register_deploy(sub)
 
     c = subparsers.add_parser("compare", help="same splits over several bag folders × tasks → table + plot",
                               description="Cross-validate every encoder entry on every task with shared "

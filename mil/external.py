@@ -1,0 +1,236 @@
+"""External validation and prediction outputs: labels joined to predictions, metrics with patient-grouped bootstrap
+CIs, ROC / Kaplan–Meier plots, attention CSVs and heatmaps; ``run_predict`` is ``zoomfeat mil predict``.
+
+The CI resamples *patients* with replacement (all slides of a drawn patient come along), so two slides of one
+patient never count as independent evidence; metrics are per slide. Percentile intervals, 1000 draws by default.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mil.deploy import Predictor, load_predictor, predict_bags, usable_bags
+
+
+@dataclass
+class PredictResult:
+    predictions: pd.DataFrame
+    metrics: pd.DataFrame | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    out: Path | None = None
+
+
+def attach_labels(pred: pd.DataFrame, labels: str | os.PathLike | pd.DataFrame, pr: Predictor,
+                  target: str | None = None) -> pd.DataFrame:
+    """Join the labels table on ``slide``; rows with a usable label get ``y``/``label`` (or ``time``/``event``)."""
+    from mil.data import load_labels
+
+    meta = pr.meta.get("task", {}) if pr.kind == "model" else pr.meta.get("config", {})
+    target = target or meta.get("target")
+    tcol, ecol = meta.get("time_col", "time"), meta.get("event_col", "event")
+    df, _ = load_labels(labels, pr.task, target, tcol, ecol)
+    df = df.set_index("slide")
+    out = pred.copy()
+    out["patient"] = [df.at[s, "patient"] if s in df.index else s for s in out["slide"]]
+    if pr.task == "survival":
+        out["time"] = out["slide"].map(df[tcol])
+        out["event"] = out["slide"].map(df[ecol])
+        return out
+    lookup = {str(c): i for i, c in enumerate(pr.classes)}
+    raw = out["slide"].map(df[target]) if target in df.columns else pd.Series(np.nan, index=out.index)
+    unknown = sorted({str(v) for v in raw.dropna() if str(v) not in lookup and str(_intlike(v)) not in lookup})
+    if unknown:
+        warnings.warn(f"labels {unknown} are not among the model's classes {pr.classes}: those slides are not scored",
+                      stacklevel=2)
+    out["y"] = [lookup.get(str(v), lookup.get(str(_intlike(v)))) if pd.notna(v) else None for v in raw]
+    out["label"] = [pr.classes[int(y)] if y is not None and not pd.isna(y) else None for y in out["y"]]
+    return out
+
+
+def _intlike(v: Any) -> Any:
+    """CSV readers turn 0 into 0.0 when a column has gaps; match it to the class 0."""
+    try:
+        f = float(v)
+        return int(f) if f.is_integer() else v
+    except (TypeError, ValueError):
+        return v
+
+
+def _scored(pred: pd.DataFrame, task: str) -> pd.DataFrame:
+    cols = ["time", "event"] if task == "survival" else ["y"]
+    if not set(cols) <= set(pred.columns):
+        return pred.iloc[:0]
+    return pred.dropna(subset=cols).reset_index(drop=True)
+
+
+def grouped_bootstrap_ci(pred: pd.DataFrame, task: str, n_classes: int, n_boot: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile CIs of per-slide metrics, resampling patients (column ``patient``) with replacement."""
+    from mil.cv import boot_classification_metrics
+    from mil.tasks import c_index
+
+    rng = np.random.default_rng(seed)
+    groups = pred.groupby("patient").indices
+    members = list(groups.values())
+    draws: dict[str, list[float]] = {}
+    for _ in range(int(n_boot)):
+        idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
+        sub = pred.iloc[idx]
+        if task == "survival":
+            vals = {"c_index": c_index(sub["time"].to_numpy(float), sub["event"].to_numpy(float),
+                                       sub["risk"].to_numpy(float))}
+        else:
+            y = sub["y"].to_numpy(int)[None]
+            p = sub[[f"prob_{c}" for c in range(n_classes)]].to_numpy(float)[None]
+            vals = {k: float(v[0]) for k, v in boot_classification_metrics(y, p, n_classes).items()}
+        for k, v in vals.items():
+            draws.setdefault(k, []).append(v)
+    a = (1 - level) / 2
+    out = {}
+    for k, v in draws.items():
+        v = np.asarray(v)
+        v = v[np.isfinite(v)]
+        out[k] = (float(np.quantile(v, a)), float(np.quantile(v, 1 - a))) if len(v) else (float("nan"),) * 2
+    return out
+
+
+def external_metrics(pred: pd.DataFrame, pr: Predictor, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Point estimate on every labelled slide + patient-grouped bootstrap CI, one row per metric."""
+    sc = _scored(pred, pr.task)
+    if sc.empty:
+        raise ValueError("no predicted slide has a usable label: check the labels CSV's slide ids and target")
+    task = pr.task_obj()
+    if pr.task == "survival":
+        point = task.metrics(sc[["time", "event"]].to_numpy(float), sc[["risk"]].to_numpy(float))
+    else:
+        point = task.metrics(sc["y"].to_numpy(int), sc[[f"prob_{c}" for c in range(pr.n_classes)]].to_numpy(float))
+    ci = grouped_bootstrap_ci(sc, pr.task, pr.n_classes, n_boot, seed)
+    return pd.DataFrame([{"metric": m, "value": v, "ci_low": ci.get(m, (np.nan,) * 2)[0],
+                          "ci_high": ci.get(m, (np.nan,) * 2)[1], "n_slides": len(sc),
+                          "n_patients": sc["patient"].nunique(), "n_boot": int(n_boot)} for m, v in point.items()])
+
+
+def _label_paths(labels: Any) -> dict[str, Path]:
+    """slide → WSI path from a ``path`` column of the labels CSV (relative to the CSV), when present."""
+    if labels is None or isinstance(labels, pd.DataFrame) or not Path(labels).is_file():
+        return {}
+    df = pd.read_csv(labels, dtype={"slide": str})
+    if "path" not in df.columns:
+        return {}
+    root = Path(labels).resolve().parent
+    paths = {s: (Path(p) if Path(p).is_absolute() else root / p) for s, p in zip(df["slide"], df["path"])
+             if isinstance(p, str) and p}
+    return {s: p for s, p in paths.items() if p.exists()}
+
+
+def write_attention_maps(out: Path, pred: pd.DataFrame, attn: dict[str, np.ndarray], bag_files: dict[str, Any],
+                         pr: Predictor, slide_paths: dict[str, Path], heatmaps: int | None = None) -> int:
+    """attention/{slide}.csv for every slide and heatmaps/{slide}.png for the first ``heatmaps`` (None = all)."""
+    from mil.heatmap import attention_heatmap, rank_normalize
+    from zoomfeat.bags import load_bag
+
+    (out / "attention").mkdir(parents=True, exist_ok=True)
+    score = "risk" if pr.task == "survival" else None
+    made = 0
+    for row in pred.itertuples(index=False):
+        s = row.slide
+        scores = attn.get(s)
+        if scores is None:
+            continue
+        bag = load_bag(bag_files[s])
+        psize = bag.coords_attrs.get("patch_size_level0") or bag.attrs.get("patch_size_level0")
+        coords = bag.coords_5x if pr.mag == "5x" else bag.coords
+        if pr.mag == "5x" and psize:
+            psize = bag.attrs.get("patch_size_level0_5x") or psize * 4
+        if coords is None or len(coords) != len(scores):
+            coords = None
+        pd.DataFrame({"x": coords[:, 0] if coords is not None else -1, "y": coords[:, 1] if coords is not None else -1,
+                      "score": scores, "rank": rank_normalize(scores)}).to_csv(out / "attention" / f"{s}.csv",
+                                                                               index=False)
+        if coords is None or (heatmaps is not None and made >= heatmaps):
+            continue
+        title = (f"{s}: risk {row.risk:.2f}" if score
+                 else f"{s}: {row.pred_label} ({getattr(row, f'prob_{row.pred}'):.2f})")
+        attention_heatmap(coords, scores, out / "heatmaps" / f"{s}.png", patch_size=psize,
+                          slide_path=slide_paths.get(s), title=title)
+        made += 1
+    return made
+
+
+def _write_metrics(out: Path, pred: pd.DataFrame, metrics: pd.DataFrame, pr: Predictor) -> None:
+    from mil import plots
+    from zoomfeat.io import atomic_path, write_text_atomic
+
+    with atomic_path(out / "metrics.csv") as tmp:
+        metrics.to_csv(tmp, index=False)
+    sc = _scored(pred, pr.task)
+    extra = ""
+    if pr.task == "survival":
+        p = plots.km_plot(sc, out / "km.png", title=f"{Path(pr.source).name}: predicted risk groups")
+        extra = f"\nKaplan–Meier of predicted risk groups (median split): log-rank p = {p:.3g} (km.png)\n"
+    else:
+        plots.roc_plot(sc.assign(fold="external"), pr.classes, out / "roc.png", title=f"{Path(pr.source).name}")
+    r0 = metrics.iloc[0]
+    lines = [f"# External validation of {pr.source} ({pr.kind}, {len(pr.nets)} head(s))", "",
+             f"{int(r0.n_slides)} labelled slides from {int(r0.n_patients)} patients; 95% CI: percentile bootstrap "
+             f"over patients ({int(r0.n_boot)} draws)", "", "| metric | value | 95% CI |", "|---|---|---|"]
+    lines += [f"| {r.metric} | {r.value:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] |" for r in metrics.itertuples()]
+    write_text_atomic(out / "metrics.md", "\n".join(lines) + "\n" + extra)
+
+
+def run_predict(model: str | os.PathLike | Predictor, bags: str | os.PathLike | dict, out: str | os.PathLike,
+                labels: str | os.PathLike | None = None, slides: str | os.PathLike | None = None,
+                slide_paths: dict[str, Path] | None = None, heatmaps: int | None = None, device: str = "auto",
+                n_boot: int = 1000, seed: int = 0, target: str | None = None) -> PredictResult:
+    """``zoomfeat mil predict``: refuse bags of another feature spec, predict every usable bag, write the outputs.
+
+    ``model``: a model folder, a CV folder (ensemble of its folds) or a loaded :class:`Predictor`; ``bags``: a
+    bag folder (the model's ``features_{encoder}`` is picked when it holds several) or slide → path.
+    """
+    from mil.heatmap import find_slide
+    from mil.spec import check_specs
+    from zoomfeat.bags import list_bags
+    from zoomfeat.io import atomic_path
+
+    pr = model if isinstance(model, Predictor) else load_predictor(model)
+    files = dict(bags) if isinstance(bags, dict) else list_bags(bags, encoder=_encoder_dir(bags, pr))
+    if not files:
+        raise FileNotFoundError(f"no bags found in {bags}")
+    check_specs(pr.feature_spec, files, pr.mag)
+    ok, skipped = usable_bags(files, pr.mag, pr.in_dim)
+    if not ok:
+        raise ValueError(f"no usable bag: {skipped[0][0]}: {skipped[0][1]}")
+    pred, attn = predict_bags(pr, ok, device)
+    if labels is not None:
+        pred = attach_labels(pred, labels, pr, target)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "predictions.csv") as tmp:
+        pred.to_csv(tmp, index=False)
+    pd.DataFrame(skipped, columns=["slide", "reason"]).to_csv(out / "skipped.csv", index=False)
+    paths = {**_label_paths(labels), **(slide_paths or {})}
+    for s in ok:
+        if s not in paths and slides and (p := find_slide(slides, s)) is not None:
+            paths[s] = p
+    write_attention_maps(out, pred, attn, ok, pr, paths, heatmaps)
+    metrics = None
+    if labels is not None and _scored(pred, pr.task).empty:
+        warnings.warn(f"no predicted slide has a usable label in {labels}: no metrics (check slide ids / target)",
+                      stacklevel=2)
+    elif labels is not None:
+        metrics = external_metrics(pred, pr, n_boot, seed)
+        _write_metrics(out, pred, metrics, pr)
+    return PredictResult(pred, metrics, skipped, out)
+
+
+def _encoder_dir(bags: Any, pr: Predictor) -> str | None:
+    """Pick ``features_{encoder}`` of the model's encoder when ``bags`` holds several encoders' folders."""
+    enc = pr.feature_spec.get("encoder")
+    return enc if enc and (Path(bags) / f"features_{enc}").is_dir() else None

@@ -1,0 +1,204 @@
+"""The final model: one head fitted on every labelled slide, saved as a self-describing folder (``zoomfeat mil train``).
+
+Cross-validation estimates how well a head does; the model people apply is then trained once on the whole
+cohort. How long to train it cannot be chosen on data it is trained on, so two documented strategies:
+
+* ``final.strategy: val`` (default): hold out ``val_fraction`` of the *patients* (stratified, the same splitter
+  as the CV's inner split) for early stopping, as CLAM/STAMP do; the head trains on the rest.
+* ``final.strategy: epochs``: train on every slide for a fixed number of epochs: ``final.epochs``, or, when a CV
+  was run (``--cv``) or given (``--cv-from DIR``), one more than the median of the folds' best epochs. With no
+  validation set the trainer keeps the epoch with the lowest training loss among them.
+
+The folder: ``model.safetensors`` (weights), ``model.json`` (head config, task, classes, feature spec, training
+cohort summary, CV estimate; written last, so its presence means the folder is complete), ``config.yaml``,
+``history.csv``, ``training_slides.csv``, ``README.md`` (the model card, :mod:`mil.card`) and ``cv/`` when ``--cv``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mil.data import BagDataset, Cohort
+from mil.models import build_model, model_kwargs
+from mil.tasks import CLASSIFICATION, TASKS, make_task
+from mil.trainer import TrainConfig, seed_everything, train_model
+
+MODEL_FORMAT = "zoomfeat-mil-model-v1"
+WEIGHTS = "model.safetensors"
+META = "model.json"
+FINAL_DEFAULTS: dict[str, Any] = {"final": {"strategy": "val", "epochs": None}}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _cv_estimate(cv_dir: Path) -> dict:
+    """The CV summary and per-fold best epochs of a ``mil cv`` output folder (for the card and ``epochs``)."""
+    summ, folds = cv_dir / "summary.csv", cv_dir / "fold_metrics.csv"
+    if not summ.is_file() or not folds.is_file():
+        raise FileNotFoundError(f"{cv_dir}: not a finished `zoomfeat mil cv` folder (summary.csv, fold_metrics.csv)")
+    fm = pd.read_csv(folds)
+    return {"source": str(cv_dir), "n_folds": int(len(fm)), "summary": pd.read_csv(summ).to_dict("records"),
+            "best_epochs": [int(e) for e in fm["best_epoch"]] if "best_epoch" in fm else []}
+
+
+def _val_split(cohort: Cohort, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Patient-level stratified hold-out of ``val_fraction`` for early stopping (fold 0 of a k = 1/val split)."""
+    from mil.splits import fold_indices, make_splits
+
+    frac = float(cfg.get("val_fraction") or 0.2)
+    per_patient = pd.Series(list(cohort.strata), index=cohort.patients).groupby(level=0).first()
+    smallest = int(per_patient.value_counts().min()) if cohort.task != "survival" else len(per_patient)
+    k = max(2, min(int(round(1.0 / frac)), smallest))  # a rare class still gets a validation patient
+    splits = make_splits(cohort.slides, cohort.patients, cohort.strata, k, int(cfg["seed"]), 0.0,
+                         strict=cohort.task != "survival")
+    idx = fold_indices(splits, cohort.slides, 0)
+    return idx["train"], idx["test"]
+
+
+def _plan(cohort: Cohort, cfg: dict, cv: dict | None) -> tuple[np.ndarray, np.ndarray, dict, str]:
+    """Train/val indices, trainer overrides and a one-line description of the strategy."""
+    strategy = str(cfg["final"].get("strategy", "val"))
+    every = np.arange(len(cohort))
+    if strategy == "val":
+        tr, va = _val_split(cohort, cfg)
+        return tr, va, {}, (f"early stopping on a held-out {len(va)} slide(s) "
+                            f"({len({cohort.patients[i] for i in va})} patients, val_fraction "
+                            f"{cfg.get('val_fraction')}); trained on the other {len(tr)}")
+    if strategy != "epochs":
+        raise ValueError(f"final.strategy must be 'val' or 'epochs', got {strategy!r}")
+    n = cfg["final"].get("epochs")
+    how = "final.epochs"
+    if n is None:
+        if not cv or not cv.get("best_epochs"):
+            raise ValueError("final.strategy 'epochs' needs final.epochs or a CV (--cv or --cv-from DIR) "
+                             "to take the epoch count from")
+        n = int(np.median(cv["best_epochs"])) + 1
+        how = f"1 + median best epoch of {len(cv['best_epochs'])} CV folds {cv['best_epochs']}"
+    n = int(n)
+    return every, every[:0], {"epochs": n, "patience": n + 1, "min_epochs": n}, (
+        f"all {len(every)} slides for {n} epochs ({how}); weights of the lowest-training-loss epoch")
+
+
+def fit_head(cohort: Cohort, cfg: dict, train_idx: np.ndarray, val_idx: np.ndarray, overrides: dict,
+             log_dir: Path | None = None):
+    """Train one head on ``train_idx`` (early-stopping on ``val_idx`` if any); returns (net, task, info, model_hp)."""
+    hparams = {**(cfg.get("hparams") or {}), **overrides}
+    tcfg = TrainConfig.from_hparams(hparams)
+    model_hp = dict(tcfg.extra)
+    name, mag, seed = str(cfg["model"]).lower(), cfg["mag"], int(cfg["seed"])
+    if name == "twobranch" and "split_dim" not in model_hp:
+        if mag != "20x+5x":
+            raise ValueError("model 'twobranch' needs mag '20x+5x' (or an explicit split_dim)")
+        model_hp["split_dim"] = cohort.dim // 2
+    n_classes = len(cohort.classes) if cohort.task in CLASSIFICATION else 0
+    seed_everything(seed)
+    task = make_task(cohort.task, n_classes=n_classes, **model_hp)
+    task.fit(cohort.targets[train_idx], balance=tcfg.class_weights)
+    net = build_model(name, cohort.dim, task.n_out, **model_hp)
+    cache = bool(hparams.get("cache", False))
+    train_ds = BagDataset(cohort.subset(train_idx), mag, tcfg.max_instances, sample=True, seed=seed, cache=cache)
+    val_ds = BagDataset(cohort.subset(val_idx), mag, cache=cache) if len(val_idx) else None
+    info = train_model(net, task, train_ds, val_ds, tcfg, seed=seed, name=f"{name}-{cohort.task}-final",
+                       log_dir=log_dir)
+    return net.cpu(), task, info, model_hp
+
+
+def _task_meta(cohort: Cohort, cfg: dict, task) -> dict:
+    meta = {"name": cohort.task, "target": cfg.get("target"), "classes": _jsonable(list(cohort.classes))}
+    if cohort.task == "survival":
+        meta.update(surv_loss=task.kind, n_bins=task.n_bins, alpha=task.alpha,
+                    edges=None if task.edges is None else [float(e) for e in task.edges],
+                    time_col=cfg.get("time_col", "time"), event_col=cfg.get("event_col", "event"))
+    return meta
+
+
+def _training_meta(cohort: Cohort, tr: np.ndarray, va: np.ndarray, info: dict, how: str, cfg: dict) -> dict:
+    counts = None
+    if cohort.task in CLASSIFICATION:
+        counts = {str(c): int((cohort.targets == i).sum()) for i, c in enumerate(cohort.classes)}
+    else:
+        counts = {"events": int(cohort.targets[:, 1].sum()), "censored": int((cohort.targets[:, 1] == 0).sum())}
+    return {"labels": str(cfg.get("labels")), "bags": str(cfg.get("bags")), "n_slides": len(cohort),
+            "n_patients": len(set(cohort.patients)), "class_counts": counts, "n_train": int(len(tr)),
+            "n_val": int(len(va)), "strategy": how, "best_epoch": int(info["best_epoch"]),
+            "epochs_run": int(info["epochs_run"]), "skipped": [list(s) for s in cohort.skipped]}
+
+
+def save_model(out: Path, net, meta: dict, cfg: dict, extra_csv: dict[str, pd.DataFrame]) -> Path:
+    """Weights (safetensors), tables, config, card; ``model.json`` last (its presence = a complete folder)."""
+    from safetensors.torch import save_file
+
+    from mil.card import model_card
+    from zoomfeat.config import save_yaml
+    from zoomfeat.io import atomic_path, write_json_atomic, write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META).unlink(missing_ok=True)  # a rerun invalidates the old folder until the new one is complete
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
+    save_yaml(cfg, out / "config.yaml")
+    for name, df in extra_csv.items():
+        with atomic_path(out / name) as tmp:
+            df.to_csv(tmp, index=False)
+    write_text_atomic(out / "README.md", model_card(meta))
+    write_json_atomic(out / META, _jsonable(meta))
+    return out
+
+
+def train_final(cfg: dict, out_dir: str | os.PathLike, run_cv: bool = False,
+                cv_from: str | os.PathLike | None = None) -> dict:
+    """``zoomfeat mil train``: (optionally cross-validate,) fit the head on every labelled slide, write MODEL/.
+
+    ``cfg`` is a ``mil cv`` config plus an optional ``final`` section (see the module docstring). Returns the
+    model metadata written to ``model.json``.
+    """
+    from mil.cv import DEFAULTS, prepare_cohort, run_cv as _run_cv
+    from mil.spec import cohort_spec
+    from zoomfeat import __version__
+    from zoomfeat.config import merge
+
+    cfg = merge(merge(DEFAULTS, FINAL_DEFAULTS), cfg)
+    if cfg["task"] not in TASKS:
+        raise ValueError(f"unknown task {cfg['task']!r}; choose one of {TASKS}")
+    out = Path(out_dir)
+    cohort = prepare_cohort(cfg)
+    spec = cohort_spec([i for i in cohort.items if isinstance(i, (str, os.PathLike))], cfg["mag"])
+    cv = None
+    if run_cv:
+        from mil.deploy import write_cv_spec
+
+        _run_cv({k: v for k, v in cfg.items() if k != "final"}, out / "cv")
+        write_cv_spec(out / "cv", spec, cohort.dim)
+        cv_from = out / "cv"
+    if cv_from is not None:
+        cv = _cv_estimate(Path(cv_from))
+    tr, va, overrides, how = _plan(cohort, cfg, cv)
+    net, task, info, model_hp = fit_head(cohort, cfg, tr, va, overrides, log_dir=out / "train_logs")
+    meta = {"format": MODEL_FORMAT, "toolkit_version": __version__,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": {"name": str(cfg["model"]).lower(), "in_dim": int(cohort.dim), "n_out": int(task.n_out),
+                      "kwargs": _jsonable(model_kwargs(str(cfg["model"]).lower(), model_hp))},
+            "task": _task_meta(cohort, cfg, task), "mag": cfg["mag"], "seed": int(cfg["seed"]),
+            "feature_spec": spec, "training": _training_meta(cohort, tr, va, info, how, cfg), "cv": cv}
+    split = np.array(["train"] * len(cohort), dtype=object)
+    split[va] = "val"
+    slides = pd.DataFrame({"slide": cohort.slides, "patient": cohort.patients, "split": split})
+    if cohort.task in CLASSIFICATION:
+        slides["label"] = [cohort.classes[int(y)] for y in cohort.targets]
+    save_model(out, net, meta, cfg, {"history.csv": pd.DataFrame(info["history"]), "training_slides.csv": slides})
+    return meta

@@ -1,0 +1,154 @@
+"""Raw slides → predictions in one call (``zoomfeat predict SLIDES --model MODEL --out DIR``).
+
+The model folder records the feature spec its head was trained on; this module rebuilds that encoder (weights from
+``--weights`` or the registry, checked against the recorded sha256, recipe checked key by key) and then runs the
+existing cohort machinery: ``tile_cohort`` (at the recorded µm/px and tile size) → ``extract_cohort`` (bags in
+``OUT/features_{encoder}``) → ``mil.external.run_predict`` (the same code as ``zoomfeat mil predict``, so the numbers
+are identical) → heatmaps over the slide thumbnails. Tiling and extraction skip finished slides, so a rerun resumes;
+a slide that fails at any stage is listed in ``OUT/summary.csv`` while the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from zoomfeat.cohort import CohortReport, SlideResult, resolve_slides, slide_id
+
+
+@dataclass
+class SlidePredictReport:
+    """Per-slide status over every stage plus the prediction result (None when no slide got that far)."""
+
+    report: CohortReport
+    result: Any = None  # mil.external.PredictResult
+    out: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return self.report.exit_code
+
+
+def _encoder_kwargs(spec: dict) -> dict:
+    """create_encoder keywords that rebuild the recorded recipe."""
+    name, rc = spec["encoder"], dict(spec.get("recipe") or {})
+    kw: dict[str, Any] = {}
+    if spec.get("precision") and name != "custom":
+        kw["precision"] = spec["precision"]
+    if name == "zoomldm":
+        kw.update(blocks=rc.get("blocks", [0]), t=rc.get("t", [100]), conditioning=rc.get("conditioning", "uni"),
+                  base_seed=int(rc.get("base_seed", 0)))
+        if kw["conditioning"] == "uni":
+            kw["ssl_encoder"] = rc.get("ssl_encoder") or "uni"
+    elif name == "tiny-vit":
+        kw.update({k: int(rc[k]) for k in ("seed", "depth") if k in rc})
+        if spec.get("dim"):
+            kw["dim"] = int(spec["dim"])
+        if "input_size" in rc:
+            kw["input_size"] = int(rc["input_size"])
+    elif name == "custom":
+        kw["model"] = rc.get("arch")
+    return kw
+
+
+def encoder_for_model(spec: dict, weights: str | os.PathLike | None = None,
+                      ssl_weights: str | os.PathLike | None = None, registry: str | os.PathLike | None = None,
+                      mag: str = "20x"):
+    """Build the encoder a model's feature spec names and refuse it (SpecMismatchError) if it differs from the
+    spec: other weights (sha256), another recipe, another width."""
+    from mil.spec import SpecMismatchError, differences, spec_from_attrs
+    from zoomfeat.encoders import create_encoder
+
+    kw = _encoder_kwargs(spec)
+    if spec["encoder"] == "zoomldm" and kw.get("conditioning") == "uni":
+        kw["ssl_weights"] = ssl_weights
+    if spec["encoder"] in ("uni", "phikon") and weights is None and (spec.get("recipe") or {}).get("random_init"):
+        kw["random_init"] = True  # a model trained on random-init features (tests only)
+    enc = create_encoder(spec["encoder"], weights=weights, registry=registry, **kw)
+    # the attributes extract_slide would write, JSON round-tripped like the bag's
+    cfg = json.loads(json.dumps(enc.full_config(), sort_keys=True, default=str))
+    attrs = {"encoder": enc.name, "encoder_config": cfg, "encoder_weights_sha256": enc.weights_sha256,
+             "dim": int(enc.dim), "patch_size": spec.get("tile_px"), "target_mpp": spec.get("target_mpp"),
+             "precision": enc.precision,
+             "missing_children_5x": (spec.get("recipe") or {}).get("missing_children_5x")}
+    diffs = differences(spec, spec_from_attrs(attrs), mag, other="encoder built here")
+    if diffs:
+        raise SpecMismatchError("the encoder built for this model does not match its feature spec "
+                                f"(pass the right --weights/--ssl-weights): {'; '.join(diffs)}")
+    return enc
+
+
+def _merge_status(slides: Sequence[Path], tile: CohortReport | None, extract: CohortReport | None,
+                  skipped: list[tuple[str, str]], predicted: set[str]) -> CohortReport:
+    """One row per slide: the first stage that failed, or done (predicted)."""
+    fails: dict[str, str] = {}
+    for stage, rep in (("tile", tile), ("extract", extract)):
+        for r in (rep.results if rep else []):
+            if r.status in ("failed", "locked") and r.slide not in fails:
+                fails[r.slide] = f"{stage}: {r.error}"
+    for s, why in skipped:
+        fails.setdefault(s, f"predict: {why}")
+    rows = []
+    for p in slides:
+        sid = slide_id(p)
+        if sid in predicted:
+            rows.append(SlideResult(sid, "done"))
+        else:
+            rows.append(SlideResult(sid, "failed", error=fails.get(sid, "no prediction")))
+    return CohortReport(rows)
+
+
+def predict_slides(slides: str | os.PathLike | Sequence, model: str | os.PathLike, out: str | os.PathLike,
+                   weights: str | os.PathLike | None = None, ssl_weights: str | os.PathLike | None = None,
+                   registry: str | os.PathLike | None = None, labels: str | os.PathLike | None = None,
+                   tiles: str | os.PathLike | None = None, workers: int = 0, batch_size: int = 16,
+                   device: str = "auto", mpp: float | None = None, mpp_csv: str | None = None,
+                   min_tissue: float | None = None, heatmaps: int | None = None, n_boot: int = 1000, seed: int = 0,
+                   progress: bool = True) -> SlidePredictReport:
+    """Tile → extract (the model's recorded feature spec) → predict → heatmaps; see the module docstring.
+
+    ``model``: a ``mil train`` folder or a ``mil cv`` folder (fold ensemble). Everything that can be wrong with the
+    model or the encoder fails before the first slide is touched.
+    """
+    from mil.deploy import load_predictor
+    from mil.external import run_predict
+    from mil.spec import needs_5x
+    from zoomfeat.bags import bag_path
+    from zoomfeat.extract import ExtractOptions, extract_cohort
+    from zoomfeat.slides.tiling import tile_cohort
+
+    pr = load_predictor(model)
+    spec = pr.feature_spec
+    enc = encoder_for_model(spec, weights, ssl_weights, registry, pr.mag)
+    paths = resolve_slides(slides) if not isinstance(slides, (list, tuple)) else [Path(s) for s in slides]
+    if not paths:
+        raise FileNotFoundError(f"no slides found in {slides}")
+    out = Path(out)
+    five = needs_5x(pr.mag)
+    tile_rep = None
+    if tiles is None:
+        kw = {k: v for k, v in {"mpp": mpp, "mpp_csv": mpp_csv, "min_tissue": min_tissue,
+                                "target_mpp": spec.get("target_mpp"), "patch_px": spec.get("tile_px")}.items()
+              if v is not None}
+        tile_rep = tile_cohort(paths, out / "tiles", progress=progress, scales="20x,5x" if five else "20x", **kw)
+        tiles = out / "tiles"
+    tiled = {r.slide for r in tile_rep.results if r.status in ("done", "skipped")} if tile_rep else None
+    todo = [p for p in paths if tiled is None or slide_id(p) in tiled]
+    rc = dict(spec.get("recipe") or {})
+    opts = ExtractOptions(mags=("20x", "5x") if five else ("20x",), batch_size=batch_size, workers=workers,
+                          device=device, mpp=mpp, mpp_csv=mpp_csv, progress=progress,
+                          missing_children=rc.get("missing_children_5x") or "embed")
+    ext_rep = extract_cohort(todo, enc, out, tiles_dir=tiles, opts=opts) if todo else None
+    ready = {r.slide for r in ext_rep.results if r.status in ("done", "skipped")} if ext_rep else set()
+    bags = {slide_id(p): bag_path(out, opts.tag or enc.name, slide_id(p)) for p in todo if slide_id(p) in ready}
+    result = None
+    if bags:
+        result = run_predict(pr, bags, out, labels=labels, slide_paths={slide_id(p): p for p in paths},
+                             heatmaps=heatmaps, device=device, n_boot=n_boot, seed=seed)
+    predicted = set(result.predictions["slide"]) if result is not None else set()
+    report = _merge_status(paths, tile_rep, ext_rep, result.skipped if result else [], predicted)
+    report.write(out, "summary")
+    return SlidePredictReport(report, result, out)
