@@ -74,7 +74,8 @@ class SlideSource:
         level = self.osr.get_best_level_for_downsample(max(size / px, 1.0))
         ds = self.osr.level_downsamples[level]
         side = max(1, int(math.ceil(size / ds)))
-        img = self.osr.read_region((int(x), int(y)), level, (side, side)).convert("RGB")
+        img = self.osr.read_region((int(x), int(y)), level, (side, side))  # RGBA, transparent outside the slide
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img).convert("RGB")
         return img.resize((px, px), Image.Resampling.LANCZOS)
 
     def thumbnail(self, max_side: int = 1024) -> Image.Image:

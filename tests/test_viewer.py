@@ -1,0 +1,191 @@
+"""`zoomfeat view` / `export-qupath` on a small real result folder (synthetic WSIs → tile → colour bags → `mil cv`
++ `compare`): attention recomputed from fold checkpoints equals what `mil cv` saved, the HTTP routes serve real
+Deep Zoom tiles and overlays, the static export is complete, and QuPath GeoJSON is valid and inside the slide.
+The headless-Chromium checks (skipped when no Chromium is found) share the same result folder."""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tests.viewer_cohort import build
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("viewer"))
+
+
+@pytest.fixture(scope="module")
+def res(built):
+    from zoomfeat.viewer import Results
+
+    return Results(built["root"], generated=built["root"] / "no_generation_here")
+
+
+def test_runs_found_and_recomputed_attention_matches_mil_cv(res, built):
+    names = {r.name for r in res.runs}
+    assert names == {"cv"} | {f"compare/colour-{m}/{t}" for m in ("20x", "5x") for t in ("hrd", "survival")}
+    assert len(res.slide_ids) == 12
+    cv = res.by_name["cv"]
+    pred = cv.predictions.set_index("slide")
+    for sid in res.slide_ids:
+        saved = pd.read_csv(built["cv"] / "attention" / f"{sid}.csv")
+        again = res.compute_attention(cv, sid, int(pred.loc[sid, "fold"]))
+        # the fold head rebuilt from best.pt reproduces mil cv's attention and out-of-fold probabilities
+        np.testing.assert_allclose(again["attention"], saved["score"].to_numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(again["pred"], pred.loc[sid, ["prob_0", "prob_1"]].to_numpy(float), atol=1e-5)
+        att = res.attention("cv", sid)
+        assert att.order.min() == 1 and att.order[np.argmax(att.score)] == 1
+    # compare saves no attention: it is recomputed, one score per 20x tile or per 5x region
+    from zoomfeat.bags import load_bag
+
+    bag = load_bag(res.bags["cv"]["syn003"])
+    assert len(res.attention("compare/colour-20x/survival", "syn003").score) == len(bag.coords)
+    a5 = res.attention("compare/colour-5x/hrd", "syn003")
+    assert len(a5.score) == len(bag.coords_5x) and a5.size == 4 * res.grid("syn003")["size"]
+
+
+def test_site_routes_tiles_overlays_crops(res):
+    import openslide
+
+    from zoomfeat.viewer import Site
+    from zoomfeat.viewer.site import NotFound
+
+    site = Site(res)
+    sid = "syn003"
+    src = site.source(sid)
+    top = src.dz.level_count - 1
+    body, ctype = site.get(f"dz/{sid}_files/{top}/0_0.jpeg")
+    assert ctype == "image/jpeg" and body[:3] == b"\xff\xd8\xff"
+    tile = np.asarray(Image.open(io.BytesIO(body)))
+    with openslide.OpenSlide(str(res.slide_path(sid))) as osr:
+        ref = np.asarray(osr.read_region((0, 0), 0, tile.shape[1::-1]).convert("RGB"))
+        w, h = osr.dimensions
+    assert np.abs(tile.astype(int) - ref).mean() < 6  # JPEG of the real level-0 pixels
+    assert "<Image" in site.get(f"dz/{sid}.dzi")[0].decode()
+    # heatmap: the most attended tile is drawn red (jet 1.0), the least attended blue (jet ~0)
+    att = res.attention("cv", sid)
+    i = [r.name for r in res.runs].index("cv")
+    heat = np.asarray(Image.open(io.BytesIO(site.get(f"overlay/{sid}/heat/{i}.png")[0])).convert("RGBA"))
+    k = heat.shape[1] / w
+    hi, lo = np.argmax(att.score), np.argmin(att.score)
+    px = lambda j: heat[int((att.y[j] + att.size / 2) * k), int((att.x[j] + att.size / 2) * k)]  # noqa: E731
+    assert px(hi)[0] > 100 and px(hi)[2] < 60 and px(hi)[3] == 255
+    assert px(lo)[2] > 100 and px(lo)[0] < 60
+    assert heat[..., 3].mean() > 0 and (heat[..., 3] == 0).any()  # cells only where tiles are
+    tissue = np.asarray(Image.open(io.BytesIO(site.get(f"overlay/{sid}/tissue.png")[0])))
+    assert 0.05 < (tissue[..., 3] > 0).mean() < 0.95
+    crop = np.asarray(Image.open(io.BytesIO(site.get(f"crop/{sid}/0_0_256.jpg")[0])))
+    assert crop.shape == (192, 192, 3)
+    for bad in ("slides/nope.html", "dz/nope_files/0/0_0.jpeg", f"dz/{sid}_files/{top}/99_99.jpeg",
+                "static/../results.py", "files/../../etc/passwd", "overlay/syn003/heat/99.png"):
+        with pytest.raises(NotFound):
+            site.get(bad)
+    html = site.get(f"slides/{sid}.html")[0].decode()
+    assert "openseadragon.min.js" in html and '"slide":"syn003"' in html
+
+
+def test_http_server_binds_localhost_and_serves(res):
+    from zoomfeat.viewer import Site, serve_in_thread
+
+    httpd, url = serve_in_thread(Site(res), port=0)
+    try:
+        assert httpd.server_address[0] == "127.0.0.1"
+        page = urllib.request.urlopen(url).read().decode()
+        assert all(f'"slide":"{s}"' in page for s in res.slide_ids)
+        r = urllib.request.urlopen(url + "dz/syn000_files/9/0_0.jpeg")
+        assert r.headers["Content-Type"] == "image/jpeg" and r.read()[:2] == b"\xff\xd8"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url + "slides/ghost.html")
+        assert e.value.code == 404
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_export_qupath_geojson_valid_and_inside_slide(res, built, tmp_path):
+    import openslide
+
+    from zoomfeat.cli import main
+    from zoomfeat.viewer import check_feature_collection
+
+    out = tmp_path / "qp"
+    assert main(["export-qupath", str(built["root"]), "--out", str(out), "--run", "cv"]) == 0
+    files = sorted(out.glob("*.geojson"))
+    assert [p.stem for p in files] == res.slide_ids
+    pred = res.by_name["cv"].predictions.set_index("slide")
+    for p in files:
+        fc = json.loads(p.read_text())
+        with openslide.OpenSlide(str(res.slide_path(p.stem))) as osr:
+            w, h = osr.dimensions
+        assert check_feature_collection(fc, w, h) == []
+        tiles = [f for f in fc["features"] if f["properties"]["objectType"] == "tile"]
+        tissue = [f for f in fc["features"] if f["properties"]["objectType"] == "annotation"]
+        assert tissue and all(f["properties"]["classification"]["name"] == "Tissue" for f in tissue)
+        grid = res.grid(p.stem)
+        n20, n5 = len(grid["coords"]), len(grid["coords_5x"])
+        assert len(tiles) == n20 + n5  # every 20x tile (cv, colour-20x runs) + every 5x region (colour-5x run)
+        m = [t["properties"]["measurements"] for t in tiles if "cv: attention" in t["properties"]["measurements"]]
+        assert len(m) == n20 and sorted(x["cv: attention rank"] for x in m) == list(range(1, n20 + 1))
+        saved = pd.read_csv(built["cv"] / "attention" / f"{p.stem}.csv")
+        assert np.isclose(sum(x["cv: attention"] for x in m), saved["score"].sum())
+        cls = res.by_name["cv"].classes[int(pred.loc[p.stem, "pred"])]
+        assert {t["properties"]["classification"]["name"] for t in tiles} == {cls}
+    # the checker does fail: a polygon outside the slide, an open ring, a bad geometry type
+    bad = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [9e9, 0], [9e9, 5], [0, 0]]]},
+         "properties": {"objectType": "tile"}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1]]]},
+         "properties": {"objectType": "tile"}},
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 1]}, "properties": {"objectType": "tile"}}]}
+    errs = check_feature_collection(bad, 100, 100)
+    assert len(errs) == 3 and "leaves the slide" in errs[0]
+
+
+def test_static_export_is_complete(res, tmp_path):
+    import re
+
+    from zoomfeat.viewer import Site, export_site
+
+    site_dir = tmp_path / "site"
+    index = export_site(res, site_dir, max_side=512, progress=False)
+    assert index.exists() and (site_dir / "static/openseadragon/openseadragon.min.js").exists()
+    assert (site_dir / "static/openseadragon/LICENSE.txt").exists()
+    for sid in res.slide_ids:
+        html = (site_dir / "slides" / f"{sid}.html").read_text()
+        zf = json.loads(re.search(r"window\.ZF = (\{.*\});</script>", html).group(1).replace("<\\/", "</"))
+        size = zf["dzi"]["Image"]["Size"]
+        assert max(int(size["Width"]), int(size["Height"])) <= 512
+        src = Site(res).source(sid)
+        lvl = next(i for i, d in enumerate(src.dz.level_dimensions) if d == (int(size["Width"]), int(size["Height"])))
+        cols, rows = src.dz.level_tiles[lvl]
+        assert (site_dir / "dz" / f"{sid}_files" / str(lvl) / f"{cols - 1}_{rows - 1}.jpeg").exists()
+        assert not (site_dir / "dz" / f"{sid}_files" / str(lvl + 1)).exists()  # the level cap
+        for run in zf["runs"]:
+            assert (site_dir / "slides" / run["heat"]).resolve().exists()
+        for u in zf["overlays"].values():
+            assert (site_dir / "slides" / u).resolve().exists()
+        g = zf["grid"]
+        for x, y, px, py, ps in zip(g["x"], g["y"], g["px"], g["py"], g["ps"]):
+            assert (site_dir / "crop" / sid / f"{x}_{y}_{int(g['size'])}.jpg").exists()
+            assert (site_dir / "crop" / sid / f"{px}_{py}_{ps}.jpg").exists()
+    assert len(list((site_dir / "gallery").glob("*.html"))) == len(res.runs)
+    assert (site_dir / "files" / "compare" / "compare.png").exists()
+
+
+def test_cli_help_and_bad_run_dir(tmp_path, capsys):
+    from zoomfeat.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["view", "--help"])
+    assert e.value.code == 0 and "127.0.0.1" in capsys.readouterr().out
+    assert main(["view", str(tmp_path), "--port", "0"]) == 2
+    assert "no predictions.csv" in capsys.readouterr().err
