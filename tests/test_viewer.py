@@ -150,14 +150,21 @@ def test_export_qupath_geojson_valid_and_inside_slide(res, built, tmp_path):
     assert len(errs) == 3 and "leaves the slide" in errs[0]
 
 
-def test_static_export_is_complete(res, tmp_path):
+@pytest.fixture(scope="module")
+def exported(res, tmp_path_factory):
+    from zoomfeat.viewer import export_site
+
+    site_dir = tmp_path_factory.mktemp("site")
+    return export_site(res, site_dir, max_side=512, progress=False)
+
+
+def test_static_export_is_complete(res, exported):
     import re
 
-    from zoomfeat.viewer import Site, export_site
+    from zoomfeat.viewer import Site
 
-    site_dir = tmp_path / "site"
-    index = export_site(res, site_dir, max_side=512, progress=False)
-    assert index.exists() and (site_dir / "static/openseadragon/openseadragon.min.js").exists()
+    site_dir = exported.parent
+    assert exported.exists() and (site_dir / "static/openseadragon/openseadragon.min.js").exists()
     assert (site_dir / "static/openseadragon/LICENSE.txt").exists()
     for sid in res.slide_ids:
         html = (site_dir / "slides" / f"{sid}.html").read_text()
@@ -189,3 +196,110 @@ def test_cli_help_and_bad_run_dir(tmp_path, capsys):
     assert e.value.code == 0 and "127.0.0.1" in capsys.readouterr().out
     assert main(["view", str(tmp_path), "--port", "0"]) == 2
     assert "no predictions.csv" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- headless Chromium
+def _chromium():
+    from zoomfeat.viewer.browser import find_chromium
+
+    path = find_chromium()
+    if path is None:
+        pytest.skip("no Chromium found (Debian: apt-get install chromium, or set $CHROMIUM): browser checks skipped")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from zoomfeat.viewer.browser import Browser
+
+    with Browser(_chromium(), width=1280, height=900, timeout=90) as b:
+        yield b
+
+
+def _viewer_pixels(b, png: bytes) -> np.ndarray:
+    r = b.eval("(function(){var r=document.getElementById('osdA').getBoundingClientRect();"
+               "return [r.left, r.top, r.right, r.bottom].map(Math.round);})()")
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return img[r[1] + 2:r[3] - 2, r[0] + 2:r[2] - 2]
+
+
+def _screen_xy(b, x: float, y: float) -> tuple[int, int]:
+    """Page pixel of level-0 point (x, y) in viewer A."""
+    return tuple(b.eval(f"(function(){{var v=zfViews.A.v, W=ZF.width;"
+                        f"var p=v.viewport.pixelFromPoint(new OpenSeadragon.Point({x}/W, {y}/W), true);"
+                        f"var r=document.getElementById('osdA').getBoundingClientRect();"
+                        f"return [Math.round(p.x + r.left), Math.round(p.y + r.top)];}})()"))
+
+
+def test_browser_index_slide_heatmap_click_and_tiles(res, browser):
+    from zoomfeat.viewer import Site, serve_in_thread
+
+    httpd, url = serve_in_thread(Site(res), port=0)
+    b = browser
+    try:
+        b.goto(url + "index.html")
+        listed = b.eval("Array.from(document.querySelectorAll('#slides tbody tr')).map(function(t){return t.dataset.slide})")
+        assert sorted(listed) == res.slide_ids
+        b.eval("var f=document.getElementById('filter'); f.value='syn00'; f.dispatchEvent(new Event('input')); 1")
+        assert b.eval("document.querySelectorAll('#slides tbody tr').length") == 10
+
+        sid = "syn003"
+        b.goto(url + f"slides/{sid}.html?run=cv&heat=0")
+        off = b.screenshot()
+        b.goto(url + f"slides/{sid}.html?run=cv&heat=1")
+        on = b.screenshot()
+        v_off, v_on = _viewer_pixels(b, off), _viewer_pixels(b, on)
+        mx, mn = v_off.max(-1), v_off.min(-1)
+        tissue = ((mx - mn) > 40) & (mx > 80) & (v_off[..., 0] > v_off[..., 1])  # pink / purple H&E
+        assert tissue.mean() > 0.03, f"tissue covers only {tissue.mean():.3f} of the viewer"
+        changed = np.abs(v_on - v_off).sum(-1) > 60
+        assert changed.mean() > 0.03, f"heatmap changes only {changed.mean():.3f} of the viewer"
+        # the heatmap is where the attention is: most attended tile reddest, least attended bluest
+        att = res.attention("cv", sid)
+        img_on = np.asarray(Image.open(io.BytesIO(on)).convert("RGB")).astype(int)
+        img_off = np.asarray(Image.open(io.BytesIO(off)).convert("RGB")).astype(int)
+
+        def shift(j):
+            x, y = _screen_xy(b, att.x[j] + att.size / 2, att.y[j] + att.size / 2)
+            d = img_on[y - 3:y + 4, x - 3:x + 4].mean((0, 1)) - img_off[y - 3:y + 4, x - 3:x + 4].mean((0, 1))
+            return d[0] - d[2]  # red gained minus blue gained
+
+        hi, lo = shift(int(np.argmax(att.score))), shift(int(np.argmin(att.score)))
+        print(f"viewer: tissue {tissue.mean():.3f}, heatmap-changed {changed.mean():.3f}, red-blue shift top {hi:.0f} "
+              f"bottom {lo:.0f}")
+        assert hi > 20 and lo < -20
+
+        # a real click on the most attended tile: the panel names it #1 for this run, with 20x + 5x crops
+        j = int(np.argmax(att.score))
+        x, y = _screen_xy(b, att.x[j] + att.size / 2, att.y[j] + att.size / 2)
+        for kind in ("mousePressed", "mouseReleased"):
+            b.call("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1},
+                   session=True)
+        b.wait_for("document.querySelectorAll('#clicked .ranks li').length > 0")
+        lines = b.eval("Array.from(document.querySelectorAll('#clicked .ranks li')).map(function(l){return l.textContent})")
+        assert len(lines) == len(res.runs) and any(s.startswith("cv: #1 of ") for s in lines)
+        b.wait_for("Array.from(document.querySelectorAll('#clicked img')).every(function(i){return i.complete && i.naturalWidth > 0})")
+        assert b.eval("document.querySelectorAll('#clicked img').length") == 2
+
+        b.goto(url + f"slides/{sid}.html?sbs=1&tissue=1&grid=1&regions=1")
+        assert b.eval("zfViews.B.v.world.getItemCount()") == 5
+        b.goto(url + "gallery/0.html")
+        b.wait_for("Array.from(document.images).every(function(i){return i.complete && i.naturalWidth > 0})")
+        tile = b.eval(f"fetch('{url}dz/{sid}_files/11/0_0.jpeg').then(function(r){{return r.arrayBuffer()"
+                      ".then(function(a){return [r.status, r.headers.get('content-type'), Array.from(new Uint8Array(a).slice(0, 3))]})})")
+        assert tile == [200, "image/jpeg", [255, 216, 255]]
+        assert b.errors == [], b.errors
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_browser_static_export_from_file_url(res, exported, browser):
+    b = browser
+    b.errors.clear()
+    b.goto(exported.as_uri())
+    assert b.eval("document.querySelectorAll('#slides tbody tr').length") == len(res.slide_ids)
+    b.goto((exported.parent / "slides" / "syn000.html").as_uri() + "?tissue=1&grid=1")
+    px = _viewer_pixels(b, b.screenshot())
+    assert (px.max(-1) - px.min(-1) > 40).mean() > 0.03  # tissue + heatmap drawn from the exported tiles
+    assert b.errors == [], b.errors

@@ -166,7 +166,11 @@
       if (runs.length > 1 && k === 1) sel.value = "1";
     });
     var params = new URLSearchParams(location.search);
-    if (params.get("run") !== null) document.getElementById("runA").value = params.get("run");
+    var want = params.get("run");
+    if (want !== null) {  /* by run name or by position */
+      var byName = runs.map(function (r) { return r.name; }).indexOf(want);
+      document.getElementById("runA").value = String(byName >= 0 ? byName : +want);
+    }
     ["tissue", "grid", "regions", "heat"].forEach(function (k) {
       if (params.get(k) !== null) document.getElementById("ov-" + k).checked = params.get(k) === "1";
     });
@@ -275,6 +279,7 @@
     }
     clickHandler(views.A);
     window.zfShowTile = showTile;
+    window.zfViews = views;
 
     function gallery() {
       var box = document.querySelector("#gallery .cards"), r = runs[+document.getElementById("runA").value];
