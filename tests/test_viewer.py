@@ -303,3 +303,38 @@ def test_browser_static_export_from_file_url(res, exported, browser):
     px = _viewer_pixels(b, b.screenshot())
     assert (px.max(-1) - px.min(-1) > 40).mean() > 0.03  # tissue + heatmap drawn from the exported tiles
     assert b.errors == [], b.errors
+
+
+@pytest.mark.slow
+def test_generated_patches_beside_their_real_region(built, tmp_path):
+    """Real generation with the vendored micro ZoomLDM from the SSL grid of one real 5x region; the index shows
+    the patches next to that region (the `.region.json` sidecar the demo writes)."""
+    import torch
+
+    from tests.conftest import MICRO_LDM
+    from zoomfeat.cli import main
+    from zoomfeat.encoders import create_encoder
+    from zoomfeat.slides.coords import coords_path, read_coords
+    from zoomfeat.slides.reader import open_slide
+    from zoomfeat.viewer import Results, Site
+
+    g = read_coords(coords_path(built["tiles"], "syn003"))
+    x0, y0 = (int(v) for v in g.coords_5x[0])
+    step = g.patch_size_level0
+    with open_slide(built["slides"] / "syn003.tiff") as wsi:
+        tiles = np.stack([wsi.read_region_l0(x0 + c * step, y0 + r * step, step, 256) for r in range(4) for c in range(4)])
+    with torch.inference_mode():
+        emb = create_encoder("tiny-vit", dim=24).encode(torch.from_numpy(tiles))
+    npy = tmp_path / "grid.npy"
+    np.save(npy, emb.float().T.reshape(1, 24, 4, 4).numpy())
+    npy.with_suffix(".region.json").write_text(json.dumps({"slide": "syn003", "x": x0, "y": y0, "size_l0": 4 * step}))
+    out = tmp_path / "generated" / "5x"
+    assert main(["generate", "--model", str(MICRO_LDM / "weights.ckpt"), "--official-config",
+                 str(MICRO_LDM / "config.yaml"), "--ssl", str(npy), "--mag", "5x", "--n", "2", "--steps", "2",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    site = Site(Results(built["root"], generated=tmp_path / "generated"))
+    (entry,) = site.generated_entries()
+    assert entry["region"]["slide"] == "syn003" and len(entry["images"]) == 2
+    assert site.get(entry["region"]["url"])[0][:2] == b"\xff\xd8"
+    assert site.get(entry["images"][0])[0][:4] == b"\x89PNG"
+    assert '"generated":[{' in site.get("index.html")[0].decode()
