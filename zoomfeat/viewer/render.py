@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,6 @@ class SlideSource:
         self.osr = openslide.open_slide(str(path))
         self.dz = DeepZoomGenerator(self.osr, tile_size=DZ_TILE, overlap=DZ_OVERLAP, limit_bounds=False)
         self.width, self.height = self.osr.dimensions
-        self._lock = threading.Lock()  # openslide is thread-safe; PIL work on one handle is not worth racing
 
     def dzi_info(self, max_level: int | None = None) -> dict:
         """OpenSeadragon's inline DZI descriptor (``Image``), optionally truncated at ``max_level``."""

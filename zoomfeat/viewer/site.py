@@ -182,7 +182,7 @@ class Site:
         dzi = src.dzi_info(self.export_max_level) if src is not None else None
         g = self.res.grid(sid)
         if g is not None:
-            g = {**g, "parents": np.array([parent_region(g, x, y, g["size"]) for x, y in g["coords"]]).reshape(-1, 3)}
+            g = {**g, "parents": parents_of(g)}
         return pages.slide_page(self.res, sid, dzi, size, self.run_payloads(sid), g, crops=src is not None)
 
     def gallery(self, i: int) -> str:
@@ -253,3 +253,12 @@ def parent_region(g: dict | None, x: float, y: float, size: float) -> tuple[floa
             return float(c5[hit[0], 0]), float(c5[hit[0], 1]), s5
     s5 = 4 * (g["size"] if g is not None else size)
     return float(np.floor(x / s5) * s5), float(np.floor(y / s5) * s5), float(s5)
+
+
+def parents_of(g: dict) -> np.ndarray:
+    """(N, 3) parent 5x region (x, y, size) of every 20x tile, vectorised (40k tiles in milliseconds)."""
+    c = np.asarray(g["coords"], dtype=float).reshape(-1, 2)
+    if g.get("parent") is not None and g.get("coords_5x") is not None and len(g["parent"]) == len(c):
+        p = np.asarray(g["coords_5x"], dtype=float)[np.asarray(g["parent"], dtype=int)]
+        return np.column_stack([p, np.full(len(c), float(g["size_5x"]))])
+    return np.array([parent_region(g, x, y, g["size"]) for x, y in c]).reshape(-1, 3)
