@@ -202,21 +202,18 @@ class Results:
 
     # ------------------------------------------------------------------------------------------ slides
     def _labels(self) -> pd.DataFrame:
-        frames = []
+        """The first labels CSV named by a run config (slide-indexed; ``path`` made absolute)."""
         for r in self.runs:
             p = resolve_path(r.cfg.get("labels"), [r.path, self.root])
-            if p is not None and p.is_file() and str(p) not in {f.attrs.get("src") for f in frames}:
-                df = pd.read_csv(p, dtype={"slide": str, "patient": str})
-                df.attrs["src"] = str(p)
-                frames.append(df)
-        if not frames:
-            return pd.DataFrame(columns=["slide"])
-        df = frames[0].drop_duplicates("slide")
-        root = Path(df.attrs["src"]).resolve().parent
-        if "path" in df.columns:
-            df["path"] = [str(Path(p) if Path(str(p)).is_absolute() else root / str(p)) if isinstance(p, str) else ""
-                          for p in df["path"]]
-        return df.set_index("slide")
+            if p is None or not p.is_file():
+                continue
+            df = pd.read_csv(p, dtype={"slide": str, "patient": str}).drop_duplicates("slide")
+            root = p.resolve().parent
+            if "path" in df.columns:
+                df["path"] = [str(Path(q) if Path(str(q)).is_absolute() else root / str(q)) if isinstance(q, str)
+                              else "" for q in df["path"]]
+            return df.set_index("slide")
+        return pd.DataFrame(columns=["slide"]).set_index("slide")
 
     def slide_path(self, sid: str) -> Path | None:
         """The WSI: ``--slides`` folder, else the labels CSV's ``path`` column, else the tiling record."""
@@ -420,25 +417,29 @@ class Generated:
 
 
 def find_generated(generated: str | os.PathLike | None, root: Path) -> list[Generated]:
-    """``generation.json`` folders under ``generated`` (default: the run folder and its parent, two levels deep)."""
-    bases = [Path(generated)] if generated else [root, root.parent, root.parent.parent]
+    """``generation.json`` folders: under ``generated``, or by default up to three levels under the run folder and
+    two levels under a ``generated/`` folder next to it or next to its parent (the demo's layout)."""
+    if generated:
+        bases = [(Path(generated), 3)]
+    else:
+        bases = [(root, 3), (root.parent / "generated", 2), (root.parent.parent / "generated", 2)]
     seen, out = set(), []
-    for base in bases:
+    for base, depth in bases:
         if not base.is_dir():
             continue
-        for depth in ("generation.json", "*/generation.json", "*/*/generation.json"):
-            for g in sorted(base.glob(depth)):
-                if g.resolve() in seen:
+        for pattern in ["/".join(["*"] * d + ["generation.json"]) for d in range(depth + 1)]:
+            for g in sorted(base.glob(pattern)):
+                if g.resolve() in seen or SKIP_DIRS & set(g.parts):
                     continue
                 seen.add(g.resolve())
-                meta = json.loads(g.read_text())
-                imgs = [g.parent / f for f in meta.get("files", []) if (g.parent / f).is_file()]
-                region = None
-                ssl = resolve_path(meta.get("ssl"), [g.parent, root]) if meta.get("ssl") else None
-                side = ssl.with_suffix(".region.json") if ssl is not None else None
-                if side is not None and side.is_file():
-                    region = json.loads(side.read_text())
-                out.append(Generated(g.parent, meta, imgs, region))
-        if generated:
-            break
+                out.append(_generated(g, root))
     return out
+
+
+def _generated(g: Path, root: Path) -> Generated:
+    meta = json.loads(g.read_text())
+    imgs = [g.parent / f for f in meta.get("files", []) if (g.parent / f).is_file()]
+    ssl = resolve_path(meta.get("ssl"), [g.parent, root]) if meta.get("ssl") else None
+    side = ssl.with_suffix(".region.json") if ssl is not None else None
+    region = json.loads(side.read_text()) if side is not None and side.is_file() else None
+    return Generated(g.parent, meta, imgs, region)
