@@ -159,18 +159,23 @@
       ul.appendChild(el("li", { "class": p.correct === false ? "bad" : p.correct ? "ok" : "", text: n + ": fold " + p.fold + ", " +
         (p.risk !== undefined ? "risk " + fmt(p.risk, 2) : "predicted " + p.pred + " (p=" + fmt(p.prob, 2) + "), true " + p.label) }));
     });
-    sum.appendChild(ul);
+    var names = Object.keys(info.runs || {});
+    var nWrong = names.filter(function (n) { return info.runs[n].correct === false; }).length;
+    var det = el("details", {}, [el("summary", { text: "out-of-fold predictions of " + names.length + " runs (" + nWrong + " wrong)" }), ul]);
+    if (names.length <= 6) det.setAttribute("open", "");
+    sum.appendChild(det);
     ["runA", "runB"].forEach(function (id, k) {
       var sel = document.getElementById(id);
       runs.forEach(function (r, i) { sel.appendChild(el("option", { value: String(i), text: r.name })); });
       if (runs.length > 1 && k === 1) sel.value = "1";
     });
     var params = new URLSearchParams(location.search);
-    var want = params.get("run");
-    if (want !== null) {  /* by run name or by position */
+    [["run", "runA"], ["runB", "runB"]].forEach(function (pr) {  /* ?run=NAME&runB=NAME (or positions) */
+      var want = params.get(pr[0]);
+      if (want === null) return;
       var byName = runs.map(function (r) { return r.name; }).indexOf(want);
-      document.getElementById("runA").value = String(byName >= 0 ? byName : +want);
-    }
+      document.getElementById(pr[1]).value = String(byName >= 0 ? byName : +want);
+    });
     ["tissue", "grid", "regions", "heat"].forEach(function (k) {
       if (params.get(k) !== null) document.getElementById("ov-" + k).checked = params.get(k) === "1";
     });
