@@ -231,7 +231,7 @@ def _screen_xy(b, x: float, y: float) -> tuple[int, int]:
                         f"return [Math.round(p.x + r.left), Math.round(p.y + r.top)];}})()"))
 
 
-def test_browser_index_slide_heatmap_click_and_tiles(res, browser):
+def test_browser_index_slide_heatmap_click_and_tiles(browser, res):
     from zoomfeat.viewer import Site, serve_in_thread
 
     httpd, url = serve_in_thread(Site(res), port=0)
@@ -294,7 +294,7 @@ def test_browser_index_slide_heatmap_click_and_tiles(res, browser):
         httpd.server_close()
 
 
-def test_browser_static_export_from_file_url(res, exported, browser):
+def test_browser_static_export_from_file_url(browser, res, exported):
     b = browser
     b.errors.clear()
     b.goto(exported.as_uri())
