@@ -55,12 +55,16 @@ class Browser:
         self._id = 0
         self.events: list[dict] = []
         self.errors: list[str] = []
-        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for m in ("Runtime.enable", "Log.enable", "Page.enable", "Network.enable"):
-            self.call(m, session=True)
-        self.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1,
-                                                          "mobile": False}, session=True)
+        try:
+            target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+            self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            for m in ("Runtime.enable", "Log.enable", "Page.enable", "Network.enable"):
+                self.call(m, session=True)
+            self.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
+                                                              "deviceScaleFactor": 1, "mobile": False}, session=True)
+        except Exception:  # a browser that cannot start leaves no process or profile behind
+            self.close()
+            raise
 
     # ------------------------------------------------------------------------------------------ protocol
     def _send(self, msg: dict) -> None:
