@@ -48,6 +48,7 @@ def _ssl_grid_from_slide(slide: Path, tiles_dir: Path, out_npy: Path, ssl_dim: i
         emb = enc.encode(torch.from_numpy(np.stack(tiles)))  # [16, D], row-major
     arr = emb.float().T.reshape(1, ssl_dim, 4, 4).numpy()
     np.save(out_npy, arr)
+    out_npy.with_suffix(".region.json").write_text(f'{{"slide": "{slide.stem}", "x": {x0}, "y": {y0}, "size_l0": {4*step}}}')
     return out_npy
 
 
@@ -131,4 +132,5 @@ def run_demo(out: str | Path = "demo_out", n_slides: int = 24, train_steps: int 
     print("\nStep timings:")
     for cmd, dt in log:
         print(f"  {dt:7.1f} s  {cmd[:100]}")
+    print(f"\nLook at the results (attention heatmaps, deep zoom): zoomfeat view {out}  → http://127.0.0.1:8000/")
     return cmp_root
