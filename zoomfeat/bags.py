@@ -239,6 +239,10 @@ def _check_mag(mag: str) -> str:
     raise ValueError(f"mag must be one of {MAG_CHOICES}, got {mag!r}")
 
 
+class UnreadableBagError(ValueError):
+    """A bag file that cannot be read safely (pickled code, empty, truncated, corrupt); MIL skips its slide."""
+
+
 def _load_pt(path: Path) -> np.ndarray:
     import torch
 
@@ -248,8 +252,15 @@ def _load_pt(path: Path) -> np.ndarray:
         ma = getattr(np, "_core", None) or np.core  # numpy 2 moved core to _core
         ma = ma.multiarray
         allowed = [ma._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.float32)), type(np.dtype(np.float16))]
-        with torch.serialization.safe_globals(allowed):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            with torch.serialization.safe_globals(allowed):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 — unpickling / EOF / corrupt zip: one line, never a traceback
+            detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            if "weights_only" in detail or "Weights only load failed" in detail:
+                detail = "pickles non-tensor Python objects"
+            raise UnreadableBagError(f"unreadable bag {path} (not a tensor-only file: {type(exc).__name__}"
+                                     f"{': ' + detail if detail else ''})") from None
     if isinstance(obj, dict):
         for k in ("features", "feats", "patch_embeddings"):
             if k in obj:
