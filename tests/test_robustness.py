@@ -366,21 +366,25 @@ def test_summaries_of_concurrent_processes_are_merged(tmp_path):
 
 
 class _Evil:
+    """Unpickling this runs a shell command that creates ``marker`` (what a malicious checkpoint would do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, (f"touch {os.environ.get('ZF_EVIL_MARKER', '/tmp/zf_evil_marker')}",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 def _bad_files(tmp_path: Path) -> dict[str, Path]:
     marker = tmp_path / "pwned"
-    os.environ["ZF_EVIL_MARKER"] = str(marker)
     good = tmp_path / "good.pt"
     torch.save({"w": torch.zeros(3)}, good)
     files = {"evil": tmp_path / "evil.pt", "empty": tmp_path / "empty.pt", "truncated": tmp_path / "trunc.pt",
              "legacy_evil": tmp_path / "legacy.pt"}
-    torch.save({"w": torch.zeros(3), "x": _Evil()}, files["evil"])
+    torch.save({"w": torch.zeros(3), "x": _Evil(marker)}, files["evil"])
     files["empty"].write_bytes(b"")
     files["truncated"].write_bytes(good.read_bytes()[:200])
-    files["legacy_evil"].write_bytes(pickle.dumps(_Evil()))
+    files["legacy_evil"].write_bytes(pickle.dumps(_Evil(marker)))
     return files
 
 
