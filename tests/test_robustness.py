@@ -308,6 +308,22 @@ def test_locked_slide_is_not_done_and_exit_3(tmp_path):
     assert [r.status for r in rep.results] == ["skipped", "done", "skipped"] and rep.exit_code == 0
 
 
+def test_lock_wait_lets_a_holder_in_another_process_finish(tmp_path, monkeypatch):
+    """With ZOOMFEAT_LOCK_WAIT the end-of-run retry waits for the holder (here a subprocess that holds b's lock
+    for 2 s, then finishes b) instead of reporting b locked."""
+    slides, out, is_done, process = _fake_cohort(tmp_path)
+    code = ("import sys, time, pathlib; from zoomfeat.io import SlideLock; l = SlideLock(sys.argv[1]); "
+            "assert l.acquire(); print('held', flush=True); time.sleep(2); "
+            "pathlib.Path(sys.argv[2]).write_text('x'); l.release()")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "locks" / "b.lock"), str(out / "b.done")],
+                              env=ENV, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    monkeypatch.setenv("ZOOMFEAT_LOCK_WAIT", "60")
+    rep = run_cohort(slides, process, is_done, lock_dir=tmp_path / "locks", progress=False)
+    holder.wait(timeout=60)
+    assert [r.status for r in rep.results] == ["done", "skipped", "done"] and rep.exit_code == 0
+
+
 def test_locked_slide_finished_by_its_holder_before_exit_counts_as_skipped(tmp_path):
     slides, out, is_done, process = _fake_cohort(tmp_path)
     holder = SlideLock(tmp_path / "locks" / "a.lock")

@@ -230,7 +230,8 @@ def run_cohort(
     ``process`` must write its outputs atomically, the one ``is_done`` checks last; it may return a small dict
     recorded in the summary. Slide ids shared by two files of ``all_slides`` (default: ``slides``; pass the whole
     cohort when ``slides`` is one rank's share) fail both. A slide locked by another process is retried once at
-    the end (done by then → skipped; lock free → processed here; else "locked" = not done). After
+    the end, waiting up to ``$ZOOMFEAT_LOCK_WAIT`` s (default 0) for its holder (done by then → skipped; lock
+    free → processed here; else "locked" = not done). After
     ``DISK_FULL_STOP_AFTER`` disk-full failures in a row the remaining slides are not attempted.
     ``KeyboardInterrupt`` is not caught: a killed run leaves only complete outputs and is resumed by rerunning.
     """
@@ -238,9 +239,10 @@ def run_cohort(
     clashes = id_collisions(slides if all_slides is None else all_slides)
     if lock_dir is not None:
         sweep_locks(lock_dir)
-    state = {"full_in_a_row": 0}
+    state = {"full_in_a_row": 0, "wait": 0.0}
     results = [_run_one(s, process, is_done, lock_dir, clashes, state)
                for s in tqdm(slides, desc=desc, unit="slide", disable=not progress)]
+    state["wait"] = float(os.environ.get("ZOOMFEAT_LOCK_WAIT", 0) or 0)  # retry: optionally wait for the holder
     for i, r in enumerate(results):
         if r.status == "locked":
             results[i] = _run_one(slides[i], process, is_done, lock_dir, clashes, state)
@@ -263,7 +265,7 @@ def _run_one(slide: Path, process, is_done, lock_dir, clashes: dict[str, str], s
     try:
         if is_done(slide):
             return SlideResult(sid, "skipped")
-        if lock is not None and not lock.acquire():
+        if lock is not None and not lock.acquire(timeout=state.get("wait", 0)):
             return SlideResult(sid, "locked", error=f"another process holds {lock.path}")
         if lock is not None and is_done(slide):  # finished by another process between the check and the lock
             return SlideResult(sid, "skipped")

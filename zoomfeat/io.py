@@ -86,12 +86,13 @@ class SlideLock:
         self.held = False
         self._lock = None
 
-    def acquire(self) -> bool:
-        """Take the lock without waiting; False when another process (or another lock object) holds it."""
+    def acquire(self, timeout: float = 0) -> bool:
+        """Take the lock, waiting up to ``timeout`` s (default: not at all); False when another process (or
+        another lock object) holds it."""
         from filelock import FileLock, Timeout
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.path), timeout=0)
+        lock = FileLock(str(self.path), timeout=timeout)
         try:
             lock.acquire()
         except Timeout:
