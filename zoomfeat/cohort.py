@@ -224,6 +224,7 @@ def run_cohort(
     desc: str = "slides",
     progress: bool = True,
     all_slides: Iterable[str | os.PathLike] | None = None,
+    sweep: bool = True,
 ) -> CohortReport:
     """Run ``process(slide)`` for each slide not ``is_done``; catch and record per-slide failures.
 
@@ -234,10 +235,11 @@ def run_cohort(
     free → processed here; else "locked" = not done). After
     ``DISK_FULL_STOP_AFTER`` disk-full failures in a row the remaining slides are not attempted.
     ``KeyboardInterrupt`` is not caught: a killed run leaves only complete outputs and is resumed by rerunning.
+    ``sweep`` removes unheld lock files first (off in pool workers: their parent sweeps once).
     """
     slides = [Path(s) for s in slides]
     clashes = id_collisions(slides if all_slides is None else all_slides)
-    if lock_dir is not None:
+    if lock_dir is not None and sweep:
         sweep_locks(lock_dir)
     state = {"full_in_a_row": 0, "wait": 0.0}
     results = [_run_one(s, process, is_done, lock_dir, clashes, state)

@@ -192,7 +192,7 @@ def _tile_one(slide: str, out_dir: str, kwargs: dict) -> SlideResult:
     """Worker entry for parallel tiling: the same run_cohort semantics (lock, skip, error capture) per slide."""
     rep = run_cohort(
         [slide], lambda p: _process(p, out_dir, kwargs), lambda p: coords_path(out_dir, slide_id(p)).exists(),
-        lock_dir=Path(out_dir) / ".locks", desc="tile", progress=False,
+        lock_dir=Path(out_dir) / ".locks", desc="tile", progress=False, sweep=False,
     )
     return rep.results[0]
 
@@ -277,9 +277,10 @@ def _tile_parallel(paths: list[Path], out_dir: Path, workers: int, kwargs: dict,
     from tqdm.auto import tqdm
 
     from zoomfeat.cohort import id_collisions
-    from zoomfeat.io import kill_point
+    from zoomfeat.io import kill_point, sweep_locks
 
     clashes = id_collisions(paths)
+    sweep_locks(out_dir / ".locks")
     results: dict[int, SlideResult] = {
         i: SlideResult(p.stem, "failed", error=clashes[p.stem]) for i, p in enumerate(paths) if p.stem in clashes}
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
