@@ -544,3 +544,26 @@ def test_checkpoint_mismatch_lists_every_tensor():
     msg = str(ei.value)
     assert "shape mismatches (40)" in msg and all(f"{i}.weight:" in msg for i in range(40))
     assert all(f"extra.{i}" in msg for i in range(25)) and "38.bias" in msg and "39.bias" in msg and "…" not in msg
+
+
+def test_mil_cv_skips_unreadable_pt_bags_end_to_end(tmp_path):
+    """`zoomfeat mil cv` over TRIDENT-style .pt bags with a malicious, a zero-byte and a truncated one: the run
+    finishes, those slides are in skipped.csv as 'unreadable bag …', and no pickled code runs."""
+    from mil.synthetic import write_bags
+
+    h5_dir, labels = write_bags(tmp_path / "h5", n_slides=18, dim=8, seed=0)
+    pt_dir = tmp_path / "pt"
+    pt_dir.mkdir()
+    for p in sorted(h5_dir.glob("*.h5")):
+        torch.save(torch.from_numpy(load_bag(p).features), pt_dir / f"{p.stem}.pt")
+    for sid, f in zip(("slide_015", "slide_016", "slide_017"), _bad_files(tmp_path).values()):
+        shutil.copy(f, pt_dir / f"{sid}.pt")
+    out = tmp_path / "cv"
+    assert main(["mil", "cv", "--config", str(ROOT / "configs/mil/abmil_hrd.yaml"), "--out", str(out),
+                 f"labels={labels}", f"bags={pt_dir}", "hparams.embed_dim=8", "hparams.attn_dim=4",
+                 "hparams.epochs=1", "hparams.min_epochs=0", "hparams.progress=false", "hparams.n_boot=20",
+                 "n_folds=2"]) == 0
+    skipped = pd.read_csv(out / "skipped.csv").set_index("slide")["reason"]
+    assert sorted(skipped.index) == ["slide_015", "slide_016", "slide_017"]
+    assert all(r.startswith("unreadable bag") for r in skipped)
+    assert not (tmp_path / "pwned").exists()
