@@ -567,3 +567,19 @@ def test_mil_cv_skips_unreadable_pt_bags_end_to_end(tmp_path):
     assert sorted(skipped.index) == ["slide_015", "slide_016", "slide_017"]
     assert all(r.startswith("unreadable bag") for r in skipped)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_two_concurrent_extract_runs_share_the_work(cohort, tmp_path):
+    """Two identical `extract` runs on one output folder at once: every slide is computed exactly once in total,
+    both exit 0 (ZOOMFEAT_LOCK_WAIT lets each wait for the other's last slide), and the summary has every slide."""
+    args = [sys.executable, "-m", "zoomfeat", *_extract_args(tmp_path, cohort / "tiles", cohort / "slides")]
+    env = {**ENV, "ZOOMFEAT_LOCK_WAIT": "120"}
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    done = sum(int(o.split("done: ")[1].split(")")[0].split(",")[0]) if "done: " in o else 0 for o, _ in outs)
+    assert done == 3, outs
+    rows = pd.read_csv(tmp_path / "features_tiny-vit" / "summary.csv")
+    assert sorted(rows["slide"]) == ["syn0", "syn1", "syn2"] and set(rows["status"]) <= {"done", "skipped"}
+    assert not _leftovers(tmp_path)
