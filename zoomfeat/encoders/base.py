@@ -106,7 +106,7 @@ def refuse_checkpoint(path: str | os.PathLike, exc: BaseException) -> UnsafeChec
     if "weights_only" in detail or "Weights only load failed" in detail:
         detail = "the file pickles non-tensor Python objects, which could run code"
     return UnsafeCheckpointError(f"refusing to load {path} (not a tensor-only checkpoint): {type(exc).__name__}: "
-                                 f"{detail[:200]}")
+                                 f"{detail[:200]}; re-save it as a plain state dict of tensors or safetensors")
 
 
 def torch_load_tensors(path: str | os.PathLike, mmap: bool = False):
