@@ -102,6 +102,8 @@ def encode_targets(values: Sequence[Any], task: str) -> tuple[np.ndarray, list[A
         arr = np.asarray(values, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[1] != 2:
             raise ValueError("survival labels must be (time, event) pairs")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"survival labels must be finite; rows {np.flatnonzero(~np.isfinite(arr).all(1))[:10].tolist()}")
         if (arr[:, 0] < 0).any():
             raise ValueError("survival times must be non-negative")
         if not np.isin(arr[:, 1], (0, 1)).all():
@@ -126,6 +128,19 @@ def check_patient_labels(patients: Sequence[str], targets: Sequence[Any], slides
                          "fix the labels table (one label per patient)")
 
 
+def check_survival_columns(df: pd.DataFrame, time_col: str = "time", event_col: str = "event") -> None:
+    """Survival times must be finite numbers (``inf`` would pass the fits and then break the KM plot after the
+    summary is written): ValueError naming the rows."""
+    times = pd.to_numeric(df[time_col], errors="coerce")
+    events = pd.to_numeric(df[event_col], errors="coerce")
+    bad = ~np.isfinite(times.to_numpy(np.float64)) | ~np.isfinite(events.to_numpy(np.float64))
+    if bad.any():
+        rows = [f"row {i + 2} ({s}: {time_col}={t!r}, {event_col}={e!r})" for i, s, t, e in
+                zip(df.index[bad], df.loc[bad, "slide"], df.loc[bad, time_col], df.loc[bad, event_col])]
+        raise ValueError(f"labels table: non-finite or non-numeric survival values in {len(rows)} row(s): "
+                         f"{', '.join(rows[:10])}{' …' if len(rows) > 10 else ''}")
+
+
 def load_labels(labels: str | os.PathLike | pd.DataFrame, task: str, target: str | None = None,
                 time_col: str = "time", event_col: str = "event") -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Read and validate a labels table (columns ``slide``, optional ``patient``, the target column(s)).
@@ -140,6 +155,11 @@ def load_labels(labels: str | os.PathLike | pd.DataFrame, task: str, target: str
     df["slide"] = df["slide"].astype(str)
     if "patient" not in df.columns:
         df["patient"] = df["slide"]
+    no_patient = df["patient"].isna() | (df["patient"].astype(str).str.strip() == "")
+    if no_patient.any():  # "nan" would silently become one patient holding all these slides
+        rows = [f"row {i + 2} ({s})" for i, s in zip(df.index[no_patient], df.loc[no_patient, "slide"])]
+        raise ValueError(f"labels table: empty 'patient' in {len(rows)} row(s): {', '.join(rows[:10])}"
+                         f"{' …' if len(rows) > 10 else ''}; fill them (the slide id if each slide is its own patient)")
     df["patient"] = df["patient"].astype(str)
     dup = df["slide"][df["slide"].duplicated()].unique()
     if len(dup):
@@ -152,6 +172,8 @@ def load_labels(labels: str | os.PathLike | pd.DataFrame, task: str, target: str
         raise ValueError(f"labels table has no column(s) {missing}; it has {list(df.columns)}")
     empty = df[cols].isna().any(axis=1)
     skipped = [(s, f"empty {'/'.join(cols)} in labels") for s in df.loc[empty, "slide"]]
+    if task == SURVIVAL:
+        check_survival_columns(df.loc[~empty], time_col, event_col)
     return df.loc[~empty].reset_index(drop=True), skipped
 
 

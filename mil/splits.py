@@ -75,7 +75,11 @@ def make_splits(slides: Sequence[str], patients: Sequence[str], strata: Sequence
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*least populated class.*")
                 warnings.filterwarnings("ignore", message=".*members, which is less than n_splits.*")
-                _, v = next(inner.split(train_idx, strata[train_idx], groups=tr_pat))
+                try:
+                    _, v = next(inner.split(train_idx, strata[train_idx], groups=tr_pat))
+                except ValueError as exc:
+                    raise ValueError(_inner_split_error(fold, n_folds, val_fraction, n_inner, tr_pat,
+                                                        strata[train_idx], exc)) from None
             val_idx = train_idx[v]
             train_idx = np.setdiff1d(train_idx, val_idx)
         for split, ids in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
@@ -83,6 +87,17 @@ def make_splits(slides: Sequence[str], patients: Sequence[str], strata: Sequence
     df = pd.DataFrame(rows, columns=SPLIT_COLUMNS)
     check_splits(df)
     return df
+
+
+def _inner_split_error(fold: int, n_folds: int, val_fraction: float, n_inner: int, tr_pat: list[str],
+                       strata: np.ndarray, exc: Exception) -> str:
+    """The inner (validation) split failure in terms of the user's settings, not sklearn's."""
+    per = Counter(dict(zip(tr_pat, strata.tolist())).values())
+    counts = ", ".join(f"{c!r}: {k} patient(s)" for c, k in sorted(per.items(), key=str))
+    return (f"fold {fold}: cannot split a validation set off the training patients: val_fraction={val_fraction} "
+            f"asks for 1 of {n_inner} patient groups, but the fold's {len(set(tr_pat))} training patients are "
+            f"{counts} (n_folds={n_folds}). Lower val_fraction or n_folds, add patients, or set val_fraction: 0 "
+            f"(no validation set). [sklearn: {str(exc).splitlines()[0]}]")
 
 
 def check_splits(df: pd.DataFrame) -> None:

@@ -171,6 +171,10 @@ def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagD
     best = {"loss": float("inf"), "epoch": -1, "state": None}
     history = []
     bad_epochs = 0
+    if val_ds is None or not len(val_ds):
+        warnings.warn(f"{name}: no validation patients (val_fraction: 0 or a split table without 'val' rows): "
+                      "early stopping and the kept epoch follow the training loss, which favours overfitting; "
+                      "set val_fraction > 0 for a held-out stopping criterion", stacklevel=2)
     bar = tqdm(range(cfg.epochs), desc=name, disable=not cfg.progress, leave=False)
     for epoch in bar:
         model.train()

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from zoomfeat.io import atomic_path
+from zoomfeat.io import atomic_h5, atomic_path
 
 #: Rows per HDF5 chunk: row-sized chunks (TRIDENT's (1, D)) make whole-bag reads slow; CLAM uses 32.
 CHUNK_ROWS = 1024
@@ -78,8 +78,10 @@ class Bag:
 
 def bag_path(out_dir: str | os.PathLike, encoder: str, slide_id: str) -> Path:
     """Where ``zoomfeat extract`` writes a slide's bag: ``{out_dir}/features_{encoder}/{slide_id}.h5`` (TRIDENT naming)."""
+    from zoomfeat.cohort import output_path
+
     safe = re.sub(r"[^A-Za-z0-9._+-]", "_", encoder)
-    return Path(out_dir) / f"features_{safe}" / f"{slide_id}.h5"
+    return output_path(Path(out_dir) / f"features_{safe}", slide_id, ".h5")
 
 
 def _attr_value(v: Any) -> Any:
@@ -184,25 +186,24 @@ def write_bag(
     attrs.setdefault("created_utc", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     attrs.setdefault("dtype", "float32")
     attrs.setdefault("layout", "zoomfeat-bag-v1")
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            _set_attrs(h5, attrs)
-            ds = _features_dataset(h5, "features", feats)
-            _set_attrs(ds, {"name": slide, "encoder": attrs.get("encoder", ""), "savetodir": str(path.parent)})
-            c = h5.create_dataset("coords", data=xy, chunks=(max(1, min(n, CHUNK_ROWS)), 2) if n else None,
-                                  maxshape=(None, 2))
-            _set_attrs(c, coords_attrs)
-            if has_5x:
-                g = h5.create_group("5x")
-                _set_attrs(g, {k: v for k, v in attrs.items() if k.endswith("_5x")})
-                _features_dataset(g, "features", f5)
-                c5 = g.create_dataset("coords", data=xy5)
-                ca5 = dict(coords_attrs or {})
-                for k in ("patch_size_level0", "target_magnification"):
-                    if f"{k}_5x" in attrs:
-                        ca5[k] = attrs[f"{k}_5x"]
-                _set_attrs(c5, ca5)
-                h5.create_dataset("parent_index", data=pidx)
+    with atomic_h5(path) as h5:  # built in memory: a full disk is a plain OSError, never an HDF5 crash
+        _set_attrs(h5, attrs)
+        ds = _features_dataset(h5, "features", feats)
+        _set_attrs(ds, {"name": slide, "encoder": attrs.get("encoder", ""), "savetodir": str(path.parent)})
+        c = h5.create_dataset("coords", data=xy, chunks=(max(1, min(n, CHUNK_ROWS)), 2) if n else None,
+                              maxshape=(None, 2))
+        _set_attrs(c, coords_attrs)
+        if has_5x:
+            g = h5.create_group("5x")
+            _set_attrs(g, {k: v for k, v in attrs.items() if k.endswith("_5x")})
+            _features_dataset(g, "features", f5)
+            c5 = g.create_dataset("coords", data=xy5)
+            ca5 = dict(coords_attrs or {})
+            for k in ("patch_size_level0", "target_magnification"):
+                if f"{k}_5x" in attrs:
+                    ca5[k] = attrs[f"{k}_5x"]
+            _set_attrs(c5, ca5)
+            h5.create_dataset("parent_index", data=pidx)
     return path
 
 
@@ -210,9 +211,16 @@ def write_clam_pt(path: str | os.PathLike, features: Any) -> Path:
     """CLAM's ``pt_files/{slide}.pt``: ``torch.save`` of a float32 (N, D) tensor (what CLAM trains on by default)."""
     import torch
 
+    import io
+
     feats = torch.from_numpy(np.ascontiguousarray(_as_features(features, "features")))
+    buf = io.BytesIO()  # serialised in memory: a full disk fails the plain write below with OSError(ENOSPC)
+    torch.save(feats, buf)
     with atomic_path(path) as tmp:
-        torch.save(feats, tmp)
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
     return Path(path)
 
 
@@ -231,6 +239,10 @@ def _check_mag(mag: str) -> str:
     raise ValueError(f"mag must be one of {MAG_CHOICES}, got {mag!r}")
 
 
+class UnreadableBagError(ValueError):
+    """A bag file that cannot be read safely (pickled code, empty, truncated, corrupt); MIL skips its slide."""
+
+
 def _load_pt(path: Path) -> np.ndarray:
     import torch
 
@@ -240,8 +252,15 @@ def _load_pt(path: Path) -> np.ndarray:
         ma = getattr(np, "_core", None) or np.core  # numpy 2 moved core to _core
         ma = ma.multiarray
         allowed = [ma._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.float32)), type(np.dtype(np.float16))]
-        with torch.serialization.safe_globals(allowed):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            with torch.serialization.safe_globals(allowed):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 — unpickling / EOF / corrupt zip: one line, never a traceback
+            detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            if "weights_only" in detail or "Weights only load failed" in detail:
+                detail = "pickles non-tensor Python objects"
+            raise UnreadableBagError(f"unreadable bag {path} (not a tensor-only file: {type(exc).__name__}"
+                                     f"{': ' + detail if detail else ''})") from None
     if isinstance(obj, dict):
         for k in ("features", "feats", "patch_embeddings"):
             if k in obj:

@@ -23,7 +23,7 @@ import torch
 
 from zoomfeat.bags import bag_path, read_bag_attrs, write_bag, write_clam_pt
 from zoomfeat.cohort import CohortReport, SlideResult, rank_slice, run_cohort, slide_id
-from zoomfeat.io import remove_dead_temps
+from zoomfeat.io import kill_point, remove_dead_temps
 
 TILES_ON_THE_FLY = "_tiles"
 
@@ -190,7 +190,8 @@ def extract_slide(
 
     opts = opts or ExtractOptions()
     device = encoder.device
-    sid = grid.slide or slide_id(slide)
+    sid = slide_id(slide)  # names outputs; the coordinate file's own name (checked on read) only seeds the noise
+    seed_id = grid.slide or sid
     is_ldm = getattr(encoder, "name", "") == "zoomldm"
     ssl_enc = getattr(encoder, "ssl_encoder", None) if is_ldm else None
     s = int(grid.patch_size_level0)
@@ -231,7 +232,7 @@ def extract_slide(
                     ssl = ssl_enc.encode(imgs)
                     ssl20[idx] = ssl.cpu().numpy()
                     ssl = ssl[:, :, None, None]
-                seeds = tile_seeds(sid, coords[idx], "20x", encoder.base_seed) if is_ldm else None
+                seeds = tile_seeds(seed_id, coords[idx], "20x", encoder.base_seed) if is_ldm else None
                 feats[idx] = _encode_batch(encoder, imgs, "20x", ssl, seeds).cpu().numpy()
                 continue
             if "seconds_20x" not in timing:
@@ -249,7 +250,7 @@ def extract_slide(
                     per_region[~kept] = np.repeat(mean, (~kept).sum(1), axis=0)
                 grids = per_region.reshape(len(c5), 4, 4, -1).transpose(0, 3, 1, 2)  # row-major → (M, C, 4, 4)
             ssl = torch.from_numpy(np.ascontiguousarray(grids[idx])) if grids is not None else None
-            seeds = tile_seeds(sid, c5[idx], "5x", encoder.base_seed) if is_ldm else None
+            seeds = tile_seeds(seed_id, c5[idx], "5x", encoder.base_seed) if is_ldm else None
             f5[idx] = _encode_batch(encoder, imgs, "5x", ssl, seeds).cpu().numpy()
         if "seconds_20x" not in timing:
             timing["seconds_20x"] = time.perf_counter() - t0
@@ -301,9 +302,10 @@ def extract_slide(
     cattrs.setdefault("patch_size_level0", s)
     cattrs.setdefault("name", sid)
     remove_dead_temps(out_path)
+    if opts.clam_pt:  # side output first: the bag is the slide's completion marker and is written last
+        write_clam_pt(clam_pt_path(out_path), feats)
+        kill_point("extract:after_pt")
     write_bag(out_path, feats, coords, attrs, f5, c5, pidx, coords_attrs=cattrs)
-    if opts.clam_pt:
-        write_clam_pt(Path(out_path).parent / "pt_files" / f"{sid}.pt", feats)
     return {"n_20x": int(len(coords)), "n_5x": int(0 if c5 is None else len(c5)), **timing}
 
 
@@ -317,9 +319,17 @@ def extract_signature(encoder, opts: ExtractOptions, tiles_source: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def bag_done(path: Path, signature: str) -> bool:
-    """A bag counts as done when it exists, opens, and was made with the same settings signature."""
-    if not path.exists():
+def clam_pt_path(bag: str | os.PathLike) -> Path:
+    """``--clam-pt`` output of a bag: ``pt_files/{id}.pt`` beside it (id = the bag's, never a file attribute)."""
+    from zoomfeat.cohort import output_path
+
+    return output_path(Path(bag).parent / "pt_files", Path(bag).stem, ".pt")
+
+
+def bag_done(path: Path, signature: str, clam_pt: bool = False) -> bool:
+    """A slide is done when its bag (written last) exists, opens and has the same settings signature, and, with
+    ``--clam-pt``, its ``.pt`` exists too (a bag from a run without ``--clam-pt`` is redone, not trusted)."""
+    if not path.exists() or (clam_pt and not clam_pt_path(path).exists()):
         return False
     try:
         return read_bag_attrs(path).get("extract_signature") == signature
@@ -386,13 +396,13 @@ def extract_cohort(
     feat_dir.mkdir(parents=True, exist_ok=True)
 
     def is_done(slide: Path) -> bool:
-        return bag_done(bag_path(out_dir, tag, slide_id(slide)), sig)
+        return bag_done(bag_path(out_dir, tag, slide_id(slide)), sig, opts.clam_pt)
 
     def process(slide: Path) -> dict:
         grid, cp = _load_grid(slide, tiles_dir, out_dir, opts)
         return extract_slide(slide, grid, encoder, bag_path(out_dir, tag, slide_id(slide)), opts, cp, sig)
 
-    report = run_cohort(mine, process, is_done, lock_dir=feat_dir / ".locks",
+    report = run_cohort(mine, process, is_done, lock_dir=feat_dir / ".locks", all_slides=slides,
                         desc=f"extract {tag}" + (f" rank {rank}/{world}" if world > 1 else ""),
                         progress=opts.progress)
     _write_timings(report, feat_dir, rank if world > 1 else None)

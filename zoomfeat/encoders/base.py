@@ -95,6 +95,37 @@ def state_dict_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+class UnsafeCheckpointError(ValueError):
+    """A weights file that is not a plain tensor checkpoint (pickled code, empty, truncated, corrupt)."""
+
+
+def refuse_checkpoint(path: str | os.PathLike, exc: BaseException) -> UnsafeCheckpointError:
+    """The one-line error every weights loader raises for a file it will not load (never torch's advice to set
+    ``weights_only=False``, which would run whatever code the pickle holds)."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "weights_only" in detail or "Weights only load failed" in detail:
+        detail = "the file pickles non-tensor Python objects, which could run code"
+    return UnsafeCheckpointError(f"refusing to load {path} (not a tensor-only checkpoint): {type(exc).__name__}: "
+                                 f"{detail[:200]}; re-save it as a plain state dict of tensors or safetensors")
+
+
+def torch_load_tensors(path: str | os.PathLike, mmap: bool = False):
+    """``torch.load(weights_only=True)`` whose every failure (unpickling, EOF, corrupt zip) is one
+    :class:`UnsafeCheckpointError` line."""
+    import pickle
+
+    try:
+        if mmap:
+            try:  # mmap: a 1.2 GB UNI checkpoint is paged in as needed instead of copied
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
+                pass
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, AttributeError, ImportError,
+            TypeError, KeyError, IndexError, UnicodeDecodeError) as exc:
+        raise refuse_checkpoint(path, exc) from None
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A plain tensor state dict from ``.safetensors`` or a torch file (``weights_only=True``: no pickled code)."""
     path = Path(path)
@@ -103,11 +134,11 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    try:  # mmap: a 1.2 GB UNI checkpoint is paged in as needed instead of copied
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 — SafetensorError and friends: one line
+            raise refuse_checkpoint(path, exc) from None
+    sd = torch_load_tensors(path, mmap=True)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,24 +60,20 @@ def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     A pickle that holds arbitrary Python objects (e.g. a Lightning checkpoint with callbacks/optimizer
     objects) is refused with a clear message instead of being executed.
     """
+    from zoomfeat.encoders.base import refuse_checkpoint, torch_load_tensors
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        obj: Any = load_file(str(path))
-    else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise ValueError(
-                f"{path}: refusing to load — the file is a pickle holding non-tensor Python objects, which "
-                "could execute code. Re-save it as a plain state dict (torch.save(ckpt['state_dict'], ...)) "
-                f"or safetensors. Details: {str(exc).splitlines()[0]}"
-            ) from None
-        except (RuntimeError, EOFError) as exc:
-            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+            obj: Any = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 — SafetensorError and friends: one line
+            raise refuse_checkpoint(path, exc) from None
+    else:  # pickled code, empty, truncated: "refusing to load … (not a tensor-only checkpoint)"; re-save it as a
+        obj = torch_load_tensors(path)  # plain state dict (torch.save(ckpt['state_dict'], ...)) or safetensors
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -346,11 +341,11 @@ def check_against_model(part: str, converted: dict[str, torch.Tensor], model: to
         lines = [f"{part}: checkpoint and config disagree"]
         if mismatched:
             lines.append(f"  shape mismatches ({len(mismatched)}):")
-            lines += [f"    {m}" for m in mismatched[:30]] + (["    …"] if len(mismatched) > 30 else [])
+            lines += [f"    {m}" for m in mismatched]  # every one: a cut list hides the pattern
         if missing:
-            lines.append(f"  missing from checkpoint ({len(missing)}): {missing[:20]}")
+            lines.append(f"  missing from checkpoint ({len(missing)}): {', '.join(missing)}")
         if unexpected:
-            lines.append(f"  not in the model ({len(unexpected)}): {unexpected[:20]}")
+            lines.append(f"  not in the model ({len(unexpected)}): {', '.join(unexpected)}")
         raise CheckpointMismatchError("\n".join(lines))
 
 

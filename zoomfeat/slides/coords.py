@@ -37,7 +37,9 @@ GEOJSON_DIR = "geojson"
 
 def coords_path(tile_dir: str | os.PathLike, slide_id: str) -> Path:
     """Where ``zoomfeat tile --out tile_dir`` writes a slide's coordinate HDF5."""
-    return Path(tile_dir) / COORDS_DIR / f"{slide_id}.h5"
+    from zoomfeat.cohort import output_path
+
+    return output_path(Path(tile_dir) / COORDS_DIR, slide_id, ".h5")
 
 
 def find_coords(tile_dir: str | os.PathLike, slide_id: str) -> Path:
@@ -65,11 +67,15 @@ def find_coords(tile_dir: str | os.PathLike, slide_id: str) -> Path:
 
 
 def qc_path(tile_dir: str | os.PathLike, slide_id: str) -> Path:
-    return Path(tile_dir) / QC_DIR / f"{slide_id}.png"
+    from zoomfeat.cohort import output_path
+
+    return output_path(Path(tile_dir) / QC_DIR, slide_id, ".png")
 
 
 def geojson_path(tile_dir: str | os.PathLike, slide_id: str) -> Path:
-    return Path(tile_dir) / GEOJSON_DIR / f"{slide_id}.geojson"
+    from zoomfeat.cohort import output_path
+
+    return output_path(Path(tile_dir) / GEOJSON_DIR, slide_id, ".geojson")
 
 
 @dataclass
@@ -178,10 +184,8 @@ def write_coords(
 ) -> Path:
     """Write ``grid`` to ``path`` atomically (temp file + rename); ``scale_attrs[k]`` = attributes of the
     scale-k ``coords`` dataset (see :func:`coord_attrs`)."""
-    import h5py
-
     from zoomfeat import __version__
-    from zoomfeat.io import atomic_path
+    from zoomfeat.io import atomic_h5
 
     path = Path(path)
 
@@ -194,26 +198,25 @@ def write_coords(
             ds.attrs[k] = _json_safe(v)
         return ds
 
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            _dataset(f, "coords", np.asarray(grid.coords, np.int64).reshape(-1, 2), (scale_attrs or {}).get(0))
-            if grid.parent_index is not None:
-                _dataset(f, "parent_index", np.asarray(grid.parent_index, np.int64))
-            if grid.tissue_fraction is not None:
-                _dataset(f, "tissue_fraction", np.asarray(grid.tissue_fraction, np.float32))
-            for k, (c, _size) in sorted(grid.scales.items()):
-                if k == 0:
-                    continue
-                g = f.create_group(MAG_LABELS[k])
-                _dataset(g, "coords", np.asarray(c, np.int64).reshape(-1, 2), (scale_attrs or {}).get(k))
-            fa = {
-                "zoomfeat_version": __version__,
-                "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "scales": np.asarray(sorted(grid.scales), np.int64),
-            }
-            fa.update(file_attrs or {})
-            for k, v in fa.items():
-                f.attrs[k] = _json_safe(v)
+    with atomic_h5(path) as f:  # built in memory: a full disk is a plain OSError, never an HDF5 crash
+        _dataset(f, "coords", np.asarray(grid.coords, np.int64).reshape(-1, 2), (scale_attrs or {}).get(0))
+        if grid.parent_index is not None:
+            _dataset(f, "parent_index", np.asarray(grid.parent_index, np.int64))
+        if grid.tissue_fraction is not None:
+            _dataset(f, "tissue_fraction", np.asarray(grid.tissue_fraction, np.float32))
+        for k, (c, _size) in sorted(grid.scales.items()):
+            if k == 0:
+                continue
+            g = f.create_group(MAG_LABELS[k])
+            _dataset(g, "coords", np.asarray(c, np.int64).reshape(-1, 2), (scale_attrs or {}).get(k))
+        fa = {
+            "zoomfeat_version": __version__,
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "scales": np.asarray(sorted(grid.scales), np.int64),
+        }
+        fa.update(file_attrs or {})
+        for k, v in fa.items():
+            f.attrs[k] = _json_safe(v)
     return path
 
 
@@ -248,6 +251,9 @@ def read_coords(path: str | os.PathLike, mpp: float | None = None, base_mpp: flo
         a = {k: _attr(ds.attrs, k) for k in ds.attrs}
         fa = {k: _attr(f.attrs, k) for k in f.attrs}
         name = a.get("name") or path.stem.removesuffix("_patches")
+        from zoomfeat.cohort import check_slide_id
+
+        check_slide_id(str(name), f"{path}: its 'name' attribute")  # file attributes never pick output paths
         attrs = {**fa, **a}
         if "zoomfeat_version" in fa:
             scales: dict[int, tuple[np.ndarray, int]] = {0: (coords, int(a["patch_size_level0"]))}

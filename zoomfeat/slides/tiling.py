@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from zoomfeat.cohort import CohortReport, SlideResult, resolve_slides, run_cohort, slide_id
+from zoomfeat.cohort import CohortReport, SlideResult, one_line_error, resolve_slides, run_cohort, slide_id
 from zoomfeat.io import remove_dead_temps
 from zoomfeat.mags import BASE_MPP, MAG_LABELS, N_SCALES, mag_to_index
 from zoomfeat.slides import grid as G
@@ -192,7 +192,7 @@ def _tile_one(slide: str, out_dir: str, kwargs: dict) -> SlideResult:
     """Worker entry for parallel tiling: the same run_cohort semantics (lock, skip, error capture) per slide."""
     rep = run_cohort(
         [slide], lambda p: _process(p, out_dir, kwargs), lambda p: coords_path(out_dir, slide_id(p)).exists(),
-        lock_dir=Path(out_dir) / ".locks", desc="tile", progress=False,
+        lock_dir=Path(out_dir) / ".locks", desc="tile", progress=False, sweep=False,
     )
     return rep.results[0]
 
@@ -243,22 +243,58 @@ def tile_cohort(
             lock_dir=out_dir / ".locks", desc="tile", progress=progress,
         )
     else:
-        import multiprocessing as mp
-
-        from tqdm.auto import tqdm
-
-        results: dict[int, SlideResult] = {}
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
-            futs = {ex.submit(_tile_one, str(p), str(out_dir), kwargs): i for i, p in enumerate(paths)}
-            for fut in tqdm(as_completed(futs), total=len(futs), desc="tile", unit="slide", disable=not progress):
-                i = futs[fut]
-                try:
-                    results[i] = fut.result()
-                except Exception as exc:  # noqa: BLE001 - a crashed worker is one slide's failure
-                    results[i] = SlideResult(slide_id(paths[i]), "failed", error=f"{type(exc).__name__}: {exc}")
-        report = CohortReport([results[i] for i in range(len(paths))])
+        report = _tile_parallel(paths, out_dir, workers, kwargs, progress)
     report.write(out_dir, summary_name)
     return report
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: a worker exits when the process that started it dies (kill -9 included), so a
+    killed ``tile --workers N`` leaves no orphans (and the resource tracker, whose pipe they hold, exits too)."""
+    import signal
+    import threading
+    import time
+
+    try:  # Linux: the kernel sends SIGKILL the moment the parent dies
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:  # elsewhere (and for a parent that died before prctl): poll the parent pid
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
+def _tile_parallel(paths: list[Path], out_dir: Path, workers: int, kwargs: dict, progress: bool) -> CohortReport:
+    """Slide-level process pool (spawn); workers die with this process; shared slide ids fail before any work."""
+    import multiprocessing as mp
+
+    from tqdm.auto import tqdm
+
+    from zoomfeat.cohort import id_collisions
+    from zoomfeat.io import kill_point, sweep_locks
+
+    clashes = id_collisions(paths)
+    sweep_locks(out_dir / ".locks")
+    results: dict[int, SlideResult] = {
+        i: SlideResult(p.stem, "failed", error=clashes[p.stem]) for i, p in enumerate(paths) if p.stem in clashes}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as ex:
+        futs = {ex.submit(_tile_one, str(p), str(out_dir), kwargs): i
+                for i, p in enumerate(paths) if i not in results}
+        for fut in tqdm(as_completed(futs), total=len(futs), desc="tile", unit="slide", disable=not progress):
+            i = futs[fut]
+            try:
+                results[i] = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a crashed worker is one slide's failure
+                results[i] = SlideResult(paths[i].stem, "failed", error=one_line_error(exc))
+            kill_point("tile:pool_running")
+    return CohortReport([results[i] for i in range(len(paths))])
 
 
 def iter_tiles(wsi, grid: TileGrid, k: int = 0, out_px: int | None = None) -> Iterable[tuple[np.ndarray, np.ndarray]]:

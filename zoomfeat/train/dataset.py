@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from zoomfeat.io import atomic_path, write_json_atomic
+from zoomfeat.io import atomic_h5, atomic_path, write_json_atomic
 from zoomfeat.mags import N_SCALES
 
 FORMAT_VERSION = 1
@@ -119,7 +119,6 @@ def build_slide_shard(
 
     Returns ``{"counts": {k: n}, "skipped": [k, ...]}``; scales the slide has no region for are skipped.
     """
-    import h5py
     import torch
 
     from zoomfeat.slides.reader import open_slide
@@ -191,18 +190,17 @@ def build_slide_shard(
             }
             counts[k] = len(coords)
 
-    with atomic_path(shard_path) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            h5.attrs["slide"] = Path(slide).stem
-            h5.attrs["format_version"] = FORMAT_VERSION
-            h5.attrs["skipped_scales"] = np.asarray(skipped, np.int64)
-            h5.attrs["n_20x_tiles_embedded"] = len(todo) if positions else 0
-            for k, d in out.items():
-                g = h5.create_group(f"scale_{k}")
-                g.attrs["size_l0"] = d["size_l0"]
-                g.create_dataset("latents", data=d["latents"], chunks=(1,) + d["latents"].shape[1:])
-                g.create_dataset("ssl", data=d["ssl"], chunks=(1,) + d["ssl"].shape[1:])
-                g.create_dataset("coords", data=d["coords"])
+    with atomic_h5(shard_path) as h5:  # built in memory: a full disk is a plain OSError, never an HDF5 crash
+        h5.attrs["slide"] = Path(slide).stem
+        h5.attrs["format_version"] = FORMAT_VERSION
+        h5.attrs["skipped_scales"] = np.asarray(skipped, np.int64)
+        h5.attrs["n_20x_tiles_embedded"] = len(todo) if positions else 0
+        for k, d in out.items():
+            g = h5.create_group(f"scale_{k}")
+            g.attrs["size_l0"] = d["size_l0"]
+            g.create_dataset("latents", data=d["latents"], chunks=(1,) + d["latents"].shape[1:])
+            g.create_dataset("ssl", data=d["ssl"], chunks=(1,) + d["ssl"].shape[1:])
+            g.create_dataset("coords", data=d["coords"])
     return {"counts": counts, "skipped": skipped, "n_20x_tiles": len(todo) if positions else 0}
 
 

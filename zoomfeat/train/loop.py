@@ -120,6 +120,12 @@ def ensure_dataset(cfg: dict, root: Path, ldm, progress: bool = True) -> None:
             f"training set not found at {root} and the config has no dataset.build section; "
             "run `zoomfeat build-dataset` first"
         )
+    if not spec.get("ssl_encoder") or not dict(spec["ssl_encoder"]).get("name"):
+        raise ValueError(
+            "dataset.build.ssl_encoder is missing (or has no name): the SSL encoder that makes the conditioning "
+            "grids must be the model's (UNI for the released ZoomLDM), never a silent default; set e.g. "
+            "ssl_encoder: {name: uni, weights: /path/to/uni} or {name: tiny-vit, dim: 48} for the tiny model"
+        )
     from zoomfeat.encoders import create_encoder
     from zoomfeat.train.dataset import build_dataset
 
@@ -132,7 +138,7 @@ def ensure_dataset(cfg: dict, root: Path, ldm, progress: bool = True) -> None:
         if not (cohort_dir / "slides").exists() or not any((cohort_dir / "slides").glob("*.tiff")):
             make_cohort(cohort_dir, **syn)
         slides = cohort_dir / "slides"
-    enc_spec = dict(spec.get("ssl_encoder") or {"name": "tiny-vit", "dim": ldm.ssl_dim})
+    enc_spec = dict(spec["ssl_encoder"])
     encoder = create_encoder(enc_spec.pop("name"), **enc_spec)
     report = build_dataset(
         slides, root, encoder, ldm.vq, patch_px=int(spec.get("patch_px", ldm.image_size)),
