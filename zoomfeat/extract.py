@@ -180,6 +180,7 @@ def extract_slide(
     """Extract one slide's bag to ``out_path`` (atomic). Returns timings and counts for the cohort summary."""
     from zoomfeat import __version__
     from zoomfeat.encoders.zoomldm import tile_seeds
+    from zoomfeat.precision import effective_precision
     from zoomfeat.slides.reader import open_slide
 
     opts = opts or ExtractOptions()
@@ -264,6 +265,7 @@ def extract_slide(
         "encoder_weights_sha256": encoder.weights_sha256,
         "encoder_weights_path": getattr(encoder, "weights_path", None),
         "precision": encoder.precision,
+        "precision_effective": effective_precision(device, encoder.precision),
         "dim": int(encoder.dim),
         "mags": list(opts.mags),
         "mpp_level0": float(mpp0) if mpp0 is not None else None,
@@ -362,6 +364,9 @@ def extract_cohort(
     if tiles_dir is not None and not tiles_dir.is_dir():
         raise FileNotFoundError(f"--tiles folder not found: {tiles_dir}")
     device = resolve_device(opts.device)
+    from zoomfeat.precision import check_supported
+
+    check_supported(device, encoder.precision)
     encoder.to(device)
     tag = opts.tag or encoder.name
     sig = extract_signature(encoder, opts, "tiles:" + (str(tiles_dir.resolve()) if tiles_dir else "on-the-fly"))

@@ -69,7 +69,8 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers, each with its own slide handle (default 2)")
     p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else cpu), cpu, cuda, cuda:1 …")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
-                   help="autocast dtype on GPU (default per encoder: zoomldm/uni fp16, phikon fp32)")
+                   help="autocast dtype (default per encoder: zoomldm/uni fp16, phikon fp32); bf16 also autocasts "
+                        "on CPU, fp16 runs as fp32 there; the ZoomLDM VQ always runs in fp32 (docs/gpu.md)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (CPU runs on a busy machine are often faster with 1)")
     p.add_argument("--mpp", type=float, default=None, help="force the level-0 µm/px of every slide")
@@ -93,12 +94,14 @@ def build_encoder_from_args(args):
     kw: dict = {"registry": args.weights_registry}
     if args.precision:
         kw["precision"] = args.precision
+        if args.encoder == "zoomldm":
+            kw["ssl_kwargs"] = {"precision": args.precision}
     if args.encoder == "zoomldm":
         kw.update(blocks=args.blocks, t=args.t, conditioning=args.conditioning, base_seed=args.seed)
         if args.conditioning == "uni":
             kw.update(ssl_encoder=args.ssl_encoder, ssl_weights=args.ssl_weights)
             if args.random_init and args.ssl_encoder in ("uni", "phikon"):
-                kw["ssl_kwargs"] = {"random_init": True}
+                kw["ssl_kwargs"] = {**kw.get("ssl_kwargs", {}), "random_init": True}
     elif args.encoder in ("uni", "phikon"):
         kw["random_init"] = bool(args.random_init and args.weights is None)
     elif args.encoder == "custom":

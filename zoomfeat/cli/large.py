@@ -26,6 +26,8 @@ def _sampling_args(p: argparse.ArgumentParser, n_steps: int) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--online", action="store_true", help="official .ckpt only: use the online UNet, not EMA")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="autocast dtype of the UNet + Summarizer (default fp32; bf16/fp16 on GPU); VQ stays fp32")
 
 
 def register(subparsers) -> None:
@@ -75,7 +77,7 @@ def _config(args):
     return LargeImageConfig(
         t0=args.t0, stride=args.stride, guidance_scale=args.guidance_scale, guidance=args.guidance,
         n_steps=args.n_steps, lr=args.lr, batch_size=args.batch_size, decode_stride=args.decode_stride,
-        refine=args.refine, refine_t0=args.refine_t0,
+        refine=args.refine, refine_t0=args.refine_t0, precision=getattr(args, "precision", "fp32"),
     )
 
 
