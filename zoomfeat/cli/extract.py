@@ -67,6 +67,9 @@ def register(subparsers) -> None:
                         "the region's tissue children (no extra SSL forwards); default embed")
     p.add_argument("--batch-size", type=int, default=16, help="tiles per forward (default 16)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers, each with its own slide handle (default 2)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="process share K of N (0-based) of the slide list, the same round-robin split as torchrun "
+                        "ranks: one SLURM array task each, e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
     p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else cpu), cpu, cuda, cuda:1 …")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
                    help="autocast dtype (default per encoder: zoomldm/uni fp16, phikon fp32); bf16 also autocasts "
@@ -141,7 +144,7 @@ def handler(args) -> int:
         raise ValueError(f"--encoder must be one of {', '.join(ENCODERS)}, got {args.encoder!r}")
     opts = ExtractOptions(mags=args.mags, batch_size=args.batch_size, workers=args.workers, device=args.device,
                           tag=args.tag, mpp=args.mpp, mpp_csv=args.mpp_csv, clam_pt=args.clam_pt,
-                          missing_children=args.missing_children,
+                          missing_children=args.missing_children, shard=args.shard,
                           progress=not args.no_progress)
     from pathlib import Path
 
