@@ -74,6 +74,13 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
                    help="autocast dtype (default per encoder: zoomldm/uni fp16, phikon fp32); bf16 also autocasts "
                         "on CPU, fp16 runs as fp32 there; the ZoomLDM VQ always runs in fp32 (docs/gpu.md)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the encoder (default backend inductor; aot_eager traces without code "
+                        "generation); features are unchanged, the first batches pay the compile time")
+    p.add_argument("--compile-mode", default=None, choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode for inductor (default: default)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last weights for the conv nets (ZoomLDM VQ + UNet); features are unchanged")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (CPU runs on a busy machine are often faster with 1)")
     p.add_argument("--mpp", type=float, default=None, help="force the level-0 µm/px of every slide")
@@ -160,6 +167,11 @@ def handler(args) -> int:
 
         torch.set_num_threads(int(args.threads))
     encoder = build_encoder_from_args(args)
+    if args.compile or args.channels_last:
+        from zoomfeat.encoders.optimize import optimize_encoder
+
+        mode = None if args.compile_mode in (None, "default") else args.compile_mode
+        optimize_encoder(encoder, compile=args.compile or False, channels_last=args.channels_last, mode=mode)
     report = extract_cohort(slides, encoder, args.out, tiles_dir=args.tiles, opts=opts)
     report.print()
     return report.exit_code
