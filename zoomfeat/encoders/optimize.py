@@ -50,4 +50,16 @@ def optimize_encoder(encoder, compile: bool | str = False, channels_last: bool =
     return encoder
 
 
-__all__ = ["optimize_encoder"]
+def reset_encoder_speed(encoder):
+    """Undo :func:`optimize_encoder` (eager calls, contiguous weights) — lets a benchmark compare variants."""
+    for m in _units(encoder):
+        for sub in m.modules():
+            if getattr(sub, "_compiled_call_impl", None) is not None:
+                sub._compiled_call_impl = None
+    for m in _conv_modules(encoder):
+        m.to(memory_format=torch.contiguous_format)
+    encoder.speed = {"compile": None, "compile_mode": None, "channels_last": False}
+    return encoder
+
+
+__all__ = ["optimize_encoder", "reset_encoder_speed"]
