@@ -90,6 +90,9 @@ def test_uni_architecture_bf16():
     from zoomfeat.encoders import create_encoder
 
     enc = create_encoder("uni", random_init=True, precision="fp32")
+    for name, p in enc.model.named_parameters():  # LayerScale at init (1e-5) would hide the 24 blocks' bf16 error
+        if name.endswith("gamma"):
+            p.data.fill_(1.0)
     seen = []
     enc.model.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     tiles = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8))
@@ -97,7 +100,8 @@ def test_uni_architecture_bf16():
     enc.precision = "bf16"
     fbf = enc.encode(tiles)
     assert seen == [torch.float32, torch.bfloat16] and fbf.dtype == torch.float32
-    assert _rowcos(f32, fbf).min() >= 0.99 and not torch.equal(f32, fbf)
+    cos = _rowcos(f32, fbf)
+    assert cos.min() >= 0.99 and cos.min() < 1 - 1e-6  # measured 0.99996: bf16 error visible, well within bound
 
 
 def test_training_steps_bf16_close_to_fp32(tiny_dataset, tmp_path):
