@@ -105,15 +105,21 @@ def test_uni_architecture_bf16():
 
 
 def test_training_steps_bf16_close_to_fp32(tiny_dataset, tmp_path):
-    """Four steps of the tiny config in fp32 and bf16 (accelerate's CPU autocast): same batches, losses close."""
+    """Four steps of the tiny config in fp32 (API) and bf16 (`zoomfeat train --precision bf16`, accelerate's CPU
+    autocast): same batches, losses close."""
+    from tests.conftest import ROOT
     from tests.test_train_dataset import tiny_train_cfg
+    from zoomfeat.config import load_yaml
     from zoomfeat.train.loop import train
 
-    losses = {}
-    for p in ("fp32", "bf16"):
-        cfg = tiny_train_cfg(tiny_dataset, checkpoint_every=0, mixed_precision=p, save_model=False)
-        train(cfg, tmp_path / p, max_steps=4, progress=False)
-        losses[p] = pd.read_csv(tmp_path / p / "metrics.csv")["loss"].to_numpy()
+    train(tiny_train_cfg(tiny_dataset, checkpoint_every=0, save_model=False), tmp_path / "fp32", max_steps=4,
+          progress=False)
+    assert main(["train", "--config", str(ROOT / "configs" / "train" / "tiny.yaml"), "--out", str(tmp_path / "bf16"),
+                 "--max-steps", "4", "--no-progress", "--precision", "bf16", "--set", f"dataset.root={tiny_dataset}",
+                 "--set", "train.checkpoint_every=0", "--set", "train.save_model=false",
+                 "--set", "wandb.enabled=false"]) == 0
+    assert load_yaml(tmp_path / "bf16" / "config.yaml")["train"]["mixed_precision"] == "bf16"
+    losses = {p: pd.read_csv(tmp_path / p / "metrics.csv")["loss"].to_numpy() for p in ("fp32", "bf16")}
     a, b = losses["fp32"], losses["bf16"]
     assert len(a) == len(b) == 4 and np.isfinite(b).all()
     assert np.abs(a - b).max() <= 0.05 * np.abs(a).max(), (a, b)
@@ -165,3 +171,23 @@ def test_mil_fold_bf16(tmp_path):
         assert np.abs(ha[col] - hb[col]).max() < 0.05 * ha[col].abs().max(), (ha, hb)
     assert np.abs(pa["prob_1"] - pb["prob_1"]).max() < 0.05
     assert not np.array_equal(ha["train_loss"], hb["train_loss"])
+
+
+def test_superres_sampling_bf16(model):
+    """Super-resolution: fp32 condition inversion, then constrained sampling under bf16 autocast."""
+    from PIL import Image
+
+    from tests.conftest import SLIDES
+    from zoomfeat.generate.large import LargeImageConfig
+    from zoomfeat.generate.superres import SuperResConfig, super_resolve
+
+    lr = np.asarray(Image.open(SLIDES / "he_tile_1000px.png").convert("RGB").resize((128, 128), Image.BICUBIC))
+    res = {}
+    for p in ("fp32", "bf16"):
+        cfg = SuperResConfig(scale=2, iters=3, sampling=LargeImageConfig(t0=1000, stride=500, n_steps=1,
+                                                                          progress=False, precision=p))
+        res[p] = super_resolve(model, lr, cfg, seed=0, progress=False)
+    a, b = res["fp32"], res["bf16"]
+    np.testing.assert_array_equal(a.inversion.losses, b.inversion.losses)  # the inversion is fp32 in both
+    assert b.sr.shape == a.sr.shape and np.isfinite(b.constraint_error)
+    assert not np.array_equal(a.sr, b.sr)  # sampling ran in bf16
