@@ -74,9 +74,11 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
                    help="autocast dtype (default per encoder: zoomldm/uni fp16, phikon fp32); bf16 also autocasts "
                         "on CPU, fp16 runs as fp32 there; the ZoomLDM VQ always runs in fp32 (docs/gpu.md)")
-    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                   help="torch.compile the encoder (default backend inductor; aot_eager traces without code "
-                        "generation); features are unchanged, the first batches pay the compile time")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoder; features are unchanged, the first batches pay the compile time")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend (default inductor; aot_eager traces the same graphs without code "
+                        "generation, a quick check on CPUs)")
     p.add_argument("--compile-mode", default=None, choices=("default", "reduce-overhead", "max-autotune"),
                    help="torch.compile mode for inductor (default: default)")
     p.add_argument("--channels-last", action="store_true",
@@ -171,7 +173,8 @@ def handler(args) -> int:
         from zoomfeat.encoders.optimize import optimize_encoder
 
         mode = None if args.compile_mode in (None, "default") else args.compile_mode
-        optimize_encoder(encoder, compile=args.compile or False, channels_last=args.channels_last, mode=mode)
+        backend = args.compile_backend if args.compile else False
+        optimize_encoder(encoder, compile=backend, channels_last=args.channels_last, mode=mode)
     report = extract_cohort(slides, encoder, args.out, tiles_dir=args.tiles, opts=opts)
     report.print()
     return report.exit_code
