@@ -37,7 +37,9 @@ def test_gpu_benchmark_smoke_writes_every_field(tmp_path):
     li = res["large_image"]
     assert li["seconds"] > 0 and li["finite"] and li["paper_seconds_1024"] == 28.0 and li["size_px"] == 128
     comp = res["compile"]
-    assert [(r["compile"], r["channels_last"]) for r in comp] == [(None, False), (None, True), ("aot_eager", True)]
+    assert [(r["compile"], r["channels_last"]) for r in comp[:2]] == [(None, False), (None, True)]
+    faster_layout = comp[1]["tiles_s"] > comp[0]["tiles_s"]
+    assert (comp[2]["compile"], comp[2]["channels_last"]) == ("aot_eager", faster_layout)
     assert all(r["tiles_s"] > 0 and r["speedup"] > 0 for r in comp)
     md = (tmp_path / "gpu.md").read_text()
     for title in ("ZoomLDM extraction", "UNI tiles/s", "DataLoader", "Training", "Joint large image", "torch.compile"):
