@@ -122,7 +122,7 @@ def test_training_steps_bf16_close_to_fp32(tiny_dataset, tmp_path):
     losses = {p: pd.read_csv(tmp_path / p / "metrics.csv")["loss"].to_numpy() for p in ("fp32", "bf16")}
     a, b = losses["fp32"], losses["bf16"]
     assert len(a) == len(b) == 4 and np.isfinite(b).all()
-    assert np.abs(a - b).max() <= 0.05 * np.abs(a).max(), (a, b)
+    assert np.abs(a - b).max() <= 0.01 * np.abs(a).max(), (a, b)  # measured 1.6e-4 relative
     assert not np.array_equal(a, b)
 
 
@@ -168,8 +168,8 @@ def test_mil_fold_bf16(tmp_path):
     (ha, pa), (hb, pb) = res["fp32"], res["bf16"]
     for col in ("train_loss", "val_loss"):
         assert np.isfinite(hb[col]).all()
-        assert np.abs(ha[col] - hb[col]).max() < 0.05 * ha[col].abs().max(), (ha, hb)
-    assert np.abs(pa["prob_1"] - pb["prob_1"]).max() < 0.05
+        assert np.abs(ha[col] - hb[col]).max() < 0.01 * ha[col].abs().max(), (ha, hb)  # measured ≤ 3.8e-4
+    assert np.abs(pa["prob_1"] - pb["prob_1"]).max() < 0.01  # measured 5e-4
     assert not np.array_equal(ha["train_loss"], hb["train_loss"])
 
 
