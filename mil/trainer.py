@@ -38,6 +38,7 @@ class TrainConfig:
     grad_clip: float | None = None
     num_workers: int = 0
     device: str = "auto"
+    precision: str = "fp32"  # autocast dtype of the head's train/val forwards (fp32/bf16/fp16; bf16 runs on CPU too)
     progress: bool = True
     wandb: bool = True
     wandb_project: str = "zoomfeat-mil"
@@ -134,14 +135,17 @@ def _forward(model: torch.nn.Module, batch: dict, device: torch.device, attentio
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, task, dataset: BagDataset, batch_size: int = 1, device: str | torch.device = "cpu",
-            attention: bool = False) -> dict[str, Any]:
+            attention: bool = False, precision: str = "fp32") -> dict[str, Any]:
     """Logits, task predictions, loss on the whole set and (optionally) per-bag attention arrays."""
+    from zoomfeat.precision import autocast
+
     device = torch.device(device)
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_bags)
     logits, ys, idx, atts = [], [], [], []
     for batch in loader:
-        out = _forward(model, batch, device, attention)
+        with autocast(device, precision):
+            out = _forward(model, batch, device, attention)
         logits.append(out["logits"].float().cpu())
         ys.append(batch["y"])
         idx.append(batch["index"])
@@ -159,7 +163,10 @@ def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagD
                 log_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train with AdamW; keep the weights of the epoch with the lowest validation loss (early stopping with
     ``patience``, not before ``min_epochs``); save them to ``ckpt_path`` atomically and load them back into ``model``."""
+    from zoomfeat.precision import autocast, check_supported, effective_precision
+
     device = resolve_device(cfg.device)
+    check_supported(device, cfg.precision)
     model.to(device)
     bs = cfg.resolved_batch_size(task)
     gen = torch.Generator().manual_seed(seed)
@@ -167,6 +174,7 @@ def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagD
                         num_workers=cfg.num_workers, drop_last=bs > 1 and len(train_ds) > bs and
                         getattr(task, "kind", None) == "cox")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=effective_precision(device, cfg.precision) == "fp16")
     logger = RunLogger(cfg.wandb, cfg.wandb_project, name, {"lr": cfg.lr, "batch_size": bs, **cfg.extra}, log_dir)
     best = {"loss": float("inf"), "epoch": -1, "state": None}
     history = []
@@ -180,18 +188,22 @@ def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagD
         model.train()
         total, n = 0.0, 0
         for batch in loader:
-            out = _forward(model, batch, device)
-            loss = task.loss(out["logits"], batch["y"].to(device))
+            with autocast(device, cfg.precision):  # the loss is computed in fp32 from fp32-cast logits
+                out = _forward(model, batch, device)
+            loss = task.loss(out["logits"].float(), batch["y"].to(device))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()  # a no-op scaler unless fp16 (whose small gradients underflow)
             if cfg.grad_clip:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             total += float(loss.detach()) * len(batch["index"])
             n += len(batch["index"])
         rec = {"epoch": epoch, "train_loss": total / max(n, 1)}
         if val_ds is not None and len(val_ds):
-            rec["val_loss"] = predict(model, task, val_ds, batch_size=max(bs, 1), device=device)["loss"]
+            rec["val_loss"] = predict(model, task, val_ds, batch_size=max(bs, 1), device=device,
+                                      precision=cfg.precision)["loss"]
         else:
             rec["val_loss"] = rec["train_loss"]  # no validation set: keep the last/best-on-train epoch
         history.append(rec)

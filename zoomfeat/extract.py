@@ -45,6 +45,8 @@ class ExtractOptions:
     #: model saw in training; default) or "mean" uses the mean of the region's kept children (no extra forwards)
     missing_children: str = "embed"
     progress: bool = True
+    #: "K/N": this process takes share K of N (SLURM array jobs; combined with torchrun ranks, see zoomfeat.sharding)
+    shard: str | None = None
 
     def __post_init__(self) -> None:
         mags = tuple(m.strip().lower() for m in (self.mags.split(",") if isinstance(self.mags, str) else self.mags))
@@ -57,6 +59,9 @@ class ExtractOptions:
             raise ValueError(f"missing_children must be 'embed' or 'mean', got {self.missing_children!r}")
         if self.batch_size < 1 or self.workers < 0:
             raise ValueError("batch size must be ≥ 1 and workers ≥ 0")
+        from zoomfeat.sharding import parse_shard
+
+        parse_shard(self.shard)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -186,6 +191,7 @@ def extract_slide(
     """Extract one slide's bag to ``out_path`` (atomic). Returns timings and counts for the cohort summary."""
     from zoomfeat import __version__
     from zoomfeat.encoders.zoomldm import tile_seeds
+    from zoomfeat.precision import effective_precision
     from zoomfeat.slides.reader import open_slide
 
     opts = opts or ExtractOptions()
@@ -271,6 +277,7 @@ def extract_slide(
         "encoder_weights_sha256": encoder.weights_sha256,
         "encoder_weights_path": getattr(encoder, "weights_path", None),
         "precision": encoder.precision,
+        "precision_effective": effective_precision(device, encoder.precision),
         "dim": int(encoder.dim),
         "mags": list(opts.mags),
         "mpp_level0": float(mpp0) if mpp0 is not None else None,
@@ -387,10 +394,16 @@ def extract_cohort(
     if tiles_dir is not None and not tiles_dir.is_dir():
         raise FileNotFoundError(f"--tiles folder not found: {tiles_dir}")
     device = resolve_device(opts.device)
+    from zoomfeat.precision import check_supported
+
+    check_supported(device, encoder.precision)
     encoder.to(device)
     tag = opts.tag or encoder.name
     sig = extract_signature(encoder, opts, "tiles:" + (str(tiles_dir.resolve()) if tiles_dir else "on-the-fly"))
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    from zoomfeat.sharding import process_share
+
+    share = process_share(opts.shard)  # torchrun rank and/or --shard K/N: one round-robin split
+    rank, world = share.index, share.count
     mine = rank_slice(list(slides), rank, world)
     feat_dir = bag_path(out_dir, tag, "x").parent
     feat_dir.mkdir(parents=True, exist_ok=True)
@@ -411,8 +424,8 @@ def extract_cohort(
         from zoomfeat.io import write_json_atomic
 
         write_json_atomic(feat_dir / f"summary_rank{rank}.meta.json",
-                          {"run_id": _run_id(), "rank": rank, "world": world})
-        merged = merge_rank_summaries(feat_dir, world)
+                          {"run_id": share.run_id, "rank": rank, "world": world})
+        merged = merge_rank_summaries(feat_dir, world, share.run_id)
         if merged is not None:
             return merged if rank == 0 else report
     else:
@@ -433,7 +446,7 @@ def _write_timings(report: CohortReport, feat_dir: Path, rank: int | None) -> No
         write_json_atomic(feat_dir / ("timings.json" if rank is None else f"timings_rank{rank}.json"), rows)
 
 
-def merge_rank_summaries(feat_dir: str | os.PathLike, world: int) -> CohortReport | None:
+def merge_rank_summaries(feat_dir: str | os.PathLike, world: int, run_id: str | None = None) -> CohortReport | None:
     """Merge ``summary_rank{r}`` of all ranks into ``summary`` once all are present from the same run.
 
     Every rank calls this after writing its own file; the last one to finish finds all and merges (a concurrent
@@ -442,14 +455,15 @@ def merge_rank_summaries(feat_dir: str | os.PathLike, world: int) -> CohortRepor
     import csv
 
     feat_dir = Path(feat_dir)
-    run_id = _run_id()
+    run_id = _run_id() if run_id is None else run_id
     results: list[SlideResult] = []
     for r in range(world):
         meta, rows = feat_dir / f"summary_rank{r}.meta.json", feat_dir / f"summary_rank{r}.csv"
         if not meta.exists() or not rows.exists():
             return None
         try:
-            if json.loads(meta.read_text()).get("run_id", "") != run_id:
+            m = json.loads(meta.read_text())
+            if m.get("run_id", "") != run_id or int(m.get("world", world)) != world:
                 return None
         except ValueError:
             return None

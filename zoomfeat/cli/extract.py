@@ -67,9 +67,22 @@ def register(subparsers) -> None:
                         "the region's tissue children (no extra SSL forwards); default embed")
     p.add_argument("--batch-size", type=int, default=16, help="tiles per forward (default 16)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers, each with its own slide handle (default 2)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="process share K of N (0-based) of the slide list, the same round-robin split as torchrun "
+                        "ranks: one SLURM array task each, e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
     p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else cpu), cpu, cuda, cuda:1 …")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
-                   help="autocast dtype on GPU (default per encoder: zoomldm/uni fp16, phikon fp32)")
+                   help="autocast dtype (default per encoder: zoomldm/uni fp16, phikon fp32); bf16 also autocasts "
+                        "on CPU, fp16 runs as fp32 there; the ZoomLDM VQ always runs in fp32 (docs/gpu.md)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoder; features are unchanged, the first batches pay the compile time")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend (default inductor; aot_eager traces the same graphs without code "
+                        "generation, a quick check on CPUs)")
+    p.add_argument("--compile-mode", default=None, choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode for inductor (default: default)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last weights for the conv nets (ZoomLDM VQ + UNet); features are unchanged")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (CPU runs on a busy machine are often faster with 1)")
     p.add_argument("--mpp", type=float, default=None, help="force the level-0 µm/px of every slide")
@@ -93,12 +106,14 @@ def build_encoder_from_args(args):
     kw: dict = {"registry": args.weights_registry}
     if args.precision:
         kw["precision"] = args.precision
+        if args.encoder == "zoomldm":
+            kw["ssl_kwargs"] = {"precision": args.precision}
     if args.encoder == "zoomldm":
         kw.update(blocks=args.blocks, t=args.t, conditioning=args.conditioning, base_seed=args.seed)
         if args.conditioning == "uni":
             kw.update(ssl_encoder=args.ssl_encoder, ssl_weights=args.ssl_weights)
             if args.random_init and args.ssl_encoder in ("uni", "phikon"):
-                kw["ssl_kwargs"] = {"random_init": True}
+                kw["ssl_kwargs"] = {**kw.get("ssl_kwargs", {}), "random_init": True}
     elif args.encoder in ("uni", "phikon"):
         kw["random_init"] = bool(args.random_init and args.weights is None)
     elif args.encoder == "custom":
@@ -138,7 +153,7 @@ def handler(args) -> int:
         raise ValueError(f"--encoder must be one of {', '.join(ENCODERS)}, got {args.encoder!r}")
     opts = ExtractOptions(mags=args.mags, batch_size=args.batch_size, workers=args.workers, device=args.device,
                           tag=args.tag, mpp=args.mpp, mpp_csv=args.mpp_csv, clam_pt=args.clam_pt,
-                          missing_children=args.missing_children,
+                          missing_children=args.missing_children, shard=args.shard,
                           progress=not args.no_progress)
     from pathlib import Path
 
@@ -154,6 +169,12 @@ def handler(args) -> int:
 
         torch.set_num_threads(int(args.threads))
     encoder = build_encoder_from_args(args)
+    if args.compile or args.channels_last:
+        from zoomfeat.encoders.optimize import optimize_encoder
+
+        mode = None if args.compile_mode in (None, "default") else args.compile_mode
+        backend = args.compile_backend if args.compile else False
+        optimize_encoder(encoder, compile=backend, channels_last=args.channels_last, mode=mode)
     report = extract_cohort(slides, encoder, args.out, tiles_dir=args.tiles, opts=opts)
     report.print()
     return report.exit_code

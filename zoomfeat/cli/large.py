@@ -29,6 +29,8 @@ def _sampling_args(p: argparse.ArgumentParser, n_steps: int) -> None:
     p.add_argument("--official-timesteps", action="store_true",
                    help="reproduce the official loop bit for bit: the UNet gets t (not t-1) and the last step's "
                    "alpha_bar_prev is alpha_bar_0 (default: the timesteps the UNet was trained with)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="autocast dtype of the UNet + Summarizer (default fp32; bf16/fp16 on GPU); VQ stays fp32")
 
 
 def register(subparsers) -> None:
@@ -79,6 +81,7 @@ def _config(args):
         t0=args.t0, stride=args.stride, guidance_scale=args.guidance_scale, guidance=args.guidance,
         n_steps=args.n_steps, lr=args.lr, batch_size=args.batch_size, decode_stride=args.decode_stride,
         refine=args.refine, refine_t0=args.refine_t0, official_timesteps=args.official_timesteps,
+        precision=getattr(args, "precision", "fp32"),
     )
 
 

@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     g.add_argument("--online", action="store_true", help="official .ckpt only: use the online UNet, not EMA")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="autocast dtype of the UNet + Summarizer (default fp32; the official samples used fp16 "
+                        "on GPU); bf16 also autocasts on CPU; the VQ decode stays fp32")
     g.set_defaults(func=_generate)
 
 
@@ -95,7 +98,7 @@ def _generate(args: argparse.Namespace) -> int:
     t0 = time.time()
     images = generate_patches(
         model, grid, mag, n=args.n, steps=args.steps, scheduler=args.scheduler, guidance_scale=args.guidance,
-        seed=args.seed, batch_size=args.batch_size, progress=True,
+        seed=args.seed, batch_size=args.batch_size, progress=True, precision=args.precision,
     )
     out = Path(args.out)
     paths = write_patches(images, out)
@@ -104,7 +107,7 @@ def _generate(args: argparse.Namespace) -> int:
         out / "generation.json",
         {"model": str(args.model), "ssl": args.ssl, "image": args.image, "mag": model.mag_labels[k], "mag_index": k,
          "n": args.n, "steps": args.steps, "scheduler": args.scheduler, "guidance": args.guidance,
-         "seed": args.seed, "seconds": round(time.time() - t0, 2), "files": [p.name for p in paths]},
+         "seed": args.seed, "precision": args.precision, "seconds": round(time.time() - t0, 2), "files": [p.name for p in paths]},
     )
     print(f"wrote {len(paths)} patches and grid.png to {out}")
     return 0

@@ -53,6 +53,9 @@ def register(subparsers) -> None:
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set train.lr=1e-4 (repeatable)")
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                   help="mixed precision (overrides train.mixed_precision; auto: bf16/fp16 on GPU, fp32 on CPU; "
+                        "bf16 also autocasts on CPU; the VQ is frozen and not part of a step)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=train_cmd)
 
@@ -107,6 +110,8 @@ def train_cmd(args: argparse.Namespace) -> int:
     from zoomfeat.train.loop import load_train_config, train
 
     cfg = load_train_config(args.config, args.overrides)
+    if getattr(args, "precision", None):
+        cfg["train"]["mixed_precision"] = args.precision
     summary = train(cfg, args.out, max_steps=args.max_steps, resume=args.resume, progress=not args.no_progress)
     if "last_loss" in summary:
         print(f"trained to step {summary['steps']} (loss {summary['last_loss']:.4f}); model: {summary['model']}")

@@ -21,7 +21,7 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from zoomfeat.precision import PRECISIONS  # noqa: E402,F401 (re-exported)
 
 
 def to_float_images(images: Any, device: torch.device | str | None = None) -> torch.Tensor:
@@ -73,17 +73,12 @@ class TileTransform:
 
 
 def autocast_context(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast on GPU for fp16/bf16; fp32 (or CPU with fp16, which CPUs run slowly) runs without autocast."""
-    device = torch.device(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=PRECISIONS[precision])
-    if device.type == "cpu" and precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """Autocast for fp16/bf16 on GPU and bf16 on CPU; fp32 (and fp16 on CPU, slow there) runs without autocast.
+
+    The one implementation lives in :mod:`zoomfeat.precision` (shared with training, generation and MIL)."""
+    from zoomfeat.precision import autocast
+
+    return autocast(device, precision)
 
 
 def state_dict_sha256(model: nn.Module) -> str:

@@ -179,8 +179,8 @@ class ZoomLDMEncoder:
         x = self.transforms(images, device)
         n = x.shape[0]
         n_t = len(self.t)
+        z0 = ldm.encode(x).float()  # the VQ runs in fp32 (official split); UNet + Summarizer under autocast
         with autocast_context(device, self.precision):
-            z0 = ldm.encode(x).float()
             ctx = self.context(n, mag, ssl_grid)
             noise = self._noise(seeds, tuple(z0.shape[1:]), n).to(device, z0.dtype)
             # all timesteps in one UNet batch: [t0 tiles…, t1 tiles…]
@@ -219,6 +219,7 @@ def create_zoomldm(weights: str | os.PathLike | None = None, blocks: Sequence[in
             ssl_encoder = "uni"
         if isinstance(ssl_encoder, str):
             kw = dict(ssl_kwargs or {})
+            kw.setdefault("precision", precision)  # one --precision for the whole forward
             if ssl_encoder == "tiny-vit":
                 kw.setdefault("dim", int(ldm.ssl_dim))
             ssl = create_encoder(ssl_encoder, weights=ssl_weights, **kw)

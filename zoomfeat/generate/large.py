@@ -75,6 +75,7 @@ class LargeImageConfig:
     refine_window_stride: int | None = None  #: latent px between refinement windows (default latent_size // 4)
     official_timesteps: bool = False  #: reproduce the official t / t-1 off-by-one and ᾱ_prev(last)=ᾱ_0
     progress: bool = True
+    precision: str = "fp32"  #: autocast dtype of Summarizer + UNet (fp32/bf16/fp16); the VQ stays fp32
 
     def __post_init__(self) -> None:
         if self.guidance not in GUIDANCE_MODES:
@@ -520,8 +521,16 @@ def sample_large_image(model, ssl_grid: np.ndarray | torch.Tensor, config: Large
 
     ``ssl_grid``: raw (un-normalised) SSL tokens of the region, one per 20x tile (see :func:`load_ssl_grid`);
     ``condition`` pools/normalises exactly as in training. Deterministic for a given seed and device.
+    Runs under autocast at ``config.precision`` (the VQ encode/decode inside stays fp32).
     """
+    from zoomfeat.precision import autocast
+
     cfg = config or LargeImageConfig()
+    with autocast(model.device, cfg.precision):
+        return _sample_large_image(model, ssl_grid, cfg, seed)
+
+
+def _sample_large_image(model, ssl_grid, cfg: LargeImageConfig, seed: int) -> LargeImage:
     t_start = time.perf_counter()
     grid = load_ssl_grid(ssl_grid, int(model.ssl_dim)).to(model.device)
     n = grid.shape[-1]

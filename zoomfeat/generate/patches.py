@@ -132,11 +132,15 @@ def generate_patches(
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Sample ``n`` patches for one SSL grid (``[C,s,s]`` / ``[1,C,s,s]``) or for ``n`` grids ``[n,C,s,s]``.
 
-    Returns uint8 ``[n, H, W, 3]``. Reproducible for a given ``seed`` (noise drawn on CPU).
+    Returns uint8 ``[n, H, W, 3]``. Reproducible for a given ``seed`` (noise drawn on CPU). ``precision``:
+    autocast dtype of the Summarizer + UNet (the official samples ran under fp16 autocast); the VQ decode is fp32.
     """
+    from zoomfeat.precision import autocast
+
     grid = torch.as_tensor(np.asarray(ssl_grid, dtype=np.float32))
     if grid.ndim == 3:
         grid = grid[None]
@@ -155,13 +159,14 @@ def generate_patches(
         for start in it:
             stop = min(n, start + batch_size)
             g = grid if grid.shape[0] == 1 else grid[start:stop]
-            ctx = model.condition(g, mag)
-            if ctx.shape[0] == 1:
-                ctx = ctx.expand(stop - start, -1, -1)
-            lat = model.sample(
-                ctx, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale, latents=noise[start:stop]
-            )
-            out.append(to_uint8(model.decode(lat)))
+            with autocast(model.device, precision):
+                ctx = model.condition(g, mag)
+                if ctx.shape[0] == 1:
+                    ctx = ctx.expand(stop - start, -1, -1)
+                lat = model.sample(
+                    ctx, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale, latents=noise[start:stop]
+                )
+            out.append(to_uint8(model.decode(lat.float())))
     return np.concatenate(out)
 
 

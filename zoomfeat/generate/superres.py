@@ -172,15 +172,19 @@ def super_resolve(model, image: np.ndarray, config: SuperResConfig | None = None
     inv = invert_condition(model, lr, n, cfg, gen, progress=progress)
     scfg = cfg.sampling
     feats = inv.features.to(model.device)
-    with torch.no_grad():
-        tokens = feats.flatten(1).T[:, :, None, None]
-        ctx = torch.cat([model.condition(tokens[i:i + scfg.batch_size], 0) for i in range(0, n * n, scfg.batch_size)])
-    patches, _ = constrained_sample(model, ctx, n, scfg, gen, guide_image=lr)
-    err = constraint_error(model, patches, lr, n, scfg.batch_size)
-    big = stitch(patches, n)
-    if scfg.refine:
-        big = refine_latent(model, big, feats, scfg, gen)
-    sr = to_uint8(decode_tiled(model, big, scfg.decode_stride, scfg.blend_sigma, scfg.batch_size, progress))
+    from zoomfeat.precision import autocast
+
+    with autocast(model.device, scfg.precision):  # sampling at sampling.precision; the inversion above is fp32
+        with torch.no_grad():
+            tokens = feats.flatten(1).T[:, :, None, None]
+            ctx = torch.cat([model.condition(tokens[i:i + scfg.batch_size], 0)
+                             for i in range(0, n * n, scfg.batch_size)])
+        patches, _ = constrained_sample(model, ctx, n, scfg, gen, guide_image=lr)
+        err = constraint_error(model, patches, lr, n, scfg.batch_size)
+        big = stitch(patches, n)
+        if scfg.refine:
+            big = refine_latent(model, big, feats, scfg, gen)
+        sr = to_uint8(decode_tiled(model, big, scfg.decode_stride, scfg.blend_sigma, scfg.batch_size, progress))
     return SuperRes(sr=sr, lr=to_uint8(lr), inversion=inv, constraint_error=err,
                     seconds=time.perf_counter() - t_start, config=asdict(cfg))
 

@@ -274,12 +274,21 @@ class ZoomLDM(nn.Module):
 
     # ------------------------------------------------------------------------------------ first stage
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] ``[B, 3, H, W]`` → pre-quantization latents (scale 1.0, as ZoomLDM was trained)."""
-        return self.vq.encode(images.to(self.vq.device, self.vq.dtype)).latents
+        """Images in [-1, 1] ``[B, 3, H, W]`` → pre-quantization latents (scale 1.0, as ZoomLDM was trained).
+
+        The VQ runs outside autocast, in its own dtype (fp32), as in the official code (zoomfeat.precision)."""
+        from zoomfeat.precision import fp32
+
+        with fp32(self.vq.device):
+            return self.vq.encode(images.to(self.vq.device, self.vq.dtype)).latents
 
     def decode(self, latents: torch.Tensor, quantize: bool = True) -> torch.Tensor:
-        """Latents → images in [-1, 1] (snapped to the codebook first, as the official decode does)."""
-        return self.vq.decode(latents.to(self.vq.device, self.vq.dtype), force_not_quantize=not quantize).sample
+        """Latents → images in [-1, 1] (snapped to the codebook first, as the official decode does); fp32 like
+        :meth:`encode`."""
+        from zoomfeat.precision import fp32
+
+        with fp32(self.vq.device):
+            return self.vq.decode(latents.to(self.vq.device, self.vq.dtype), force_not_quantize=not quantize).sample
 
     # ------------------------------------------------------------------------------------ diffusion
     def _timesteps(self, t, batch: int, device) -> torch.Tensor:

@@ -388,13 +388,31 @@ def save_sample_grid(ldm, dataset: MultiScaleLatentDataset, path: Path, n: int =
 
 # --------------------------------------------------------------------------------------------------- train
 def _mixed_precision(setting: str) -> str:
+    """``train.mixed_precision`` (auto, or any zoomfeat.precision spelling) → accelerate's no/fp16/bf16.
+
+    accelerate wraps the forward in autocast: CUDA for fp16/bf16, CPU for bf16 (same op lists; fp16 on CPU = no)."""
     if setting in (None, "auto"):
         if torch.cuda.is_available():
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "no"
-    if setting not in ("no", "fp16", "bf16"):
-        raise ValueError(f"train.mixed_precision must be auto, no, fp16 or bf16; got {setting!r}")
-    return setting
+    from zoomfeat.precision import normalize_precision
+
+    try:
+        p = normalize_precision(setting)
+    except ValueError:
+        raise ValueError(f"train.mixed_precision must be auto, fp32 (no), fp16 or bf16; got {setting!r}") from None
+    return "no" if p == "fp32" else p
+
+
+def _accelerator(mixed_precision: str):
+    """A fresh Accelerator; the precision of an earlier train() in this process is forgotten (the distributed
+    state is kept), so tests and notebooks can train in fp32 and bf16 one after the other."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    # cpu=True on GPU-less machines: without it accelerate ignores torchrun's env and every process thinks it is rank 0
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
 def train(cfg: dict, out_dir: str | os.PathLike, max_steps: int | None = None, resume: bool = False,
@@ -404,7 +422,6 @@ def train(cfg: dict, out_dir: str | os.PathLike, max_steps: int | None = None, r
     ``out_dir`` receives ``config.yaml``, ``metrics.csv``, ``checkpoints/step_N``, ``samples/step_N.png`` and the
     final ``model/`` (EMA UNet + Summarizer + VQ, ``ZoomLDM.from_pretrained``-loadable).
     """
-    from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
@@ -418,8 +435,7 @@ def train(cfg: dict, out_dir: str | os.PathLike, max_steps: int | None = None, r
     accum = int(tc["grad_accum"])
     seed = int(cfg["seed"])
 
-    # cpu=True on GPU-less machines: without it accelerate ignores torchrun's env and every process thinks it is rank 0
-    accelerator = Accelerator(mixed_precision=_mixed_precision(tc["mixed_precision"]), cpu=not torch.cuda.is_available())
+    accelerator = _accelerator(_mixed_precision(tc["mixed_precision"]))
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     if main:
