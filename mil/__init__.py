@@ -8,6 +8,7 @@ n_folds=5, seed=0, **hparams)`` is the one-call API; ``mil.cv.run_cv`` and ``mil
 from __future__ import annotations
 
 from mil.cv import CVResult, cross_validate, run_cv, run_folds
+from mil.survival import cox_loss
 from mil.models import ABMIL, TransMIL, TwoBranchMIL, build_model
 
 
@@ -18,5 +19,5 @@ def compare(cfg: dict, out_dir):
     return _compare(cfg, out_dir)
 
 
-__all__ = ["cross_validate", "run_cv", "run_folds", "compare", "CVResult", "ABMIL", "TransMIL", "TwoBranchMIL",
+__all__ = ["cross_validate", "run_cv", "run_folds", "compare", "cox_loss", "CVResult", "ABMIL", "TransMIL", "TwoBranchMIL",
            "build_model"]
