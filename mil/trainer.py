@@ -1,4 +1,9 @@
-"""One fold's training: AdamW, early stopping on validation loss, best checkpoint, optional wandb, tqdm.
+"""One fold's training: AdamW, early stopping on smoothed validation loss, best checkpoint, optional wandb, tqdm.
+
+Small cohorts: a validation loss over 3–4 slides is noise, and stopping on it stopped the demo's heads at epoch
+0. So the selection uses a moving average of the validation loss over ``smooth`` epochs and never stops before
+``min_epochs``; and :func:`mil.cv.run_folds` drops early stopping altogether when a fold has fewer than
+``min_val_slides`` validation slides (train + val are then trained on for the fixed ``epochs``, last weights kept).
 
 Reproducibility: :func:`seed_everything` seeds python/numpy/torch and turns on deterministic algorithms;
 the loader's shuffling and the instance sampling use seeded generators and run in-process by default
@@ -31,7 +36,11 @@ class TrainConfig:
     weight_decay: float = 1e-5
     epochs: int = 50
     patience: int = 10
-    min_epochs: int = 0
+    min_epochs: int = 10
+    smooth: int = 5  # moving-average window (epochs) of the validation loss that early stopping reads
+    min_val_slides: int = 16  # fewer validation slides in a fold: fixed schedule on train + val (see module doc)
+    standardize: bool = True  # per-feature mean / std from the fold's training instances
+    threads: int | None = None  # torch intra-op threads; None: the cores this process may use / workers
     batch_size: int | None = None  # None: 1 for classification / NLL (peers), 16 for Cox (needs risk sets)
     max_instances: int | None = None
     class_weights: bool = True
@@ -56,7 +65,8 @@ class TrainConfig:
 
 
 _FLOATS = {"lr", "weight_decay", "grad_clip"}
-_INTS = {"epochs", "patience", "min_epochs", "batch_size", "max_instances", "num_workers"}
+_INTS = {"epochs", "patience", "min_epochs", "batch_size", "max_instances", "num_workers", "smooth",
+         "min_val_slides", "threads"}
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -79,6 +89,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (affinity mask / cgroup-restricted sets), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_threads(threads: int | None = None, workers: int = 0) -> int:
+    """Set torch's intra-op threads so that threads × max(1, workers) ≤ available cores; returns the count.
+
+    An explicit ``threads`` above the available cores is lowered to them (oversubscribed OpenMP threads spin
+    at barriers while waiting for descheduled peers instead of working).
+    """
+    cores = available_cores()
+    limit = max(1, cores // max(1, int(workers or 0)))
+    n = limit if not threads else max(1, min(int(threads), limit))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
 
 
 def resolve_device(name: str) -> torch.device:
@@ -157,8 +189,10 @@ def predict(model: torch.nn.Module, task, dataset: BagDataset, batch_size: int =
 def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagDataset | None, cfg: TrainConfig,
                 seed: int = 0, ckpt_path: str | os.PathLike | None = None, name: str = "fold",
                 log_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Train with AdamW; keep the weights of the epoch with the lowest validation loss (early stopping with
-    ``patience``, not before ``min_epochs``); save them to ``ckpt_path`` atomically and load them back into ``model``."""
+    """Train with AdamW. With a validation set: keep the weights of the epoch with the lowest moving-average
+    validation loss (window ``smooth``), stop after ``patience`` epochs without improvement but not before
+    ``min_epochs``. Without one: a fixed schedule of ``epochs``, last weights kept. The kept weights are saved to
+    ``ckpt_path`` atomically and loaded back into ``model``."""
     device = resolve_device(cfg.device)
     model.to(device)
     bs = cfg.resolved_batch_size(task)
@@ -168,33 +202,25 @@ def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagD
                         getattr(task, "kind", None) == "cox")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     logger = RunLogger(cfg.wandb, cfg.wandb_project, name, {"lr": cfg.lr, "batch_size": bs, **cfg.extra}, log_dir)
+    has_val = val_ds is not None and len(val_ds) > 0
     best = {"loss": float("inf"), "epoch": -1, "state": None}
-    history = []
+    history, val_losses = [], []
     bad_epochs = 0
     bar = tqdm(range(cfg.epochs), desc=name, disable=not cfg.progress, leave=False)
     for epoch in bar:
-        model.train()
-        total, n = 0.0, 0
-        for batch in loader:
-            out = _forward(model, batch, device)
-            loss = task.loss(out["logits"], batch["y"].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            total += float(loss.detach()) * len(batch["index"])
-            n += len(batch["index"])
-        rec = {"epoch": epoch, "train_loss": total / max(n, 1)}
-        if val_ds is not None and len(val_ds):
-            rec["val_loss"] = predict(model, task, val_ds, batch_size=max(bs, 1), device=device)["loss"]
+        rec = {"epoch": epoch, "train_loss": _train_epoch(model, task, loader, opt, device, cfg.grad_clip)}
+        if has_val:
+            val_losses.append(predict(model, task, val_ds, batch_size=max(bs, 1), device=device)["loss"])
+            rec["val_loss"] = val_losses[-1]
+            rec["val_loss_smooth"] = float(np.mean(val_losses[-max(1, cfg.smooth):]))
+            score = rec["val_loss_smooth"]
         else:
-            rec["val_loss"] = rec["train_loss"]  # no validation set: keep the last/best-on-train epoch
+            score = -epoch  # fixed schedule: the last epoch is the one kept
         history.append(rec)
         logger.log(rec, epoch)
-        bar.set_postfix(train=f"{rec['train_loss']:.3f}", val=f"{rec['val_loss']:.3f}")
-        if rec["val_loss"] < best["loss"] - 1e-6 or best["state"] is None or not np.isfinite(best["loss"]):
-            best = {"loss": rec["val_loss"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+        bar.set_postfix(train=f"{rec['train_loss']:.3f}", val=f"{rec.get('val_loss', float('nan')):.3f}")
+        if score < best["loss"] - 1e-6 or best["state"] is None or not np.isfinite(best["loss"]):
+            best = {"loss": score, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
             bad_epochs = 0
         else:
             bad_epochs += 1
@@ -207,8 +233,25 @@ def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagD
 
         with atomic_path(ckpt_path) as tmp:
             torch.save({k: v.cpu() for k, v in best["state"].items()}, tmp)
-    return {"best_epoch": best["epoch"], "best_val_loss": best["loss"], "epochs_run": len(history),
-            "history": history}
+    return {"best_epoch": best["epoch"], "best_val_loss": best["loss"] if has_val else float("nan"),
+            "epochs_run": len(history), "history": history}
+
+
+def _train_epoch(model, task, loader, opt, device, grad_clip) -> float:
+    """One pass over the training loader; the mean training loss per bag."""
+    model.train()
+    total, n = 0.0, 0
+    for batch in loader:
+        out = _forward(model, batch, device)
+        loss = task.loss(out["logits"], batch["y"].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        total += float(loss.detach()) * len(batch["index"])
+        n += len(batch["index"])
+    return total / max(n, 1)
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
