@@ -156,11 +156,11 @@ def run_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: s
 def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, seed: int,
                  out_dir: str | os.PathLike | None, attention: bool, hparams: dict):
     """One MIL head per fold: (per-fold metrics, out-of-fold predictions, attention per test slide)."""
-    from mil.trainer import configure_threads
+    from mil.trainer import configure_threads, head_threads
 
     task_name = cohort.task
     cfg = TrainConfig.from_hparams(hparams)
-    configure_threads(cfg.threads, cfg.num_workers)
+    configure_threads(head_threads(cfg.threads), cfg.num_workers)
     model_hp = dict(cfg.extra)
     if str(model).lower() == "twobranch" and "split_dim" not in model_hp:
         if mag != "20x+5x":
@@ -238,8 +238,9 @@ def cross_validate(bags: Sequence[Any], labels: Sequence[Any], groups: Sequence[
     ``epochs``, ``patience``, ``batch_size``, ``max_instances``, ...), head settings (``embed_dim``,
     ``attn_dim``, ``dropout``, ``heads``, ``num_landmarks``, ``mask_aware``, ...), survival settings
     (``surv_loss='cox'|'nll'``, ``n_bins``), and ``slide_ids``, ``mag``, ``val_fraction`` (0.2), ``splits``
-    (a saved split table or its CSV path, reused as is), ``out_dir`` (checkpoints), ``on_bad``
-    ('skip'|'error'). The out-of-fold predictions and summary ride along in ``df.attrs``.
+    (a saved split table or its CSV path, reused as is), ``n_repeats`` (1; repeated k-fold, one row per
+    repeat × fold), ``out_dir`` (checkpoints), ``on_bad`` ('skip'|'error'), ``model='linear'`` (the mean-pooling
+    linear probe on the same folds). The out-of-fold predictions and summary ride along in ``df.attrs``.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
@@ -263,9 +264,10 @@ def cross_validate(bags: Sequence[Any], labels: Sequence[Any], groups: Sequence[
                           on_bad=hparams.pop("on_bad", "skip"), skipped=skipped)
     splits = hparams.pop("splits", None)
     val_fraction = hparams.pop("val_fraction", 0.2)
+    n_repeats = int(hparams.pop("n_repeats", 1))
     if splits is None:
         splits = make_splits(cohort.slides, cohort.patients, cohort.strata, n_folds, seed, val_fraction,
-                             strict=task != "survival")
+                             strict=task != "survival", n_repeats=n_repeats)
     else:
         splits = load_splits(splits, cohort.slides)
     res = run_folds(cohort, splits, model=model, mag=mag, seed=seed, out_dir=hparams.pop("out_dir", None), **hparams)
@@ -306,7 +308,8 @@ def splits_for(cohort: Cohort, cfg: dict, path: str | os.PathLike) -> pd.DataFra
     if path.exists():
         return load_splits(path, cohort.slides)
     df = make_splits(cohort.slides, cohort.patients, cohort.strata, int(cfg["n_folds"]), int(cfg["seed"]),
-                     float(cfg.get("val_fraction", 0.2)), strict=cohort.task != "survival")
+                     float(cfg.get("val_fraction", 0.2)), strict=cohort.task != "survival",
+                     n_repeats=int(cfg.get("n_repeats", 1)))
     save_splits(df, path)
     return df
 

@@ -40,7 +40,7 @@ class TrainConfig:
     smooth: int = 5  # moving-average window (epochs) of the validation loss that early stopping reads
     min_val_slides: int = 16  # fewer validation slides in a fold: fixed schedule on train + val (see module doc)
     standardize: bool = True  # per-feature mean / std from the fold's training instances
-    threads: int | None = None  # torch intra-op threads; None: the cores this process may use / workers
+    threads: int | None = None  # torch intra-op threads; None: `--threads` of the CLI (ZOOMFEAT_THREADS) or 1
     batch_size: int | None = None  # None: 1 for classification / NLL (peers), 16 for Cox (needs risk sets)
     max_instances: int | None = None
     class_weights: bool = True
@@ -111,6 +111,16 @@ def configure_threads(threads: int | None = None, workers: int = 0) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def head_threads(threads: int | None = None) -> int | None:
+    """Intra-op threads for training MIL heads: explicit ``threads``, else the CLI's ``--threads``
+    (``ZOOMFEAT_THREADS``), else 1. Why 1: the heads' matrices are small, so a second thread saves little when
+    the cores are idle and, on a shared machine, costs 15–30× in spinning (benchmarks/mil_speed.py, docs/mil.md)."""
+    if threads:
+        return int(threads)
+    env = os.environ.get("ZOOMFEAT_THREADS")
+    return int(env) if env and env.isdigit() and int(env) > 0 else 1
 
 
 def resolve_device(name: str) -> torch.device:

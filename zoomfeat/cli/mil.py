@@ -19,8 +19,10 @@ def register(subparsers) -> None:
     cv.set_defaults(func=_cv)
 
     c = subparsers.add_parser("compare", help="same splits over several bag folders × tasks → table + plot",
-                              description="Cross-validate every encoder entry on every task with shared "
-                                          "patient-level splits; writes compare.md, compare.csv, compare.png.")
+                              description="Cross-validate every encoder entry × framework on every task with "
+                                          "shared repeated patient-level splits (n_repeats × n_folds); paired "
+                                          "statistics against a reference row; writes compare.md, compare.csv, "
+                                          "compare_folds.csv, compare.png, compare_forest.png.")
     c.add_argument("--config", required=True, help="YAML config (e.g. configs/mil/compare.yaml)")
     c.add_argument("--out", default=None, help="output folder")
     c.add_argument("--labels", default=None, help="labels CSV (slide, patient, subtype, hrd, time, event)")
@@ -28,6 +30,11 @@ def register(subparsers) -> None:
                    help="an encoder entry (repeatable; replaces the config's list), e.g. "
                         "zoomldm-20x+5x=out/features_zoomldm:20x+5x")
     c.add_argument("--tasks", default=None, help="comma-separated task names (subtype,hrd,survival)")
+    c.add_argument("--frameworks", default=None,
+                   help="comma-separated: linear (mean-pooled linear probe), abmil, transmil (default: config "
+                        "'frameworks', else 'model')")
+    c.add_argument("--reference", default=None, metavar="NAME[/FRAMEWORK]",
+                   help="row the others are compared with (paired Δ, CI, Holm p); default: the first encoder entry")
     c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model=transmil n_folds=3")
     c.set_defaults(func=_compare)
 
@@ -62,8 +69,16 @@ def _compare(args: argparse.Namespace) -> int:
         cfg["encoders"] = list(args.bags)
     if args.tasks:
         cfg["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.frameworks:
+        cfg["frameworks"] = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    if args.reference:
+        cfg["reference"] = args.reference
     table = compare(cfg, out)
-    prim = table[table["metric"].isin(["auc", "c_index"])]
-    print(prim[["encoder", "task", "metric", "mean", "std"]].to_string(index=False))
-    print(f"wrote {out}/compare.md, compare.csv, compare.png")
+    from mil.compare import PRIMARY, verdict
+
+    prim = table[table["metric"].isin(PRIMARY)]
+    print(prim[["encoder", "framework", "task", "metric", "mean", "ci_low", "ci_high", "delta", "p_adj",
+                "outcome"]].to_string(index=False))
+    print(verdict(table))
+    print(f"wrote {out}/compare.md, compare.csv, compare_folds.csv, compare.png, compare_forest.png")
     return 0
