@@ -91,20 +91,14 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (affinity mask / cgroup-restricted sets), not the machine's count."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS / Windows
-        return max(1, os.cpu_count() or 1)
-
-
 def configure_threads(threads: int | None = None, workers: int = 0) -> int:
     """Set torch's intra-op threads so that threads × max(1, workers) ≤ available cores; returns the count.
 
     An explicit ``threads`` above the available cores is lowered to them (oversubscribed OpenMP threads spin
     at barriers while waiting for descheduled peers instead of working).
     """
+    from zoomfeat.cli.threads import available_cores
+
     cores = available_cores()
     limit = max(1, cores // max(1, int(workers or 0)))
     n = limit if not threads else max(1, min(int(threads), limit))
