@@ -120,3 +120,20 @@ def test_identical_rows_tie_and_verdict_says_no_difference(bags, tmp_path):
     from mil.compare import verdict
 
     assert "no row differs" in verdict(table)
+
+
+def test_splits_cli_round_trip(tmp_path):
+    slides = [f"s{i}" for i in range(20)]
+    ours = make_splits(slides, [f"p{i // 2}" for i in range(20)], np.asarray([(i // 2) % 2 for i in range(20)]),
+                       n_folds=2, seed=0, n_repeats=2)
+    from mil.splits import save_splits
+
+    save_splits(ours, tmp_path / "splits.csv")
+    pd.DataFrame({"slide": slides, "hrd": [(i // 2) % 2 for i in range(20)]}).to_csv(tmp_path / "l.csv", index=False)
+    assert main(["mil", "splits", "--to-pathobench", str(tmp_path / "splits.csv"), "--labels", str(tmp_path / "l.csv"),
+                 "--label-columns", "hrd", "--keep-val", "--out", str(tmp_path / "hrd.tsv")]) == 0
+    assert main(["mil", "splits", "--from-pathobench", str(tmp_path / "hrd.tsv"), "--out", str(tmp_path / "b.csv")]) == 0
+    back = load_splits(tmp_path / "b.csv")
+    key = ["fold", "slide"]
+    pd.testing.assert_frame_equal(back.sort_values(key).reset_index(drop=True),
+                                  ours.sort_values(key).reset_index(drop=True), check_dtype=False)

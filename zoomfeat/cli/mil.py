@@ -18,6 +18,20 @@ def register(subparsers) -> None:
     cv.add_argument("overrides", nargs="*", help="key=value overrides, e.g. bags=out/features_zoomldm hparams.lr=1e-4")
     cv.set_defaults(func=_cv)
 
+    sp = sub.add_parser("splits", help="convert split tables to / from Patho-Bench's TSV layout",
+                        description="--to-pathobench: our splits CSV (e.g. a compare run's splits_subtype.csv) → "
+                                    "Patho-Bench TSV (case_id, slide_id, labels, fold_0…). --from-pathobench: the "
+                                    "reverse (use the CSV as `splits` of mil cv, or `splits: {task: file.tsv}` in "
+                                    "compare).")
+    g = sp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--to-pathobench", metavar="SPLITS_CSV", default=None)
+    g.add_argument("--from-pathobench", metavar="TSV", default=None)
+    sp.add_argument("--out", required=True, help="output TSV (to) or CSV (from)")
+    sp.add_argument("--labels", default=None, help="labels CSV supplying the label columns (to-pathobench)")
+    sp.add_argument("--label-columns", default="", help="comma-separated label columns to include, e.g. subtype")
+    sp.add_argument("--keep-val", action="store_true", help="write validation slides as 'val' (default: 'train')")
+    sp.set_defaults(func=_splits)
+
     c = subparsers.add_parser("compare", help="same splits over several bag folders × tasks → table + plot",
                               description="Cross-validate every encoder entry × framework on every task with "
                                           "shared repeated patient-level splits (n_repeats × n_folds); paired "
@@ -56,6 +70,25 @@ def _cv(args: argparse.Namespace) -> int:
     res = run_cv(cfg, out)
     print(res.summary.to_string(index=False))
     print(f"wrote {out} ({len(res.predictions)} slides, {len(res.skipped)} skipped)")
+    return 0
+
+
+def _splits(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from mil.pathobench import read_pathobench, write_pathobench
+    from mil.splits import load_splits, save_splits
+
+    if args.from_pathobench:
+        df = read_pathobench(args.from_pathobench)
+        save_splits(df, args.out)
+    else:
+        df = load_splits(args.to_pathobench)
+        labels = pd.read_csv(args.labels, dtype={"slide": str}) if args.labels else None
+        cols = [c.strip() for c in args.label_columns.split(",") if c.strip()]
+        write_pathobench(df, args.out, labels, cols, keep_val=args.keep_val)
+    print(f"wrote {args.out} ({df['slide'].nunique()} slides, {df['fold'].nunique()} folds, "
+          f"{df['repeat'].nunique()} repeat(s))")
     return 0
 
 
