@@ -52,7 +52,8 @@ def _child(bags_n: int, folds: int, epochs: int, bs: int, threads: int, dim: int
                             batch_size=bs, threads=threads, progress=False, wandb=False)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     visits = float((df["epochs_run"] * df["n_train"]).sum())
-    return {"batch_size": bs, "threads": threads, "s_per_fold": wall / folds, "bags_per_s": visits / wall,
+    return {"batch_size": bs, "threads": threads, "s_per_fold": wall / folds, "cpu_s_per_fold": cpu / folds,
+            "bags_per_s": visits / wall,
             "cpu_per_wall": cpu / wall, "auc": float(df["auc"].mean()), "max_instances": int(max(map(len, bags)))}
 
 
@@ -78,7 +79,8 @@ def main() -> int:
                                  text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
-            print(f"batch {bs:>3} threads {th}: {r['s_per_fold']:6.1f} s/fold  {r['bags_per_s']:7.1f} bags/s  "
+            print(f"batch {bs:>3} threads {th}: {r['s_per_fold']:6.1f} s/fold ({r['cpu_s_per_fold']:5.1f} CPU s)  "
+                  f"{r['bags_per_s']:7.1f} bags/s  "
                   f"cpu/wall {r['cpu_per_wall']:.2f}  AUC {r['auc']:.3f}", flush=True)
     base = rows[0]
     for r in rows[1:]:

@@ -235,7 +235,8 @@ def cross_validate(bags: Sequence[Any], labels: Sequence[Any], groups: Sequence[
 
     ``bags``: N_i×D arrays or bag paths; ``labels``: class labels, or (time, event) pairs for survival;
     ``groups``: patient ids (default: one patient per bag). Extra keywords: trainer settings (``lr``,
-    ``epochs``, ``patience``, ``batch_size``, ``max_instances``, ...), head settings (``embed_dim``,
+    ``epochs``, ``patience``, ``min_epochs``, ``smooth``, ``min_val_slides``, ``standardize``, ``threads``,
+    ``batch_size``, ``max_instances``, ...; see :class:`mil.trainer.TrainConfig`), head settings (``embed_dim``,
     ``attn_dim``, ``dropout``, ``heads``, ``num_landmarks``, ``mask_aware``, ...), survival settings
     (``surv_loss='cox'|'nll'``, ``n_bins``), and ``slide_ids``, ``mag``, ``val_fraction`` (0.2), ``splits``
     (a saved split table or its CSV path, reused as is), ``n_repeats`` (1; repeated k-fold, one row per
