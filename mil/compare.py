@@ -277,8 +277,9 @@ def to_markdown(table: pd.DataFrame, cfg: dict) -> str:
         lines += [f"## {t} ({g['metric'].iloc[0]})", "", "| row | mean [95% CI] | Δ [95% CI] | p_adj | outcome |",
                   "|---|---|---|---|---|"]
         for r in g.itertuples():
-            lines.append(f"| {r.row} | {_fmt(r.mean)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] | "
-                         f"{_fmt(r.delta, True)} [{_fmt(r.delta_ci_low, True)}, {_fmt(r.delta_ci_high, True)}] | "
+            delta = ("—" if r.is_reference else
+                     f"{_fmt(r.delta, True)} [{_fmt(r.delta_ci_low, True)}, {_fmt(r.delta_ci_high, True)}]")
+            lines.append(f"| {r.row} | {_fmt(r.mean)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] | {delta} | "
                          f"{_p(r.p_adj)} | {r.outcome} |")
         lines.append("")
     lines += ["All metrics:", "", "| row | task | metric | mean ± std | 95% CI | Δ | p_adj | outcome |",

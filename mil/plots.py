@@ -117,7 +117,7 @@ def forest_plot(table: pd.DataFrame, path: str | os.PathLike, title: str = "") -
     tasks = list(dict.fromkeys(table["task"]))
     rows = table[~table["is_reference"].astype(bool)]
     n_rows = max(1, rows.groupby("task").size().max() if len(rows) else 1)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 0.9 + 0.45 * n_rows), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 1.8 + 0.5 * n_rows), squeeze=False)
     colors = {"win": "tab:green", "loss": "tab:red", "tie": "tab:grey"}
     for ax, task in zip(axes[0], tasks):
         g = rows[rows["task"] == task].iloc[::-1]
