@@ -15,6 +15,8 @@ family). ``compare.md`` marks rows win / tie / loss (Holm p < 0.05), ``compare_f
 from __future__ import annotations
 
 import os
+import sys
+import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -314,3 +316,13 @@ def verdict(table: pd.DataFrame, alpha: float = 0.05) -> str:
         return f"Nothing to compare against {ref}: the table has no other row."
     return (f"Against {ref} ({n} comparison{'s' if n != 1 else ''}, Holm-adjusted α = {alpha}): "
             + "; ".join(parts) + ".")
+
+
+class _CallableModule(types.ModuleType):
+    """``mil.compare`` is this module (so ``mil.compare.verdict`` works) and calling it runs :func:`compare`."""
+
+    def __call__(self, cfg: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
+        return compare(cfg, out_dir)
+
+
+sys.modules[__name__].__class__ = _CallableModule

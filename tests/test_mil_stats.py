@@ -137,3 +137,14 @@ def test_splits_cli_round_trip(tmp_path):
     key = ["fold", "slide"]
     pd.testing.assert_frame_equal(back.sort_values(key).reset_index(drop=True),
                                   ours.sort_values(key).reset_index(drop=True), check_dtype=False)
+
+
+def test_mil_compare_is_callable_and_has_verdict(bags, tmp_path):
+    import mil
+
+    good, noise, labels = bags
+    cfg = {"labels": str(labels), "encoders": [{"name": "n", "bags": str(noise)}, {"name": "g", "bags": str(good)}],
+           "tasks": ["subtype"], "frameworks": ["linear"], "n_repeats": 1, "n_folds": 3}
+    for k in range(2):  # a second call still works (importing the submodule must not shadow the callable)
+        table = mil.compare(cfg, tmp_path / f"c{k}")
+    assert "against n/linear" in mil.compare.verdict(table).lower()
