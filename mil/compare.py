@@ -216,7 +216,13 @@ def _task_splits(ref: Cohort, cfg: dict, tcfg: dict, task_name: str, out: Path) 
         splits = load_splits(read_pathobench(path), ref.slides)
         save_splits(splits, out / f"splits_{task_name}.csv")
         return splits
-    return splits_for(ref, {**tcfg, "n_repeats": int(cfg.get("n_repeats", 1))}, path or out / f"splits_{task_name}.csv")
+    n_rep, k = int(cfg.get("n_repeats", 1)), int(cfg["n_folds"])
+    splits = splits_for(ref, {**tcfg, "n_repeats": n_rep}, path or out / f"splits_{task_name}.csv")
+    have = (splits["repeat"].nunique(), splits["fold"].nunique() // max(1, splits["repeat"].nunique()))
+    if not path and have != (n_rep, k):
+        raise ValueError(f"{out / f'splits_{task_name}.csv'} holds {have[0]} × {have[1]}-fold splits but the config "
+                         f"asks for {n_rep} × {k}: delete that file or use another --out")
+    return splits
 
 
 def _restrict(c: Cohort, order: list[str]) -> Cohort:

@@ -282,7 +282,8 @@ def cross_validate(bags: Sequence[Any], labels: Sequence[Any], groups: Sequence[
 
 DEFAULTS: dict[str, Any] = {
     "labels": None, "bags": None, "encoder": None, "mag": "20x", "task": "binary", "target": None,
-    "time_col": "time", "event_col": "event", "model": "abmil", "n_folds": 5, "seed": 0, "val_fraction": 0.2,
+    "time_col": "time", "event_col": "event", "model": "abmil", "n_folds": 5, "n_repeats": 1, "seed": 0,
+    "val_fraction": 0.2,
     "splits": None, "slides": None, "heatmaps": 3, "on_bad": "skip", "hparams": {},
 }
 
