@@ -277,7 +277,7 @@ def to_markdown(table: pd.DataFrame, cfg: dict) -> str:
     fws = "/".join(dict.fromkeys(table["framework"]))
     lines = [f"# Encoder comparison — {fws}, {cfg.get('n_repeats', 1)} × {cfg.get('n_folds')}-fold patient-level "
              f"CV (same splits for every row), seed {cfg.get('seed')}", "",
-             f"Reference: **{table['reference'].iloc[0]}**. Mean over fold models [95% CI, corrected resampled "
+             f"Reference: **{', '.join(dict.fromkeys(table['reference']))}**. Mean over fold models [95% CI, corrected resampled "
              "t-test]; Δ = paired per-split difference to the reference [95% CI]; p_adj: Holm over the table; "
              "win / loss: p_adj < 0.05.", ""]
     for t in tasks:
@@ -316,7 +316,8 @@ def verdict(table: pd.DataFrame, alpha: float = 0.05) -> str:
             r = g.loc[g["delta"].abs().idxmax()]
             parts.append(f"on {task}, no row differs from it (largest: {r['row']} Δ{metric} {r['delta']:+.3f} "
                          f"[{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}], p_adj {_p(r['p_adj'])})")
-    ref = table["reference"].iloc[0] if "reference" in table else "the reference"
+    refs = list(dict.fromkeys(table["reference"]))
+    ref = refs[0] if len(refs) == 1 else f"{refs[0].split('/')[0]} (within each framework)"
     n = int((~prim["is_reference"]).sum())
     if not parts:
         return f"Nothing to compare against {ref}: the table has no other row."

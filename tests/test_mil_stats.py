@@ -112,11 +112,12 @@ def test_identical_rows_tie_and_verdict_says_no_difference(bags, tmp_path):
     good, _, labels = bags
     out = tmp_path / "same"
     assert main(["compare", "--config", "configs/mil/compare.yaml", "--out", str(out), "--labels", str(labels),
-                 "--bags", f"a={good}:20x", "--bags", f"b={good}:20x", "--tasks", "hrd", "--frameworks", "linear",
-                 "n_repeats=2", "n_folds=3"]) == 0
+                 "--bags", f"a={good}:20x", "--bags", f"b={good}:20x", "--tasks", "hrd,survival",
+                 "--frameworks", "linear", "n_repeats=2", "n_folds=3"]) == 0
     table = pd.read_csv(out / "compare.csv")
-    b = table[(table["encoder"] == "b") & (table["metric"] == "auc")].iloc[0]
-    assert b["delta"] == 0 and b["p"] == 1 and b["outcome"] == "tie"
+    for metric in ("auc", "c_index"):  # logistic regression and the lifelines Cox probe: same bags, same numbers
+        b = table[(table["encoder"] == "b") & (table["metric"] == metric)].iloc[0]
+        assert b["delta"] == 0 and b["p"] == 1 and b["outcome"] == "tie" and b["n_folds"] == 6
     from mil.compare import verdict
 
     assert "no row differs" in verdict(table)
@@ -148,3 +149,23 @@ def test_mil_compare_is_callable_and_has_verdict(bags, tmp_path):
     for k in range(2):  # a second call still works (importing the submodule must not shadow the callable)
         table = mil.compare(cfg, tmp_path / f"c{k}")
     assert "against n/linear" in mil.compare.verdict(table).lower()
+
+
+def test_two_frameworks_share_splits_and_compare_within_framework(bags, tmp_path):
+    good, noise, labels = bags
+    out = tmp_path / "fw"
+    assert main(["compare", "--config", "configs/mil/compare.yaml", "--out", str(out), "--labels", str(labels),
+                 "--bags", f"noise={noise}:20x", "--bags", f"good={good}:20x", "--tasks", "subtype",
+                 "--frameworks", "linear,abmil", "n_repeats=1", "n_folds=3", "hparams.embed_dim=16",
+                 "hparams.attn_dim=8", "hparams.epochs=3", "hparams.progress=false", "hparams.wandb=false"]) == 0
+    table = pd.read_csv(out / "compare.csv")
+    auc = table[table["metric"] == "auc"]
+    assert len(auc) == 4 and set(auc["reference"]) == {"noise/linear", "noise/abmil"}
+    assert auc.groupby("framework")["is_reference"].sum().eq(1).all()
+    test = pd.read_csv(out / "splits_subtype.csv").query("split == 'test'").set_index("slide")["fold"]
+    for fw in ("linear", "abmil"):  # every framework scored on exactly the shared test folds
+        pred = pd.read_csv(out / "good" / fw / "subtype" / "predictions.csv").set_index("slide")["fold"]
+        assert (pred == test.loc[pred.index]).all()
+    from mil.compare import verdict
+
+    assert "within each framework" in verdict(table)
