@@ -146,7 +146,11 @@ def run_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: s
         metrics, pred = run_linear(cohort, splits, mag, seed)
         attn = {}
     else:
-        metrics, pred, attn = _train_folds(cohort, splits, model, mag, seed, out_dir, attention, hparams)
+        from mil.trainer import head_threads, limited_threads
+
+        cfg = TrainConfig.from_hparams(hparams)
+        with limited_threads(head_threads(cfg.threads), cfg.num_workers):
+            metrics, pred, attn = _train_folds(cohort, splits, model, mag, seed, out_dir, attention, hparams)
     repeat_of = splits.groupby("fold")["repeat"].first()
     metrics.insert(1, "repeat", metrics["fold"].map(repeat_of).astype(int))
     summary = summarize(metrics, pred, task_name, n_classes, seed=seed, n_boot=int(hparams.get("n_boot", 1000)))
@@ -156,11 +160,8 @@ def run_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: s
 def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, seed: int,
                  out_dir: str | os.PathLike | None, attention: bool, hparams: dict):
     """One MIL head per fold: (per-fold metrics, out-of-fold predictions, attention per test slide)."""
-    from mil.trainer import configure_threads, head_threads
-
     task_name = cohort.task
     cfg = TrainConfig.from_hparams(hparams)
-    configure_threads(head_threads(cfg.threads), cfg.num_workers)
     model_hp = dict(cfg.extra)
     if str(model).lower() == "twobranch" and "split_dim" not in model_hp:
         if mag != "20x+5x":

@@ -12,6 +12,7 @@ the loader's shuffling and the instance sampling use seeded generators and run i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
@@ -105,6 +106,16 @@ def configure_threads(threads: int | None = None, workers: int = 0) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+@contextlib.contextmanager
+def limited_threads(threads: int | None = None, workers: int = 0):
+    """:func:`configure_threads` for the duration of a block, then the caller's thread count again."""
+    before = torch.get_num_threads()
+    try:
+        yield configure_threads(threads, workers)
+    finally:
+        torch.set_num_threads(before)
 
 
 def head_threads(threads: int | None = None) -> int | None:

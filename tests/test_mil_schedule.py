@@ -37,8 +37,10 @@ def test_badly_scaled_features_still_learn_and_schedule_is_reported(tmp_path):
     24 bags → validation sets of ~4 slides < min_val_slides → fixed schedule on train + val."""
     bags, y = concept_bags(24, D, size=(10, 30), strength=5.0, seed=3)
     bags = [b * 1000.0 + 500.0 for b in bags]
+    before = torch.get_num_threads()
     df = mil.cross_validate(bags, y, model="abmil", task="binary", n_folds=3, seed=0, embed_dim=32, attn_dim=16,
                             lr=1e-3, epochs=15, progress=False, out_dir=tmp_path)
+    assert torch.get_num_threads() == before  # the head's thread limit does not leak out of the call
     assert (df["schedule"] == "fixed").all() and (df["n_val"] == 0).all() and (df["epochs_run"] == 15).all()
     assert df["auc"].mean() > 0.8, df["auc"]
     norm = np.load(tmp_path / "fold0" / "standardize.npz")
