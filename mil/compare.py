@@ -1,21 +1,32 @@
-"""``zoomfeat compare``: the same patient-level splits over several bag folders × tasks → one table and plot.
+"""``zoomfeat compare``: the same patient-level splits over bag folders × frameworks × tasks → paired statistics.
 
-Every encoder entry (a bag folder + a magnification choice) is trained on the SAME folds: the slides used
-are those with a usable bag in every entry (slides missing or bad in any entry are dropped for all and
-listed in ``skipped.csv``), and each task's split table is made once (``splits_{task}.csv``) and reused.
+Every encoder entry (a bag folder + a magnification choice) and every framework (``linear`` probe, ``abmil``,
+``transmil``) is trained on the SAME ``n_repeats`` × ``n_folds`` splits: the slides used are those with a usable
+bag in every entry (slides missing or bad in any entry are dropped for all and listed in ``skipped_{task}.csv``),
+and each task's split table is made once (``splits_{task}.csv``, reused; or given as ours / Patho-Bench's).
+
+Statistics (:mod:`mil.stats`): each row's CI comes from its per-split scores (corrected resampled t-test); each
+row is compared with a reference row on the same splits: per-split Δ, mean Δ with its corrected CI and p, and
+Holm-adjusted p over every comparison of the primary metric in the table (each secondary metric is its own
+family). ``compare.md`` marks rows win / tie / loss (Holm p < 0.05), ``compare_forest.png`` plots Δ with CIs,
+:func:`verdict` turns the table into one sentence.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import types
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mil.cv import CVResult, DEFAULTS, run_folds, splits_for, write_result
 from mil.data import Cohort, build_cohort, load_labels
+from mil.splits import load_splits
 from mil.tasks import TASKS
 
 TASK_DEFAULTS = {
@@ -55,20 +66,24 @@ def parse_task(spec: Any) -> dict:
 
 
 def compare(cfg: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
-    """Run every (encoder entry × task) with shared splits; write compare.csv/.md/.png; return the long table."""
+    """Run every (encoder entry × framework × task) on shared splits; write compare.csv/.md/.png and
+    compare_forest.png; return the long table (one row per encoder × framework × task × metric)."""
     from zoomfeat.bags import list_bags
     from zoomfeat.config import merge, save_yaml
     from zoomfeat.io import atomic_path, write_text_atomic
 
-    from mil.plots import compare_plot
+    from mil.plots import compare_plot, forest_plot
 
-    cfg = merge({**DEFAULTS, "encoders": [], "tasks": ["hrd"]}, cfg)
+    cfg = merge({**DEFAULTS, "encoders": [], "tasks": ["hrd"], "n_repeats": 3, "frameworks": None,
+                 "reference": None}, cfg)
+    cfg["frameworks"] = _frameworks(cfg)
     entries = [parse_entry(e) for e in cfg["encoders"]]
     if not entries:
         raise ValueError("compare needs at least one encoder entry (encoders: [{name, bags, mag}] or --bags)")
     names = [e["name"] for e in entries]
     if len(set(names)) != len(names):
         raise ValueError(f"encoder entry names must be unique: {names}")
+    reference = resolve_reference(cfg.get("reference"), names, cfg["frameworks"])
     tasks = [parse_task(t) for t in cfg["tasks"]]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,11 +99,18 @@ def compare(cfg: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
             failed.append((t["name"], str(exc)))
     if not long_rows:
         raise ValueError("compare: every task failed: " + "; ".join(f"{n}: {r}" for n, r in failed))
-    table = pd.DataFrame(long_rows)
+    table = paired_statistics(pd.DataFrame(long_rows), reference)
+    fold_table = table.attrs.pop("folds")
     with atomic_path(out / "compare.csv") as tmp:
         table.to_csv(tmp, index=False)
-    primary = table[table["metric"].isin(["auc", "c_index"])]
-    compare_plot(primary, out / "compare.png", title=f"{cfg['model']}: encoder comparison ({cfg['n_folds']}-fold)")
+    with atomic_path(out / "compare_folds.csv") as tmp:
+        fold_table.to_csv(tmp, index=False)
+    primary = table[table["metric"].isin(PRIMARY)]
+    design = f"{cfg['n_repeats']}×{cfg['n_folds']}-fold"
+    compare_plot(primary.assign(encoder=_row_names(primary)), out / "compare.png",
+                 title=f"{'/'.join(cfg['frameworks'])}: encoder comparison ({design})")
+    forest_plot(primary.assign(encoder=_row_names(primary)), out / "compare_forest.png",
+                title=f"Δ vs reference, 95% CI (corrected resampled t, {design})")
     md = to_markdown(table, cfg)
     if failed:
         md += "\nTasks not run:\n\n" + "".join(f"- {n}: {r}\n" for n, r in failed)
@@ -96,12 +118,69 @@ def compare(cfg: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
     return table
 
 
+PRIMARY = ("auc", "c_index")
+FRAMEWORKS = ("linear", "abmil", "transmil", "twobranch")
+
+
+def _frameworks(cfg: dict) -> list[str]:
+    fw = cfg.get("frameworks") or [cfg.get("model") or "abmil"]
+    fw = [f.strip().lower() for f in (fw.split(",") if isinstance(fw, str) else fw) if str(f).strip()]
+    bad = [f for f in fw if f not in FRAMEWORKS]
+    if bad:
+        raise ValueError(f"unknown framework(s) {bad}; choose from {FRAMEWORKS}")
+    return list(dict.fromkeys(fw))
+
+
+def resolve_reference(ref: str | None, names: list[str], frameworks: list[str]) -> dict:
+    """``NAME`` (an encoder entry: the reference within each framework) or ``NAME/FRAMEWORK`` (one row for all);
+    default: the first encoder entry."""
+    if not ref:
+        return {"encoder": names[0], "framework": None}
+    enc, _, fw = str(ref).partition("/")
+    if enc not in names:
+        raise ValueError(f"reference {ref!r} is not an encoder entry; entries: {names}")
+    if fw and fw not in frameworks:
+        raise ValueError(f"reference {ref!r}: framework {fw!r} is not run; frameworks: {frameworks}")
+    return {"encoder": enc, "framework": fw or None}
+
+
+def _row_names(table: pd.DataFrame) -> pd.Series:
+    """Display name of a row: the encoder, plus the framework when the table has several."""
+    if table["framework"].nunique() <= 1:
+        return table["encoder"].astype(str)
+    return table["encoder"].astype(str) + " (" + table["framework"].astype(str) + ")"
+
+
 def _run_task(cfg: dict, t: dict, entries: list[dict], files: dict, out: Path) -> list[dict]:
-    """One task over every encoder entry with one shared split table; returns the summary rows."""
+    """One task over every encoder entry × framework with one shared split table; returns the summary rows,
+    each carrying its per-split scores (``_folds``) for the paired statistics."""
     from zoomfeat.config import merge
 
     long_rows = []
     tcfg = merge(cfg, {k: v for k, v in t.items() if k != "name"})
+    cohorts, order = _task_cohorts(cfg, t, tcfg, entries, files, out)
+    ref = _restrict(cohorts[entries[0]["name"]], order)
+    splits = _task_splits(ref, cfg, tcfg, t["name"], out)
+    single = len(cfg["frameworks"]) == 1
+    for fw in cfg["frameworks"]:
+        for e in entries:
+            cohort = _restrict(cohorts[e["name"]], order)
+            sub = out / e["name"] / t["name"] if single else out / e["name"] / fw / t["name"]
+            res: CVResult = run_folds(cohort, splits, model=fw, mag=e["mag"], seed=int(cfg["seed"]),
+                                      out_dir=sub if fw != "linear" else None, attention=False,
+                                      **(cfg.get("hparams") or {}))
+            write_result(res, sub, {**tcfg, "model": fw, "bags": e["bags"], "mag": e["mag"]})
+            for r in res.summary.itertuples():
+                long_rows.append({"encoder": e["name"], "framework": fw, "task": t["name"], "metric": r.metric,
+                                  "mean": r.mean, "std": r.std, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                                  "n_folds": r.n_folds, "n_slides": len(order),
+                                  "_folds": res.metrics[["fold", "repeat", "n_train", "n_val", "n_test",
+                                                         r.metric]].rename(columns={r.metric: "value"})})
+    return long_rows
+
+
+def _task_cohorts(cfg: dict, t: dict, tcfg: dict, entries: list[dict], files: dict, out: Path):
+    """Each entry's validated cohort for the task, and the slides usable in every entry (skipped_{task}.csv)."""
     df, skipped = load_labels(cfg["labels"], t["task"], t.get("target"), tcfg["time_col"], tcfg["event_col"])
     cohorts: dict[str, Cohort] = {}
     for e in entries:
@@ -121,19 +200,29 @@ def _run_task(cfg: dict, t: dict, entries: list[dict], files: dict, out: Path) -
     if not common:
         raise ValueError(f"task {t['name']}: no slide has a usable bag in every encoder entry")
     order = [s for s in cohorts[entries[0]["name"]].slides if s in common]
-    ref = _restrict(cohorts[entries[0]["name"]], order)
-    splits = splits_for(ref, tcfg, out / f"splits_{t['name']}.csv")
-    for e in entries:
-        cohort = _restrict(cohorts[e["name"]], order)
-        sub = out / e["name"] / t["name"]
-        res: CVResult = run_folds(cohort, splits, model=tcfg["model"], mag=e["mag"], seed=int(cfg["seed"]),
-                                  out_dir=sub, attention=False, **(cfg.get("hparams") or {}))
-        write_result(res, sub, {**tcfg, "bags": e["bags"], "mag": e["mag"]})
-        for r in res.summary.itertuples():
-            long_rows.append({"encoder": e["name"], "task": t["name"], "metric": r.metric, "mean": r.mean,
-                              "std": r.std, "ci_low": r.ci_low, "ci_high": r.ci_high, "n_folds": r.n_folds,
-                              "n_slides": len(order)})
-    return long_rows
+    return cohorts, order
+
+
+def _task_splits(ref: Cohort, cfg: dict, tcfg: dict, task_name: str, out: Path) -> pd.DataFrame:
+    """The task's split table: given (``splits: {task: path}``, ours or a Patho-Bench TSV) or made once and
+    saved to ``splits_{task}.csv``; reused by every encoder and framework."""
+    from mil.splits import save_splits
+
+    given = cfg.get("splits")
+    path = given.get(task_name) if isinstance(given, dict) else None
+    if path and str(path).endswith(".tsv"):
+        from mil.pathobench import read_pathobench
+
+        splits = load_splits(read_pathobench(path), ref.slides)
+        save_splits(splits, out / f"splits_{task_name}.csv")
+        return splits
+    n_rep, k = int(cfg.get("n_repeats", 1)), int(cfg["n_folds"])
+    splits = splits_for(ref, {**tcfg, "n_repeats": n_rep}, path or out / f"splits_{task_name}.csv")
+    have = (splits["repeat"].nunique(), splits["fold"].nunique() // max(1, splits["repeat"].nunique()))
+    if not path and have != (n_rep, k):
+        raise ValueError(f"{out / f'splits_{task_name}.csv'} holds {have[0]} × {have[1]}-fold splits but the config "
+                         f"asks for {n_rep} × {k}: delete that file or use another --out")
+    return splits
 
 
 def _restrict(c: Cohort, order: list[str]) -> Cohort:
@@ -141,28 +230,106 @@ def _restrict(c: Cohort, order: list[str]) -> Cohort:
     return c.subset([pos[s] for s in order])
 
 
-def to_markdown(table: pd.DataFrame, cfg: dict) -> str:
-    """Encoder × task table of the primary metric (AUC / c-index) as mean ± std, then all metrics."""
-    def cell(r):
-        return f"{r['mean']:.3f} ± {r['std']:.3f}"
+def paired_statistics(table: pd.DataFrame, reference: dict) -> pd.DataFrame:
+    """Add delta, delta_ci_low, delta_ci_high, p, p_adj, outcome (vs the reference row of the same task and
+    metric) from the per-split scores in ``_folds``; the per-split Δ table rides in ``attrs['folds']``."""
+    from mil.stats import corrected_ttest, holm, outcome
 
+    table = table.copy()
+    fold_rows, stats = [], []
+    for i, r in table.iterrows():
+        ref_fw = reference["framework"] or r["framework"]
+        ref = table[(table["encoder"] == reference["encoder"]) & (table["framework"] == ref_fw)
+                    & (table["task"] == r["task"]) & (table["metric"] == r["metric"])]
+        f = r["_folds"].set_index("fold")
+        is_ref = r["encoder"] == reference["encoder"] and r["framework"] == ref_fw
+        d = f["value"] - ref.iloc[0]["_folds"].set_index("fold")["value"].reindex(f.index)
+        ratio = float((f["n_test"] / (f["n_train"] + f["n_val"]).clip(lower=1)).mean())
+        st = corrected_ttest(d.to_numpy(float), ratio) if not is_ref else {}
+        stats.append({"reference": f"{reference['encoder']}/{ref_fw}", "delta": st.get("mean", np.nan),
+                      "delta_ci_low": st.get("ci_low", np.nan), "delta_ci_high": st.get("ci_high", np.nan),
+                      "p": st.get("p", np.nan), "is_reference": is_ref})
+        fold_rows += [{"encoder": r["encoder"], "framework": r["framework"], "task": r["task"],
+                       "metric": r["metric"], "fold": int(k), "repeat": int(f.loc[k, "repeat"]),
+                       "value": float(f.loc[k, "value"]), "delta": float(d.loc[k])} for k in f.index]
+    table = pd.concat([table.drop(columns="_folds"), pd.DataFrame(stats, index=table.index)], axis=1)
+    table["p_adj"] = np.nan
+    for metric, g in table.groupby("metric"):  # one Holm family per metric (the primary one is the table's)
+        table.loc[g.index, "p_adj"] = holm(g["p"].to_numpy(float))
+    table["outcome"] = [("ref" if r.is_reference else outcome(r.delta, r.p_adj)) for r in table.itertuples()]
+    table.attrs["folds"] = pd.DataFrame(fold_rows)
+    return table
+
+
+def _fmt(x: float, signed: bool = False) -> str:
+    return "—" if not np.isfinite(x) else (f"{x:+.3f}" if signed else f"{x:.3f}")
+
+
+def _p(x: float) -> str:
+    return "—" if not np.isfinite(x) else (f"{x:.2g}" if x >= 0.001 else "<0.001")
+
+
+def to_markdown(table: pd.DataFrame, cfg: dict) -> str:
+    """Primary metric per row × task with its CI, Δ vs the reference with its CI, Holm p and win/tie/loss;
+    then every metric; then the verdict sentence."""
     tasks = list(dict.fromkeys(table["task"]))
-    encs = list(dict.fromkeys(table["encoder"]))
-    prim = table[table["metric"].isin(["auc", "c_index"])]
-    lines = [f"# Encoder comparison — {cfg.get('model')}, {cfg.get('n_folds')}-fold patient-level CV, seed "
-             f"{cfg.get('seed')}", "",
-             "Primary metric (AUC for classification, c-index for survival), mean ± std over folds:", "",
-             "| encoder | " + " | ".join(f"{t} ({prim[prim['task'] == t]['metric'].iloc[0]})" for t in tasks) + " |",
-             "|---|" + "---|" * len(tasks)]
-    for e in encs:
-        cells = []
-        for t in tasks:
-            r = prim[(prim["encoder"] == e) & (prim["task"] == t)]
-            cells.append(cell(r.iloc[0]) if len(r) else "—")
-        lines.append(f"| {e} | " + " | ".join(cells) + " |")
-    lines += ["", "All metrics (mean ± std over folds; bootstrap 95% CI of pooled out-of-fold predictions):", "",
-              "| encoder | task | metric | mean ± std | 95% CI |", "|---|---|---|---|---|"]
-    for _, r in table.iterrows():
-        lines.append(f"| {r['encoder']} | {r['task']} | {r['metric']} | {cell(r)} | "
-                     f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] |")
-    return "\n".join(lines) + "\n"
+    prim = table[table["metric"].isin(PRIMARY)].assign(row=lambda t: _row_names(t))
+    fws = "/".join(dict.fromkeys(table["framework"]))
+    lines = [f"# Encoder comparison — {fws}, {cfg.get('n_repeats', 1)} × {cfg.get('n_folds')}-fold patient-level "
+             f"CV (same splits for every row), seed {cfg.get('seed')}", "",
+             f"Reference: **{', '.join(dict.fromkeys(table['reference']))}**. Mean over fold models [95% CI, corrected resampled "
+             "t-test]; Δ = paired per-split difference to the reference [95% CI]; p_adj: Holm over the table; "
+             "win / loss: p_adj < 0.05.", ""]
+    for t in tasks:
+        g = prim[prim["task"] == t]
+        lines += [f"## {t} ({g['metric'].iloc[0]})", "", "| row | mean [95% CI] | Δ [95% CI] | p_adj | outcome |",
+                  "|---|---|---|---|---|"]
+        for r in g.itertuples():
+            delta = ("—" if r.is_reference else
+                     f"{_fmt(r.delta, True)} [{_fmt(r.delta_ci_low, True)}, {_fmt(r.delta_ci_high, True)}]")
+            lines.append(f"| {r.row} | {_fmt(r.mean)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] | {delta} | "
+                         f"{_p(r.p_adj)} | {r.outcome} |")
+        lines.append("")
+    lines += ["All metrics:", "", "| row | task | metric | mean ± std | 95% CI | Δ | p_adj | outcome |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in table.assign(row=_row_names(table)).itertuples():
+        lines.append(f"| {r.row} | {r.task} | {r.metric} | {_fmt(r.mean)} ± {_fmt(r.std)} | "
+                     f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] | {_fmt(r.delta, True)} | {_p(r.p_adj)} | {r.outcome} |")
+    return "\n".join(lines) + "\n\n**Verdict:** " + verdict(table) + "\n"
+
+
+def verdict(table: pd.DataFrame, alpha: float = 0.05) -> str:
+    """One sentence from the statistics of a compare table (primary metric): per task, the rows that beat or
+    lose to the reference at Holm-adjusted p < ``alpha``, else the largest |Δ| and why it is not a difference."""
+    prim = table[table["metric"].isin(PRIMARY)].assign(row=lambda t: _row_names(t))
+    parts = []
+    for task, g in prim.groupby("task", sort=False):
+        g = g[~g["is_reference"]]
+        metric = g["metric"].iloc[0] if len(g) else prim[prim["task"] == task]["metric"].iloc[0]
+        sig = g[g["p_adj"] < alpha]
+        if len(sig):
+            items = [f"{r.row} {'beats' if r.delta > 0 else 'is worse than'} it "
+                     f"(Δ{metric} {r.delta:+.3f} [{r.delta_ci_low:+.3f}, {r.delta_ci_high:+.3f}], "
+                     f"p_adj {_p(r.p_adj)})" for r in sig.sort_values("delta", ascending=False).itertuples()]
+            parts.append(f"on {task}, " + ", ".join(items))
+        elif len(g) and g["delta"].notna().any():
+            r = g.loc[g["delta"].abs().idxmax()]
+            parts.append(f"on {task}, no row differs from it (largest: {r['row']} Δ{metric} {r['delta']:+.3f} "
+                         f"[{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}], p_adj {_p(r['p_adj'])})")
+    refs = list(dict.fromkeys(table["reference"]))
+    ref = refs[0] if len(refs) == 1 else f"{refs[0].split('/')[0]} (within each framework)"
+    n = int((~prim["is_reference"]).sum())
+    if not parts:
+        return f"Nothing to compare against {ref}: the table has no other row."
+    return (f"Against {ref} ({n} comparison{'s' if n != 1 else ''}, Holm-adjusted α = {alpha}): "
+            + "; ".join(parts) + ".")
+
+
+class _CallableModule(types.ModuleType):
+    """``mil.compare`` is this module (so ``mil.compare.verdict`` works) and calling it runs :func:`compare`."""
+
+    def __call__(self, cfg: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
+        return compare(cfg, out_dir)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,12 +1,15 @@
 """Cross-validation: the Python API ``cross_validate`` and the config-driven ``run_cv`` behind ``zoomfeat mil cv``.
 
-Every fold trains a fresh head on the fold's training patients, early-stops on its validation patients and is
-scored once on its test patients; out-of-fold predictions are pooled for plots and bootstrap CIs.
+Every fold trains a fresh head on the fold's training patients (features standardised with that fold's training
+statistics), early-stops on its validation patients when there are enough of them (else a fixed schedule on
+train + val, see :func:`run_folds`) and is scored once on its test patients. Summary CIs aggregate the per-fold
+scores (corrected resampled t, :mod:`mil.stats`); out-of-fold predictions are pooled only for plots.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from mil.data import BagDataset, Cohort, build_cohort, load_labels
+from mil.data import BagDataset, Cohort, build_cohort, fit_standardizer, load_labels
 from mil.models import build_model
 from mil.splits import check_splits, fold_indices, load_splits, make_splits, save_splits
 from mil.tasks import CLASSIFICATION, TASKS, make_task
@@ -100,24 +103,64 @@ def _pred_arrays(pred: pd.DataFrame, task: str, n_classes: int) -> tuple[np.ndar
     return pred["y"].to_numpy(int), pred[[f"prob_{c}" for c in range(n_classes)]].to_numpy(float)
 
 
+METRIC_RANGE = (0.0, 1.0)  # every reported metric (AUC, accuracy, balanced accuracy, F1, c-index) lives in [0, 1]
+
+
 def summarize(metrics: pd.DataFrame, pred: pd.DataFrame, task: str, n_classes: int, seed: int = 0,
               n_boot: int = 1000) -> pd.DataFrame:
-    """mean ± std over folds plus the pooled bootstrap 95% CI, one row per metric."""
+    """mean ± std over fold models plus a 95% CI from the corrected resampled t-test over those fold values
+    (:func:`mil.stats.corrected_ttest`; clipped to [0, 1]). Each fold model is scored on its own test set:
+    predictions of different fold models are never pooled for a CI (``pred``, ``seed``, ``n_boot`` are kept
+    for callers; :func:`bootstrap_ci` still gives the pooled bootstrap on request)."""
+    from mil.stats import corrected_ttest
+
     names = list(make_task(task, n_classes=max(n_classes, 2)).metric_names)
-    ci = bootstrap_ci(pred, task, n_classes, n_boot=n_boot, seed=seed)
+    n_test = metrics["n_test"].to_numpy(float) if "n_test" in metrics else np.ones(len(metrics))
+    n_fit = (metrics["n_train"] + metrics["n_val"]).to_numpy(float) if "n_train" in metrics else n_test * 4
+    ratio = float(np.mean(n_test / np.maximum(n_fit, 1)))
     rows = []
     for m in names:
         v = metrics[m].to_numpy(float)
         v = v[np.isfinite(v)]
+        st = corrected_ttest(v, ratio)
         rows.append({"metric": m, "mean": float(v.mean()) if len(v) else float("nan"),
                      "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
-                     "ci_low": ci[m][0], "ci_high": ci[m][1], "n_folds": int(len(v))})
+                     "ci_low": float(np.clip(st["ci_low"], *METRIC_RANGE)),
+                     "ci_high": float(np.clip(st["ci_high"], *METRIC_RANGE)), "n_folds": int(len(v))})
     return pd.DataFrame(rows)
 
 
 def run_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: str = "20x", seed: int = 0,
               out_dir: str | os.PathLike | None = None, attention: bool = False, **hparams) -> CVResult:
-    """Train/evaluate one head per fold of ``splits`` on ``cohort``; the core shared by the API and the CLI."""
+    """Train/evaluate one head per fold of ``splits`` on ``cohort``; the core shared by the API and the CLI.
+
+    ``model='linear'`` runs the mean-pooling linear probe (:mod:`mil.linear`) on the same folds instead.
+    """
+    from mil.splits import with_repeat
+
+    task_name = cohort.task
+    splits = with_repeat(splits)
+    n_classes = len(cohort.classes) if task_name in CLASSIFICATION else 0
+    if str(model).lower() == "linear":
+        from mil.linear import run_linear
+
+        metrics, pred = run_linear(cohort, splits, mag, seed)
+        attn = {}
+    else:
+        from mil.trainer import head_threads, limited_threads
+
+        cfg = TrainConfig.from_hparams(hparams)
+        with limited_threads(head_threads(cfg.threads), cfg.num_workers):
+            metrics, pred, attn = _train_folds(cohort, splits, model, mag, seed, out_dir, attention, hparams)
+    repeat_of = splits.groupby("fold")["repeat"].first()
+    metrics.insert(1, "repeat", metrics["fold"].map(repeat_of).astype(int))
+    summary = summarize(metrics, pred, task_name, n_classes, seed=seed, n_boot=int(hparams.get("n_boot", 1000)))
+    return CVResult(metrics, pred, summary, splits, task_name, list(cohort.classes), attn, list(cohort.skipped))
+
+
+def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, seed: int,
+                 out_dir: str | os.PathLike | None, attention: bool, hparams: dict):
+    """One MIL head per fold: (per-fold metrics, out-of-fold predictions, attention per test slide)."""
     task_name = cohort.task
     cfg = TrainConfig.from_hparams(hparams)
     model_hp = dict(cfg.extra)
@@ -129,42 +172,66 @@ def run_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: s
     out = Path(out_dir) if out_dir else None
     fold_rows, pred_rows, attn = [], [], {}
     cache = not any(isinstance(i, (str, os.PathLike)) for i in cohort.items) or bool(hparams.get("cache", False))
-    for fold in sorted(splits["fold"].unique()):
+    folds = sorted(splits["fold"].unique())
+    if not any(len(fold_indices(splits, cohort.slides, f)["val"]) for f in folds):
+        warnings.warn("no validation patients (val_fraction: 0 or a split table without 'val' rows): each fold runs "
+                      f"a fixed schedule of {cfg.epochs} epochs and keeps the last one; set val_fraction > 0 for "
+                      "early stopping on held-out patients", stacklevel=2)
+    for fold in folds:
         idx = fold_indices(splits, cohort.slides, fold)
         fold_seed = int(seed) * 1000 + int(fold)
         seed_everything(fold_seed)
+        fixed = len(idx["val"]) < cfg.min_val_slides  # too few validation slides to select epochs on
+        fit_idx = np.concatenate([idx["train"], idx["val"]]) if fixed else idx["train"]
         task = make_task(task_name, n_classes=n_classes, **model_hp)
-        task.fit(cohort.targets[idx["train"]], balance=cfg.class_weights)
+        task.fit(cohort.targets[fit_idx], balance=cfg.class_weights)
         net = build_model(model, cohort.dim, task.n_out, **model_hp)
-        train_ds = BagDataset(cohort.subset(idx["train"]), mag, cfg.max_instances, sample=True, seed=fold_seed,
+        train_ds = BagDataset(cohort.subset(fit_idx), mag, cfg.max_instances, sample=True, seed=fold_seed,
                               cache=cache)
-        val_ds = BagDataset(cohort.subset(idx["val"]), mag, cache=cache) if len(idx["val"]) else None
+        norm = fit_standardizer(train_ds) if cfg.standardize else None
+        val_ds = None if fixed or not len(idx["val"]) else BagDataset(cohort.subset(idx["val"]), mag, cache=cache)
         test_ds = BagDataset(cohort.subset(idx["test"]), mag, cache=cache)
+        for ds in (train_ds, val_ds, test_ds):
+            if ds is not None:
+                ds.norm = norm
         ckpt = out / f"fold{fold}" / "best.pt" if out else None
         info = train_model(net, task, train_ds, val_ds, cfg, seed=fold_seed, ckpt_path=ckpt,
                            name=f"{model}-{task_name}-fold{fold}", log_dir=out)
+        if out and norm is not None:
+            _save_norm(norm, out / f"fold{fold}" / "standardize.npz")
         res = predict(net, task, test_ds, batch_size=1, device=next(net.parameters()).device, attention=attention)
         y = cohort.targets[idx["test"]]
-        met = task.metrics(y, res["pred"])
-        fold_rows.append({"fold": int(fold), **met, "test_loss": res["loss"], "best_epoch": info["best_epoch"],
-                          "epochs_run": info["epochs_run"], "n_train": len(idx["train"]), "n_val": len(idx["val"]),
-                          "n_test": len(idx["test"])})
+        fold_rows.append({"fold": int(fold), **task.metrics(y, res["pred"]), "test_loss": res["loss"],
+                          "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
+                          "schedule": "fixed" if fixed else "early_stopping", "n_train": len(fit_idx),
+                          "n_val": 0 if fixed else len(idx["val"]), "n_test": len(idx["test"])})
         if out:
             pd.DataFrame(info["history"]).to_csv(out / f"fold{fold}" / "history.csv", index=False)
-        for j, i in enumerate(idx["test"]):
-            row = {"slide": cohort.slides[i], "patient": cohort.patients[i], "fold": int(fold)}
-            if task_name == "survival":
-                row.update(time=float(y[j, 0]), event=int(y[j, 1]), risk=float(res["pred"][j, 0]))
-            else:
-                row.update(y=int(y[j]), label=cohort.classes[int(y[j])], pred=int(res["pred"][j].argmax()),
-                           **{f"prob_{c}": float(res["pred"][j, c]) for c in range(n_classes)})
-            pred_rows.append(row)
-            if attention:
-                attn[cohort.slides[i]] = res["attention"][j]
-    metrics = pd.DataFrame(fold_rows)
-    pred = pd.DataFrame(pred_rows)
-    summary = summarize(metrics, pred, task_name, n_classes, seed=seed, n_boot=int(hparams.get("n_boot", 1000)))
-    return CVResult(metrics, pred, summary, splits, task_name, list(cohort.classes), attn, list(cohort.skipped))
+        pred_rows += _prediction_rows(cohort, idx["test"], y, res["pred"], fold, n_classes)
+        if attention:
+            attn.update({cohort.slides[i]: res["attention"][j] for j, i in enumerate(idx["test"])})
+    return pd.DataFrame(fold_rows), pd.DataFrame(pred_rows), attn
+
+
+def _save_norm(norm: tuple[np.ndarray, np.ndarray], path: Path) -> None:
+    """The fold's feature mean / std next to its checkpoint (a saved head needs them to score new bags)."""
+    from zoomfeat.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, mean=norm[0], std=norm[1])
+
+
+def _prediction_rows(cohort: Cohort, test_idx, y, pred, fold, n_classes: int) -> list[dict]:
+    rows = []
+    for j, i in enumerate(test_idx):
+        row = {"slide": cohort.slides[i], "patient": cohort.patients[i], "fold": int(fold)}
+        if cohort.task == "survival":
+            row.update(time=float(y[j, 0]), event=int(y[j, 1]), risk=float(pred[j, 0]))
+        else:
+            row.update(y=int(y[j]), label=cohort.classes[int(y[j])], pred=int(pred[j].argmax()),
+                       **{f"prob_{c}": float(pred[j, c]) for c in range(n_classes)})
+        rows.append(row)
+    return rows
 
 
 def cross_validate(bags: Sequence[Any], labels: Sequence[Any], groups: Sequence[Any] | None = None,
@@ -175,11 +242,13 @@ def cross_validate(bags: Sequence[Any], labels: Sequence[Any], groups: Sequence[
 
     ``bags``: N_i×D arrays or bag paths; ``labels``: class labels, or (time, event) pairs for survival;
     ``groups``: patient ids (default: one patient per bag). Extra keywords: trainer settings (``lr``,
-    ``epochs``, ``patience``, ``batch_size``, ``max_instances``, ...), head settings (``embed_dim``,
+    ``epochs``, ``patience``, ``min_epochs``, ``smooth``, ``min_val_slides``, ``standardize``, ``threads``,
+    ``batch_size``, ``max_instances``, ...; see :class:`mil.trainer.TrainConfig`), head settings (``embed_dim``,
     ``attn_dim``, ``dropout``, ``heads``, ``num_landmarks``, ``mask_aware``, ...), survival settings
     (``surv_loss='cox'|'nll'``, ``n_bins``), and ``slide_ids``, ``mag``, ``val_fraction`` (0.2), ``splits``
-    (a saved split table or its CSV path, reused as is), ``out_dir`` (checkpoints), ``on_bad``
-    ('skip'|'error'). The out-of-fold predictions and summary ride along in ``df.attrs``.
+    (a saved split table or its CSV path, reused as is), ``n_repeats`` (1; repeated k-fold, one row per
+    repeat × fold), ``out_dir`` (checkpoints), ``on_bad`` ('skip'|'error'), ``model='linear'`` (the mean-pooling
+    linear probe on the same folds). The out-of-fold predictions and summary ride along in ``df.attrs``.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
@@ -203,9 +272,10 @@ def cross_validate(bags: Sequence[Any], labels: Sequence[Any], groups: Sequence[
                           on_bad=hparams.pop("on_bad", "skip"), skipped=skipped)
     splits = hparams.pop("splits", None)
     val_fraction = hparams.pop("val_fraction", 0.2)
+    n_repeats = int(hparams.pop("n_repeats", 1))
     if splits is None:
         splits = make_splits(cohort.slides, cohort.patients, cohort.strata, n_folds, seed, val_fraction,
-                             strict=task != "survival")
+                             strict=task != "survival", n_repeats=n_repeats)
     else:
         splits = load_splits(splits, cohort.slides)
     res = run_folds(cohort, splits, model=model, mag=mag, seed=seed, out_dir=hparams.pop("out_dir", None), **hparams)
@@ -219,7 +289,8 @@ def cross_validate(bags: Sequence[Any], labels: Sequence[Any], groups: Sequence[
 
 DEFAULTS: dict[str, Any] = {
     "labels": None, "bags": None, "encoder": None, "mag": "20x", "task": "binary", "target": None,
-    "time_col": "time", "event_col": "event", "model": "abmil", "n_folds": 5, "seed": 0, "val_fraction": 0.2,
+    "time_col": "time", "event_col": "event", "model": "abmil", "n_folds": 5, "n_repeats": 1, "seed": 0,
+    "val_fraction": 0.2,
     "splits": None, "slides": None, "heatmaps": 3, "on_bad": "skip", "hparams": {},
 }
 
@@ -246,7 +317,8 @@ def splits_for(cohort: Cohort, cfg: dict, path: str | os.PathLike) -> pd.DataFra
     if path.exists():
         return load_splits(path, cohort.slides)
     df = make_splits(cohort.slides, cohort.patients, cohort.strata, int(cfg["n_folds"]), int(cfg["seed"]),
-                     float(cfg.get("val_fraction", 0.2)), strict=cohort.task != "survival")
+                     float(cfg.get("val_fraction", 0.2)), strict=cohort.task != "survival",
+                     n_repeats=int(cfg.get("n_repeats", 1)))
     save_splits(df, path)
     return df
 
@@ -271,7 +343,7 @@ def write_result(res: CVResult, out: Path, cfg: dict, cohort: Cohort | None = No
     lines = [f"# MIL cross-validation: {cfg.get('model')} on {cfg.get('task')} ({cfg.get('target') or 'survival'})",
              "", f"bags: {cfg.get('bags')} (mag {cfg.get('mag')}), {len(res.predictions)} slides, "
              f"{res.metrics.shape[0]} folds, seed {cfg.get('seed')}, skipped {len(res.skipped)}", "",
-             "| metric | mean ± std | bootstrap 95% CI |", "|---|---|---|"]
+             "| metric | mean ± std | 95% CI (corrected t over folds) |", "|---|---|---|"]
     for r in res.summary.itertuples():
         lines.append(f"| {r.metric} | {r.mean:.3f} ± {r.std:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] |")
     write_text_atomic(out / "summary.md", "\n".join(lines) + "\n" + extra)

@@ -245,6 +245,7 @@ class BagDataset(Dataset):
         self.sample = sample
         self.rng = np.random.default_rng(seed)
         self.cache: dict[int, np.ndarray] | None = {} if cache else None
+        self.norm: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) from the training fold
 
     def __len__(self) -> int:
         return len(self.cohort)
@@ -262,8 +263,29 @@ class BagDataset(Dataset):
         arr = self.features(i)
         if self.sample and self.max_instances and arr.shape[0] > self.max_instances:
             arr = arr[np.sort(self.rng.choice(arr.shape[0], self.max_instances, replace=False))]
+        if self.norm is not None:
+            arr = (arr - self.norm[0]) / self.norm[1]
         y = self.cohort.targets[i]
         return {"x": torch.from_numpy(np.ascontiguousarray(arr)), "y": torch.as_tensor(y), "index": i}
+
+
+def fit_standardizer(ds: BagDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std over every instance of ``ds``'s bags (the training fold), float32.
+
+    Why: encoders differ in feature scale by orders of magnitude (and ZoomLDM's UNet activations are far from
+    unit scale); without it a head's first epochs are spent undoing the scale, and on small cohorts it never
+    gets past predicting one class. Constant features get std 1.
+    """
+    n, s1, s2 = 0, None, None
+    for i in range(len(ds)):
+        a = ds.features(i).astype(np.float64)
+        s1 = a.sum(0) if s1 is None else s1 + a.sum(0)
+        s2 = (a * a).sum(0) if s2 is None else s2 + (a * a).sum(0)
+        n += a.shape[0]
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
+    std = np.where(std > 1e-6 * max(1.0, float(np.abs(mean).max())), std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
 
 
 def collate_bags(batch: list[dict]) -> dict:

@@ -108,3 +108,29 @@ def compare_plot(table: pd.DataFrame, path: str | os.PathLike, title: str = "") 
     ax.set(ylim=(0, 1.05), ylabel="mean over folds (± std)", title=title or "encoder comparison")
     ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     return _save(fig, path)
+
+
+def forest_plot(table: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
+    """One panel per task: each non-reference row's mean Δ to the reference with its 95% CI (green: win, red:
+    loss, grey: tie at Holm-adjusted p < 0.05), a line at Δ = 0."""
+    plt = _plt()
+    tasks = list(dict.fromkeys(table["task"]))
+    rows = table[~table["is_reference"].astype(bool)]
+    n_rows = max(1, rows.groupby("task").size().max() if len(rows) else 1)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 1.8 + 0.5 * n_rows), squeeze=False)
+    colors = {"win": "tab:green", "loss": "tab:red", "tie": "tab:grey"}
+    for ax, task in zip(axes[0], tasks):
+        g = rows[rows["task"] == task].iloc[::-1]
+        y = np.arange(len(g))
+        for k, r in enumerate(g.itertuples()):
+            lo, hi = r.delta - r.delta_ci_low, r.delta_ci_high - r.delta
+            ax.errorbar(r.delta, k, xerr=[[np.nan_to_num(lo)], [np.nan_to_num(hi)]], fmt="o", capsize=3,
+                        color=colors.get(r.outcome, "k"))
+        ax.axvline(0, color="k", lw=1, ls="--")
+        ax.set_yticks(y, list(g["encoder"]))
+        metric = table[table["task"] == task]["metric"].iloc[0]
+        ref = table["reference"].iloc[0] if "reference" in table else "reference"
+        ax.set(xlabel=f"Δ {metric} vs {ref}", title=task)
+    fig.suptitle(title or "paired differences to the reference", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -3,7 +3,10 @@
 Outer folds: sklearn ``StratifiedGroupKFold`` over patients (disjoint test folds, unlike CLAM's Monte-Carlo
 splits). Inner: the same splitter on each fold's training patients, taking one of ⌈1/val_fraction⌉ groups as
 the early-stopping validation set. Survival folds stratify on the event indicator. A split table has one row
-per (fold, slide): ``fold, slide, patient, split`` with split ∈ {train, val, test}.
+per (fold, slide): ``fold, slide, patient, split, repeat`` with split ∈ {train, val, test}. Repeated k-fold
+(``n_repeats``) reshuffles the patients with seed ``seed + r``; fold ids are global (repeat r, fold f →
+``r * n_folds + f``) so every consumer iterates over ``fold`` alone. Tables without ``repeat`` (older files)
+read as one repeat. :mod:`mil.pathobench` converts to and from Patho-Bench's split TSVs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-SPLIT_COLUMNS = ["fold", "slide", "patient", "split"]
+SPLIT_COLUMNS = ["fold", "slide", "patient", "split", "repeat"]
 
 
 def _patient_strata(patients: Sequence[str], strata: Sequence) -> dict[str, object]:
@@ -32,8 +35,9 @@ def _patient_strata(patients: Sequence[str], strata: Sequence) -> dict[str, obje
 
 
 def make_splits(slides: Sequence[str], patients: Sequence[str], strata: Sequence, n_folds: int = 5,
-                seed: int = 0, val_fraction: float = 0.2, strict: bool = True) -> pd.DataFrame:
-    """Patient-level stratified folds; raises ValueError when a class has fewer patients than folds.
+                seed: int = 0, val_fraction: float = 0.2, strict: bool = True, n_repeats: int = 1) -> pd.DataFrame:
+    """Patient-level stratified folds (``n_repeats`` × ``n_folds``); ValueError when a class has fewer patients
+    than folds.
 
     ``strict=False`` (survival, where the strata are event/censored) only warns: a fold may then lack
     censored patients, which the c-index tolerates, and at least one event per fold is still required.
@@ -59,6 +63,17 @@ def make_splits(slides: Sequence[str], patients: Sequence[str], strata: Sequence
         )
     if len(counts) < 2 and strict:
         raise ValueError(f"only one class/stratum ({next(iter(counts))!r}) among the labelled slides")
+    rows = []
+    for r in range(int(n_repeats)):
+        rows += _kfold_rows(slides, patients, strata, n_folds, seed + r, val_fraction, r)
+    df = pd.DataFrame(rows, columns=SPLIT_COLUMNS)
+    check_splits(df)
+    return df
+
+
+def _kfold_rows(slides: list[str], patients: list[str], strata: np.ndarray, n_folds: int, seed: int,
+                val_fraction: float, repeat: int) -> list[tuple]:
+    """Rows (fold, slide, patient, split, repeat) of one patient-level stratified k-fold with inner validation."""
     idx = np.arange(len(slides))
     outer = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     rows = []
@@ -83,10 +98,8 @@ def make_splits(slides: Sequence[str], patients: Sequence[str], strata: Sequence
             val_idx = train_idx[v]
             train_idx = np.setdiff1d(train_idx, val_idx)
         for split, ids in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
-            rows += [(fold, slides[i], patients[i], split) for i in sorted(ids)]
-    df = pd.DataFrame(rows, columns=SPLIT_COLUMNS)
-    check_splits(df)
-    return df
+            rows += [(repeat * n_folds + fold, slides[i], patients[i], split, repeat) for i in sorted(ids)]
+    return rows
 
 
 def _inner_split_error(fold: int, n_folds: int, val_fraction: float, n_inner: int, tr_pat: list[str],
@@ -101,7 +114,9 @@ def _inner_split_error(fold: int, n_folds: int, val_fraction: float, n_inner: in
 
 
 def check_splits(df: pd.DataFrame) -> None:
-    """Guard against leakage: within a fold a patient is in one split only; each slide is tested exactly once."""
+    """Guard against leakage: within a fold a patient is in one split only; each slide is tested exactly once
+    per repeat."""
+    df = with_repeat(df)
     missing = [c for c in SPLIT_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"split table lacks column(s) {missing}")
@@ -110,19 +125,29 @@ def check_splits(df: pd.DataFrame) -> None:
     if len(leaks):
         f, p = leaks.index[0]
         raise ValueError(f"split leakage: patient {p} is in more than one of train/val/test in fold {f}")
-    tests = df[df["split"] == "test"].groupby("slide")["fold"].nunique()
+    if (df.groupby("fold")["repeat"].nunique() > 1).any():
+        raise ValueError("split table: a fold id belongs to more than one repeat")
+    tests = df[df["split"] == "test"].groupby(["repeat", "slide"])["fold"].nunique()
     if (tests > 1).any():
-        raise ValueError(f"split table tests slide {tests[tests > 1].index[0]} in more than one fold")
+        r, s = tests[tests > 1].index[0]
+        raise ValueError(f"split table tests slide {s} in more than one fold of repeat {r}")
     folds = sorted(df["fold"].unique())
     if any(set(df[df["fold"] == f]["slide"]) != set(df[df["fold"] == folds[0]]["slide"]) for f in folds):
         raise ValueError("split table: folds cover different slides")
+
+
+def with_repeat(df: pd.DataFrame) -> pd.DataFrame:
+    """The table with a ``repeat`` column (0 everywhere for single-repeat tables written before repeats)."""
+    if "repeat" in df.columns:
+        return df
+    return df.assign(repeat=0)
 
 
 def save_splits(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     from zoomfeat.io import atomic_path
 
     with atomic_path(path) as tmp:
-        df[SPLIT_COLUMNS].to_csv(tmp, index=False)
+        with_repeat(df)[SPLIT_COLUMNS].to_csv(tmp, index=False)
     return Path(path)
 
 
@@ -130,6 +155,7 @@ def load_splits(path: str | os.PathLike | pd.DataFrame, slides: Sequence[str] | 
     """Read a saved split table; with ``slides``, drop rows of slides no longer usable (warning) and refuse
     a table that lacks usable slides (re-splitting silently would change folds between encoders)."""
     df = path.copy() if isinstance(path, pd.DataFrame) else pd.read_csv(path, dtype={"slide": str, "patient": str})
+    df = with_repeat(df)
     check_splits(df)
     if slides is not None:
         slides = set(map(str, slides))

@@ -72,16 +72,11 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, n_classes: int) -> d
         }
 
 
-def cox_ph_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
-    """Negative Cox partial log-likelihood (Breslow ties), averaged over events; 0 (with grad) when none."""
-    risk = risk.view(-1)
-    order = torch.argsort(time.view(-1), descending=True, stable=True)
-    r, e = risk[order], event.view(-1)[order].float()
-    log_risk_set = torch.logcumsumexp(r, dim=0)
-    n_events = e.sum()
-    if n_events < 1:
-        return risk.sum() * 0.0
-    return -((r - log_risk_set) * e).sum() / n_events
+def cox_ph_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor, ties: str = "breslow") -> torch.Tensor:
+    """Negative Cox partial log-likelihood averaged over events: :func:`mil.survival.cox_loss` (exact with ties)."""
+    from mil.survival import cox_loss
+
+    return cox_loss(risk, time, event, ties=ties)
 
 
 def nll_surv_loss(logits: torch.Tensor, bins: torch.Tensor, event: torch.Tensor, alpha: float = 0.4,
@@ -100,7 +95,8 @@ def nll_surv_loss(logits: torch.Tensor, bins: torch.Tensor, event: torch.Tensor,
 
 
 class SurvivalTask:
-    """Survival head: ``loss='cox'`` (one risk logit) or ``'nll'`` (``n_bins`` discrete-time hazards).
+    """Survival head: ``loss='cox'`` (one risk logit, ``ties`` 'efron' or 'breslow') or ``'nll'`` (``n_bins``
+    discrete-time hazards).
 
     Targets are (time, event) rows. The predicted risk (higher = earlier death) is the logit for Cox and
     minus the summed survival curve for the discrete-time model. The NLL bins are event-time quantiles of
@@ -110,10 +106,11 @@ class SurvivalTask:
     primary = "c_index"
     metric_names = ("c_index",)
 
-    def __init__(self, loss: str = "cox", n_bins: int = 4, alpha: float = 0.4):
+    def __init__(self, loss: str = "cox", n_bins: int = 4, alpha: float = 0.4, ties: str = "efron"):
         if loss not in ("cox", "nll"):
             raise ValueError("survival loss must be 'cox' or 'nll'")
         self.kind = loss
+        self.ties = ties
         self.n_bins = int(n_bins)
         self.alpha = float(alpha)
         self.n_out = 1 if loss == "cox" else self.n_bins
@@ -134,7 +131,7 @@ class SurvivalTask:
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         y = y.float().view(-1, 2)
         if self.kind == "cox":
-            return cox_ph_loss(logits.view(-1), y[:, 0], y[:, 1])
+            return cox_ph_loss(logits.view(-1), y[:, 0], y[:, 1], self.ties)
         return nll_surv_loss(logits, self._bins(y[:, 0]), y[:, 1], self.alpha)
 
     def predict(self, logits: torch.Tensor) -> np.ndarray:
@@ -166,7 +163,8 @@ def make_task(task: str, n_classes: int = 2, **hparams):
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
     if task == "survival":
-        return SurvivalTask(hparams.get("surv_loss", "cox"), hparams.get("n_bins", 4), hparams.get("alpha", 0.4))
+        return SurvivalTask(hparams.get("surv_loss", "cox"), hparams.get("n_bins", 4), hparams.get("alpha", 0.4),
+                            hparams.get("ties", "efron"))
     if task == "binary" and n_classes != 2:
         raise ValueError(f"task 'binary' needs exactly 2 classes, the labels have {n_classes}; use 'multiclass'")
     return ClassificationTask(n_classes)

@@ -1,4 +1,9 @@
-"""One fold's training: AdamW, early stopping on validation loss, best checkpoint, optional wandb, tqdm.
+"""One fold's training: AdamW, early stopping on smoothed validation loss, best checkpoint, optional wandb, tqdm.
+
+Small cohorts: a validation loss over 3–4 slides is noise, and stopping on it stopped the demo's heads at epoch
+0. So the selection uses a moving average of the validation loss over ``smooth`` epochs and never stops before
+``min_epochs``; and :func:`mil.cv.run_folds` drops early stopping altogether when a fold has fewer than
+``min_val_slides`` validation slides (train + val are then trained on for the fixed ``epochs``, last weights kept).
 
 Reproducibility: :func:`seed_everything` seeds python/numpy/torch and turns on deterministic algorithms;
 the loader's shuffling and the instance sampling use seeded generators and run in-process by default
@@ -7,6 +12,7 @@ the loader's shuffling and the instance sampling use seeded generators and run i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
@@ -31,7 +37,11 @@ class TrainConfig:
     weight_decay: float = 1e-5
     epochs: int = 50
     patience: int = 10
-    min_epochs: int = 0
+    min_epochs: int = 10
+    smooth: int = 5  # moving-average window (epochs) of the validation loss that early stopping reads
+    min_val_slides: int = 16  # fewer validation slides in a fold: fixed schedule on train + val (see module doc)
+    standardize: bool = True  # per-feature mean / std from the fold's training instances
+    threads: int | None = None  # torch intra-op threads; None: `--threads` of the CLI (ZOOMFEAT_THREADS) or 1
     batch_size: int | None = None  # None: 1 for classification / NLL (peers), 16 for Cox (needs risk sets)
     max_instances: int | None = None
     class_weights: bool = True
@@ -57,7 +67,8 @@ class TrainConfig:
 
 
 _FLOATS = {"lr", "weight_decay", "grad_clip"}
-_INTS = {"epochs", "patience", "min_epochs", "batch_size", "max_instances", "num_workers"}
+_INTS = {"epochs", "patience", "min_epochs", "batch_size", "max_instances", "num_workers", "smooth",
+         "min_val_slides", "threads"}
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -80,6 +91,42 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def configure_threads(threads: int | None = None, workers: int = 0) -> int:
+    """Set torch's intra-op threads so that threads × max(1, workers) ≤ available cores; returns the count.
+
+    An explicit ``threads`` above the available cores is lowered to them (oversubscribed OpenMP threads spin
+    at barriers while waiting for descheduled peers instead of working).
+    """
+    from zoomfeat.cli.threads import available_cores
+
+    cores = available_cores()
+    limit = max(1, cores // max(1, int(workers or 0)))
+    n = limit if not threads else max(1, min(int(threads), limit))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+@contextlib.contextmanager
+def limited_threads(threads: int | None = None, workers: int = 0):
+    """:func:`configure_threads` for the duration of a block, then the caller's thread count again."""
+    before = torch.get_num_threads()
+    try:
+        yield configure_threads(threads, workers)
+    finally:
+        torch.set_num_threads(before)
+
+
+def head_threads(threads: int | None = None) -> int | None:
+    """Intra-op threads for training MIL heads: explicit ``threads``, else the CLI's ``--threads``
+    (``ZOOMFEAT_THREADS``), else 1. Why 1: the heads' matrices are small, so a second thread saves little when
+    the cores are idle and, on a shared machine, costs 15–30× in spinning (benchmarks/mil_speed.py, docs/mil.md)."""
+    if threads:
+        return int(threads)
+    env = os.environ.get("ZOOMFEAT_THREADS")
+    return int(env) if env and env.isdigit() and int(env) > 0 else 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -161,8 +208,10 @@ def predict(model: torch.nn.Module, task, dataset: BagDataset, batch_size: int =
 def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagDataset | None, cfg: TrainConfig,
                 seed: int = 0, ckpt_path: str | os.PathLike | None = None, name: str = "fold",
                 log_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Train with AdamW; keep the weights of the epoch with the lowest validation loss (early stopping with
-    ``patience``, not before ``min_epochs``); save them to ``ckpt_path`` atomically and load them back into ``model``."""
+    """Train with AdamW. With a validation set: keep the weights of the epoch with the lowest moving-average
+    validation loss (window ``smooth``), stop after ``patience`` epochs without improvement but not before
+    ``min_epochs``. Without one: a fixed schedule of ``epochs``, last weights kept. The kept weights are saved to
+    ``ckpt_path`` atomically and loaded back into ``model``."""
     from zoomfeat.precision import autocast, check_supported, effective_precision
 
     device = resolve_device(cfg.device)
@@ -176,41 +225,27 @@ def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagD
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=effective_precision(device, cfg.precision) == "fp16")
     logger = RunLogger(cfg.wandb, cfg.wandb_project, name, {"lr": cfg.lr, "batch_size": bs, **cfg.extra}, log_dir)
+    has_val = val_ds is not None and len(val_ds) > 0
     best = {"loss": float("inf"), "epoch": -1, "state": None}
-    history = []
+    history, val_losses = [], []
     bad_epochs = 0
-    if val_ds is None or not len(val_ds):
-        warnings.warn(f"{name}: no validation patients (val_fraction: 0 or a split table without 'val' rows): "
-                      "early stopping and the kept epoch follow the training loss, which favours overfitting; "
-                      "set val_fraction > 0 for a held-out stopping criterion", stacklevel=2)
     bar = tqdm(range(cfg.epochs), desc=name, disable=not cfg.progress, leave=False)
     for epoch in bar:
-        model.train()
-        total, n = 0.0, 0
-        for batch in loader:
-            with autocast(device, cfg.precision):  # the loss is computed in fp32 from fp32-cast logits
-                out = _forward(model, batch, device)
-            loss = task.loss(out["logits"].float(), batch["y"].to(device))
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # a no-op scaler unless fp16 (whose small gradients underflow)
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            total += float(loss.detach()) * len(batch["index"])
-            n += len(batch["index"])
-        rec = {"epoch": epoch, "train_loss": total / max(n, 1)}
-        if val_ds is not None and len(val_ds):
-            rec["val_loss"] = predict(model, task, val_ds, batch_size=max(bs, 1), device=device,
-                                      precision=cfg.precision)["loss"]
+        rec = {"epoch": epoch, "train_loss": _train_epoch(model, task, loader, opt, device, cfg.grad_clip,
+                                                          cfg.precision, scaler)}
+        if has_val:
+            val_losses.append(predict(model, task, val_ds, batch_size=max(bs, 1), device=device,
+                                      precision=cfg.precision)["loss"])
+            rec["val_loss"] = val_losses[-1]
+            rec["val_loss_smooth"] = float(np.mean(val_losses[-max(1, cfg.smooth):]))
+            score = rec["val_loss_smooth"]
         else:
-            rec["val_loss"] = rec["train_loss"]  # no validation set: keep the last/best-on-train epoch
+            score = -epoch  # fixed schedule: the last epoch is the one kept
         history.append(rec)
         logger.log(rec, epoch)
-        bar.set_postfix(train=f"{rec['train_loss']:.3f}", val=f"{rec['val_loss']:.3f}")
-        if rec["val_loss"] < best["loss"] - 1e-6 or best["state"] is None or not np.isfinite(best["loss"]):
-            best = {"loss": rec["val_loss"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+        bar.set_postfix(train=f"{rec['train_loss']:.3f}", val=f"{rec.get('val_loss', float('nan')):.3f}")
+        if score < best["loss"] - 1e-6 or best["state"] is None or not np.isfinite(best["loss"]):
+            best = {"loss": score, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
             bad_epochs = 0
         else:
             bad_epochs += 1
@@ -223,8 +258,31 @@ def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagD
 
         with atomic_path(ckpt_path) as tmp:
             torch.save({k: v.cpu() for k, v in best["state"].items()}, tmp)
-    return {"best_epoch": best["epoch"], "best_val_loss": best["loss"], "epochs_run": len(history),
-            "history": history}
+    return {"best_epoch": best["epoch"], "best_val_loss": best["loss"] if has_val else float("nan"),
+            "epochs_run": len(history), "history": history}
+
+
+def _train_epoch(model, task, loader, opt, device, grad_clip, precision="fp32", scaler=None) -> float:
+    """One pass over the training loader; the mean training loss per bag."""
+    from zoomfeat.precision import autocast
+
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
+    model.train()
+    total, n = 0.0, 0
+    for batch in loader:
+        with autocast(device, precision):  # the loss is computed in fp32 from fp32-cast logits
+            out = _forward(model, batch, device)
+        loss = task.loss(out["logits"].float(), batch["y"].to(device))
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()  # a no-op scaler unless fp16 (whose small gradients underflow)
+        if grad_clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        total += float(loss.detach()) * len(batch["index"])
+        n += len(batch["index"])
+    return total / max(n, 1)
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:

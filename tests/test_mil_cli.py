@@ -66,8 +66,10 @@ def test_compare_end_to_end(cohort, tmp_path):
     root, good, noise, labels = cohort
     out = tmp_path / "cmp"
     rc = main(["compare", "--config", "configs/mil/compare.yaml", "--out", str(out), "--labels", str(labels),
+               "--frameworks", "abmil",
                "--bags", f"zoomldm-20x={good}:20x", "--bags", f"zoomldm-20x+5x={good}:20x+5x",
-               "--bags", f"noise={noise}", "--tasks", "hrd,survival", *TINY, "hparams.epochs=4"])
+               "--bags", f"noise={noise}", "--tasks", "hrd,survival", *TINY, "hparams.epochs=4",
+               "n_repeats=1"])
     assert rc == 0
     table = pd.read_csv(out / "compare.csv")
     assert set(table["encoder"]) == {"zoomldm-20x", "zoomldm-20x+5x", "noise"}

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
+    from zoomfeat.cli.threads import add_threads_option
+
+    add_threads_option(parser)  # every verb (and sub-verb) gets --threads
     return parser
 
 
@@ -40,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from zoomfeat.cli.threads import apply_threads
+
+    apply_threads(args)
     try:
         rc = args.func(args)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:

@@ -1,0 +1,73 @@
+"""Statistics over cross-validation splits: corrected resampled t-test (Nadeau & Bengio 2003), Holm, verdicts.
+
+Why: the J = repeats × folds per-split scores share training data, so their plain standard error is far too
+small. Nadeau & Bengio's correction inflates the variance of the mean by (1/J + n_test/n_train):
+
+    mean ± t_{J−1, 0.975} · sqrt((1/J + n_test/n_train) · s²)
+
+with s² the sample variance of the per-split values. Applied to one model's per-split metric it gives the
+metric's CI; applied to the per-split difference of two models on the same splits (paired) it gives the CI and
+p-value of Δ. Every value comes from one fold model on its own test set: predictions of different fold models
+are never pooled.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+def corrected_ttest(values: Sequence[float], test_train_ratio: float, level: float = 0.95) -> dict[str, float]:
+    """Mean, corrected CI and two-sided p (H0: mean 0) of per-split values; NaN values are dropped.
+
+    ``test_train_ratio`` = n_test / n_train of a split (1/(k−1) for k-fold). With fewer than two values the CI
+    and p are NaN; with zero variance the CI collapses to the mean and p is 1 (mean 0) or 0.
+    """
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    j = len(v)
+    out = {"mean": float(v.mean()) if j else float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+           "p": float("nan"), "n_splits": j}
+    if j < 2:
+        return out
+    var = (1.0 / j + float(test_train_ratio)) * v.var(ddof=1)
+    se = math.sqrt(var)
+    q = stats.t.ppf(0.5 + level / 2, j - 1)
+    out.update(ci_low=out["mean"] - q * se, ci_high=out["mean"] + q * se)
+    if se == 0:
+        out["p"] = 1.0 if out["mean"] == 0 else 0.0
+    else:
+        out["p"] = float(2 * stats.t.sf(abs(out["mean"]) / se, j - 1))
+    return out
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm step-down adjusted p-values (statsmodels ``multipletests``); NaN entries stay NaN and are not counted."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
+    return out
+
+
+def split_ratio(splits) -> float:
+    """Mean n_test / n_train over the folds of a split table (validation slides count as training data)."""
+    ratios = []
+    for _, g in splits.groupby("fold"):
+        n_test = int((g["split"] == "test").sum())
+        ratios.append(n_test / max(1, len(g) - n_test))
+    return float(np.mean(ratios)) if ratios else float("nan")
+
+
+def outcome(delta: float, p_adj: float, alpha: float = 0.05) -> str:
+    """'win' / 'loss' when the Holm-adjusted p is below ``alpha`` (sign of Δ), else 'tie'."""
+    if not np.isfinite(p_adj) or p_adj >= alpha:
+        return "tie"
+    return "win" if delta > 0 else "loss"
