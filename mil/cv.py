@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from mil.data import BagDataset, Cohort, build_cohort, fit_standardizer, load_labels
+from mil.data import BagDataset, Cohort, build_cohort, fit_standardizer, load_labels, save_standardizer
 from mil.models import build_model
 from mil.splits import check_splits, fold_indices, load_splits, make_splits, save_splits
 from mil.tasks import CLASSIFICATION, TASKS, make_task
@@ -198,7 +198,7 @@ def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, see
         info = train_model(net, task, train_ds, val_ds, cfg, seed=fold_seed, ckpt_path=ckpt,
                            name=f"{model}-{task_name}-fold{fold}", log_dir=out)
         if out and norm is not None:
-            _save_norm(norm, out / f"fold{fold}" / "standardize.npz")
+            save_standardizer(norm, out / f"fold{fold}" / "standardize.npz")
         res = predict(net, task, test_ds, batch_size=1, device=next(net.parameters()).device, attention=attention)
         y = cohort.targets[idx["test"]]
         fold_rows.append({"fold": int(fold), **task.metrics(y, res["pred"]), "test_loss": res["loss"],
@@ -211,14 +211,6 @@ def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, see
         if attention:
             attn.update({cohort.slides[i]: res["attention"][j] for j, i in enumerate(idx["test"])})
     return pd.DataFrame(fold_rows), pd.DataFrame(pred_rows), attn
-
-
-def _save_norm(norm: tuple[np.ndarray, np.ndarray], path: Path) -> None:
-    """The fold's feature mean / std next to its checkpoint (a saved head needs them to score new bags)."""
-    from zoomfeat.io import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, mean=norm[0], std=norm[1])
 
 
 def _prediction_rows(cohort: Cohort, test_idx, y, pred, fold, n_classes: int) -> list[dict]:

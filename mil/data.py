@@ -269,6 +269,24 @@ class BagDataset(Dataset):
         return {"x": torch.from_numpy(np.ascontiguousarray(arr)), "y": torch.as_tensor(y), "index": i}
 
 
+def save_standardizer(norm: tuple[np.ndarray, np.ndarray], path: str | os.PathLike) -> None:
+    """Write a fitted (mean, std) beside a head's weights (``.npz``, atomic): applying the head needs it."""
+    from zoomfeat.io import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, mean=norm[0], std=norm[1])
+
+
+def load_standardizer(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (mean, std) saved with a head, or None when it was trained without standardisation."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return np.asarray(z["mean"], np.float32), np.asarray(z["std"], np.float32)
+
+
 def fit_standardizer(ds: BagDataset) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std over every instance of ``ds``'s bags (the training fold), float32.
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mil.data import BadBagError, BagDataset, Cohort, check_features, read_features
+from mil.data import BadBagError, BagDataset, Cohort, check_features, load_standardizer, read_features
 from mil.models import build_model, model_kwargs
 from mil.tasks import CLASSIFICATION, make_task
 
@@ -36,6 +36,7 @@ class Predictor:
     source: str = ""
     kind: str = "model"  # model | ensemble
     meta: dict = field(default_factory=dict)
+    norms: list = field(default_factory=list)  #: per head: the training (mean, std) its inputs need, or None
 
     @property
     def n_classes(self) -> int:
@@ -61,7 +62,7 @@ def load_model(path: str | os.PathLike) -> Predictor:
     net.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
     hp = {k: task[k] for k in ("surv_loss", "n_bins", "alpha") if k in task}
     return Predictor([net.eval()], task["name"], list(task["classes"]), meta["mag"], meta["feature_spec"], hp,
-                     int(head["in_dim"]), str(path), "model", meta)
+                     int(head["in_dim"]), str(path), "model", meta, [load_standardizer(path / "standardize.npz")])
 
 
 def _cv_classes(cv_dir: Path) -> list:
@@ -127,7 +128,8 @@ def load_ensemble(cv_dir: str | os.PathLike) -> Predictor:
         nets.append(net.eval())
     task_hp = {k: hp[k] for k in ("surv_loss", "n_bins", "alpha") if k in hp}
     return Predictor(nets, task_name, classes, mag, spec, task_hp, in_dim, str(cv_dir), "ensemble",
-                     {"folds": [str(c.relative_to(cv_dir)) for c in ckpts], "config": cfg})
+                     {"folds": [str(c.relative_to(cv_dir)) for c in ckpts], "config": cfg},
+                     [load_standardizer(c.parent / "standardize.npz") for c in ckpts])
 
 
 def load_predictor(path: str | os.PathLike) -> Predictor:
@@ -168,7 +170,8 @@ def predict_bags(pr: Predictor, bag_files: dict[str, Any], device: str = "auto",
     dev = resolve_device(device)
     task = pr.task_obj()
     outs, atts = [], []
-    for net in pr.nets:
+    for k, net in enumerate(pr.nets):
+        ds.norm = pr.norms[k] if k < len(pr.norms) else None  # each head sees inputs scaled as in its training
         res = predict(net.to(dev), task, ds, batch_size=1, device=dev, attention=attention)
         net.cpu()
         outs.append(res["pred"])

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mil.data import BagDataset, Cohort
+from mil.data import BagDataset, Cohort, fit_standardizer, save_standardizer
 from mil.models import build_model, model_kwargs
 from mil.tasks import CLASSIFICATION, TASKS, make_task
 from mil.trainer import TrainConfig, seed_everything, train_model
@@ -32,6 +32,7 @@ from mil.trainer import TrainConfig, seed_everything, train_model
 MODEL_FORMAT = "zoomfeat-mil-model-v1"
 WEIGHTS = "model.safetensors"
 META = "model.json"
+STANDARDIZE = "standardize.npz"  #: per-feature (mean, std) of the training slides, when the head standardises
 FINAL_DEFAULTS: dict[str, Any] = {"final": {"strategy": "val", "epochs": None}}
 
 
@@ -112,8 +113,13 @@ def fit_head(cohort: Cohort, cfg: dict, train_idx: np.ndarray, val_idx: np.ndarr
     cache = bool(hparams.get("cache", False))
     train_ds = BagDataset(cohort.subset(train_idx), mag, tcfg.max_instances, sample=True, seed=seed, cache=cache)
     val_ds = BagDataset(cohort.subset(val_idx), mag, cache=cache) if len(val_idx) else None
+    norm = fit_standardizer(train_ds) if tcfg.standardize else None  # as in `mil cv`: fitted on training slides
+    for ds in (train_ds, val_ds):
+        if ds is not None:
+            ds.norm = norm
     info = train_model(net, task, train_ds, val_ds, tcfg, seed=seed, name=f"{name}-{cohort.task}-final",
                        log_dir=log_dir)
+    info["norm"] = norm
     return net.cpu(), task, info, model_hp
 
 
@@ -138,7 +144,8 @@ def _training_meta(cohort: Cohort, tr: np.ndarray, va: np.ndarray, info: dict, h
             "epochs_run": int(info["epochs_run"]), "skipped": [list(s) for s in cohort.skipped]}
 
 
-def save_model(out: Path, net, meta: dict, cfg: dict, extra_csv: dict[str, pd.DataFrame]) -> Path:
+def save_model(out: Path, net, meta: dict, cfg: dict, extra_csv: dict[str, pd.DataFrame],
+               norm: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """Weights (safetensors), tables, config, card; ``model.json`` last (its presence = a complete folder)."""
     from safetensors.torch import save_file
 
@@ -151,6 +158,9 @@ def save_model(out: Path, net, meta: dict, cfg: dict, extra_csv: dict[str, pd.Da
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     with atomic_path(out / WEIGHTS) as tmp:
         save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
+    (out / STANDARDIZE).unlink(missing_ok=True)
+    if norm is not None:  # the head reads standardised features: applying it needs the training mean / std
+        save_standardizer(norm, out / STANDARDIZE)
     save_yaml(cfg, out / "config.yaml")
     for name, df in extra_csv.items():
         with atomic_path(out / name) as tmp:
@@ -194,11 +204,13 @@ def train_final(cfg: dict, out_dir: str | os.PathLike, run_cv: bool = False,
             "model": {"name": str(cfg["model"]).lower(), "in_dim": int(cohort.dim), "n_out": int(task.n_out),
                       "kwargs": _jsonable(model_kwargs(str(cfg["model"]).lower(), model_hp))},
             "task": _task_meta(cohort, cfg, task), "mag": cfg["mag"], "seed": int(cfg["seed"]),
-            "feature_spec": spec, "training": _training_meta(cohort, tr, va, info, how, cfg), "cv": cv}
+            "feature_spec": spec, "training": _training_meta(cohort, tr, va, info, how, cfg), "cv": cv,
+            "standardize": info.get("norm") is not None}
     split = np.array(["train"] * len(cohort), dtype=object)
     split[va] = "val"
     slides = pd.DataFrame({"slide": cohort.slides, "patient": cohort.patients, "split": split})
     if cohort.task in CLASSIFICATION:
         slides["label"] = [cohort.classes[int(y)] for y in cohort.targets]
-    save_model(out, net, meta, cfg, {"history.csv": pd.DataFrame(info["history"]), "training_slides.csv": slides})
+    save_model(out, net, meta, cfg, {"history.csv": pd.DataFrame(info["history"]), "training_slides.csv": slides},
+               norm=info.get("norm"))
     return meta

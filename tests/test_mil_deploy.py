@@ -163,11 +163,13 @@ def test_cv_folds_as_ensemble_average_the_fold_models(trained, tmp_path):
     for ck in sorted(cv.glob("fold*/best.pt")):
         net = build_model("abmil", 48, 3, embed_dim=16, attn_dim=8)
         net.load_state_dict(torch.load(ck, weights_only=True))
-        nets.append(net.eval())
+        with np.load(ck.parent / "standardize.npz") as z:  # each fold head reads its own training mean / std
+            nets.append((net.eval(), z["mean"], z["std"]))
     assert len(nets) == 3
-    x = torch.from_numpy(read_features(bags / "syn003.h5"))[None]
+    x = read_features(bags / "syn003.h5")
     with torch.no_grad():
-        want = torch.stack([torch.softmax(n(x)["logits"], -1)[0] for n in nets]).mean(0).numpy()
+        want = torch.stack([torch.softmax(n(torch.from_numpy((x - m) / s)[None])["logits"], -1)[0]
+                            for n, m, s in nets]).mean(0).numpy()
     got = pred.set_index("slide").loc["syn003", ["prob_0", "prob_1", "prob_2"]].to_numpy(float)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert {"auc", "balanced_accuracy"} <= set(pd.read_csv(out / "metrics.csv")["metric"])

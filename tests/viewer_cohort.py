@@ -62,6 +62,6 @@ def build(root: Path, n_slides: int = 12, sizes=(1024, 1280), compare: bool = Tr
         cmp_dir = root / "compare"
         assert main(["compare", "--config", "configs/mil/compare.yaml", "--out", str(cmp_dir), "--labels",
                      str(labels), "--bags", f"colour-20x={bags}:20x", "--bags", f"colour-5x={bags}:5x",
-                     "--tasks", "hrd,survival", *TINY, "model=transmil"]) == 0
+                     "--tasks", "hrd,survival", "--frameworks", "transmil", *TINY, "n_repeats=1"]) == 0
         out["compare"] = cmp_dir
     return out

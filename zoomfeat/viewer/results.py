@@ -136,13 +136,25 @@ def discover_runs(run_dir: str | os.PathLike) -> list[Run]:
         task = str(cfg.get("task") or ("survival" if "risk" in pred.columns else "binary"))
         runs.append(Run(name=name, path=leaf, cfg=cfg, predictions=pred,
                         bags=resolve_path(entry.get("bags"), [leaf, root]), mag=str(entry.get("mag") or "20x"),
-                        model=str(cfg.get("model") or "?"), task=task, encoder=str(entry.get("name") or "?"),
+                        model=_run_model(cfg, rel), task=task, encoder=str(entry.get("name") or "?"),
                         target=str(cfg.get("target") or ("survival" if task == "survival" else task)),
                         bag_encoder=entry.get("encoder")))
     if not runs:
         raise FileNotFoundError(f"no predictions.csv under {root}: pass the output folder of `zoomfeat mil cv` "
                                 "or `zoomfeat compare`")
     return sorted(runs, key=lambda r: r.name)
+
+
+def _run_model(cfg: dict, rel: str) -> str:
+    """The head of a run: ``compare`` trains each of its ``frameworks`` (a path component when there are several),
+    ``mil cv`` its ``model``."""
+    fws = [str(f).lower() for f in (cfg.get("frameworks") or [])]
+    if len(fws) == 1:
+        return fws[0]
+    for part in reversed(rel.split("/")):
+        if part.lower() in fws:
+            return part.lower()
+    return str(cfg.get("model") or "?")
 
 
 def _bag_files(run: Run) -> dict[str, Path]:
@@ -160,6 +172,7 @@ def fold_model(run: Run, fold: int, dim: int):
     """The head that scored fold ``fold``'s test slides, rebuilt exactly as ``mil.cv.run_folds`` built it."""
     import torch
 
+    from mil.data import load_standardizer
     from mil.models import build_model
     from mil.tasks import make_task
     from mil.trainer import TrainConfig
@@ -173,7 +186,7 @@ def fold_model(run: Run, fold: int, dim: int):
     task = make_task(run.task, n_classes=max(run.n_classes, 2), **hp)
     net = build_model(run.model, dim, task.n_out, **hp)
     net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-    return net.eval(), task
+    return net.eval(), task, load_standardizer(ckpt.parent / "standardize.npz")
 
 
 class Results:
@@ -355,7 +368,9 @@ class Results:
         key = (run.name, fold)
         if key not in self._models:
             self._models[key] = fold_model(run, fold, x.shape[1])
-        net, task = self._models[key]
+        net, task, norm = self._models[key]
+        if norm is not None:  # the head was trained on fold-standardised features (mil.cv)
+            x = (x - norm[0]) / norm[1]
         with torch.inference_mode():
             out = net(torch.from_numpy(np.ascontiguousarray(x))[None], None)
         return {"attention": out["attention"][0].float().numpy().astype(np.float64),
