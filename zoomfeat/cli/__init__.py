@@ -14,7 +14,7 @@ import sys
 from zoomfeat import __version__
 
 #: Verb modules in the order they appear in --help (pipeline order).
-VERB_MODULES = ["slides", "ldm", "extract", "mil", "train", "large", "demo"]
+VERB_MODULES = ["slides", "ldm", "extract", "probe", "mil", "train", "large", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
