@@ -271,6 +271,17 @@ def write_rows(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def write_scores(scores: dict, path: Path) -> Path:
+    """Per-split scores (same splits for every feature set of a task and subset): input of paired tests."""
+    import pandas as pd
+
+    recs = [dict(zip(("subset", "task", "encoder", "block", "t", "conditioning", "mag"), k), split=i, score=v)
+            for k, sc in scores.items() for i, v in enumerate(sc)]
+    with atomic_path(path) as tmp:
+        pd.DataFrame(recs).to_csv(tmp, index=False, float_format="%.5f")
+    return path
+
+
 def plot_heatmaps(rows: list[dict], out_dir: Path, spec: SweepSpec, subset: str) -> list[Path]:
     """One PNG per task and mag: block × t, one panel per conditioning, cells annotated with the mean."""
     import matplotlib
@@ -414,20 +425,22 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
                              spec.tune_fraction, spec.seed)
     alpha = {int(t): float(ldm.alphas_cumprod[int(t)]) for t in spec.t}
     subset = "tune" if tune.any() else "all"
-    rows, _ = evaluate(_feature_sets(means, sids, spec, chans), targets, patients, tune if tune.any() else ~tune,
-                       spec, subset, alpha)
+    rows, scores = evaluate(_feature_sets(means, sids, spec, chans), targets, patients,
+                            tune if tune.any() else ~tune, spec, subset, alpha)
     best = choose_recipe(rows, spec.select_task, subset)
     report_row = None
     if tune.any():  # the chosen recipe (all mags) and the baselines on the patients the choice never saw
         pick = SweepSpec(**{**asdict(spec), "blocks": [best["block"]], "t": [best["t"]],
                             "conditioning": [best["conditioning"]]})
         sub = {s: {**means[s], **_subset_means(means[s], spec, best, chans)} for s in sids}
-        r2, _ = evaluate(_feature_sets(sub, sids, pick, {best["block"]: chans[best["block"]]}), targets, patients,
-                         ~tune, pick, "report", alpha)
+        r2, s2 = evaluate(_feature_sets(sub, sids, pick, {best["block"]: chans[best["block"]]}), targets, patients,
+                          ~tune, pick, "report", alpha)
         rows += r2
+        scores.update(s2)
         report_row = next(r for r in r2 if r["encoder"] == "zoomldm" and r["task"] == best["task"]
                           and r["mag"] == best["mag"])
     write_rows(rows, out / "probe.csv")
+    write_scores(scores, out / "probe_scores.csv")
     heat = plot_heatmaps(rows, out, spec, subset)
     write_best_recipe(best, out / "best_recipe.yaml", str(weights), spec.ssl_encoder, report_row)
     split_df = pd.DataFrame({"slide": sids, "patient": patients, "subset": np.where(tune, "tune", "report")})

@@ -65,8 +65,10 @@ def handler(args) -> int:
 
     if args.threads:
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(int(args.threads))
+        threadpool_limits(int(args.threads))  # sklearn / numpy BLAS of the probe fits too
     spec = SweepSpec(blocks=args.blocks, t=args.t, conditioning=args.conditioning, mags=args.mags, tasks=args.tasks,
                      baselines=args.baselines, tiles_per_slide=args.tiles_per_slide, n_folds=args.folds,
                      n_repeats=args.repeats, tune_fraction=args.tune_fraction, select_task=args.select,

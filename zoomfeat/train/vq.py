@@ -91,7 +91,7 @@ def train_vq(vq, images: np.ndarray, steps: int = 400, batch_size: int = 16, lr:
         loss.backward()
         opt.step()
         sched.step()
-        rows.append({"step": step + 1, "loss": float(loss), "recon": float(rec), "commit": float(commit),
+        rows.append({"step": step + 1, "loss": loss.item(), "recon": rec.item(), "commit": commit.item(),
                      "latent_std": float(z.detach().std()), "elapsed_s": round(time.perf_counter() - t0, 3)})
     vq.eval().requires_grad_(False)
     if log_path is not None:
