@@ -26,7 +26,7 @@ A label that only 5x can see (the multi-scale positive control):
   both classes, and every tile is pure A or pure B, so the distribution of 20x tile contents is the same for
   both classes (no tile straddles a texture boundary: no boundary-tile leakage). Only the arrangement differs:
   "dispersed" draws the B tiles independently (a salt-and-pepper mosaic inside every 5x region), "coherent" takes
-  the B tiles from the top half of smooth noise with a correlation length of ~1 5x region (large patches; a 5x
+  the B tiles from the top half of smooth noise with a correlation length of ~6 tiles (large patches; a 5x
   region is mostly one texture). A 5x region therefore shows the arrangement; a 20x tile cannot.
 
 Patients: about a quarter of the patients contribute two slides (same labels, different tissue).
@@ -56,7 +56,7 @@ LYMPH_CLUSTERS_PER_MM2 = (3.0, 60.0)
 #: small per-subtype stain shift added to stroma (RGB)
 SUBTYPE_TINT = np.array([[0, 0, 0], [6, -8, -4], [-6, 4, 6]], np.float32)
 #: texture B of the architecture label: an RGB shift of the tissue background of B tiles
-ARCH_SHIFT = np.array([14, 22, -26], np.float32)
+ARCH_SHIFT = np.array([14, 46, -30], np.float32)
 ARCH_NAMES = ["dispersed", "coherent"]
 #: side of one architecture cell in 20x px (= one 20x tile of the tiling lattice)
 ARCH_CELL = 256
@@ -149,8 +149,8 @@ def architecture_cells(rng: np.random.Generator, tissue: np.ndarray, architectur
                        cell: int = ARCH_CELL) -> np.ndarray:
     """Boolean (H, W) mask of texture-B pixels: whole lattice cells, exactly half of the tissue cells.
 
-    ``architecture`` 0 draws the B cells independently, 1 thresholds smooth noise (correlation ≈ 4 cells, one 5x
-    region), so both classes have the same share of pure A and pure B tiles and differ only in arrangement.
+    ``architecture`` 0 draws the B cells independently, 1 thresholds smooth noise (correlation ≈ 6 cells, more
+    than a 5x region), so both classes have the same share of pure A and pure B tiles and differ only in arrangement.
     """
     h, w = tissue.shape
     gh, gw = -(-h // cell), -(-w // cell)
@@ -158,7 +158,7 @@ def architecture_cells(rng: np.random.Generator, tissue: np.ndarray, architectur
     pad[:h, :w] = tissue
     share = pad.reshape(gh, cell, gw, cell).mean(axis=(1, 3))
     if int(architecture) == 1:
-        score = 0.75 * _smooth_noise(rng, gh, gw, 4) + 0.25 * _smooth_noise(rng, gh, gw, 8)
+        score = _smooth_noise(rng, gh, gw, 6)
     else:
         score = rng.random((gh, gw)).astype(np.float32)
     tiss = share > 0
