@@ -24,7 +24,7 @@ from zoomfeat.io import atomic_path
 from zoomfeat.mags import N_SCALES
 
 FIRST_STAGE_DEFAULTS = {"train": False, "steps": 300, "batch_size": 8, "lr": 2.0e-3, "max_per_scale": 8,
-                        "latent_std_weight": 0.1, "seed": 0}
+                        "latent_std_weight": 1.0, "seed": 0}
 
 
 def collect_patches(slides: Sequence[str | os.PathLike], coords_dir: str | os.PathLike, patch_px: int = 64,
@@ -67,7 +67,7 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def train_vq(vq, images: np.ndarray, steps: int = 400, batch_size: int = 16, lr: float = 2e-3,
-             latent_std_weight: float = 0.1, seed: int = 0, log_path: str | os.PathLike | None = None,
+             latent_std_weight: float = 1.0, seed: int = 0, log_path: str | os.PathLike | None = None,
              progress: bool = True) -> dict:
     """Train ``vq`` (a diffusers VQModel) in place on uint8 images; returns final losses. Leaves it frozen (eval)."""
     from tqdm.auto import tqdm
