@@ -25,7 +25,8 @@ A label that only 5x can see (the multi-scale positive control):
   background) or B (paler, orange-shifted eosin, :data:`ARCH_SHIFT`). Exactly half of the tissue tiles are B in
   both classes, and every tile is pure A or pure B, so the distribution of 20x tile contents is the same for
   both classes (no tile straddles a texture boundary: no boundary-tile leakage). Only the arrangement differs:
-  "dispersed" draws the B tiles independently (a salt-and-pepper mosaic inside every 5x region), "coherent" takes
+  "dispersed" puts the B tiles on a checkerboard (a mosaic with a texture edge on every tile side inside every
+  5x region), "coherent" takes
   the B tiles from the top half of smooth noise with a correlation length of ~6 tiles (large patches; a 5x
   region is mostly one texture). A 5x region therefore shows the arrangement; a 20x tile cannot.
 
@@ -56,7 +57,7 @@ LYMPH_CLUSTERS_PER_MM2 = (3.0, 60.0)
 #: small per-subtype stain shift added to stroma (RGB)
 SUBTYPE_TINT = np.array([[0, 0, 0], [6, -8, -4], [-6, 4, 6]], np.float32)
 #: texture B of the architecture label: an RGB shift of the tissue background of B tiles
-ARCH_SHIFT = np.array([14, 46, -30], np.float32)
+ARCH_SHIFT = np.array([10, 55, -45], np.float32)
 ARCH_NAMES = ["dispersed", "coherent"]
 #: side of one architecture cell in 20x px (= one 20x tile of the tiling lattice)
 ARCH_CELL = 256
@@ -149,7 +150,7 @@ def architecture_cells(rng: np.random.Generator, tissue: np.ndarray, architectur
                        cell: int = ARCH_CELL) -> np.ndarray:
     """Boolean (H, W) mask of texture-B pixels: whole lattice cells, exactly half of the tissue cells.
 
-    ``architecture`` 0 draws the B cells independently, 1 thresholds smooth noise (correlation ≈ 6 cells, more
+    ``architecture`` 0 lays the B cells out as a checkerboard, 1 thresholds smooth noise (correlation ≈ 6 cells, more
     than a 5x region), so both classes have the same share of pure A and pure B tiles and differ only in arrangement.
     """
     h, w = tissue.shape
@@ -159,8 +160,9 @@ def architecture_cells(rng: np.random.Generator, tissue: np.ndarray, architectur
     share = pad.reshape(gh, cell, gw, cell).mean(axis=(1, 3))
     if int(architecture) == 1:
         score = _smooth_noise(rng, gh, gw, 6)
-    else:
-        score = rng.random((gh, gw)).astype(np.float32)
+    else:  # checkerboard (ties broken at random): every 5x region is a mosaic with a texture edge on each cell side
+        iy, ix = np.indices((gh, gw))
+        score = ((iy + ix) % 2).astype(np.float32) + 0.01 * rng.random((gh, gw)).astype(np.float32)
     tiss = share > 0
     b = np.zeros((gh, gw), bool)
     if tiss.any():
