@@ -180,8 +180,8 @@ def probe_highlights(probe: Path) -> list[str]:
              "tuning patients:"]
     for (task, mag), g in tune.groupby(["task", "mag"], sort=False):
         b = g.loc[g["mean"].idxmax()]
-        lines.append(f"  {task:<13} {mag:<7} {b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]  block {b['block']}, "
-                     f"t = {b['t']} ({b['noise_pct']:.0f}% noise), conditioning {b['conditioning']}")
+        lines.append(f"  {task:<13} {mag:<7} {b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]  block {int(b['block'])}, "
+                     f"t = {int(b['t'])} ({b['noise_pct']:.0f}% noise), conditioning {b['conditioning']}")
     rep = rows[rows["subset"] == "report"]
     if len(rep):
         lines.append("Chosen recipe vs baseline on the report patients (never used for the choice):")

@@ -99,9 +99,9 @@ def realism_report(model_dir: str | os.PathLike, slides: Sequence[Path], tiles_d
     judge = create_encoder("tiny-vit")  # the demo's baseline encoder, as the feature space of the distance
     out_dir = Path(out_dir)
     res = {}
-    for mag in mags:
-        real, ssl_tiles = sample_real(list(slides), Path(tiles_dir), n, mag, ldm.image_size, seed)
-        fake = generate_like(ldm, ssl, ssl_tiles, mag, steps=steps, seed=seed)
+    for i, mag in enumerate(mags):
+        real, ssl_tiles = sample_real(list(slides), Path(tiles_dir), n, mag, ldm.image_size, seed + i)
+        fake = generate_like(ldm, ssl, ssl_tiles, mag, steps=steps, seed=seed + i)
         with torch.no_grad():
             fr = judge.encode(torch.from_numpy(real)).float().numpy()
             ff = judge.encode(torch.from_numpy(fake)).float().numpy()
