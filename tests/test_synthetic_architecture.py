@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from zoomfeat.slides.synthetic import ARCH_CELL, ARCH_SHIFT, SlideSpec, architecture_cells, cohort_specs, render_tissue
+from zoomfeat.slides.synthetic import ARCH_CELL, SlideSpec, architecture_cells, cohort_specs, render_tissue
 
 
 def _cell_grid(mask: np.ndarray, cell: int = ARCH_CELL) -> np.ndarray:
@@ -45,9 +45,8 @@ def test_render_shifts_b_tiles_only_and_specs_balance_labels():
     diff = img1.astype(int) - img0.astype(int)
     changed = np.abs(diff).sum(-1) > 20
     assert 0.02 < changed.mean() < 0.6
-    # the change is the texture-B shift, in whole 256-px cells (red up, blue down)
-    assert diff[changed][:, 0].mean() > 0 > diff[changed][:, 2].mean()
-    assert np.sign(ARCH_SHIFT[0]) > 0
+    # the change is the texture-B darkening (blue most), in whole 256-px cells
+    assert 0 > diff[changed][:, 0].mean() > diff[changed][:, 2].mean()
     specs = cohort_specs(40, seed=0)
     per_patient = {s.patient: s.architecture for s in specs}
     assert set(per_patient.values()) == {0, 1}

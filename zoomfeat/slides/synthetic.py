@@ -22,7 +22,7 @@ A label that only 5x can see (the multi-scale positive control):
 
 - **architecture** (binary; 0 "dispersed", 1 "coherent"): every tissue 256-px 20x tile of the tiling lattice
   (anchored at level-0 (0, 0), as ``zoomfeat tile`` uses) gets one of two stromal textures — A (the usual
-  background) or B (paler, orange-shifted eosin, :data:`ARCH_SHIFT`). Exactly half of the tissue tiles are B in
+  background) or B (a darker, brown stroma, :data:`ARCH_FACTOR`). Exactly half of the tissue tiles are B in
   both classes, and every tile is pure A or pure B, so the distribution of 20x tile contents is the same for
   both classes (no tile straddles a texture boundary: no boundary-tile leakage). Only the arrangement differs:
   "dispersed" puts the B tiles on a checkerboard (a mosaic with a texture edge on every tile side inside every
@@ -56,8 +56,9 @@ LYMPHOCYTE = np.array([22, 16, 46], np.float32)
 LYMPH_CLUSTERS_PER_MM2 = (3.0, 60.0)
 #: small per-subtype stain shift added to stroma (RGB)
 SUBTYPE_TINT = np.array([[0, 0, 0], [6, -8, -4], [-6, 4, 6]], np.float32)
-#: texture B of the architecture label: an RGB shift of the tissue background of B tiles
-ARCH_SHIFT = np.array([10, 55, -45], np.float32)
+#: texture B of the architecture label: per-channel factor on the tissue background of B tiles (a darker, brown
+#: stroma: its edges against A outweigh the tissue/background edges in a 5x region)
+ARCH_FACTOR = np.array([0.70, 0.80, 0.55], np.float32)
 ARCH_NAMES = ["dispersed", "coherent"]
 #: side of one architecture cell in 20x px (= one 20x tile of the tiling lattice)
 ARCH_CELL = 256
@@ -199,7 +200,7 @@ def render_tissue(spec: SlideSpec) -> tuple[np.ndarray, dict]:
     del fib
     if spec.architecture is not None:  # own RNG stream: the other labels' rendering does not depend on it
         arch_b = architecture_cells(np.random.default_rng([spec.seed, 11]), tissue, spec.architecture)
-        base = np.where((arch_b & tissue)[..., None], base + ARCH_SHIFT, base)
+        base = np.where((arch_b & tissue)[..., None], base * ARCH_FACTOR, base)
         del arch_b
     base += 2.0 * rng.standard_normal((h, w, 1), dtype=np.float32)
     img = _Canvas(np.clip(base + 0.5, 0, 255).astype(np.uint8))
