@@ -174,6 +174,14 @@ def architecture_cells(rng: np.random.Generator, tissue: np.ndarray, architectur
     return np.repeat(np.repeat(b, cell, 0), cell, 1)[:h, :w]
 
 
+def _apply_architecture(base: np.ndarray, tissue: np.ndarray, spec: SlideSpec) -> np.ndarray:
+    """Texture B on the architecture cells (own RNG stream: the other labels' rendering does not depend on it)."""
+    if spec.architecture is None:
+        return base
+    arch_b = architecture_cells(np.random.default_rng([spec.seed, 11]), tissue, spec.architecture)
+    return np.where((arch_b & tissue)[..., None], base * ARCH_FACTOR, base)
+
+
 def render_tissue(spec: SlideSpec) -> tuple[np.ndarray, dict]:
     """Render a slide at 20x (0.5 µm/px) as RGB uint8 (H, W, 3). Returns ``(image, stats)``."""
     rng = np.random.default_rng(spec.seed)
@@ -198,10 +206,7 @@ def render_tissue(spec: SlideSpec) -> tuple[np.ndarray, dict]:
     base = np.where(stroma_mask[..., None], stroma_col * (0.92 + 0.12 * fib), BACKGROUND)
     base = np.where(tumour[..., None], TUMOUR_BG * (0.9 + 0.15 * fib), base)
     del fib
-    if spec.architecture is not None:  # own RNG stream: the other labels' rendering does not depend on it
-        arch_b = architecture_cells(np.random.default_rng([spec.seed, 11]), tissue, spec.architecture)
-        base = np.where((arch_b & tissue)[..., None], base * ARCH_FACTOR, base)
-        del arch_b
+    base = _apply_architecture(base, tissue, spec)
     base += 2.0 * rng.standard_normal((h, w, 1), dtype=np.float32)
     img = _Canvas(np.clip(base + 0.5, 0, 255).astype(np.uint8))
     del base
