@@ -294,9 +294,9 @@ def plot_heatmaps(rows: list[dict], out_dir: Path, spec: SweepSpec, subset: str)
     ab = {r["t"]: r["alpha_bar"] for r in rows if r["encoder"] == "zoomldm"}
     for task in spec.tasks:
         for mag in spec.mags:
-            fig, axes = plt.subplots(1, len(spec.conditioning), figsize=(1.1 + 0.75 * len(ts) * len(spec.conditioning),
-                                                                        0.9 + 0.32 * len(blocks)), squeeze=False)
-            for ax, cond in zip(axes[0], spec.conditioning):
+            fig, axes = plt.subplots(1, len(spec.conditioning), squeeze=False, layout="constrained",
+                                     figsize=(2.2 + 0.8 * len(ts) * len(spec.conditioning), 1.9 + 0.32 * len(blocks)))
+            for k, (ax, cond) in enumerate(zip(axes[0], spec.conditioning)):
                 grid = np.full((len(blocks), len(ts)), np.nan)
                 for r in rows:
                     if (r["encoder"], r["task"], r["mag"], r["conditioning"], r["subset"]) == ("zoomldm", task, mag, cond, subset):
@@ -309,8 +309,9 @@ def plot_heatmaps(rows: list[dict], out_dir: Path, spec: SweepSpec, subset: str)
                                     color="white" if grid[i, j] < 0.75 else "black")
                 ax.set_xticks(range(len(ts)), [f"{t}\n{100 * (1 - ab.get(t, 1)):.0f}%" for t in ts], fontsize=7)
                 ax.set_yticks(range(len(blocks)), [str(b) for b in blocks], fontsize=7)
-                ax.set_xlabel("t (and % of latent variance that is noise)", fontsize=8)
-                ax.set_ylabel("block (0 = middle, 1.. = decoder)", fontsize=8)
+                ax.set_xlabel("t / % of variance that is noise", fontsize=8)
+                if k == 0:
+                    ax.set_ylabel("block (0 = middle, 1.. = decoder)", fontsize=8)
                 ax.set_title(f"conditioning: {cond}", fontsize=9)
             fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="AUC" if task != "survival" else "c-index")
             fig.suptitle(f"linear probe, {task}, {mag} ({subset} patients)", fontsize=10)
