@@ -19,7 +19,7 @@ FIXTURE_MICRO = ROOT / "tests" / "data" / "zoomldm_official_micro"  # vendored; 
 
 #: The demo's sweep grid: small enough for the CPU budget, wide enough to show that the recipe matters.
 SWEEP = {"blocks": "0,3,6,9,12", "t": "0,50,200", "conditioning": "none,uni", "mags": "20x,5x,20x+5x",
-         "tasks": "subtype,hrd,architecture", "tiles_per_slide": "32", "tune_fraction": "0.4"}
+         "tasks": "subtype,hrd,architecture", "tiles_per_slide": "32", "tune_fraction": "0.5"}
 
 
 def _cpu() -> float:
@@ -136,7 +136,7 @@ def run_demo(out: str | Path = "demo_out", n_slides: int = 60, train_steps: int 
     from zoomfeat.generate.realism import format_report, realism_report
 
     realism = _timed("real vs generated patches (zoomfeat.generate.realism)",
-                     lambda: realism_report(model_dir, resolve_slides(slides), tiles, gen, n=32), log)
+                     lambda: realism_report(model_dir, resolve_slides(slides), tiles, gen, n=64), log)
     _summary(out, probe, cmp_root, realism, format_report, log, time.perf_counter() - t_start, _cpu() - c_start)
     # ---- hooks of other components go below this line (keep them short) ----
     return cmp_root

@@ -194,7 +194,8 @@ def load_probe_labels(labels: str | os.PathLike, slides: Sequence[str], tasks: S
 
 
 def tune_report_split(patients: np.ndarray, strata: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask over slides: True = tuning patients (a stratified ``fraction`` of the patients)."""
+    """Boolean mask over slides: True = tuning patients, one fold of a stratified group k-fold with
+    k = round(1 / fraction) (0.5 → half, 0.33 → a third, 0.25 → a quarter of the patients)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     if fraction <= 0:

@@ -51,7 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tune-fraction", type=float, default=0.0,
-                   help="share of patients held out to choose the recipe; the rest only report it (default 0)")
+                   help="share of patients held out to choose the recipe (1/k of a stratified group k-fold, "
+                        "k = round(1/F)); the rest only report it (default 0: choose and report on all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
