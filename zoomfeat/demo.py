@@ -167,12 +167,18 @@ def _ssl_grid(slides: Path, tiles: Path, out: Path, model_dir: Path) -> Path:
     return path
 
 
-def probe_highlights(probe: Path) -> list[str]:
-    """Lines for the demo summary: the sweep's best per task × mag, the chosen recipe on the report patients next
-    to the baseline, and the architecture positive control (paired, corrected resampled t-test over the splits)."""
-    import pandas as pd
+def _cell(r) -> str:
+    """'block b, t' label of a probe row (baselines have none)."""
+    return f"block {int(r['block'])}, t {int(r['t'])}, {r['conditioning']}" if r["encoder"] == "zoomldm" else ""
 
-    from mil.probe_eval import paired_test
+
+def probe_highlights(probe: Path) -> list[str]:
+    """Lines for the demo summary: the sweep's best per task × mag, the chosen recipe (and each task's own best
+    cell) on the report patients next to the baseline, and the paired 5x / 20x+5x vs 20x tests (corrected
+    resampled t-test over the same splits) — the architecture positive control."""
+    import json
+
+    import pandas as pd
 
     rows = pd.read_csv(probe / "probe.csv")
     tune = rows[(rows["encoder"] == "zoomldm") & (rows["subset"].isin(["tune", "all"]))]
@@ -184,29 +190,33 @@ def probe_highlights(probe: Path) -> list[str]:
                      f"t = {int(b['t'])} ({b['noise_pct']:.0f}% noise), conditioning {b['conditioning']}")
     rep = rows[rows["subset"] == "report"]
     if len(rep):
-        lines.append("Chosen recipe vs baseline on the report patients (never used for the choice):")
+        lines.append("Chosen recipe (and each task's own best cell) vs baseline on the report patients (never used "
+                     "for the choice):")
         for _, r in rep.iterrows():
-            name = "zoomldm (recipe)" if r["encoder"] == "zoomldm" else r["encoder"]
-            lines.append(f"  {name:<17} {r['task']:<13} {r['mag']:<7} {r['metric']} {r['mean']:.3f} "
-                         f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
-    sc = pd.read_csv(probe / "probe_scores.csv")
-    import json
-
+            lines.append(f"  {r['encoder']:<9} {_cell(r):<22} {r['task']:<13} {r['mag']:<7} {r['metric']} "
+                         f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
     ratio = 1 / (int(json.loads((probe / "probe_summary.json").read_text())["spec"]["n_folds"]) - 1)  # n_test/n_train
-    for subset in sc["subset"].unique()[-1:]:  # "report" when a tuning share was held out, else "all"
-        for enc in sc.loc[sc["subset"] == subset, "encoder"].unique():
-            s = sc[(sc["subset"] == subset) & (sc["encoder"] == enc)]
-            get = lambda task, mag: s[(s["task"] == task) & (s["mag"] == mag)].sort_values("split")["score"].to_numpy()  # noqa: E731
-            for task in ("architecture", "subtype"):
-                base = get(task, "20x")
-                if not len(base):
-                    continue
-                for mag in ("5x", "20x+5x"):
-                    other = get(task, mag)
-                    if len(other) == len(base):
-                        p = paired_test(other, base, ratio)
-                        lines.append(f"  paired ({subset}, {enc}, {task}): {mag} − 20x = {p['delta']:+.3f} "
-                                     f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}], p = {p['p']:.3g}")
+    return lines + paired_lines(pd.read_csv(probe / "probe_scores.csv"), ratio)
+
+
+def paired_lines(sc, ratio: float) -> list[str]:
+    """5x and 20x+5x vs 20x of the same feature cell and task, on the last subset (report, or all)."""
+    from mil.probe_eval import paired_test
+
+    sc = sc[sc["subset"] == sc["subset"].unique()[-1]].fillna({"block": -1, "t": -1, "conditioning": ""})
+    lines = []
+    for (enc, b, t, c, task), s in sc.groupby(["encoder", "block", "t", "conditioning", "task"], sort=False):
+        if task not in ("architecture", "subtype"):
+            continue
+        get = lambda mag: s[s["mag"] == mag].sort_values("split")["score"].to_numpy()  # noqa: E731
+        base = get("20x")
+        cell = f", block {int(b)}, t {int(t)}, {c}" if enc == "zoomldm" else ""
+        for mag in ("5x", "20x+5x"):
+            other = get(mag)
+            if len(base) and len(other) == len(base):
+                p = paired_test(other, base, ratio)
+                lines.append(f"  paired ({enc}{cell}, {task}): {mag} − 20x = {p['delta']:+.3f} "
+                             f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}], p = {p['p']:.3g}")
     return lines
 
 

@@ -431,16 +431,13 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
                             tune if tune.any() else ~tune, spec, subset, alpha)
     best = choose_recipe(rows, spec.select_task, subset)
     report_row = None
-    if tune.any():  # the chosen recipe (all mags) and the baselines on the patients the choice never saw
-        pick = SweepSpec(**{**asdict(spec), "blocks": [best["block"]], "t": [best["t"]],
-                            "conditioning": [best["conditioning"]]})
-        sub = {s: {**means[s], **_subset_means(means[s], spec, best, chans)} for s in sids}
-        r2, s2 = evaluate(_feature_sets(sub, sids, pick, {best["block"]: chans[best["block"]]}), targets, patients,
-                          ~tune, pick, "report", alpha)
+    if tune.any():  # the chosen recipe (all mags), each task's own best cell and the baselines, on unseen patients
+        r2, s2 = report_rows(means, sids, spec, chans, rows, best, targets, patients, ~tune, alpha, subset)
         rows += r2
         scores.update(s2)
         report_row = next(r for r in r2 if r["encoder"] == "zoomldm" and r["task"] == best["task"]
-                          and r["mag"] == best["mag"])
+                          and r["mag"] == best["mag"] and r["block"] == best["block"] and r["t"] == best["t"]
+                          and r["conditioning"] == best["conditioning"])
     write_rows(rows, out / "probe.csv")
     write_scores(scores, out / "probe_scores.csv")
     heat = plot_heatmaps(rows, out, spec, subset)
@@ -453,6 +450,27 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
     write_json_atomic(out / "probe_summary.json", summary)
     return {**summary, "probe_csv": str(out / "probe.csv"), "best_recipe": str(out / "best_recipe.yaml"),
             "split_patients": str(out / "split_patients.csv")}
+
+
+def report_rows(means, sids, spec: SweepSpec, chans, rows, best, targets, patients, mask, alpha, subset):
+    """Score on the report patients: the chosen recipe on every task, each other task's own best tuning cell on
+    that task (a recipe is per task), and the baselines once."""
+    picks = [(best, list(targets), True)]
+    for task in targets:
+        b = choose_recipe(rows, task, subset)
+        if (b["block"], b["t"], b["conditioning"]) != (best["block"], best["t"], best["conditioning"]):
+            picks.append((b, [task], False))
+    out_rows, out_scores = [], {}
+    for cell, tasks, with_base in picks:
+        pick = SweepSpec(**{**asdict(spec), "blocks": [cell["block"]], "t": [cell["t"]],
+                            "conditioning": [cell["conditioning"]], "baselines": spec.baselines if with_base else [],
+                            "tasks": list(spec.tasks), "select_task": spec.select_task})
+        sub = {s: {**means[s], **_subset_means(means[s], spec, cell, chans)} for s in sids}
+        r, sc = evaluate(_feature_sets(sub, sids, pick, {cell["block"]: chans[cell["block"]]}),
+                         {t: targets[t] for t in tasks}, patients, mask, pick, "report", alpha)
+        out_rows += r
+        out_scores.update(sc)
+    return out_rows, out_scores
 
 
 def _subset_means(m: dict, spec: SweepSpec, best: dict, chans: dict[int, int]) -> dict:
