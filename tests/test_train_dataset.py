@@ -19,6 +19,8 @@ def tiny_train_cfg(root: Path, **train) -> dict:
     from zoomfeat.train.loop import load_train_config
 
     cfg = load_train_config("configs/train/tiny.yaml")
+    cfg["model"]["config"] = TINY_LDM_CFG  # the shared dataset was encoded by this random VQ: no first-stage training
+    cfg["first_stage"] = {"train": False}
     cfg["dataset"]["root"] = str(root)
     cfg["dataset"]["build"]["synthetic"] = {"n_slides": 2, "seed": 0, "sizes_20x": [2048], "progress": False}
     cfg["dataset"]["build"]["max_per_scale"] = MAX_PER_SCALE

@@ -31,6 +31,7 @@ def _cli(out: Path, root: Path, steps: int, *extra: str, env=None, launcher=None
     cmd = (launcher or [sys.executable, "-m", "zoomfeat"]) + [
         "train", "--config", "configs/train/tiny.yaml", "--out", str(out), "--max-steps", str(steps), "--no-progress",
         "--set", f"dataset.root={root}", "--set", f"train.checkpoint_every={CKPT_EVERY}", "--set", "wandb.enabled=false",
+        "--set", "model.config=ldm/zoomldm_tiny.yaml", "--set", "first_stage.train=false",  # the shared random-VQ dataset
         *extra,
     ]
     return subprocess.run(cmd, cwd=ROOT, env=env or _env(), capture_output=True, text=True, timeout=600)

@@ -1,12 +1,15 @@
 """End-to-end demo on an embedded synthetic cohort: the whole toolkit in one command (`make demo`).
 
 Every step is the CLI verb a user would run (printed before it runs), executed in-process, so the demo doubles as
-a worked example of the command line: synth-cohort → tile → train (tiny ZoomLDM) → extract (ZoomLDM 20x/5x +
-a baseline encoder) → compare (ABMIL and TransMIL, subtype / HRD / survival, patient-level 5-fold CV) → generate.
+a worked example of the command line: synth-cohort (60 small slides with subtype / HRD / survival / architecture
+labels) → tile → train (tiny ZoomLDM: VQ first stage, then UNet) → probe (recipe sweep on tuning patients) →
+extract (ZoomLDM with the chosen recipe, conditioned on tiny-vit and unconditioned, + the tiny-vit baseline) →
+compare (ABMIL, on the report patients the recipe choice never saw) → generate (real vs generated patches).
 """
 
 from __future__ import annotations
 
+import resource
 import shlex
 import time
 from pathlib import Path
@@ -14,123 +17,238 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_MICRO = ROOT / "tests" / "data" / "zoomldm_official_micro"  # vendored; only for --skip-train
 
+#: The demo's sweep grid: small enough for the CPU budget, wide enough to show that the recipe matters.
+SWEEP = {"blocks": "0,3,6,9,12", "t": "0,50,200", "conditioning": "none,uni", "mags": "20x,5x,20x+5x",
+         "tasks": "subtype,hrd,architecture", "tiles_per_slide": "32", "tune_fraction": "0.5"}
 
-def _run(argv: list[str], log: list[tuple[str, float]]) -> None:
+
+def _cpu() -> float:
+    r, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
+
+
+def _run(argv: list[str], log: list[tuple[str, float, float]]) -> None:
     from zoomfeat.cli import main
 
     cmd = "zoomfeat " + " ".join(shlex.quote(a) for a in argv)
     print(f"\n$ {cmd}", flush=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     rc = main(argv)
-    dt = time.perf_counter() - t0
-    log.append((cmd, dt))
+    dt, dc = time.perf_counter() - t0, _cpu() - c0
+    log.append((cmd, dt, dc))
     if rc not in (0, None):
         raise RuntimeError(f"demo step failed (exit {rc}): {cmd}")
-    print(f"  ({dt:.1f} s)", flush=True)
+    print(f"  ({dt:.1f} s wall, {dc:.1f} s CPU)", flush=True)
 
 
-def _ssl_grid_from_slide(slide: Path, tiles_dir: Path, out_npy: Path, ssl_dim: int) -> Path:
+def _timed(name: str, fn, log: list):
+    t0, c0 = time.perf_counter(), _cpu()
+    out = fn()
+    log.append((name, time.perf_counter() - t0, _cpu() - c0))
+    return out
+
+
+def _train(out: Path, slides: Path, train_steps: int, skip_train: bool, log: list) -> Path:
+    """The tiny ZoomLDM trained on the demo cohort (first stage, then UNet), or the micro fixture."""
+    if not skip_train:
+        run_dir = out / "train"
+        _run(["train", "--config", "configs/train/tiny.yaml", "--out", str(run_dir), "--max-steps", str(train_steps),
+              "--set", f"dataset.build.slides={slides}", "--set", "dataset.build.max_per_scale=8", "--no-progress",
+              *(["--resume"] if (run_dir / "checkpoints").exists() else [])], log)
+        if (run_dir / "model" / "zoomldm_config.json").exists() or any((run_dir / "model").glob("*")):
+            return run_dir / "model"
+    model_dir = out / "model_fixture"
+    if not model_dir.exists():
+        _run(["convert", str(FIXTURE_MICRO / "weights.ckpt"), str(FIXTURE_MICRO / "config.yaml"), str(model_dir)], log)
+    return model_dir
+
+
+def _probe(out: Path, slides: Path, tiles: Path, labels: Path, model_dir: Path, log: list) -> Path:
+    from zoomfeat.ldm import ZoomLDM
+
+    n_blocks = ZoomLDM.from_pretrained(model_dir).num_feature_blocks
+    blocks = ",".join(b for b in SWEEP["blocks"].split(",") if int(b) < n_blocks)
+    probe = out / "probe"
+    _run(["probe", str(slides), "--tiles", str(tiles), "--labels", str(labels), "--weights", str(model_dir),
+          "--blocks", blocks, "--t", SWEEP["t"], "--conditioning", SWEEP["conditioning"], "--mags", SWEEP["mags"],
+          "--tasks", SWEEP["tasks"], "--baselines", "tiny-vit", "--ssl-encoder", "tiny-vit",
+          "--tiles-per-slide", SWEEP["tiles_per_slide"], "--tune-fraction", SWEEP["tune_fraction"],
+          "--threads", "1", "--out", str(probe), "--no-progress"], log)
+    return probe
+
+
+def _report_labels(labels: Path, probe: Path) -> Path:
+    """labels.csv restricted to the report patients (never used to choose the recipe)."""
+    import pandas as pd
+
+    split = pd.read_csv(probe / "split_patients.csv")
+    rep = set(split.loc[split["subset"] == "report", "slide"].astype(str))
+    df = pd.read_csv(labels)
+    out = labels.with_name("labels_report.csv")
+    df[df["slide"].astype(str).isin(rep)].to_csv(out, index=False)
+    return out
+
+
+def run_demo(out: str | Path = "demo_out", n_slides: int = 60, train_steps: int = 200, folds: int = 5,
+             skip_train: bool = False) -> Path:
+    """Run the demo into ``out`` and return the comparison folder; reruns reuse finished steps."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log: list[tuple[str, float, float]] = []
+    t_start, c_start = time.perf_counter(), _cpu()
+
+    cohort = out / "cohort"
+    labels = cohort / "labels.csv"
+    if not labels.exists():
+        _run(["synth-cohort", "--out", str(cohort), "--n-slides", str(n_slides), "--seed", "0",
+              "--sizes", "1792,2048,2304"], log)
+    slides = cohort / "slides"
+    tiles = out / "tiles"
+    _run(["tile", str(slides), "--out", str(tiles), "--no-progress"], log)
+    model_dir = _train(out, slides, train_steps, skip_train, log)
+    probe = _probe(out, slides, tiles, labels, model_dir, log)
+
+    feats = out / "features"
+    common = [str(slides), "--tiles", str(tiles), "--out", str(feats), "--no-progress", "--workers", "0",
+              "--threads", "1"]
+    recipe = ["--config", str(probe / "best_recipe.yaml"), "--weights", str(model_dir)]
+    _run(["extract", *common, *recipe, "--conditioning", "uni", "--ssl-encoder", "tiny-vit", "--tag", "zoomldm"], log)
+    _run(["extract", *common, *recipe, "--conditioning", "none", "--tag", "zoomldm_none"], log)
+    _run(["extract", *common, "--encoder", "tiny-vit", "--mags", "20x,5x"], log)
+
+    cmp_root = out / "compare"
+    report_labels = _report_labels(labels, probe)
+    bags = [f"zoomldm-uni-20x={feats / 'features_zoomldm'}:20x",
+            f"zoomldm-uni-20x+5x={feats / 'features_zoomldm'}:20x+5x",
+            f"zoomldm-none-20x={feats / 'features_zoomldm_none'}:20x",
+            f"zoomldm-none-20x+5x={feats / 'features_zoomldm_none'}:20x+5x",
+            f"baseline-tinyvit={feats / 'features_tiny-vit'}:20x"]
+    argv = ["compare", "--config", "configs/mil/demo_compare.yaml", "--out", str(cmp_root), "--labels",
+            str(report_labels), "--frameworks", "linear,abmil", "--reference", "baseline-tinyvit"]
+    for b in bags:
+        argv += ["--bags", b]
+    _run([*argv, f"n_folds={folds}"], log)
+
+    from zoomfeat.demo_external import external_validation  # final model + external cohort (issue 18)
+
+    external_validation(out, labels, feats / "features_tiny-vit", log, folds=folds)
+
+    gen = out / "generated"
+    _run(["generate", "--model", str(model_dir), "--ssl", str(_ssl_grid(slides, tiles, out, model_dir)), "--mag",
+          "5x", "--n", "4", "--steps", "20", "--out", str(gen / "5x")], log)
+    from zoomfeat.cohort import resolve_slides
+    from zoomfeat.generate.realism import format_report, realism_report
+
+    realism = _timed("real vs generated patches (zoomfeat.generate.realism)",
+                     lambda: realism_report(model_dir, resolve_slides(slides), tiles, gen, n=64), log)
+    _summary(out, probe, cmp_root, realism, format_report, log, time.perf_counter() - t_start, _cpu() - c_start)
+    print(f"\nLook at the results (slides, attention heatmaps, generated patches; 127.0.0.1 only):\n"
+          f"  zoomfeat view {out}")
+    return cmp_root
+
+
+def _ssl_grid(slides: Path, tiles: Path, out: Path, model_dir: Path) -> Path:
     """The 4×4 SSL grid (tiny-vit embeddings of 16 20x tiles) of one 5x region: a real conditioning input."""
     import numpy as np
     import torch
 
     from zoomfeat.encoders import create_encoder
+    from zoomfeat.ldm import ZoomLDM
     from zoomfeat.slides.coords import coords_path, read_coords
     from zoomfeat.slides.reader import open_slide
 
-    grid = read_coords(coords_path(tiles_dir, slide.stem))
+    slide = sorted(slides.iterdir())[0]
+    ssl_dim = ZoomLDM.from_pretrained(model_dir).ssl_dim
+    grid = read_coords(coords_path(tiles, slide.stem))
     enc = create_encoder("tiny-vit", dim=ssl_dim)
     x0, y0 = (int(v) for v in grid.coords_5x[len(grid.coords_5x) // 2])
     step = int(grid.patch_size_level0)
     with open_slide(slide) as wsi:
-        tiles = [wsi.read_region_l0(x0 + c * step, y0 + r * step, step, 256) for r in range(4) for c in range(4)]
+        tl = [wsi.read_region_l0(x0 + c * step, y0 + r * step, step, 256) for r in range(4) for c in range(4)]
     with torch.inference_mode():
-        emb = enc.encode(torch.from_numpy(np.stack(tiles)))  # [16, D], row-major
-    arr = emb.float().T.reshape(1, ssl_dim, 4, 4).numpy()
-    np.save(out_npy, arr)
-    out_npy.with_suffix(".region.json").write_text(f'{{"slide": "{slide.stem}", "x": {x0}, "y": {y0}, "size_l0": {4*step}}}')
-    return out_npy
+        emb = enc.encode(torch.from_numpy(np.stack(tl)))  # [16, D], row-major
+    path = out / "ssl_grid_5x.npy"
+    np.save(path, emb.float().T.reshape(1, ssl_dim, 4, 4).numpy())
+    # where the grid came from, so `zoomfeat view` can show generated patches beside the real region
+    path.with_suffix(".region.json").write_text(
+        f'{{"slide": "{slide.stem}", "x": {x0}, "y": {y0}, "size_l0": {4 * step}}}')
+    return path
 
 
-def run_demo(out: str | Path = "demo_out", n_slides: int = 24, train_steps: int = 200, folds: int = 5,
-             skip_train: bool = False) -> Path:
-    """Run the demo into ``out`` and return the comparison folder; reruns reuse finished steps."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    log: list[tuple[str, float]] = []
-    t_start = time.perf_counter()
+def _cell(r) -> str:
+    """'block b, t' label of a probe row (baselines have none)."""
+    return f"block {int(r['block'])}, t {int(r['t'])}, {r['conditioning']}" if r["encoder"] == "zoomldm" else ""
 
-    cohort = out / "cohort"
-    labels = cohort / "labels.csv"
-    if not labels.exists():
-        _run(["synth-cohort", "--out", str(cohort), "--n-slides", str(n_slides), "--seed", "0"], log)
-    slides = cohort / "slides"
 
-    tiles = out / "tiles"
-    _run(["tile", str(slides), "--out", str(tiles), "--no-progress"], log)
+def probe_highlights(probe: Path) -> list[str]:
+    """Lines for the demo summary: the sweep's best per task × mag, the chosen recipe (and each task's own best
+    cell) on the report patients next to the baseline, and the paired 5x / 20x+5x vs 20x tests (corrected
+    resampled t-test over the same splits) — the architecture positive control."""
+    import json
 
-    model_dir = out / "model"
-    if not skip_train:
-        run_dir = out / "train"
-        final = run_dir / "model"
-        _run(["train", "--config", "configs/train/tiny.yaml", "--out", str(run_dir), "--max-steps", str(train_steps),
-              *(["--resume"] if (run_dir / "checkpoints").exists() else [])], log)
-        model_dir = final
-    if skip_train or not (model_dir / "zoomldm_config.json").exists() and not any(model_dir.glob("*")):
-        model_dir = out / "model_fixture"
-        if not model_dir.exists():
-            _run(["convert", str(FIXTURE_MICRO / "weights.ckpt"), str(FIXTURE_MICRO / "config.yaml"), str(model_dir)],
-                 log)
+    import pandas as pd
 
-    feats = out / "features"
-    common = [str(slides), "--tiles", str(tiles), "--out", str(feats), "--no-progress", "--workers", "0"]
-    _run(["extract", *common, "--encoder", "zoomldm", "--weights", str(model_dir), "--mags", "20x,5x",
-          "--conditioning", "uni", "--ssl-encoder", "tiny-vit"], log)
-    _run(["extract", *common, "--encoder", "tiny-vit", "--mags", "20x"], log)
+    rows = pd.read_csv(probe / "probe.csv")
+    tune = rows[(rows["encoder"] == "zoomldm") & (rows["subset"].isin(["tune", "all"]))]
+    lines = ["Recipe sweep (linear probe, repeated patient-level CV) — best ZoomLDM cell per task and mag on the "
+             "tuning patients:"]
+    for (task, mag), g in tune.groupby(["task", "mag"], sort=False):
+        b = g.loc[g["mean"].idxmax()]
+        lines.append(f"  {task:<13} {mag:<7} {b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]  block {int(b['block'])}, "
+                     f"t = {int(b['t'])} ({b['noise_pct']:.0f}% noise), conditioning {b['conditioning']}")
+    rep = rows[rows["subset"] == "report"]
+    if len(rep):
+        lines.append("Chosen recipe (and each task's own best cell) vs baseline on the report patients (never used "
+                     "for the choice):")
+        for _, r in rep.iterrows():
+            lines.append(f"  {r['encoder']:<9} {_cell(r):<22} {r['task']:<13} {r['mag']:<7} {r['metric']} "
+                         f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+    ratio = 1 / (int(json.loads((probe / "probe_summary.json").read_text())["spec"]["n_folds"]) - 1)  # n_test/n_train
+    return lines + paired_lines(pd.read_csv(probe / "probe_scores.csv"), ratio)
 
-    cmp_root = out / "compare"
-    bags = [f"zoomldm-20x={feats / 'features_zoomldm'}:20x",
-            f"zoomldm-5x={feats / 'features_zoomldm'}:5x",
-            f"zoomldm-20x+5x={feats / 'features_zoomldm'}:20x+5x",
-            f"baseline-tinyvit={feats / 'features_tiny-vit'}:20x"]
-    for head in ("abmil", "transmil"):
-        argv = ["compare", "--config", "configs/mil/demo_compare.yaml", "--out", str(cmp_root / head),
-                "--labels", str(labels)]
-        for b in bags:
-            argv += ["--bags", b]
-        extra = ["hparams.epochs=10", "hparams.patience=4"] if head == "transmil" else []  # CPU budget of the demo
-        _run([*argv, f"model={head}", f"n_folds={folds}", *extra], log)
 
-    from zoomfeat.demo_external import external_validation  # final model + external cohort (issue 18)
+def paired_lines(sc, ratio: float) -> list[str]:
+    """5x and 20x+5x vs 20x of the same feature cell and task, on the last subset (report, or all)."""
+    from mil.probe_eval import paired_test
 
-    external_validation(out, labels, feats / "features_tiny-vit", log, folds=folds)
-    gen = out / "generated"
-    first_slide = sorted(slides.iterdir())[0]
-    from zoomfeat.ldm import ZoomLDM
+    sc = sc[sc["subset"] == sc["subset"].unique()[-1]].fillna({"block": -1, "t": -1, "conditioning": ""})
+    lines = []
+    for (enc, b, t, c, task), s in sc.groupby(["encoder", "block", "t", "conditioning", "task"], sort=False):
+        if task not in ("architecture", "subtype"):
+            continue
+        get = lambda mag: s[s["mag"] == mag].sort_values("split")["score"].to_numpy()  # noqa: E731
+        base = get("20x")
+        cell = f", block {int(b)}, t {int(t)}, {c}" if enc == "zoomldm" else ""
+        for mag in ("5x", "20x+5x"):
+            other = get(mag)
+            if len(base) and len(other) == len(base):
+                p = paired_test(other, base, ratio)
+                lines.append(f"  paired ({enc}{cell}, {task}): {mag} − 20x = {p['delta']:+.3f} "
+                             f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}], p = {p['p']:.3g}")
+    return lines
 
-    ssl_dim = ZoomLDM.from_pretrained(model_dir).ssl_dim
-    grid_npy = _ssl_grid_from_slide(first_slide, tiles, out / "ssl_grid_5x.npy", ssl_dim)
-    _run(["generate", "--model", str(model_dir), "--ssl", str(grid_npy), "--mag", "5x", "--n", "4", "--steps", "20",
-          "--out", str(gen / "5x")], log)
-    import numpy as np
 
-    np.save(out / "ssl_grid_20x.npy", np.load(grid_npy)[:, :, :1, :1])
-    _run(["generate", "--model", str(model_dir), "--ssl", str(out / "ssl_grid_20x.npy"), "--mag", "20x", "--n", "4",
-          "--steps", "20", "--out", str(gen / "20x")], log)
+def _summary(out: Path, probe: Path, cmp_root: Path, realism: dict, format_report, log: list, wall: float,
+             cpu: float) -> None:
+    print("\n" + "=" * 100)
+    print(f"zoomfeat demo finished in {wall:.0f} s wall, {cpu:.0f} s CPU\n")
+    print("\n".join(probe_highlights(probe)))
+    print(f"  heatmaps: {probe}/heatmap_*.png   recipe: {probe / 'best_recipe.yaml'}\n")
+    table_md = cmp_root / "compare.md"
+    if table_md.exists():
+        import pandas as pd
 
-    print("\n" + "=" * 80)
-    print(f"zoomfeat demo finished in {time.perf_counter() - t_start:.0f} s\n")
-    for head in ("abmil", "transmil"):
-        table_md = cmp_root / head / "compare.md"
-        if table_md.exists():
-            print(table_md.read_text())
-    print("Outputs:")
-    for name, path in [("synthetic cohort + labels", cohort), ("coordinate files, QC PNGs, GeoJSON", tiles),
-                       ("ZoomLDM model", model_dir), ("feature bags", feats), ("comparison tables + plots", cmp_root),
-                       ("generated patches", gen)]:
+        from mil.compare import verdict
+
+        print(table_md.read_text())
+        print("Verdict (computed from the paired statistics above): "
+              + verdict(pd.read_csv(cmp_root / "compare.csv")) + "\n")
+    print(format_report(realism))
+    print("\nOutputs:")
+    for name, path in [("synthetic cohort + labels", out / "cohort"), ("coordinate files, QC PNGs", out / "tiles"),
+                       ("recipe sweep (probe.csv, heatmaps)", probe), ("feature bags", out / "features"),
+                       ("comparison tables + plots", cmp_root), ("generated patches", out / "generated")]:
         print(f"  {name:<38} {path}")
-    print("\nStep timings:")
-    for cmd, dt in log:
-        print(f"  {dt:7.1f} s  {cmd[:100]}")
-    print(f"\nLook at the results (attention heatmaps, deep zoom): zoomfeat view {out}  → http://127.0.0.1:8000/")
-    return cmp_root
+    print("\nStep timings (wall / CPU):")
+    for cmd, dt, dc in log:
+        print(f"  {dt:7.1f} s {dc:7.1f} s  {cmd[:110]}")

@@ -14,14 +14,15 @@ from pathlib import Path
 
 def _step(argv: list[str], log: list | None, ok: tuple[int, ...] = (0,)) -> int:
     from zoomfeat.cli import main
+    from zoomfeat.demo import _cpu
 
     cmd = "zoomfeat " + " ".join(shlex.quote(str(a)) for a in argv)
     print(f"\n$ {cmd}", flush=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     rc = int(main([str(a) for a in argv]) or 0)
     dt = time.perf_counter() - t0
     if log is not None:
-        log.append((cmd, dt))
+        log.append((cmd, dt, _cpu() - c0))
     if rc not in ok:
         raise RuntimeError(f"demo step failed (exit {rc}): {cmd}")
     print(f"  ({dt:.1f} s)", flush=True)

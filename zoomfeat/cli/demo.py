@@ -5,10 +5,10 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="end-to-end demo on a synthetic cohort (what `make demo` runs)",
-                              description="synth-cohort → tile → train → extract → compare → generate, "
+                              description="synth-cohort → tile → train → probe (recipe sweep) → extract → compare → generate, "
                                           "printing each equivalent command.")
     p.add_argument("--out", default="demo_out", help="output folder (reruns reuse finished steps)")
-    p.add_argument("--n-slides", type=int, default=24)
+    p.add_argument("--n-slides", type=int, default=60)
     p.add_argument("--train-steps", type=int, default=200)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--skip-train", action="store_true", help="skip ZoomLDM training and use the vendored micro fixture (random weights: features carry nothing)")

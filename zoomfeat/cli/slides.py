@@ -32,13 +32,15 @@ def register(subparsers) -> None:
 
     s = subparsers.add_parser(
         "synth-cohort",
-        help="write a synthetic pyramidal-TIFF cohort with subtype / HRD / survival labels",
+        help="write a synthetic pyramidal-TIFF cohort with subtype / HRD / survival / architecture labels",
         description="Write DIR/slides/*.tiff (Aperio-style JPEG pyramids, 20x and some 40x) and DIR/labels.csv.",
     )
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--n-slides", type=int, default=24)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--sizes", default=None,
+                   help="comma-separated slide sides in 20x px to draw from (default 2048,2304,2560,2816,3072)")
     s.set_defaults(func=_synth)
 
 
@@ -71,6 +73,7 @@ def _tile(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from zoomfeat.slides.synthetic import make_cohort
 
-    labels = make_cohort(args.out, n_slides=args.n_slides, seed=args.seed, workers=args.workers)
+    kw = {"sizes_20x": tuple(int(v) for v in args.sizes.split(",") if v.strip())} if args.sizes else {}
+    labels = make_cohort(args.out, n_slides=args.n_slides, seed=args.seed, workers=args.workers, **kw)
     print(f"labels: {labels}")
     return 0

@@ -18,6 +18,18 @@ What carries the labels (all visible in a 20x tile and in a 5x region):
 - **survival**: T ~ Exponential(λ₀·exp(z − 0.5·hrd)), censoring C ~ U(6, 60) months; time = min(T, C),
   event = T ≤ C.
 
+A label that only 5x can see (the multi-scale positive control):
+
+- **architecture** (binary; 0 "dispersed", 1 "coherent"): every tissue 256-px 20x tile of the tiling lattice
+  (anchored at level-0 (0, 0), as ``zoomfeat tile`` uses) gets one of two stromal textures — A (the usual
+  background) or B (a darker, brown stroma, :data:`ARCH_FACTOR`). Exactly half of the tissue tiles are B in
+  both classes, and every tile is pure A or pure B, so the distribution of 20x tile contents is the same for
+  both classes (no tile straddles a texture boundary: no boundary-tile leakage). Only the arrangement differs:
+  "dispersed" puts the B tiles on a checkerboard (a mosaic with a texture edge on every tile side inside every
+  5x region), "coherent" takes
+  the B tiles from the top half of smooth noise with a correlation length of ~6 tiles (large patches; a 5x
+  region is mostly one texture). A 5x region therefore shows the arrangement; a 20x tile cannot.
+
 Patients: about a quarter of the patients contribute two slides (same labels, different tissue).
 """
 
@@ -44,6 +56,12 @@ LYMPHOCYTE = np.array([22, 16, 46], np.float32)
 LYMPH_CLUSTERS_PER_MM2 = (3.0, 60.0)
 #: small per-subtype stain shift added to stroma (RGB)
 SUBTYPE_TINT = np.array([[0, 0, 0], [6, -8, -4], [-6, 4, 6]], np.float32)
+#: texture B of the architecture label: per-channel factor on the tissue background of B tiles (a darker, brown
+#: stroma: its edges against A outweigh the tissue/background edges in a 5x region)
+ARCH_FACTOR = np.array([0.70, 0.80, 0.55], np.float32)
+ARCH_NAMES = ["dispersed", "coherent"]
+#: side of one architecture cell in 20x px (= one 20x tile of the tiling lattice)
+ARCH_CELL = 256
 
 
 @dataclass
@@ -58,6 +76,7 @@ class SlideSpec:
     height_20x: int
     seed: int
     tumour_fraction: float = 0.0
+    architecture: int | None = None  # None: no A/B texture mosaic (single slides); 0 dispersed, 1 coherent
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -128,6 +147,41 @@ def _sample_points(rng: np.random.Generator, mask: np.ndarray, n: int) -> tuple[
     return y + rng.random(n), x + rng.random(n)
 
 
+def architecture_cells(rng: np.random.Generator, tissue: np.ndarray, architecture: int,
+                       cell: int = ARCH_CELL) -> np.ndarray:
+    """Boolean (H, W) mask of texture-B pixels: whole lattice cells, exactly half of the tissue cells.
+
+    ``architecture`` 0 lays the B cells out as a checkerboard, 1 thresholds smooth noise (correlation ≈ 6 cells, more
+    than a 5x region), so both classes have the same share of pure A and pure B tiles and differ only in arrangement.
+    """
+    h, w = tissue.shape
+    gh, gw = -(-h // cell), -(-w // cell)
+    pad = np.zeros((gh * cell, gw * cell), bool)
+    pad[:h, :w] = tissue
+    share = pad.reshape(gh, cell, gw, cell).mean(axis=(1, 3))
+    if int(architecture) == 1:
+        score = _smooth_noise(rng, gh, gw, 6)
+    else:  # checkerboard (ties broken at random): every 5x region is a mosaic with a texture edge on each cell side
+        iy, ix = np.indices((gh, gw))
+        score = ((iy + ix) % 2).astype(np.float32) + 0.01 * rng.random((gh, gw)).astype(np.float32)
+    tiss = share > 0
+    b = np.zeros((gh, gw), bool)
+    if tiss.any():
+        order = np.argsort(-score[tiss], kind="stable")
+        pick = np.zeros(int(tiss.sum()), bool)
+        pick[order[: int(tiss.sum()) // 2]] = True
+        b[tiss] = pick
+    return np.repeat(np.repeat(b, cell, 0), cell, 1)[:h, :w]
+
+
+def _apply_architecture(base: np.ndarray, tissue: np.ndarray, spec: SlideSpec) -> np.ndarray:
+    """Texture B on the architecture cells (own RNG stream: the other labels' rendering does not depend on it)."""
+    if spec.architecture is None:
+        return base
+    arch_b = architecture_cells(np.random.default_rng([spec.seed, 11]), tissue, spec.architecture)
+    return np.where((arch_b & tissue)[..., None], base * ARCH_FACTOR, base)
+
+
 def render_tissue(spec: SlideSpec) -> tuple[np.ndarray, dict]:
     """Render a slide at 20x (0.5 µm/px) as RGB uint8 (H, W, 3). Returns ``(image, stats)``."""
     rng = np.random.default_rng(spec.seed)
@@ -152,6 +206,7 @@ def render_tissue(spec: SlideSpec) -> tuple[np.ndarray, dict]:
     base = np.where(stroma_mask[..., None], stroma_col * (0.92 + 0.12 * fib), BACKGROUND)
     base = np.where(tumour[..., None], TUMOUR_BG * (0.9 + 0.15 * fib), base)
     del fib
+    base = _apply_architecture(base, tissue, spec)
     base += 2.0 * rng.standard_normal((h, w, 1), dtype=np.float32)
     img = _Canvas(np.clip(base + 0.5, 0, 255).astype(np.uint8))
     del base
@@ -281,6 +336,7 @@ def make_slide(
     downsamples: Sequence[int] = (1, 4, 16),
     patient: str | None = None,
     quality: int = 90,
+    architecture: int | None = None,
 ) -> SlideSpec:
     """Render one synthetic slide and write it to ``path``; returns its :class:`SlideSpec`.
 
@@ -293,6 +349,7 @@ def make_slide(
         slide=path.stem, patient=patient or path.stem, subtype=int(subtype), hrd=int(hrd),
         latent_risk=float(latent_risk), mpp=float(mpp) if mpp is not None else float("nan"),
         width_20x=int(size_20x[0]), height_20x=int(size_20x[1]), seed=int(seed),
+        architecture=None if architecture is None else int(architecture),
     )
     img, stats = render_tissue(spec)
     spec.tumour_fraction = round(stats["tumour_fraction"], 4)
@@ -315,6 +372,7 @@ def cohort_specs(n_slides: int = 24, seed: int = 0, frac_40x: float = 0.2, frac_
     subtypes = rng.permutation(np.arange(n_pat) % 3)
     risks = rng.normal(0, 1, n_pat)
     hrds = (rng.random(n_pat) < 0.5).astype(int)
+    arch = np.random.default_rng([seed, 3]).permutation(np.arange(n_pat) % 2)  # balanced, own stream
     two = set(rng.choice(n_pat, size=n_two, replace=False).tolist()) if n_two else set()
     size_rng = np.random.default_rng([seed, 1])  # separate streams: labels do not depend on the size list
     mpp_rng = np.random.default_rng([seed, 2])
@@ -326,7 +384,7 @@ def cohort_specs(n_slides: int = 24, seed: int = 0, frac_40x: float = 0.2, frac_
                 slide=f"syn{i:03d}", patient=f"pat{p:03d}", subtype=int(subtypes[p]), hrd=int(hrds[p]),
                 latent_risk=float(risks[p]), mpp=0.5,
                 width_20x=int(size_rng.choice(sizes_20x)), height_20x=int(size_rng.choice(sizes_20x)),
-                seed=int(seed * 100003 + i * 7919 + 13),
+                seed=int(seed * 100003 + i * 7919 + 13), architecture=int(arch[p]),
             ))
     n40 = int(round(n_slides * frac_40x)) if n_slides >= 3 else 0
     for i in mpp_rng.choice(len(specs), size=max(n40, 1 if n_slides >= 3 else 0), replace=False):
@@ -353,6 +411,7 @@ def _write_one(args: tuple[str, dict]) -> dict:
     spec = make_slide(
         path, subtype=d["subtype"], latent_risk=d["latent_risk"], hrd=d["hrd"], mpp=d["mpp"],
         size_20x=(d["width_20x"], d["height_20x"]), seed=d["seed"], patient=d["patient"],
+        architecture=d.get("architecture"),
     )
     return asdict(spec)
 
@@ -360,7 +419,7 @@ def _write_one(args: tuple[str, dict]) -> dict:
 def make_cohort(out_dir: str | os.PathLike, n_slides: int = 24, seed: int = 0, workers: int = 1,
                 progress: bool = True, **kwargs) -> Path:
     """Write ``out_dir/slides/*.tiff`` and ``out_dir/labels.csv`` (slide, patient, subtype, hrd, time, event,
-    plus path, mpp, subtype_name, latent_risk). Existing slides are kept (resume).
+    plus path, mpp, subtype_name, latent_risk, architecture, architecture_name). Existing slides are kept (resume).
     Returns the labels CSV path."""
     from tqdm.auto import tqdm
 
@@ -390,9 +449,10 @@ def make_cohort(out_dir: str | os.PathLike, n_slides: int = 24, seed: int = 0, w
         with open(tmp, "w", newline="") as fh:
             wr = csv.writer(fh)
             wr.writerow(["slide", "patient", "subtype", "hrd", "time", "event", "path", "mpp", "subtype_name",
-                         "latent_risk"])
+                         "latent_risk", "architecture", "architecture_name"])
             for s in specs:
                 t, e = surv[s.patient]
                 wr.writerow([s.slide, s.patient, s.subtype, s.hrd, t, e, f"slides/{s.slide}.tiff", s.mpp,
-                             SUBTYPE_NAMES[s.subtype], round(s.latent_risk, 4)])
+                             SUBTYPE_NAMES[s.subtype], round(s.latent_risk, 4), s.architecture,
+                             ARCH_NAMES[s.architecture]])
     return labels

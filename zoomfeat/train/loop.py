@@ -110,6 +110,20 @@ def make_model(cfg: dict, base: Path | None = None):
     raise ValueError(f"model.init must be 'config', 'official' or 'pretrained', got {init!r}")
 
 
+def build_slides(spec: dict, root: Path):
+    """The slides of ``dataset.build``: ``slides`` as given, else a synthetic cohort made under ``root/cohort``."""
+    slides = spec.get("slides")
+    if slides is None:
+        syn = spec.get("synthetic") or {}
+        from zoomfeat.slides.synthetic import make_cohort
+
+        cohort_dir = root / "cohort"
+        if not (cohort_dir / "slides").exists() or not any((cohort_dir / "slides").glob("*.tiff")):
+            make_cohort(cohort_dir, **syn)
+        slides = cohort_dir / "slides"
+    return slides
+
+
 def ensure_dataset(cfg: dict, root: Path, ldm, progress: bool = True) -> None:
     """Build the training set from ``dataset.build`` when ``root`` has no index yet (self-contained configs)."""
     if (root / "index.csv").exists() and (root / "meta.json").exists() and json.loads((root / "meta.json").read_text()).get("complete"):
@@ -129,15 +143,7 @@ def ensure_dataset(cfg: dict, root: Path, ldm, progress: bool = True) -> None:
     from zoomfeat.encoders import create_encoder
     from zoomfeat.train.dataset import build_dataset
 
-    slides = spec.get("slides")
-    if slides is None:
-        syn = spec.get("synthetic") or {}
-        from zoomfeat.slides.synthetic import make_cohort
-
-        cohort_dir = root / "cohort"
-        if not (cohort_dir / "slides").exists() or not any((cohort_dir / "slides").glob("*.tiff")):
-            make_cohort(cohort_dir, **syn)
-        slides = cohort_dir / "slides"
+    slides = build_slides(spec, root)
     enc_spec = dict(spec["ssl_encoder"])
     encoder = create_encoder(enc_spec.pop("name"), **enc_spec)
     report = build_dataset(
@@ -449,9 +455,18 @@ def train(cfg: dict, out_dir: str | os.PathLike, max_steps: int | None = None, r
     ldm = make_model(cfg, out_dir)
     root = Path(os.path.expanduser(str(cfg["dataset"]["root"])))
     root = root if root.is_absolute() else out_dir / root  # relative dataset roots live in the run folder
-    if main:
+    if main:  # first stage (trained VQ, frozen) before the dataset: the latents are its encodings
+        from zoomfeat.cohort import resolve_slides
+        from zoomfeat.train.vq import prepare_first_stage
+
+        spec = cfg["dataset"].get("build") or {}
+        prepare_first_stage(cfg, ldm, out_dir, lambda: resolve_slides(build_slides(spec, root)), progress=progress)
         ensure_dataset(cfg, root, ldm, progress=progress)
     accelerator.wait_for_everyone()
+    if not main:
+        from zoomfeat.train.vq import prepare_first_stage
+
+        prepare_first_stage(cfg, ldm, out_dir, lambda: [], progress=False)
     latent_shape = (ldm.latent_channels, ldm.latent_size, ldm.latent_size)
     dataset = MultiScaleLatentDataset(root, latent_shape=latent_shape, ssl_dim=ldm.ssl_dim,
                                       scales=cfg["dataset"].get("scales"))

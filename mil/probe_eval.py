@@ -1,0 +1,124 @@
+"""Linear probe on slide-level features: repeated patient-level stratified group k-fold, one score per fold model.
+
+Why: a recipe sweep evaluates hundreds of feature variants; a linear head on mean-pooled features (standardised
+on the training fold) is the cheap, low-variance readout that feature benchmarks (eva, Patho-Bench) use, and
+scores per fold model (never pooled predictions of different models) let splits be compared pairwise.
+Classification: ``StandardScaler`` + ``LogisticRegression`` (AUC; one-vs-rest macro for > 2 classes).
+Survival: ``StandardScaler`` + PCA (≤ 8 components, fitted on the training fold) + lifelines ``CoxPHFitter``
+(ridge 0.1; c-index on the test fold). Summary CIs: the corrected resampled t-test (Nadeau & Bengio 2003), whose
+variance term ``(1/J + n_test/n_train)·s²`` accounts for overlapping training sets across repeated splits.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+
+SURVIVAL = "survival"
+
+
+def repeated_splits(y: np.ndarray, groups: Sequence, n_folds: int = 5, n_repeats: int = 3,
+                    seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train_idx, test_idx) for ``n_repeats`` × ``n_folds`` patient-level stratified splits (same for every
+    feature set given the same labels, groups and seed). ``y``: class codes, or (time, event) → stratified by event."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y = np.asarray(y)
+    strata = y[:, 1].astype(int) if y.ndim == 2 else y
+    groups = np.asarray([str(g) for g in groups])
+    out = []
+    for r in range(int(n_repeats)):
+        cv = StratifiedGroupKFold(n_splits=int(n_folds), shuffle=True, random_state=int(seed) + r)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*least populated class.*")
+            out += [(np.asarray(a), np.asarray(b)) for a, b in cv.split(np.zeros(len(y)), strata, groups)]
+    return out
+
+
+def _fit_score_clf(Xtr, ytr, Xte, yte) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    classes = np.unique(ytr)
+    if len(np.unique(yte)) < 2 or len(classes) < 2:
+        return float("nan")
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    model.fit(Xtr, ytr)
+    prob = model.predict_proba(Xte)
+    if len(classes) == 2:
+        return float(roc_auc_score(yte, prob[:, 1]))
+    present = np.isin(classes, np.unique(yte))
+    if present.sum() < len(classes):  # a class absent from the test fold: macro AUC over the present ones
+        return float(np.mean([roc_auc_score(yte == c, prob[:, k]) for k, c in enumerate(classes) if present[k]]))
+    return float(roc_auc_score(yte, prob, multi_class="ovr", average="macro", labels=classes))
+
+
+def _fit_score_cox(Xtr, ytr, Xte, yte) -> float:
+    import pandas as pd
+    from lifelines import CoxPHFitter
+    from lifelines.utils import concordance_index
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    if ytr[:, 1].sum() < 2 or yte[:, 1].sum() < 1:
+        return float("nan")
+    sc = StandardScaler().fit(Xtr)
+    k = int(min(8, Xtr.shape[1], max(1, len(Xtr) // 6)))
+    pca = PCA(k, random_state=0).fit(sc.transform(Xtr))
+    cols = [f"pc{i}" for i in range(k)]
+    df = pd.DataFrame(pca.transform(sc.transform(Xtr)), columns=cols)
+    df["T"], df["E"] = ytr[:, 0], ytr[:, 1]
+    cph = CoxPHFitter(penalizer=0.1).fit(df, "T", "E")
+    risk = cph.predict_partial_hazard(pd.DataFrame(pca.transform(sc.transform(Xte)), columns=cols)).to_numpy()
+    return float(concordance_index(yte[:, 0], -risk, yte[:, 1]))
+
+
+def linear_probe_scores(X: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]],
+                        task: str = "classification") -> np.ndarray:
+    """One score per split (AUC, or c-index when ``task == 'survival'``; NaN where undefined)."""
+    X = np.asarray(X, np.float64)
+    y = np.asarray(y)
+    fit = _fit_score_cox if task == SURVIVAL else _fit_score_clf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.array([fit(X[tr], y[tr], X[te], y[te]) for tr, te in splits])
+
+
+def corrected_ci(scores: np.ndarray, test_over_train: float, level: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, std, ci_low, ci_high) of per-split scores with the Nadeau–Bengio corrected variance."""
+    from scipy import stats
+
+    s = np.asarray(scores, float)
+    s = s[np.isfinite(s)]
+    if len(s) == 0:
+        return (float("nan"),) * 4
+    m, sd = float(s.mean()), float(s.std(ddof=1)) if len(s) > 1 else 0.0
+    if len(s) < 2:
+        return m, sd, float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, len(s) - 1) * np.sqrt((1 / len(s) + test_over_train) * sd ** 2)
+    return m, sd, m - float(half), m + float(half)
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, test_over_train: float) -> dict:
+    """Corrected resampled paired t-test of per-split scores ``a − b`` (same splits): Δ mean, 95% CI, two-sided p."""
+    from scipy import stats
+
+    d = np.asarray(a, float) - np.asarray(b, float)
+    d = d[np.isfinite(d)]
+    m, sd, lo, hi = corrected_ci(d, test_over_train)
+    if len(d) < 2:
+        return {"delta": m, "ci_low": lo, "ci_high": hi, "p": float("nan"), "n_splits": len(d)}
+    if sd == 0:  # identical differences on every split
+        return {"delta": m, "ci_low": m, "ci_high": m, "p": 0.0 if m != 0 else 1.0, "n_splits": len(d)}
+    tstat = m / np.sqrt((1 / len(d) + test_over_train) * sd ** 2)
+    return {"delta": m, "ci_low": lo, "ci_high": hi, "p": float(2 * stats.t.sf(abs(tstat), len(d) - 1)),
+            "n_splits": len(d)}
+
+
+def n_test_over_n_train(splits: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """n_test / n_train averaged over splits (the correction term of the resampled t-test)."""
+    return float(np.mean([len(te) / max(1, len(tr)) for tr, te in splits]))
