@@ -99,7 +99,7 @@ def configure_threads(threads: int | None = None, workers: int = 0) -> int:
     An explicit ``threads`` above the available cores is lowered to them (oversubscribed OpenMP threads spin
     at barriers while waiting for descheduled peers instead of working).
     """
-    from zoomfeat.cli.threads import available_cores
+    from zoomfeat.threads import available_cores
 
     cores = available_cores()
     limit = max(1, cores // max(1, int(workers or 0)))

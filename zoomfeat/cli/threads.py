@@ -13,12 +13,9 @@ import argparse
 import os
 import sys
 
+from zoomfeat.threads import available_cores  # noqa: F401  (re-exported: the CLI's historical home)
 
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS / Windows
-        return max(1, os.cpu_count() or 1)
+
 
 
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
