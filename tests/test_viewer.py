@@ -338,3 +338,30 @@ def test_generated_patches_beside_their_real_region(built, tmp_path):
     assert site.get(entry["region"]["url"])[0][:2] == b"\xff\xd8"
     assert site.get(entry["images"][0])[0][:4] == b"\x89PNG"
     assert '"generated":[{' in site.get("index.html")[0].decode()
+
+
+def test_discovers_multi_framework_compare_and_skips_prediction_only_folders(tmp_path):
+    """compare with several frameworks writes {root}/{encoder}/{framework}/{task}: each run gets its encoder entry
+    and its framework; a `mil predict` folder (predictions without folds) is not a run."""
+    import yaml
+
+    from zoomfeat.viewer.results import discover_runs
+
+    cfg = {"model": "abmil", "frameworks": ["linear", "abmil"],
+           "encoders": [{"name": "enc-a", "bags": "bags_a", "mag": "20x+5x"}],
+           "tasks": [{"name": "subtype", "task": "multiclass", "target": "subtype"}]}
+    (tmp_path / "compare").mkdir()
+    (tmp_path / "compare" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for fw in ("linear", "abmil"):
+        leaf = tmp_path / "compare" / "enc-a" / fw / "subtype"
+        leaf.mkdir(parents=True)
+        pd.DataFrame({"slide": ["s1"], "patient": ["p1"], "fold": [0], "y": [1], "label": [1], "pred": [1],
+                      "prob_0": [0.2], "prob_1": [0.8]}).to_csv(leaf / "predictions.csv", index=False)
+    (tmp_path / "external").mkdir()
+    pd.DataFrame({"slide": ["s9"], "prob_0": [0.5], "prob_1": [0.5], "pred": [0]}).to_csv(
+        tmp_path / "external" / "predictions.csv", index=False)
+    runs = {r.name: r for r in discover_runs(tmp_path)}
+    assert set(runs) == {"compare/enc-a/linear/subtype", "compare/enc-a/abmil/subtype"}
+    for fw in ("linear", "abmil"):
+        r = runs[f"compare/enc-a/{fw}/subtype"]
+        assert (r.model, r.encoder, r.mag, r.task) == (fw, "enc-a", "20x+5x", "multiclass")

@@ -107,7 +107,9 @@ def _run_config(leaf: Path, root: Path) -> tuple[dict, dict]:
         cp = anc / "config.yaml"
         if cp.exists():
             cfg = _load_yaml(cp)
-            entry = next((e for e in cfg.get("encoders") or [] if e.get("name") == leaf.parent.name), None)
+            # compare writes {root}/{encoder}/{task}, or {root}/{encoder}/{framework}/{task} with several frameworks
+            parts = leaf.relative_to(anc).parts[:-1]
+            entry = next((e for e in cfg.get("encoders") or [] if e.get("name") in parts), None)
             task = next((t for t in cfg.get("tasks") or [] if t.get("name") == leaf.name), None)
             if entry is not None and task is not None:
                 return {**cfg, **{k: v for k, v in task.items() if k != "name"}}, entry
@@ -128,8 +130,8 @@ def discover_runs(run_dir: str | os.PathLike) -> list[Run]:
             continue
         leaf = Path(dirpath)
         pred = pd.read_csv(leaf / "predictions.csv", dtype={"slide": str, "patient": str})
-        if pred.empty or "slide" not in pred.columns:
-            continue
+        if pred.empty or "slide" not in pred.columns or "fold" not in pred.columns:
+            continue  # not a `mil cv` / `compare` run (e.g. `mil predict` output: no out-of-fold models)
         cfg, entry = _run_config(leaf, root)
         rel = leaf.relative_to(root).as_posix()
         name = rel if rel != "." else root.name
