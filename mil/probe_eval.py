@@ -89,34 +89,26 @@ def linear_probe_scores(X: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndar
 
 
 def corrected_ci(scores: np.ndarray, test_over_train: float, level: float = 0.95) -> tuple[float, float, float, float]:
-    """(mean, std, ci_low, ci_high) of per-split scores with the Nadeau–Bengio corrected variance."""
-    from scipy import stats
+    """(mean, std, ci_low, ci_high) of per-split scores with the Nadeau–Bengio corrected variance
+    (:func:`mil.stats.corrected_ttest`, the same test ``compare`` uses)."""
+    from mil.stats import corrected_ttest
 
     s = np.asarray(scores, float)
     s = s[np.isfinite(s)]
     if len(s) == 0:
         return (float("nan"),) * 4
-    m, sd = float(s.mean()), float(s.std(ddof=1)) if len(s) > 1 else 0.0
-    if len(s) < 2:
-        return m, sd, float("nan"), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, len(s) - 1) * np.sqrt((1 / len(s) + test_over_train) * sd ** 2)
-    return m, sd, m - float(half), m + float(half)
+    r = corrected_ttest(s, test_over_train, level)
+    return r["mean"], float(s.std(ddof=1)) if len(s) > 1 else 0.0, r["ci_low"], r["ci_high"]
 
 
 def paired_test(a: np.ndarray, b: np.ndarray, test_over_train: float) -> dict:
     """Corrected resampled paired t-test of per-split scores ``a − b`` (same splits): Δ mean, 95% CI, two-sided p."""
-    from scipy import stats
+    from mil.stats import corrected_ttest
 
     d = np.asarray(a, float) - np.asarray(b, float)
-    d = d[np.isfinite(d)]
-    m, sd, lo, hi = corrected_ci(d, test_over_train)
-    if len(d) < 2:
-        return {"delta": m, "ci_low": lo, "ci_high": hi, "p": float("nan"), "n_splits": len(d)}
-    if sd == 0:  # identical differences on every split
-        return {"delta": m, "ci_low": m, "ci_high": m, "p": 0.0 if m != 0 else 1.0, "n_splits": len(d)}
-    tstat = m / np.sqrt((1 / len(d) + test_over_train) * sd ** 2)
-    return {"delta": m, "ci_low": lo, "ci_high": hi, "p": float(2 * stats.t.sf(abs(tstat), len(d) - 1)),
-            "n_splits": len(d)}
+    r = corrected_ttest(d, test_over_train)
+    return {"delta": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "p": r["p"],
+            "n_splits": r["n_splits"]}
 
 
 def n_test_over_n_train(splits: list[tuple[np.ndarray, np.ndarray]]) -> float:
