@@ -27,18 +27,22 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
 
 
-def _run(argv: list[str], log: list[tuple[str, float, float]]) -> None:
+def run_step(argv: list, log: list | None, ok: tuple[int, ...] = (0,)) -> int:
+    """Run one demo step as the CLI verb a user would type (printed first); log (command, wall s, CPU s)."""
     from zoomfeat.cli import main
 
+    argv = [str(a) for a in argv]
     cmd = "zoomfeat " + " ".join(shlex.quote(a) for a in argv)
     print(f"\n$ {cmd}", flush=True)
     t0, c0 = time.perf_counter(), _cpu()
-    rc = main(argv)
+    rc = int(main(argv) or 0)
     dt, dc = time.perf_counter() - t0, _cpu() - c0
-    log.append((cmd, dt, dc))
-    if rc not in (0, None):
+    if log is not None:
+        log.append((cmd, dt, dc))
+    if rc not in ok:
         raise RuntimeError(f"demo step failed (exit {rc}): {cmd}")
     print(f"  ({dt:.1f} s wall, {dc:.1f} s CPU)", flush=True)
+    return rc
 
 
 def _timed(name: str, fn, log: list):
@@ -52,14 +56,14 @@ def _train(out: Path, slides: Path, train_steps: int, skip_train: bool, log: lis
     """The tiny ZoomLDM trained on the demo cohort (first stage, then UNet), or the micro fixture."""
     if not skip_train:
         run_dir = out / "train"
-        _run(["train", "--config", "configs/train/tiny.yaml", "--out", str(run_dir), "--max-steps", str(train_steps),
+        run_step(["train", "--config", "configs/train/tiny.yaml", "--out", str(run_dir), "--max-steps", str(train_steps),
               "--set", f"dataset.build.slides={slides}", "--set", "dataset.build.max_per_scale=8", "--no-progress",
               *(["--resume"] if (run_dir / "checkpoints").exists() else [])], log)
         if (run_dir / "model" / "zoomldm_config.json").exists() or any((run_dir / "model").glob("*")):
             return run_dir / "model"
     model_dir = out / "model_fixture"
     if not model_dir.exists():
-        _run(["convert", str(FIXTURE_MICRO / "weights.ckpt"), str(FIXTURE_MICRO / "config.yaml"), str(model_dir)], log)
+        run_step(["convert", str(FIXTURE_MICRO / "weights.ckpt"), str(FIXTURE_MICRO / "config.yaml"), str(model_dir)], log)
     return model_dir
 
 
@@ -69,7 +73,7 @@ def _probe(out: Path, slides: Path, tiles: Path, labels: Path, model_dir: Path, 
     n_blocks = ZoomLDM.from_pretrained(model_dir).num_feature_blocks
     blocks = ",".join(b for b in SWEEP["blocks"].split(",") if int(b) < n_blocks)
     probe = out / "probe"
-    _run(["probe", str(slides), "--tiles", str(tiles), "--labels", str(labels), "--weights", str(model_dir),
+    run_step(["probe", str(slides), "--tiles", str(tiles), "--labels", str(labels), "--weights", str(model_dir),
           "--blocks", blocks, "--t", SWEEP["t"], "--conditioning", SWEEP["conditioning"], "--mags", SWEEP["mags"],
           "--tasks", SWEEP["tasks"], "--baselines", "tiny-vit", "--ssl-encoder", "tiny-vit",
           "--tiles-per-slide", SWEEP["tiles_per_slide"], "--tune-fraction", SWEEP["tune_fraction"],
@@ -100,11 +104,11 @@ def run_demo(out: str | Path = "demo_out", n_slides: int = 60, train_steps: int 
     cohort = out / "cohort"
     labels = cohort / "labels.csv"
     if not labels.exists():
-        _run(["synth-cohort", "--out", str(cohort), "--n-slides", str(n_slides), "--seed", "0",
+        run_step(["synth-cohort", "--out", str(cohort), "--n-slides", str(n_slides), "--seed", "0",
               "--sizes", "1792,2048,2304"], log)
     slides = cohort / "slides"
     tiles = out / "tiles"
-    _run(["tile", str(slides), "--out", str(tiles), "--no-progress"], log)
+    run_step(["tile", str(slides), "--out", str(tiles), "--no-progress"], log)
     model_dir = _train(out, slides, train_steps, skip_train, log)
     probe = _probe(out, slides, tiles, labels, model_dir, log)
 
@@ -112,9 +116,9 @@ def run_demo(out: str | Path = "demo_out", n_slides: int = 60, train_steps: int 
     common = [str(slides), "--tiles", str(tiles), "--out", str(feats), "--no-progress", "--workers", "0",
               "--threads", "1"]
     recipe = ["--config", str(probe / "best_recipe.yaml"), "--weights", str(model_dir)]
-    _run(["extract", *common, *recipe, "--conditioning", "uni", "--ssl-encoder", "tiny-vit", "--tag", "zoomldm"], log)
-    _run(["extract", *common, *recipe, "--conditioning", "none", "--tag", "zoomldm_none"], log)
-    _run(["extract", *common, "--encoder", "tiny-vit", "--mags", "20x,5x"], log)
+    run_step(["extract", *common, *recipe, "--conditioning", "uni", "--ssl-encoder", "tiny-vit", "--tag", "zoomldm"], log)
+    run_step(["extract", *common, *recipe, "--conditioning", "none", "--tag", "zoomldm_none"], log)
+    run_step(["extract", *common, "--encoder", "tiny-vit", "--mags", "20x,5x"], log)
 
     cmp_root = out / "compare"
     report_labels = _report_labels(labels, probe)
@@ -127,14 +131,14 @@ def run_demo(out: str | Path = "demo_out", n_slides: int = 60, train_steps: int 
             str(report_labels), "--frameworks", "linear,abmil", "--reference", "baseline-tinyvit"]
     for b in bags:
         argv += ["--bags", b]
-    _run([*argv, f"n_folds={folds}"], log)
+    run_step([*argv, f"n_folds={folds}"], log)
 
     from zoomfeat.demo_external import external_validation  # final model + external cohort (issue 18)
 
     external_validation(out, labels, feats / "features_tiny-vit", log, folds=folds)
 
     gen = out / "generated"
-    _run(["generate", "--model", str(model_dir), "--ssl", str(_ssl_grid(slides, tiles, out, model_dir)), "--mag",
+    run_step(["generate", "--model", str(model_dir), "--ssl", str(_ssl_grid(slides, tiles, out, model_dir)), "--mag",
           "5x", "--n", "4", "--steps", "20", "--out", str(gen / "5x")], log)
     from zoomfeat.cohort import resolve_slides
     from zoomfeat.generate.realism import format_report, realism_report

@@ -7,26 +7,7 @@ AUC with a patient-grouped bootstrap 95% CI is printed. Each step is the CLI ver
 
 from __future__ import annotations
 
-import shlex
-import time
 from pathlib import Path
-
-
-def _step(argv: list[str], log: list | None, ok: tuple[int, ...] = (0,)) -> int:
-    from zoomfeat.cli import main
-    from zoomfeat.demo import _cpu
-
-    cmd = "zoomfeat " + " ".join(shlex.quote(str(a)) for a in argv)
-    print(f"\n$ {cmd}", flush=True)
-    t0, c0 = time.perf_counter(), _cpu()
-    rc = int(main([str(a) for a in argv]) or 0)
-    dt = time.perf_counter() - t0
-    if log is not None:
-        log.append((cmd, dt, _cpu() - c0))
-    if rc not in ok:
-        raise RuntimeError(f"demo step failed (exit {rc}): {cmd}")
-    print(f"  ({dt:.1f} s)", flush=True)
-    return rc
 
 
 def external_validation(out: str | Path, labels: str | Path, bags: str | Path, log: list | None = None,
@@ -35,21 +16,23 @@ def external_validation(out: str | Path, labels: str | Path, bags: str | Path, l
     external metrics as {metric: (value, ci_low, ci_high)}."""
     import pandas as pd
 
+    from zoomfeat.demo import run_step
+
     out = Path(out)
     model = out / "subtype_model"
     train = ["mil", "train", "--config", "mil/demo_final.yaml", "--out", model, f"labels={labels}", f"bags={bags}",
              f"n_folds={folds}"]
     try:
-        _step([*train, "--cv"], log)
+        run_step([*train, "--cv"], log)
     except RuntimeError:  # a cohort too small for k folds with inner splits (as `compare` skips such a task)
         print("  cross-validation impossible on this cohort: training the final model without a CV estimate")
-        _step(train, log)
+        run_step(train, log)
     ext = out / "external"
     ext_labels = ext / "cohort" / "labels.csv"
     if not ext_labels.exists():
-        _step(["synth-cohort", "--out", ext / "cohort", "--n-slides", n_slides, "--seed", seed], log)
+        run_step(["synth-cohort", "--out", ext / "cohort", "--n-slides", n_slides, "--seed", seed], log)
     pred = ext / "predictions"
-    rc = _step(["predict", ext / "cohort" / "slides", "--model", model, "--out", pred, "--labels", ext_labels,
+    rc = run_step(["predict", ext / "cohort" / "slides", "--model", model, "--out", pred, "--labels", ext_labels,
                 "--no-progress"], log, ok=(0, 3))
     m = pd.read_csv(pred / "metrics.csv").set_index("metric")
     res = {k: (float(r.value), float(r.ci_low), float(r.ci_high)) for k, r in m.iterrows()}
