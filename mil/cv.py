@@ -345,9 +345,7 @@ def write_result(res: CVResult, out: Path, cfg: dict, cohort: Cohort | None = No
 
 def write_attention(res: CVResult, out: Path, cohort: Cohort, cfg: dict) -> None:
     """attention/{slide}.csv (x, y, score, rank) for every test slide; heatmaps for the top-scored few."""
-    from zoomfeat.bags import load_bag
-
-    from mil.heatmap import attention_heatmap, find_slide, rank_normalize
+    from mil.heatmap import attention_heatmap, find_slide, instance_coords, write_attention_csv
 
     adir = out / "attention"
     adir.mkdir(exist_ok=True)
@@ -359,21 +357,8 @@ def write_attention(res: CVResult, out: Path, cohort: Cohort, cfg: dict) -> None
     label_paths = _label_slide_paths(cfg.get("labels"))
     for slide in order:
         scores = res.attention.get(slide)
-        item = cohort.items[pos[slide]]
-        coords, psize = None, None
-        if isinstance(item, (str, os.PathLike)):
-            bag = load_bag(item)
-            coords = bag.coords
-            psize = bag.coords_attrs.get("patch_size_level0") or bag.attrs.get("patch_size_level0")
-            if cfg.get("mag") == "5x":
-                coords = bag.coords_5x
-                psize = psize * 4 if psize else None
-        if coords is None or len(coords) != len(scores):
-            coords = None
-        df = pd.DataFrame({"x": coords[:, 0] if coords is not None else -1,
-                           "y": coords[:, 1] if coords is not None else -1,
-                           "score": scores, "rank": rank_normalize(scores)})
-        df.to_csv(adir / f"{slide}.csv", index=False)
+        coords, psize = instance_coords(cohort.items[pos[slide]], cfg.get("mag"), len(scores))
+        write_attention_csv(adir / f"{slide}.csv", coords, scores)
         if n_maps > 0 and coords is not None:
             slide_path = find_slide(cfg.get("slides"), slide) or label_paths.get(slide)
             attention_heatmap(coords, scores, out / "heatmaps" / f"{slide}.png", patch_size=psize,

@@ -133,8 +133,7 @@ def _label_paths(labels: Any) -> dict[str, Path]:
 def write_attention_maps(out: Path, pred: pd.DataFrame, attn: dict[str, np.ndarray], bag_files: dict[str, Any],
                          pr: Predictor, slide_paths: dict[str, Path], heatmaps: int | None = None) -> int:
     """attention/{slide}.csv for every slide and heatmaps/{slide}.png for the first ``heatmaps`` (None = all)."""
-    from mil.heatmap import attention_heatmap, rank_normalize
-    from zoomfeat.bags import load_bag
+    from mil.heatmap import attention_heatmap, instance_coords, write_attention_csv
 
     (out / "attention").mkdir(parents=True, exist_ok=True)
     score = "risk" if pr.task == "survival" else None
@@ -144,16 +143,8 @@ def write_attention_maps(out: Path, pred: pd.DataFrame, attn: dict[str, np.ndarr
         scores = attn.get(s)
         if scores is None:
             continue
-        bag = load_bag(bag_files[s])
-        psize = bag.coords_attrs.get("patch_size_level0") or bag.attrs.get("patch_size_level0")
-        coords = bag.coords_5x if pr.mag == "5x" else bag.coords
-        if pr.mag == "5x" and psize:
-            psize = bag.attrs.get("patch_size_level0_5x") or psize * 4
-        if coords is None or len(coords) != len(scores):
-            coords = None
-        pd.DataFrame({"x": coords[:, 0] if coords is not None else -1, "y": coords[:, 1] if coords is not None else -1,
-                      "score": scores, "rank": rank_normalize(scores)}).to_csv(out / "attention" / f"{s}.csv",
-                                                                               index=False)
+        coords, psize = instance_coords(bag_files[s], pr.mag, len(scores))
+        write_attention_csv(out / "attention" / f"{s}.csv", coords, scores)
         if coords is None or (heatmaps is not None and made >= heatmaps):
             continue
         title = (f"{s}: risk {row.risk:.2f}" if score

@@ -20,6 +20,31 @@ def rank_normalize(scores: np.ndarray) -> np.ndarray:
     return rankdata(scores, method="average") / scores.size
 
 
+def instance_coords(item, mag: str, n: int) -> tuple[np.ndarray | None, float | None]:
+    """Level-0 top-left corners of the ``n`` instances a head attended to at ``mag`` (the 5x regions for '5x', else
+    the 20x tiles) and their level-0 side; (None, None) when the bag (or an in-memory array) has no such coordinates."""
+    if not isinstance(item, (str, os.PathLike)):
+        return None, None
+    from zoomfeat.bags import load_bag
+
+    bag = load_bag(item)
+    psize = bag.coords_attrs.get("patch_size_level0") or bag.attrs.get("patch_size_level0")
+    coords = bag.coords_5x if mag == "5x" else bag.coords
+    if mag == "5x" and psize:
+        psize = bag.attrs.get("patch_size_level0_5x") or psize * 4
+    if coords is None or len(coords) != n:
+        return None, psize
+    return coords, psize
+
+
+def write_attention_csv(path: Path, coords: np.ndarray | None, scores: np.ndarray) -> None:
+    """attention/{slide}.csv: x, y (level 0; -1 when unknown), raw score and its rank in (0, 1]."""
+    import pandas as pd
+
+    pd.DataFrame({"x": coords[:, 0] if coords is not None else -1, "y": coords[:, 1] if coords is not None else -1,
+                  "score": scores, "rank": rank_normalize(scores)}).to_csv(path, index=False)
+
+
 def find_slide(slides: str | os.PathLike | None, slide_id: str) -> Path | None:
     """The WSI named ``slide_id`` in folder ``slides`` (any slide suffix), or None."""
     if not slides:
