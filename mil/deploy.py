@@ -160,7 +160,8 @@ def usable_bags(bag_files: dict[str, Any], mag: str, dim: int) -> tuple[dict[str
 def predict_bags(pr: Predictor, bag_files: dict[str, Any], device: str = "auto",
                  attention: bool = True) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """One row per bag (mean over the predictor's heads) and each bag's mean attention (N,)."""
-    from mil.trainer import predict, resolve_device
+    from mil.trainer import predict
+    from zoomfeat.precision import resolve_device
 
     slides = list(bag_files)
     n = len(slides)

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mil.data import BagDataset, collate_bags
+from zoomfeat.precision import resolve_device
 
 
 @dataclass
@@ -127,12 +128,6 @@ def head_threads(threads: int | None = None) -> int | None:
         return int(threads)
     env = os.environ.get("ZOOMFEAT_THREADS")
     return int(env) if env and env.isdigit() and int(env) > 0 else 1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class RunLogger:

@@ -1,11 +1,17 @@
-"""YAML configs as plain data: load with defaults and dotted overrides, and copy each run's config to its output."""
+"""One configuration style for every verb: a dataclass holds the defaults, YAML files and ``a.b=value`` overrides
+only change them, and :func:`load_config` is the one loader (unknown keys are errors that name the key and file).
+
+Each run copies its resolved config to its output folder (:func:`save_yaml`), so a result can be traced to it.
+"""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -56,3 +62,59 @@ def save_yaml(cfg: dict, path: str | os.PathLike) -> None:
     from zoomfeat.io import write_text_atomic
 
     write_text_atomic(path, yaml.safe_dump(cfg, sort_keys=False))
+
+
+T = TypeVar("T")
+
+
+def _field_types(schema: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(schema)}
+
+
+def _nested_schema(tp: Any) -> type | None:
+    """The dataclass inside ``tp`` (``X``, ``X | None``, ``Optional[X]``), if any."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def from_dict(schema: type[T], data: dict | None, where: str = "config", base: T | None = None) -> T:
+    """``schema`` (a dataclass) with the keys of ``data`` replacing its defaults (or ``base``'s values); nested
+    dataclass fields take nested mappings. Unknown keys raise ``ValueError`` naming them and ``where``."""
+    data = dict(data or {})
+    types = _field_types(schema)
+    unknown = sorted(set(data) - set(types))
+    if unknown:
+        raise ValueError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(sorted(types))}")
+    current = base if base is not None else schema()
+    kw = {}
+    for name, value in data.items():
+        sub = _nested_schema(types[name])
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value, f"{where}: {name}", getattr(current, name, None) or None)
+        kw[name] = value
+    return dataclasses.replace(current, **kw)
+
+
+def load_config(schema: type[T], path: str | os.PathLike | dict | None = None, overrides: list[str] | None = None,
+                base: T | None = None) -> T:
+    """The one config loader: ``schema()`` defaults (or ``base``) ← YAML file (or mapping) ← ``key.sub=value``
+    overrides. A relative path that does not exist is looked up in the packaged configs."""
+    data: dict = {}
+    where = "config"
+    if isinstance(path, dict):
+        data = copy.deepcopy(path)
+    elif path is not None:
+        data, where = load_yaml(path), str(path)
+    data = apply_overrides(data, overrides)
+    return from_dict(schema, data, where, base)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A config dataclass as plain YAML-able data (what runs save beside their outputs)."""
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else copy.deepcopy(dict(cfg))

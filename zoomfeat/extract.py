@@ -24,6 +24,8 @@ import torch
 from zoomfeat.bags import bag_path, read_bag_attrs, write_bag, write_clam_pt
 from zoomfeat.cohort import CohortReport, SlideResult, rank_slice, run_cohort, slide_id
 from zoomfeat.io import kill_point, remove_dead_temps
+from zoomfeat.precision import resolve_device
+from zoomfeat.slides.grid import child_grid
 
 TILES_ON_THE_FLY = "_tiles"
 
@@ -62,15 +64,6 @@ class ExtractOptions:
         from zoomfeat.sharding import parse_shard
 
         parse_shard(self.shard)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` = this rank's GPU (torchrun LOCAL_RANK) if CUDA is available, else the CPU."""
-    if device in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        return torch.device("cpu")
-    return torch.device(device)
 
 
 # ------------------------------------------------------------------------------------------------ data loading
@@ -165,14 +158,6 @@ def parents_5x(grid) -> tuple[np.ndarray, np.ndarray, int]:
     return c5 + origin, pidx, 4 * s
 
 
-def children_coords(coords_5x: np.ndarray, size_l0: int) -> np.ndarray:
-    """Level-0 top-left of the 16 20x children of each 5x region: (M, 16, 2), row-major (y, then x) like the
-    UNI grid the model was trained on."""
-    j, i = np.meshgrid(np.arange(4), np.arange(4), indexing="ij")
-    offs = np.stack([i.ravel(), j.ravel()], axis=1).astype(np.int64) * np.int64(size_l0)  # (16, 2) (x, y)
-    return np.asarray(coords_5x, np.int64)[:, None, :] + offs[None]
-
-
 def _encode_batch(encoder, imgs: torch.Tensor, mag: str, ssl: torch.Tensor | None, seeds: np.ndarray | None):
     if getattr(encoder, "name", "") == "zoomldm":
         return encoder.encode(imgs, mag=mag, ssl_grid=ssl, seeds=seeds)
@@ -216,7 +201,7 @@ def extract_slide(
         f5 = np.zeros((len(c5), encoder.dim), np.float32)
         if ssl_enc is not None:
             # SSL grid of each 5x region: kept children reuse their 20x embedding, the others are read and embedded
-            kids = children_coords(c5, s).reshape(-1, 2)
+            kids = child_grid(c5, s).reshape(-1, 2)
             known = {(int(x), int(y)): r for r, (x, y) in enumerate(coords)}
             rows = np.array([known.get((int(x), int(y)), -1) for x, y in kids], np.int64)
             emb = np.zeros((len(kids), ssl_enc.dim), np.float32)
@@ -476,4 +461,4 @@ def merge_rank_summaries(feat_dir: str | os.PathLike, world: int, run_id: str | 
 
 
 __all__ = ["ExtractOptions", "extract_slide", "extract_cohort", "extract_signature", "merge_rank_summaries",
-           "children_coords", "parents_5x", "resolve_device", "RegionDataset"]
+           "parents_5x", "RegionDataset"]

@@ -13,6 +13,7 @@ stage always runs in fp32 — :func:`fp32` switches autocast off around it (``Zo
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -24,6 +25,18 @@ ALIASES = {
     "fp16": "fp16", "16": "fp16", "16-mixed": "fp16", "float16": "fp16", "half": "fp16",
     "bf16": "bf16", "bf16-mixed": "bf16", "bfloat16": "bf16",
 }
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` = this rank's GPU (torchrun ``LOCAL_RANK``) if CUDA is available, else the CPU; any other value is
+    passed to ``torch.device``. The one device rule of extraction, training, generation and MIL."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    return torch.device(device)
 
 
 def normalize_precision(precision: str | None, default: str = "fp32") -> str:

@@ -73,7 +73,8 @@ def _pick(n: int, k: int, key: str) -> np.ndarray:
 
 def read_probe_tiles(slide: Path, grid, tiles_per_slide: int, seed: int, with_children: bool) -> dict:
     """The slide's sampled 20x tiles, 5x regions and (for SSL grids) each region's 16 children, as uint8 arrays."""
-    from zoomfeat.extract import children_coords, parents_5x
+    from zoomfeat.extract import parents_5x
+    from zoomfeat.slides.grid import child_grid
     from zoomfeat.slides.reader import open_slide
 
     s, px = int(grid.patch_size_level0), int(grid.patch_size)
@@ -86,7 +87,7 @@ def read_probe_tiles(slide: Path, grid, tiles_per_slide: int, seed: int, with_ch
                "20x": np.stack([wsi.read_region_l0(int(x), int(y), s, px) for x, y in c20]),
                "5x": np.stack([wsi.read_region_l0(int(x), int(y), s5, px) for x, y in c5])}
         if with_children:
-            kids = children_coords(c5, s).reshape(-1, 2)
+            kids = child_grid(c5, s).reshape(-1, 2)
             out["children"] = np.stack([wsi.read_region_l0(int(x), int(y), s, px) for x, y in kids])
     return out
 
@@ -398,7 +399,8 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
     import pandas as pd
 
     from zoomfeat.cohort import resolve_slides, slide_id
-    from zoomfeat.encoders.zoomldm import block_channels, load_zoomldm
+    from zoomfeat.encoders.zoomldm import block_channels
+    from zoomfeat.ldm import ZoomLDM
     from zoomfeat.io import sha256_file, write_json_atomic
 
     spec = spec or SweepSpec()
@@ -407,7 +409,7 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
     slide_list = resolve_slides(slides) if not isinstance(slides, (list, tuple)) else [Path(s) for s in slides]
     if not slide_list:
         raise FileNotFoundError(f"no slides found in {slides}")
-    ldm = load_zoomldm(weights).eval()
+    ldm = ZoomLDM.load(weights).eval()
     chans = block_channels(ldm.unet.config)
     bad = [b for b in spec.blocks if b not in chans]
     if bad:

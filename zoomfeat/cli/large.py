@@ -68,10 +68,10 @@ def register(subparsers) -> None:
 def _load(args):
     import torch
 
-    from zoomfeat.ldm import load_model
+    from zoomfeat.ldm import ZoomLDM
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_model(args.model, args.official_config, ema=not args.online).to(device)
+    return ZoomLDM.load(args.model, args.official_config, ema=not args.online).to(device)
 
 
 def _config(args):

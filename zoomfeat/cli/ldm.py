@@ -75,12 +75,12 @@ def _generate(args: argparse.Namespace) -> int:
         write_patches,
     )
     from zoomfeat.io import write_json_atomic
-    from zoomfeat.ldm import load_model
+    from zoomfeat.ldm import ZoomLDM
 
     if args.n < 1:
         raise ValueError("--n must be at least 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model, args.official_config, ema=not args.online).to(device)
+    model = ZoomLDM.load(args.model, args.official_config, ema=not args.online).to(device)
     mag = _mag_arg(args.mag)
     k = int(model.mag_index(mag, 1)[0])
     if args.ssl:

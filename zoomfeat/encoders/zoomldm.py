@@ -31,6 +31,8 @@ from zoomfeat.encoders.base import Encoder, TileTransform, autocast_context
 from zoomfeat.io import sha256_file
 from zoomfeat.mags import mag_to_index
 
+#: The registry name of this encoder: the only place the string is written (bags, probe rows and the demo use it).
+ZOOMLDM = "zoomldm"
 DEFAULT_BLOCKS = (0,)
 DEFAULT_T = (100,)
 DEFAULT_CONDITIONING = "uni"
@@ -60,22 +62,6 @@ def block_channels(unet_config: Any) -> dict[int, int]:
     return out
 
 
-def load_zoomldm(weights: str | os.PathLike, config: str | os.PathLike | None = None):
-    """A ZoomLDM from a ``save_pretrained`` folder (``zoomfeat convert`` / training) or an official
-    ``weights.ckpt`` with its ``config.yaml`` (next to it unless ``config`` is given)."""
-    from zoomfeat.ldm import ZoomLDM
-
-    p = Path(weights)
-    if p.is_dir():
-        return ZoomLDM.from_pretrained(p)
-    if not p.is_file():
-        raise FileNotFoundError(f"ZoomLDM weights not found: {p}")
-    cfg = Path(config) if config is not None else p.with_name("config.yaml")
-    if not cfg.is_file():
-        raise FileNotFoundError(f"official ZoomLDM checkpoint {p} needs its config.yaml (looked for {cfg})")
-    return ZoomLDM.from_official(p, cfg)
-
-
 class ZoomLDMEncoder:
     """Tile → ZoomLDM UNet activation features. Same attributes as :class:`Encoder`; ``encode`` takes the tiles'
     magnification, SSL grids (for ``conditioning='uni'``) and per-tile noise seeds."""
@@ -84,7 +70,7 @@ class ZoomLDMEncoder:
                  conditioning: str = DEFAULT_CONDITIONING, ssl_encoder: Encoder | None = None,
                  precision: str = "fp16", base_seed: int = 0, weights_sha256: str | None = None,
                  weights_path: str | None = None):
-        self.name = "zoomldm"
+        self.name = ZOOMLDM
         self.model = ldm
         self.blocks = [int(b) for b in (blocks if isinstance(blocks, (list, tuple)) else [blocks])]
         self.t = [int(v) for v in (t if isinstance(t, (list, tuple)) else [t])]
@@ -209,7 +195,9 @@ def create_zoomldm(weights: str | os.PathLike | None = None, blocks: Sequence[in
         if weights is None:
             raise FileNotFoundError("zoomldm needs --weights: a folder from `zoomfeat convert`/training or an "
                                     "official weights.ckpt with config.yaml beside it")
-        ldm = load_zoomldm(weights, config)
+        from zoomfeat.ldm import ZoomLDM
+
+        ldm = ZoomLDM.load(weights, config)
         sha, wpath = sha256_file(weights), str(weights)
     else:
         sha, wpath = (sha256_file(weights), str(weights)) if weights is not None else (None, None)

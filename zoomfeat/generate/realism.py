@@ -37,7 +37,8 @@ def channel_stats(imgs: np.ndarray) -> dict:
 
 def sample_real(slides: Sequence[Path], tiles_dir: Path, n: int, mag: str, px: int, seed: int = 0):
     """``n`` random real patches of ``mag`` (uint8, px×px) and their SSL inputs' source tiles (16 children at 5x)."""
-    from zoomfeat.extract import children_coords, parents_5x
+    from zoomfeat.extract import parents_5x
+    from zoomfeat.slides.grid import child_grid
     from zoomfeat.slides.coords import coords_path, read_coords
     from zoomfeat.slides.reader import open_slide
 
@@ -57,7 +58,7 @@ def sample_real(slides: Sequence[Path], tiles_dir: Path, n: int, mag: str, px: i
                 c5, _, s5 = parents_5x(grid)
                 x, y = c5[rng.integers(len(c5))]
                 imgs.append(wsi.read_region_l0(int(x), int(y), s5, px))
-                kids = children_coords(np.array([[x, y]]), s).reshape(-1, 2)
+                kids = child_grid(np.array([[x, y]]), s).reshape(-1, 2)
                 ssl_tiles.append([wsi.read_region_l0(int(a), int(b), s, 256) for a, b in kids])
     return np.stack([_resize(i, px) for i in imgs]), ssl_tiles
 

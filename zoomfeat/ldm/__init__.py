@@ -1,6 +1,6 @@
 """ZoomLDM on diffusers: the model (:class:`ZoomLDM`), its Summarizer, schedulers and official-checkpoint loading."""
 
-from zoomfeat.ldm.pipeline import FeatureBlock, ZoomLDM, build_modules, load_model
+from zoomfeat.ldm.pipeline import FeatureBlock, ZoomLDM, build_modules
 from zoomfeat.ldm.summarizer import Summarizer, pool_and_normalize
 
-__all__ = ["ZoomLDM", "Summarizer", "FeatureBlock", "build_modules", "load_model", "pool_and_normalize"]
+__all__ = ["ZoomLDM", "Summarizer", "FeatureBlock", "build_modules", "pool_and_normalize"]

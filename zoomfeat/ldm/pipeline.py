@@ -120,6 +120,24 @@ class ZoomLDM(nn.Module):
         return model
 
     @classmethod
+    def load(cls, path: str | os.PathLike, config: str | os.PathLike | None = None, ema: bool = True,
+             torch_dtype: torch.dtype | None = None) -> "ZoomLDM":
+        """The one loader every verb uses: a :meth:`save_pretrained` folder, or an official ``.ckpt`` with its
+        ``config.yaml`` (``config``, else the ``config.yaml`` beside the checkpoint). ``ema`` picks the EMA UNet of
+        an official checkpoint (the released default); a folder holds one UNet already."""
+        p = Path(path)
+        if p.is_dir():
+            return cls.from_pretrained(p, torch_dtype=torch_dtype)
+        if not p.is_file():
+            raise FileNotFoundError(f"ZoomLDM weights not found: {p} (a saved folder or an official .ckpt)")
+        cfg = Path(config) if config is not None else p.with_name("config.yaml")
+        if not cfg.is_file():
+            raise FileNotFoundError(f"official ZoomLDM checkpoint {p} needs its config.yaml (looked for {cfg}; "
+                                    "pass --official-config)")
+        model = cls.from_official(p, cfg, ema=ema)
+        return model.to(torch_dtype) if torch_dtype is not None else model
+
+    @classmethod
     def from_pretrained(cls, path: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> "ZoomLDM":
         """Load a folder written by :meth:`save_pretrained` (safetensors in ``unet/``, ``vq/``, ``summarizer/``)."""
         from zoomfeat.config import load_yaml
@@ -426,16 +444,3 @@ class ZoomLDM(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t, context: torch.Tensor) -> torch.Tensor:
         return self.predict_eps(x_t, t, context)
-
-
-def load_model(path: str | os.PathLike, official_config: str | os.PathLike | None = None, ema: bool = True) -> ZoomLDM:
-    """A ``save_pretrained`` folder, or an official ``.ckpt`` (needs ``official_config``)."""
-    path = Path(path)
-    if path.is_dir():
-        return ZoomLDM.from_pretrained(path)
-    if official_config is None:
-        cand = path.with_name("config.yaml")
-        if not cand.exists():
-            raise ValueError(f"{path}: an official checkpoint needs its config.yaml (pass the config path)")
-        official_config = cand
-    return ZoomLDM.from_official(path, official_config, ema=ema)

@@ -79,6 +79,15 @@ def parent_regions(coords: np.ndarray, size_l0: int, k: int) -> tuple[np.ndarray
     return regions.astype(np.int64), inverse.astype(np.int64).ravel()
 
 
+def child_grid(coords: np.ndarray, size_l0: int, side: int = 4) -> np.ndarray:
+    """Level-0 top-left of the ``side × side`` 20x tiles (level-0 side ``size_l0``) of each region in ``coords``:
+    ``(M, side², 2)``, row-major (y, then x) — the order of the SSL grid a ZoomLDM region is conditioned on (a 5x
+    region holds 4×4 20x tiles, a scale-k region 2^k × 2^k). The one place this geometry is written."""
+    j, i = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    offs = np.stack([i.ravel(), j.ravel()], axis=1).astype(np.int64) * np.int64(size_l0)  # (side², 2) (x, y)
+    return np.asarray(coords, np.int64).reshape(-1, 2)[:, None, :] + offs[None]
+
+
 def scale_sizes(size_l0: int, scales) -> dict[int, int]:
     """Level-0 side of a scale-k region: 2^k 20x tiles."""
     return {int(k): int(size_l0) << int(k) for k in scales}
