@@ -10,10 +10,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from zoomfeat.config import CONFIG_DIR
 from zoomfeat.encoders.base import Encoder, TileTransform, autocast_context, to_float_images  # noqa: F401
 
 #: The default weights registry (encoder name → local path); ZOOMFEAT_WEIGHTS_REGISTRY points elsewhere.
-DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent.parent / "configs" / "encoders" / "weights.yaml"
+DEFAULT_REGISTRY = CONFIG_DIR / "encoders" / "weights.yaml"
 
 #: Encoders that cannot run without a weights file (unless built with random_init=True for tests/benchmarks).
 NEEDS_WEIGHTS = {"uni", "phikon", "zoomldm"}
