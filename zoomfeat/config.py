@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.resources
 import os
 import typing
 from pathlib import Path
@@ -15,14 +16,26 @@ from typing import Any, TypeVar
 
 import yaml
 
-#: The repository's configs/ folder (configs are shipped with the source tree).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: The packaged configs (``zoomfeat/configs``, shipped as package data, so a non-editable install finds every
+#: default); the repository's top-level ``configs/`` is a link to this folder: the same files.
+CONFIG_DIR = Path(str(importlib.resources.files("zoomfeat").joinpath("configs")))
+
+
+def packaged(path: str | os.PathLike) -> Path | None:
+    """A relative config path resolved in the packaged configs (``ldm/x.yaml`` or ``configs/ldm/x.yaml``)."""
+    p = Path(path)
+    if p.is_absolute():
+        return None
+    parts = p.parts[1:] if p.parts and p.parts[0] == "configs" else p.parts
+    cand = CONFIG_DIR.joinpath(*parts) if parts else None
+    return cand if cand is not None and cand.exists() else None
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
+    """A YAML mapping from ``path``, or, when that relative path does not exist here, from the packaged configs."""
     path = Path(path)
-    if not path.exists() and not path.is_absolute() and (CONFIG_DIR / path).exists():
-        path = CONFIG_DIR / path
+    if not path.exists():
+        path = packaged(path) or path
     if not path.exists():
         raise FileNotFoundError(f"config not found: {path}")
     with open(path) as fh:

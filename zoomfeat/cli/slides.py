@@ -25,7 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--target-mpp", type=float, default=None, help="µm/px of the 20x tiles (default: base mpp)")
     p.add_argument("--base-mpp", type=float, default=None, help="µm/px that defines 20x (default 0.5)")
     p.add_argument("--workers", type=int, default=None, help="slide-level worker processes")
-    p.add_argument("--config", default="tiling.yaml", help="defaults YAML (configs/tiling.yaml)")
+    p.add_argument("--config", default=None,
+                   help="YAML overriding the defaults (keys: base_mpp, target_mpp, patch_px, scales, min_tissue, "
+                        "thumb_mpp, qc, workers; e.g. configs/tiling.yaml); flags given here win")
     p.add_argument("--no-qc", action="store_true", help="skip the QC PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_tile)
@@ -45,26 +47,16 @@ def register(subparsers) -> None:
 
 
 def _tile(args: argparse.Namespace) -> int:
-    from zoomfeat.config import load_yaml
-    from zoomfeat.slides.tiling import tile_cohort
+    from zoomfeat.config import from_dict, load_config
+    from zoomfeat.slides.tiling import TilingConfig, tile_cohort
 
-    cfg = load_yaml(args.config)
-    pick = lambda cli, key: cli if cli is not None else cfg.get(key)  # noqa: E731
-    report = tile_cohort(
-        args.slides,
-        args.out,
-        workers=int(pick(args.workers, "workers") or 1),
-        progress=not args.no_progress,
-        mpp=args.mpp,
-        mpp_csv=args.mpp_csv,
-        min_tissue=float(pick(args.min_tissue, "min_tissue")),
-        scales=pick(args.scales, "scales"),
-        target_mpp=pick(args.target_mpp, "target_mpp"),
-        base_mpp=float(pick(args.base_mpp, "base_mpp")),
-        patch_px=int(cfg.get("patch_px", 256)),
-        thumb_mpp=float(cfg.get("thumb_mpp", 8.0)),
-        qc=bool(cfg.get("qc", True)) and not args.no_qc,
-    )
+    cfg = load_config(TilingConfig, args.config)
+    flags = {k: getattr(args, k) for k in ("workers", "min_tissue", "scales", "target_mpp", "base_mpp")}
+    cfg = from_dict(TilingConfig, {k: v for k, v in flags.items() if v is not None}, "command line", base=cfg)
+    kw = cfg.tile_kwargs()
+    kw["qc"] = kw["qc"] and not args.no_qc
+    report = tile_cohort(args.slides, args.out, workers=int(cfg.workers), progress=not args.no_progress,
+                         mpp=args.mpp, mpp_csv=args.mpp_csv, **kw)
     report.print()
     print(f"summary: {args.out}/summary.csv")
     return report.exit_code

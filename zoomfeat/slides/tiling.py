@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -32,6 +33,27 @@ DEFAULT_SCALES = (0, 2)
 DEFAULT_MIN_TISSUE = 0.25
 #: Resolution of the tissue-detection thumbnail (µm/px): 16 thumbnail px per 256-px 20x tile.
 THUMB_MPP = 8.0
+
+
+@dataclass
+class TilingConfig:
+    """Every default of ``zoomfeat tile``: ``--config`` YAML (e.g. configs/tiling.yaml) and CLI flags only override
+    these (:func:`zoomfeat.config.load_config`)."""
+
+    base_mpp: float = BASE_MPP  # µm/px that defines 20x (magnification is defined by resolution, not level)
+    target_mpp: float | None = None  # µm/px of the 20x tiles; None = base_mpp
+    patch_px: int = 256  # tile side at the target resolution
+    scales: str = "20x,5x"  # "20x,5x" or "all" (the 8 ZoomLDM scales, training data)
+    min_tissue: float = DEFAULT_MIN_TISSUE  # minimum tissue fraction of a 20x tile
+    thumb_mpp: float = THUMB_MPP  # resolution of the tissue-detection thumbnail (µm/px)
+    qc: bool = True  # write qc/{slide}.png
+    workers: int = 1  # slide-level worker processes
+
+    def tile_kwargs(self) -> dict:
+        """The :func:`tile_slide` / :func:`tile_cohort` keyword arguments of this config."""
+        return {"min_tissue": float(self.min_tissue), "scales": self.scales, "target_mpp": self.target_mpp,
+                "base_mpp": float(self.base_mpp), "patch_px": int(self.patch_px), "thumb_mpp": float(self.thumb_mpp),
+                "qc": bool(self.qc)}
 
 
 class NoTissueError(ValueError):

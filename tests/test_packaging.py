@@ -1,0 +1,67 @@
+"""Configs ship inside the package: a non-editable install, run from a folder outside the checkout, finds every
+default (`zoomfeat tile` with no --config, `zoomfeat compare --help`), and the repository's ``configs/`` is the same
+set of files as the packaged one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SLIDES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tree(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_repo_configs_are_the_packaged_configs():
+    from zoomfeat.config import CONFIG_DIR
+
+    assert CONFIG_DIR.is_relative_to(ROOT / "zoomfeat"), CONFIG_DIR
+    repo, packaged = _tree(ROOT / "configs"), _tree(CONFIG_DIR)
+    assert repo and repo.keys() == packaged.keys()
+    assert all(repo[k] == packaged[k] for k in repo), [k for k in repo if repo[k] != packaged[k]]
+
+
+def test_relative_config_paths_resolve_in_the_package(tmp_path, monkeypatch):
+    from zoomfeat.config import load_config, load_yaml
+    from zoomfeat.slides.tiling import TilingConfig
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    assert load_yaml("configs/tiling.yaml") == load_yaml("tiling.yaml")
+    # the shipped tiling.yaml documents the defaults: it must not drift from the dataclass
+    assert load_config(TilingConfig, "tiling.yaml") == TilingConfig()
+    with pytest.raises(ValueError, match="unknown option"):
+        load_config(TilingConfig, {"min_tisue": 0.3})
+
+
+def test_wheel_install_runs_from_outside_the_checkout(tmp_path):
+    """Build the wheel (non-editable), install it into a bare target folder and run the CLI from elsewhere."""
+    wheels, target, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    work.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)], check=True,
+                   cwd=tmp_path, timeout=300)
+    (wheel,) = wheels.glob("zoomfeat-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True, timeout=300)
+    assert (target / "zoomfeat" / "configs" / "tiling.yaml").is_file()
+    # the installed copy, not the checkout: PYTHONPATH puts it before the editable install's path entry
+    env = {**os.environ, "PYTHONPATH": str(target), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+
+    where = run("-c", "import zoomfeat, zoomfeat.config as c; print(zoomfeat.__file__); print(c.CONFIG_DIR)")
+    assert where.returncode == 0, where.stderr
+    assert all(line.startswith(str(target)) for line in where.stdout.split()), where.stdout
+    tile = run("-m", "zoomfeat", "tile", str(SLIDES / "cmu_small_region.svs"), "--out", "tiles", "--no-progress")
+    assert tile.returncode == 0, tile.stdout + tile.stderr
+    assert (work / "tiles" / "coords" / "cmu_small_region.h5").is_file()
+    helped = run("-m", "zoomfeat", "compare", "--help")
+    assert helped.returncode == 0 and "--config" in helped.stdout, helped.stderr
