@@ -15,9 +15,10 @@ from tests.conftest import MICRO_LDM, SLIDES
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from zoomfeat.ldm.official import convert
+    from zoomfeat.ldm import ZoomLDM
 
-    return convert(MICRO_LDM / "weights.ckpt", MICRO_LDM / "config.yaml", tmp_path_factory.mktemp("m") / "tiny")
+    model = ZoomLDM.load(MICRO_LDM / "weights.ckpt", MICRO_LDM / "config.yaml")
+    return model.save_pretrained(tmp_path_factory.mktemp("m") / "tiny")
 
 
 def test_generate_cli_writes_patches_and_grid(tmp_path, model_dir):
