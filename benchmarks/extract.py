@@ -84,11 +84,10 @@ def dense_slide(path: Path, side: int) -> Path:
 
 
 def full_size_ldm():
-    from zoomfeat.config import load_yaml
-    from zoomfeat.ldm import ZoomLDM
-    from zoomfeat.ldm.pipeline import _normalize_config, build_modules
+    from zoomfeat.config import CONFIG_DIR, load_yaml
+    from zoomfeat.ldm import ZoomLDM, build_modules
 
-    cfg = _normalize_config(load_yaml(ROOT / "configs" / "ldm" / "zoomldm_brca.yaml"))
+    cfg = load_yaml(CONFIG_DIR / "ldm" / "zoomldm_brca.yaml")  # ZoomLDM fills the defaults of the rest
     with torch.device("meta"):
         unet, vq, summ = build_modules(cfg)
     fast_random(unet, vq, summ)
@@ -98,7 +97,7 @@ def full_size_ldm():
 def tiny_ldm():
     from zoomfeat.ldm import ZoomLDM
 
-    return ZoomLDM.from_official(TINY / "weights.ckpt", TINY / "config.yaml")
+    return ZoomLDM.load(TINY / "weights.ckpt")
 
 
 # ------------------------------------------------------------------------------------------------------ (a)

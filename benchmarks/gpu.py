@@ -160,7 +160,7 @@ def build_models(run: Run) -> None:
     if run.smoke:
         from zoomfeat.ldm import ZoomLDM
 
-        ldm = ZoomLDM.from_official(MICRO / "weights.ckpt", MICRO / "config.yaml")
+        ldm = ZoomLDM.load(MICRO / "weights.ckpt")
         uni = create_tiny_vit(dim=ldm.ssl_dim, precision="bf16")
         run.results["models"] = {"zoomldm": "micro fixture (smoke)", "uni": "tiny-vit (smoke stand-in for UNI)"}
     else:

@@ -80,13 +80,13 @@ def worker(problem: str, mode: str, device: str, threads: int, repeats: int) -> 
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from zoomfeat.generate.large import LargeImageConfig, cfg_eps, guided_update
+    from zoomfeat.generate.large import LargeImageConfig, guided_update
     from zoomfeat.ldm import ZoomLDM
 
     torch.set_num_threads(threads)
     spec = PROBLEMS[problem]
     if problem == "tiny":
-        model = ZoomLDM.from_official(TINY / "weights.ckpt", TINY / "config.yaml")
+        model = ZoomLDM.load(TINY / "weights.ckpt")
     else:
         torch.manual_seed(0)
         model = ZoomLDM.from_config(ROOT / "configs" / "ldm" / "zoomldm_brca.yaml")
@@ -119,7 +119,7 @@ def worker(problem: str, mode: str, device: str, threads: int, repeats: int) -> 
 
     # the pieces of one update, timed and counted alone (no graph)
     pieces = {}
-    calls = {"U": lambda: cfg_eps(model, x, 499.0, ctx, 3.0)}
+    calls = {"U": lambda: model.guided_eps(x, 499.0, ctx, 3.0)}
     if mode == "fd":  # the fd worker reports the pieces; autograd only needs U to strip its fixed passes
         with torch.no_grad():
             img2 = model.decode(x).repeat(2, 1, 1, 1)

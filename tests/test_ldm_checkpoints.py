@@ -69,7 +69,7 @@ def test_full_size_release_rejects_wrong_config():
 
 
 def test_full_size_param_counts():
-    from zoomfeat.ldm.official import build_empty_modules
+    from zoomfeat.ldm.modules import build_empty_modules
 
     unet, vq, summ = build_empty_modules(load_yaml(CONFIG_DIR / "ldm" / "zoomldm_brca.yaml"))
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731

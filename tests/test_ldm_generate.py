@@ -15,9 +15,10 @@ from tests.conftest import MICRO_LDM, SLIDES
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from zoomfeat.ldm.official import convert
+    from zoomfeat.ldm import ZoomLDM
 
-    return convert(MICRO_LDM / "weights.ckpt", MICRO_LDM / "config.yaml", tmp_path_factory.mktemp("m") / "tiny")
+    model = ZoomLDM.load(MICRO_LDM / "weights.ckpt", MICRO_LDM / "config.yaml")
+    return model.save_pretrained(tmp_path_factory.mktemp("m") / "tiny")
 
 
 def test_generate_cli_writes_patches_and_grid(tmp_path, model_dir):
@@ -117,3 +118,34 @@ def test_save_image_grid(tmp_path):
     assert g2.shape == (4, 8, 3) and (g2 == 128).all()
     with pytest.raises(ValueError):
         save_image_grid([], tmp_path / "e.png")
+
+
+def test_load_ssl_grid_arrays_tensors_and_channels_last():
+    """The one SSL-grid reader also takes arrays and tensors (what generate-large and the API pass)."""
+    from zoomfeat.generate.patches import load_ssl_grid
+
+    g = np.random.RandomState(1).randn(48, 2, 2).astype(np.float32)
+    for name, src in {"tensor": torch.from_numpy(g), "hwc": g.transpose(1, 2, 0), "cn": g.reshape(48, 4),
+                      "nc_tensor": torch.from_numpy(g.reshape(48, 4).T.copy())}.items():
+        out = load_ssl_grid(src, 48)
+        assert isinstance(out, torch.Tensor) and out.dtype == torch.float32, name
+        assert np.array_equal(out.numpy(), g[None]), name
+    with pytest.raises(ValueError, match="not square"):
+        load_ssl_grid(np.zeros((1, 48, 2, 4), np.float32), 48)
+    with pytest.raises(ValueError, match="7 channels, the model expects 48"):
+        load_ssl_grid(np.zeros((7, 2, 2), np.float32), 48)
+
+
+def test_guided_eps_is_standard_cfg(model):
+    """ZoomLDM.guided_eps (the CFG of every sampler) is ε_u + s(ε_c − ε_u) with a zero null context, in fp32."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, model.latent_channels, model.latent_size, model.latent_size, generator=g)
+    ctx = model.condition(torch.randn(2, model.ssl_dim, 2, 2, generator=g), 1)
+    with torch.no_grad():
+        e_c = model.predict_eps(x, 500.0, ctx)
+        e_u = model.predict_eps(x, 500.0, torch.zeros_like(ctx))
+        guided = model.guided_eps(x, 500.0, ctx, 3.0)
+        plain = model.guided_eps(x, 500.0, ctx, 1.0)
+    assert guided.dtype == torch.float32 and not torch.allclose(e_c, e_u)
+    assert torch.allclose(guided, e_u + 3.0 * (e_c - e_u), atol=1e-5)
+    assert torch.equal(plain, e_c)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from zoomfeat.cli.common import add_model_args, load_model_from_args
+
 
 def _sampling_args(p: argparse.ArgumentParser, n_steps: int) -> None:
-    p.add_argument("--model", required=True, help="model folder (zoomfeat convert) or official weights.ckpt")
-    p.add_argument("--official-config", default=None, help="official config.yaml when --model is a .ckpt")
+    add_model_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--guidance", choices=["fd", "autograd", "none"], default="fd",
                    help="constraint update: backprop-free finite differences (default), autograd, or none")
@@ -25,7 +26,6 @@ def _sampling_args(p: argparse.ArgumentParser, n_steps: int) -> None:
     p.add_argument("--refine-t0", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--online", action="store_true", help="official .ckpt only: use the online UNet, not EMA")
     p.add_argument("--official-timesteps", action="store_true",
                    help="reproduce the official loop bit for bit: the UNet gets t (not t-1) and the last step's "
                    "alpha_bar_prev is alpha_bar_0 (default: the timesteps the UNet was trained with)")
@@ -66,12 +66,9 @@ def register(subparsers) -> None:
 
 
 def _load(args):
-    import torch
+    from zoomfeat.precision import resolve_device
 
-    from zoomfeat.ldm import ZoomLDM
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return ZoomLDM.load(args.model, args.official_config, ema=not args.online).to(device)
+    return load_model_from_args(args).to(resolve_device(args.device))
 
 
 def _config(args):
@@ -102,13 +99,11 @@ def _generate_large(args: argparse.Namespace) -> int:
     cfg = _config(args)
     model = _load(args)
     grid = load_ssl_grid(args.ssl, model.ssl_dim)
-    if grid.shape[0] != 1:
-        raise ValueError(f"{args.ssl}: expected one region's grid, got a batch of {grid.shape[0]}")
     n = grid.shape[-1]
     if args.size is not None and args.size != n * model.image_size:
         raise ValueError(f"--size {args.size} needs a {args.size // model.image_size}x{args.size // model.image_size} "
                          f"grid of 20x tokens (model image size {model.image_size}); {args.ssl} is {n}x{n}")
-    res = sample_large_image(model, grid[0], cfg, seed=args.seed)
+    res = sample_large_image(model, grid, cfg, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _save_png(res.image, out / "large.png")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from zoomfeat.cli.common import add_model_args, load_model_from_args
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -25,8 +27,7 @@ def register(subparsers) -> None:
         description="Condition ZoomLDM on an SSL feature grid (.npy/.pt: [C,h,w], [C,n], [n,C] or [B,C,h,w]) "
         "or on a real image encoded with --encoder, and write PNG patches plus grid.png.",
     )
-    g.add_argument("--model", required=True, help="model folder (zoomfeat convert) or official weights.ckpt")
-    g.add_argument("--official-config", default=None, help="official config.yaml when --model is a .ckpt")
+    add_model_args(g)
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--ssl", help="SSL grid file (.npy or .pt)")
     src.add_argument("--image", help="an RGB image of the region to condition on (needs --encoder)")
@@ -41,7 +42,6 @@ def register(subparsers) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    g.add_argument("--online", action="store_true", help="official .ckpt only: use the online UNet, not EMA")
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast dtype of the UNet + Summarizer (default fp32; the official samples used fp16 "
                         "on GPU); bf16 also autocasts on CPU; the VQ decode stays fp32")
@@ -49,9 +49,9 @@ def register(subparsers) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from zoomfeat.ldm.official import convert
+    from zoomfeat.ldm import ZoomLDM
 
-    out = convert(args.ckpt, args.config, args.out, ema=not args.online)
+    out = ZoomLDM.load(args.ckpt, args.config, ema=not args.online).save_pretrained(args.out)
     print(f"wrote {out}")
     return 0
 
@@ -64,7 +64,6 @@ def _generate(args: argparse.Namespace) -> int:
     import time
 
     import numpy as np
-    import torch
 
     from zoomfeat.generate.patches import (
         generate_patches,
@@ -75,12 +74,11 @@ def _generate(args: argparse.Namespace) -> int:
         write_patches,
     )
     from zoomfeat.io import write_json_atomic
-    from zoomfeat.ldm import ZoomLDM
+    from zoomfeat.precision import resolve_device
 
     if args.n < 1:
         raise ValueError("--n must be at least 1")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = ZoomLDM.load(args.model, args.official_config, ema=not args.online).to(device)
+    model = load_model_from_args(args).to(resolve_device(args.device))
     mag = _mag_arg(args.mag)
     k = int(model.mag_index(mag, 1)[0])
     if args.ssl:
@@ -94,7 +92,7 @@ def _generate(args: argparse.Namespace) -> int:
         if enc.dim != model.ssl_dim:
             raise ValueError(f"encoder {args.encoder} gives {enc.dim}-d tokens; the model expects {model.ssl_dim}")
         image = np.asarray(Image.open(args.image).convert("RGB"))
-        grid = ssl_grid_from_image(image, enc, side=2**k).numpy()
+        grid = ssl_grid_from_image(image, enc, side=2**k)
     t0 = time.time()
     images = generate_patches(
         model, grid, mag, n=args.n, steps=args.steps, scheduler=args.scheduler, guidance_scale=args.guidance,

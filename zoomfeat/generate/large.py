@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from zoomfeat.generate.patches import load_ssl_grid, to_uint8
 from zoomfeat.generate.resize import Resizer
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
     "LargeImage",
     "Schedule",
     "make_schedule",
-    "cfg_eps",
     "constrained_sample",
     "guided_update",
     "decode_tiled",
@@ -46,8 +46,6 @@ __all__ = [
     "unstitch",
     "split_tiles",
     "constraint_error",
-    "to_uint8",
-    "load_ssl_grid",
 ]
 
 GUIDANCE_MODES = ("fd", "autograd", "none")
@@ -144,21 +142,6 @@ def make_schedule(alphas_cumprod: torch.Tensor, t0: int, stride: int, official: 
     return Schedule(mt, a, ap, b)
 
 
-def cfg_eps(model, x: torch.Tensor, t: float, context: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free-guided ε in the standard convention ε_u + s(ε_c − ε_u); null context = zeros."""
-    dtype = getattr(model, "dtype", torch.float32)
-    b = x.shape[0]
-    xin = x.to(dtype)
-    if scale == 1.0:
-        tt = torch.full((b,), float(t), device=x.device)
-        return model.predict_eps(xin, tt, context).float()
-    null = model.null_context(b).to(device=context.device, dtype=context.dtype)
-    tt = torch.full((2 * b,), float(t), device=x.device)
-    out = model.predict_eps(torch.cat([xin, xin]), tt, torch.cat([context, null])).float()
-    e_c, e_u = out[:b], out[b:]
-    return e_u + scale * (e_c - e_u)
-
-
 def _x0(x: torch.Tensor, eps: torch.Tensor, a: float) -> torch.Tensor:
     return (x - math.sqrt(1.0 - a) * eps) / math.sqrt(a)
 
@@ -204,12 +187,6 @@ def unstitch(big: torch.Tensor, n: int) -> torch.Tensor:
     return split_tiles(big, n)
 
 
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] (or [H, W, 3] for B == 1)."""
-    arr = ((img.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return arr[0] if arr.shape[0] == 1 else arr
-
-
 def _randn(gen: torch.Generator, shape: Sequence[int], like: torch.Tensor | None = None, device=None) -> torch.Tensor:
     """Noise drawn on the CPU generator (device-independent streams), then moved."""
     z = torch.randn(tuple(shape), generator=gen, dtype=torch.float32)
@@ -241,10 +218,10 @@ def _fd_guidance(model, x, eps, x0, ctx, t, a, tiles, down, up, cfg: LargeImageC
         z_both = model.encode(torch.cat([img, img + cfg.h * e_img]).to(dtype)).float()
         e_lat = _pnorm(z_both[b:] - z_both[:b])
         x_h = x + cfg.h * e_lat
-        x0_h = _x0(x_h, cfg_eps(model, x_h, t, ctx, scale), a)
+        x0_h = _x0(x_h, model.guided_eps(x_h, t, ctx, scale), a)
         g = _pnorm((x0_h - x0) / cfg.h)
         x = x + cfg.lr * g
-        eps = cfg_eps(model, x, t, ctx, scale)
+        eps = model.guided_eps(x, t, ctx, scale)
         x0 = _x0(x, eps, a)
     return x, eps, x0
 
@@ -255,14 +232,14 @@ def _autograd_guidance(model, x, eps, x0, ctx, t, a, tiles, down, up, cfg: Large
     for _ in range(cfg.n_steps):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            x0g = _x0(xg, cfg_eps(model, xg, t, ctx, scale), a)
+            x0g = _x0(xg, model.guided_eps(xg, t, ctx, scale), a)
             img = model.decode(x0g.to(dtype)).float()
             loss = 0.5 * (tiles - down(img)).pow(2).sum()
             (grad,) = torch.autograd.grad(loss, xg)
         x = (x - cfg.lr * _pnorm(grad)).detach()
     if cfg.n_steps:
         with torch.no_grad():
-            eps = cfg_eps(model, x, t, ctx, scale)
+            eps = model.guided_eps(x, t, ctx, scale)
             x0 = _x0(x, eps, a)
     return x, eps, x0
 
@@ -280,7 +257,7 @@ def guided_update(model, x: torch.Tensor, contexts: torch.Tensor, t_index: int, 
     a = float(model.alphas_cumprod[t_index])
     t = float(t_index + 1 if cfg.official_timesteps else t_index)
     with torch.no_grad():
-        eps = cfg_eps(model, x, t, contexts, cfg.guidance_scale)
+        eps = model.guided_eps(x, t, contexts, cfg.guidance_scale)
         x0 = _x0(x, eps, a)
     update = {"fd": _fd_guidance, "autograd": _autograd_guidance}.get(cfg.guidance)
     if update is None or cfg.n_steps == 0:
@@ -328,7 +305,7 @@ def constrained_sample(
         t, a, a_prev, beta = sched.model_t[k], sched.alpha[k], sched.alpha_prev[k], sched.beta[k]
         with torch.no_grad():
             if xg is not None:
-                eps_g = cfg_eps(model, xg, t, guide_context, g_scale)
+                eps_g = model.guided_eps(xg, t, guide_context, g_scale)
                 x0_g = _x0(xg, eps_g, a)
                 tiles_all = split_tiles(model.decode(x0_g.to(dtype)).float().clamp(-1, 1), n)
             else:
@@ -339,7 +316,7 @@ def constrained_sample(
             sl = slice(i, min(i + cfg.batch_size, p))
             xb, ctx = x[sl], contexts[sl]
             with torch.no_grad():
-                eps = cfg_eps(model, xb, t, ctx, cfg.guidance_scale)
+                eps = model.guided_eps(xb, t, ctx, cfg.guidance_scale)
                 x0 = _x0(xb, eps, a)
             if update is not None and cfg.n_steps > 0:
                 xb, eps, x0 = update(model, xb, eps, x0, ctx, t, a, tiles_all[sl], down, up, cfg, cfg.guidance_scale)
@@ -461,7 +438,7 @@ def refine_latent(model, latent: torch.Tensor, ssl_grid: torch.Tensor, cfg: Larg
         for q in range(0, len(pos), cfg.batch_size):
             chunk = pos[q:q + cfg.batch_size]
             xw = torch.cat([x[:, :, i:i + l, j:j + l] for i, j in chunk])
-            x0w = _x0(xw, cfg_eps(model, xw, t, ctx[q:q + len(chunk)], cfg.refine_guidance_scale), a)
+            x0w = _x0(xw, model.guided_eps(xw, t, ctx[q:q + len(chunk)], cfg.refine_guidance_scale), a)
             for m, (i, j) in enumerate(chunk):
                 x0_map[:, :, i:i + l, j:j + l] += x0w[m:m + 1]
         x0 = x0_map / count
@@ -473,27 +450,6 @@ def refine_latent(model, latent: torch.Tensor, ssl_grid: torch.Tensor, cfg: Larg
 # --------------------------------------------------------------------------------------------------
 # public entry point
 # --------------------------------------------------------------------------------------------------
-def load_ssl_grid(arr: np.ndarray | torch.Tensor, ssl_dim: int) -> torch.Tensor:
-    """Accept [C, n, n], [n, n, C], [C, n²] (official ``*_uni_grid.npy``) or [n², C]; return [C, n, n] float32."""
-    t = torch.as_tensor(np.asarray(arr), dtype=torch.float32)
-    if t.dim() == 3:
-        if t.shape[0] != ssl_dim and t.shape[-1] == ssl_dim:
-            t = t.permute(2, 0, 1)
-        if t.shape[0] != ssl_dim or t.shape[1] != t.shape[2]:
-            raise ValueError(f"SSL grid of shape {tuple(arr.shape)}: expected [{ssl_dim}, n, n]")
-        return t.contiguous()
-    if t.dim() == 2:
-        if t.shape[0] != ssl_dim and t.shape[1] == ssl_dim:
-            t = t.T
-        if t.shape[0] != ssl_dim:
-            raise ValueError(f"SSL grid of shape {tuple(arr.shape)}: expected [{ssl_dim}, n*n]")
-        n = int(round(math.sqrt(t.shape[1])))
-        if n * n != t.shape[1]:
-            raise ValueError(f"SSL grid has {t.shape[1]} tokens, not a square number")
-        return t.reshape(ssl_dim, n, n).contiguous()
-    raise ValueError(f"SSL grid must be 2-D or 3-D, got shape {tuple(arr.shape)}")
-
-
 def grid_mag_index(n: int, mag_levels: int) -> int:
     """Magnification index of an n×n grid of 20x tiles (log2 n); n must be a power of two the model knows."""
     k = int(round(math.log2(n))) if n >= 1 else -1
@@ -532,7 +488,10 @@ def sample_large_image(model, ssl_grid: np.ndarray | torch.Tensor, config: Large
 
 def _sample_large_image(model, ssl_grid, cfg: LargeImageConfig, seed: int) -> LargeImage:
     t_start = time.perf_counter()
-    grid = load_ssl_grid(ssl_grid, int(model.ssl_dim)).to(model.device)
+    grid = load_ssl_grid(ssl_grid, int(model.ssl_dim))
+    if grid.shape[0] != 1:
+        raise ValueError(f"expected one region's SSL grid, got a batch of {grid.shape[0]}")
+    grid = grid[0].to(model.device)
     n = grid.shape[-1]
     k = grid_mag_index(n, int(model.mag_levels))
     s, l, _ = _model_geometry(model)
@@ -551,9 +510,9 @@ def _sample_large_image(model, ssl_grid, cfg: LargeImageConfig, seed: int) -> La
         big = stitch(patches, n)
     unrefined = None
     if cfg.refine:
-        unrefined = to_uint8(decode_tiled(model, big, cfg.decode_stride, cfg.blend_sigma, cfg.batch_size))
+        unrefined = to_uint8(decode_tiled(model, big, cfg.decode_stride, cfg.blend_sigma, cfg.batch_size))[0]
         big = refine_latent(model, big, grid, cfg, gen)
-    image = to_uint8(decode_tiled(model, big, cfg.decode_stride, cfg.blend_sigma, cfg.batch_size, cfg.progress))
-    return LargeImage(image=image, guide=to_uint8(guide_img), latent=big.cpu(), guide_latent=guide_lat.cpu(),
+    image = to_uint8(decode_tiled(model, big, cfg.decode_stride, cfg.blend_sigma, cfg.batch_size, cfg.progress))[0]
+    return LargeImage(image=image, guide=to_uint8(guide_img)[0], latent=big.cpu(), guide_latent=guide_lat.cpu(),
                       mag_index=k, constraint_error=err, unrefined=unrefined,
                       seconds=time.perf_counter() - t_start, config=asdict(cfg))

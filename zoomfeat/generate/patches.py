@@ -17,21 +17,18 @@ import torch
 from zoomfeat.io import atomic_path
 
 
-def load_ssl_grid(path: str | os.PathLike, ssl_dim: int) -> np.ndarray:
-    """Read an SSL grid file (``.npy`` / ``.pt``) as ``[B, C, s, s]`` float32.
+def load_ssl_grid(src, ssl_dim: int) -> torch.Tensor:
+    """An SSL grid from a file (``.npy`` / ``.pt``), an array or a tensor → float32 CPU tensor ``[B, C, s, s]``.
 
-    Accepted layouts: ``[B, C, h, w]``, ``[C, h, w]``, official BRCA ``[C, n]`` (n = s², row-major) or ``[C]``
-    (one 20x tile), and NAIP-style ``[n, C]``.
+    Accepted layouts: ``[B, C, h, w]``, ``[C, h, w]``, channels-last ``[h, w, C]``, official BRCA ``[C, n]``
+    (n = s², row-major) or ``[C]`` (one 20x tile), and NAIP-style ``[n, C]``. The one reader of every generation
+    verb: wrong channel count, non-square grids and NaN/inf are one-line errors naming the source.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"SSL grid not found: {path}")
-    if path.suffix == ".pt":
-        arr = torch.load(path, map_location="cpu", weights_only=True)
-        arr = arr.numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
-    else:
-        arr = np.load(path, allow_pickle=False)
-    arr = np.asarray(arr, dtype=np.float32)
+    where = ""
+    if isinstance(src, (str, os.PathLike)):
+        where = f"{src}: "
+        src = _read_grid_file(Path(src))
+    arr = np.asarray(src.detach().cpu() if isinstance(src, torch.Tensor) else src, dtype=np.float32)
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim == 2:
@@ -40,17 +37,31 @@ def load_ssl_grid(path: str | os.PathLike, ssl_dim: int) -> np.ndarray:
         c, n = arr.shape
         s = math.isqrt(n)
         if s * s != n:
-            raise ValueError(f"{path}: {n} tokens do not form a square grid")
+            raise ValueError(f"{where}{n} SSL tokens do not form a square grid")
         arr = arr.reshape(c, s, s)
     if arr.ndim == 3:
+        if arr.shape[0] != ssl_dim and arr.shape[-1] == ssl_dim:
+            arr = arr.transpose(2, 0, 1)  # [h, w, C] -> [C, h, w]
         arr = arr[None]
     if arr.ndim != 4:
-        raise ValueError(f"{path}: SSL grid must have 1-4 dimensions; got shape {arr.shape}")
+        raise ValueError(f"{where}SSL grid must have 1-4 dimensions; got shape {arr.shape}")
     if arr.shape[1] != ssl_dim:
-        raise ValueError(f"{path}: SSL grid has {arr.shape[1]} channels, the model expects {ssl_dim} (shape {arr.shape})")
+        raise ValueError(f"{where}SSL grid has {arr.shape[1]} channels, the model expects {ssl_dim} "
+                         f"(shape {arr.shape}; expected [B, {ssl_dim}, s, s] or a layout above)")
+    if arr.shape[2] != arr.shape[3]:
+        raise ValueError(f"{where}SSL grid is {arr.shape[2]}x{arr.shape[3]}, not square")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{path}: SSL grid contains NaN/inf")
-    return arr
+        raise ValueError(f"{where}SSL grid contains NaN/inf")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _read_grid_file(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"SSL grid not found: {path}")
+    if path.suffix == ".pt":
+        arr = torch.load(path, map_location="cpu", weights_only=True)
+        return arr.numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
+    return np.load(path, allow_pickle=False)
 
 
 def ssl_grid_from_image(image: np.ndarray, encoder, side: int) -> torch.Tensor:
@@ -75,7 +86,9 @@ def ssl_grid_from_image(image: np.ndarray, encoder, side: int) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Decoded images in [-1, 1] ``[N, 3, H, W]`` → uint8 ``[N, H, W, 3]`` (clamp((x+1)/2, 0, 1) as upstream)."""
+    """Decoded images in [-1, 1] ``[N, 3, H, W]`` → uint8 ``[N, H, W, 3]`` (clamp((x+1)/2, 0, 1), rounded).
+
+    The one conversion of every generation output; a single image is ``to_uint8(x)[0]``."""
     x = ((images.detach().float().cpu() + 1.0) / 2.0).clamp(0, 1)
     return (x.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
 

@@ -82,9 +82,10 @@ def generate_like(ldm, ssl_encoder, ssl_tiles: list, mag: str, steps: int = 20, 
         side = int(round(len(tiles) ** 0.5))
         grids.append(emb.T.reshape(-1, side, side))
     ctx = ldm.condition(torch.stack(grids), mag_to_index(mag))
+    from zoomfeat.generate.patches import to_uint8
+
     lat = ldm.sample(ctx, steps=steps, guidance_scale=guidance, generator=torch.Generator().manual_seed(seed))
-    img = ldm.decode(lat).float().clamp(-1, 1)
-    return ((img + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return to_uint8(ldm.decode(lat))
 
 
 def realism_report(model_dir: str | os.PathLike, slides: Sequence[Path], tiles_dir: str | os.PathLike,
@@ -95,7 +96,7 @@ def realism_report(model_dir: str | os.PathLike, slides: Sequence[Path], tiles_d
     from zoomfeat.generate.patches import save_image_grid
     from zoomfeat.ldm import ZoomLDM
 
-    ldm = ZoomLDM.from_pretrained(model_dir).eval()
+    ldm = ZoomLDM.load(model_dir).eval()
     ssl = create_encoder("tiny-vit", dim=int(ldm.ssl_dim))  # the conditioning encoder of the tiny recipe
     judge = create_encoder("tiny-vit")  # the demo's baseline encoder, as the feature space of the distance
     out_dir = Path(out_dir)

@@ -28,8 +28,8 @@ from zoomfeat.generate.large import (
     grid_mag_index,
     refine_latent,
     stitch,
-    to_uint8,
 )
+from zoomfeat.generate.patches import to_uint8
 from zoomfeat.generate.resize import Resizer
 
 __all__ = ["SuperResConfig", "SuperRes", "Inversion", "prepare_image", "invert_condition", "super_resolve",
@@ -184,8 +184,8 @@ def super_resolve(model, image: np.ndarray, config: SuperResConfig | None = None
         big = stitch(patches, n)
         if scfg.refine:
             big = refine_latent(model, big, feats, scfg, gen)
-        sr = to_uint8(decode_tiled(model, big, scfg.decode_stride, scfg.blend_sigma, scfg.batch_size, progress))
-    return SuperRes(sr=sr, lr=to_uint8(lr), inversion=inv, constraint_error=err,
+        sr = to_uint8(decode_tiled(model, big, scfg.decode_stride, scfg.blend_sigma, scfg.batch_size, progress))[0]
+    return SuperRes(sr=sr, lr=to_uint8(lr)[0], inversion=inv, constraint_error=err,
                     seconds=time.perf_counter() - t_start, config=asdict(cfg))
 
 
@@ -195,7 +195,7 @@ def sr_metrics(sr: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 
     ref = np.asarray(reference)[..., :3]
     if ref.shape[:2] != sr.shape[:2]:
-        ref = to_uint8(prepare_image(ref, sr.shape[0]))
+        ref = to_uint8(prepare_image(ref, sr.shape[0]))[0]
     return {
         "psnr": float(peak_signal_noise_ratio(ref, sr, data_range=255)),
         "ssim": float(structural_similarity(ref, sr, channel_axis=-1, data_range=255)),
@@ -204,6 +204,6 @@ def sr_metrics(sr: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 
 def side_by_side(lr: np.ndarray, sr: np.ndarray, gap: int = 8) -> np.ndarray:
     """LR (bicubic-upsampled to the SR size) and SR next to each other, uint8 (H, 2W + gap, 3)."""
-    up = to_uint8(prepare_image(lr, sr.shape[0]))
+    up = to_uint8(prepare_image(lr, sr.shape[0]))[0]
     pad = np.full((sr.shape[0], gap, 3), 255, dtype=np.uint8)
     return np.concatenate([up, pad, sr], axis=1)

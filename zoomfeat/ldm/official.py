@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import yaml
 
+from zoomfeat.ldm.modules import build_empty_modules
 from zoomfeat.mags import MAG_LABELS
 
 #: Top-level schedule buffers (recomputed from the config) and LitEma counters — the only keys not loaded.
@@ -44,6 +45,9 @@ UNET_PREFIX = "model.diffusion_model."
 EMA_PREFIX = "model_ema."
 VQ_PREFIX = "first_stage_model."
 COND_PREFIX = "cond_stage_model."
+
+#: ``name`` of a translated config when the caller gives none (``ZoomLDM.from_official`` passes the folder name).
+DEFAULT_NAME = "ZoomLDM"
 
 #: NAIP magnification table (spec §1.5).
 NAIP_MAG_LABELS = ["1x", "2x", "3x", "4x"]
@@ -103,13 +107,36 @@ def load_official_config(path: str | os.PathLike) -> dict:
 # ----------------------------------------------------------------------------------------------- configs
 def config_from_official(official: dict, name: str | None = None) -> dict:
     """Translate an official LatentDiffusion config into our ZoomLDM YAML format (any size, tiny included)."""
-    from diffusers.pipelines.stable_diffusion.convert_from_ckpt import create_unet_diffusers_config
-
     p = official["model"]["params"]
     up = p["unet_config"]["params"]
     fs = p["first_stage_config"]["params"]
     dd = fs["ddconfig"]
-    cp = p["cond_stage_config"]["params"]
+    _check_supported(up, dd)
+    unet = _unet_section(official, up, dd)
+    summ = _summarizer_section(p["cond_stage_config"]["params"])
+    if summ["output_channels"] != unet["cross_attention_dim"]:
+        raise ValueError(
+            f"Summarizer output_channels {summ['output_channels']} != UNet context_dim {unet['cross_attention_dim']}"
+        )
+    mag_levels = summ["mag_levels"]
+    mag_labels = list(MAG_LABELS[:mag_levels]) if mag_levels != 4 else list(NAIP_MAG_LABELS)
+    return {
+        "name": name or DEFAULT_NAME,
+        "image_size": int(dd["resolution"]),
+        "latent_size": int(up["image_size"]),
+        "vae_scale_factor": 2 ** (len(dd["ch_mult"]) - 1),
+        "ssl_dim": summ["input_channels"],
+        "feat_target_size": 8,
+        "mag_labels": mag_labels,
+        "unet": unet,
+        "vq": _vq_section(fs, dd),
+        "summarizer": summ,
+        "schedule": _schedule_section(p),
+    }
+
+
+def _check_supported(up: dict, dd: dict) -> None:
+    """Refuse official layouts the diffusers mapping does not cover (they are not ZoomLDM)."""
     if up.get("use_linear_in_transformer") or not up.get("use_spatial_transformer", False):
         raise ValueError("only the ZoomLDM UNet layout (spatial transformer, conv proj_in/out) is supported")
     if up.get("num_head_channels", -1) not in (-1, None) or not up.get("legacy", True):
@@ -119,8 +146,12 @@ def config_from_official(official: dict, name: str | None = None) -> dict:
     if dd.get("attn_resolutions"):
         raise ValueError("VQ first stages with attention in the down/up blocks are not supported")
 
+
+def _unet_section(official: dict, up: dict, dd: dict) -> dict:
+    from diffusers.pipelines.stable_diffusion.convert_from_ckpt import create_unet_diffusers_config
+
     ucfg = create_unet_diffusers_config(official, image_size=dd["resolution"])
-    unet = {
+    return {
         "sample_size": int(up["image_size"]),
         "in_channels": int(up["in_channels"]),
         "out_channels": int(up["out_channels"]),
@@ -133,7 +164,10 @@ def config_from_official(official: dict, name: str | None = None) -> dict:
         "use_linear_projection": False,
         "transformer_layers_per_block": int(up.get("transformer_depth", 1)),
     }
-    vq = {
+
+
+def _vq_section(fs: dict, dd: dict) -> dict:
+    return {
         "in_channels": int(dd["in_channels"]),
         "out_channels": int(dd["out_ch"]),
         "down_block_types": ["DownEncoderBlock2D"] * len(dd["ch_mult"]),
@@ -147,10 +181,12 @@ def config_from_official(official: dict, name: str | None = None) -> dict:
         "norm_num_groups": 32,
         "scaling_factor": 1.0,
     }
-    hidden = int(cp.get("hidden_channels", 512))
-    summ = {
+
+
+def _summarizer_section(cp: dict) -> dict:
+    return {
         "input_channels": int(cp.get("input_channels", 1024)),
-        "hidden_channels": hidden,
+        "hidden_channels": int(cp.get("hidden_channels", 512)),
         "vit_mlp_dim": int(cp.get("vit_mlp_dim", 2048)),
         "output_channels": int(cp.get("output_channels", 512)),
         "seq_length": int(cp.get("seq_length", 64)),
@@ -159,31 +195,15 @@ def config_from_official(official: dict, name: str | None = None) -> dict:
         "num_heads": int(cp.get("num_heads", 8)),
         "p_uncond": float(cp.get("p_uncond", 0.1)),
     }
-    if summ["output_channels"] != unet["cross_attention_dim"]:
-        raise ValueError(
-            f"Summarizer output_channels {summ['output_channels']} != UNet context_dim {unet['cross_attention_dim']}"
-        )
-    mag_levels = summ["mag_levels"]
-    mag_labels = list(MAG_LABELS[:mag_levels]) if mag_levels != 4 else list(NAIP_MAG_LABELS)
-    f = 2 ** (len(dd["ch_mult"]) - 1)
+
+
+def _schedule_section(p: dict) -> dict:
     return {
-        "name": name or "zoomldm",
-        "image_size": int(dd["resolution"]),
-        "latent_size": int(up["image_size"]),
-        "vae_scale_factor": f,
-        "ssl_dim": summ["input_channels"],
-        "feat_target_size": 8,
-        "mag_labels": mag_labels,
-        "unet": unet,
-        "vq": vq,
-        "summarizer": summ,
-        "schedule": {
-            "num_train_timesteps": int(p.get("timesteps", 1000)),
-            "beta_start": float(p.get("linear_start", 0.0015)),
-            "beta_end": float(p.get("linear_end", 0.0195)),
-            "beta_schedule": "scaled_linear" if p.get("beta_schedule", "linear") == "linear" else p["beta_schedule"],
-            "prediction_type": "epsilon" if p.get("parameterization", "eps") == "eps" else p["parameterization"],
-        },
+        "num_train_timesteps": int(p.get("timesteps", 1000)),
+        "beta_start": float(p.get("linear_start", 0.0015)),
+        "beta_end": float(p.get("linear_end", 0.0195)),
+        "beta_schedule": "scaled_linear" if p.get("beta_schedule", "linear") == "linear" else p["beta_schedule"],
+        "prediction_type": "epsilon" if p.get("parameterization", "eps") == "eps" else p["parameterization"],
     }
 
 
@@ -366,18 +386,6 @@ def convert_official_state_dict(
     return out, report
 
 
-def build_empty_modules(cfg: dict, device: str | torch.device = "meta"):
-    """Instantiate UNet / VQ / Summarizer for ``cfg`` without allocating weights (for key/shape checks)."""
-    from zoomfeat.ldm.pipeline import build_modules
-
-    if str(device) == "meta":
-        from accelerate import init_empty_weights
-
-        with init_empty_weights():
-            return build_modules(cfg)
-    return build_modules(cfg)
-
-
 def modules_from_state_dict(sd: dict[str, torch.Tensor], cfg: dict, ema: bool = True):
     """Official state dict + our config → loaded ``(unet, vq, summarizer, report)``; every mismatch is an error."""
     converted, report = convert_official_state_dict(sd, cfg, ema=ema)
@@ -411,11 +419,3 @@ def check_official_keys(
     check_against_model("summarizer", converted["summarizer"], summ)
     return report
 
-
-def convert(ckpt: str | os.PathLike, config: str | os.PathLike, out: str | os.PathLike, ema: bool = True) -> Path:
-    """Official ``weights.ckpt`` + ``config.yaml`` → a ``save_pretrained`` folder (safetensors)."""
-    from zoomfeat.ldm.pipeline import ZoomLDM
-
-    model = ZoomLDM.from_official(ckpt, config, ema=ema)
-    model.save_pretrained(out)
-    return Path(out)

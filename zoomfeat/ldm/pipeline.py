@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 from diffusers import UNet2DConditionModel, VQModel
 
+from zoomfeat.ldm import official
+from zoomfeat.ldm.modules import build_modules
 from zoomfeat.ldm.schedulers import DEFAULT_SCHEDULE, make_scheduler, training_scheduler
 from zoomfeat.ldm.summarizer import Summarizer, pool_and_normalize
 
@@ -36,20 +38,6 @@ class FeatureBlock:
     index: int
     channels: int
     stride: int  # latent pixels per feature pixel (e.g. 8 for the 960-d middle block of a 64² latent)
-
-
-def build_modules(cfg: dict) -> tuple[UNet2DConditionModel, VQModel, Summarizer]:
-    """Random-init UNet / VQModel / Summarizer from our YAML config (``unet``/``vq``/``summarizer`` sections)."""
-    ucfg = dict(cfg["unet"])
-    for k in ("down_block_types", "up_block_types", "block_out_channels"):
-        ucfg[k] = tuple(ucfg[k])
-    vcfg = dict(cfg["vq"])
-    for k in ("down_block_types", "up_block_types", "block_out_channels"):
-        vcfg[k] = tuple(vcfg[k])
-    vcfg.setdefault("scaling_factor", 1.0)
-    if float(vcfg["scaling_factor"]) != 1.0:
-        raise ValueError("ZoomLDM latents are unscaled: vq.scaling_factor must be 1.0")
-    return UNet2DConditionModel(**ucfg), VQModel(**vcfg), Summarizer(**cfg["summarizer"])
 
 
 def _normalize_config(cfg: dict | str | os.PathLike) -> dict:
@@ -102,8 +90,6 @@ class ZoomLDM(nn.Module):
         ``decay``/``num_updates`` (and the UNet copy not chosen). Unknown or missing keys and shape disagreements
         between config and checkpoint raise :class:`zoomfeat.ldm.official.CheckpointMismatchError` naming them.
         """
-        from zoomfeat.ldm import official
-
         off_cfg = official.load_official_config(config_path)
         cfg = official.config_from_official(off_cfg, name=Path(ckpt_path).parent.name or None)
         sd = official.load_official_state_dict(ckpt_path)
@@ -326,15 +312,20 @@ class ZoomLDM(nn.Module):
         return self.unet(x_t, t, encoder_hidden_states=context.to(x_t.dtype)).sample
 
     def guided_eps(self, x_t: torch.Tensor, t, context: torch.Tensor, guidance_scale: float = 2.0) -> torch.Tensor:
-        """Classifier-free guidance, standard convention: ε_u + s·(ε_c − ε_u), null context = zeros."""
+        """Classifier-free guidance, standard convention ε_u + s·(ε_c − ε_u), null context = zeros.
+
+        The one CFG of every sampler (patches, large images, super-resolution, refinement): ``x_t`` is cast to the
+        model dtype, ``t`` is a scalar or ``[B]``; ε comes back float32, the guidance arithmetic done in fp32. The batch is
+        [cond, uncond]: the order the large-image code always used (its autograd update is not order-invariant)."""
+        x_t = x_t.to(self.dtype)
         if guidance_scale == 1.0:
-            return self.predict_eps(x_t, t, context)
+            return self.predict_eps(x_t, t, context).float()
         b = x_t.shape[0]
         t = self._timesteps(t, b, x_t.device)
         eps = self.predict_eps(
-            torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([torch.zeros_like(context), context])
-        )
-        eps_u, eps_c = eps.chunk(2)
+            torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([context, torch.zeros_like(context)])
+        ).float()
+        eps_c, eps_u = eps.chunk(2)
         return eps_u + guidance_scale * (eps_c - eps_u)
 
     @torch.no_grad()
@@ -370,7 +361,7 @@ class ZoomLDM(nn.Module):
             ts = tqdm(ts, desc=f"{scheduler} sampling")
         for t in ts:
             eps = self.guided_eps(sched.scale_model_input(x, t), t, context, guidance_scale)
-            x = sched.step(eps, t, x, **kw).prev_sample
+            x = sched.step(eps.to(x.dtype), t, x, **kw).prev_sample
         return x
 
     # ------------------------------------------------------------------------------------ features

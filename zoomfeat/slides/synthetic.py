@@ -183,10 +183,25 @@ def _apply_architecture(base: np.ndarray, tissue: np.ndarray, spec: SlideSpec) -
 
 
 def render_tissue(spec: SlideSpec) -> tuple[np.ndarray, dict]:
-    """Render a slide at 20x (0.5 µm/px) as RGB uint8 (H, W, 3). Returns ``(image, stats)``."""
+    """Render a slide at 20x (0.5 µm/px) as RGB uint8 (H, W, 3). Returns ``(image, stats)``.
+
+    One RNG stream, consumed in a fixed order: outline and tumour, base colours, nuclei, lymphocytes."""
     rng = np.random.default_rng(spec.seed)
     h, w = spec.height_20x, spec.width_20x
-    # tissue outline: thresholded smooth noise with a vignette so tissue stays off the edges
+    tissue, tumour = _tissue_and_tumour(rng, spec, h, w)
+    stroma_mask = tissue & ~tumour
+    img = _base_canvas(rng, spec, tissue, tumour, stroma_mask)
+    area_px = float(tissue.sum())
+    area_mm2 = area_px * 0.25e-6  # 0.5 µm/px → 0.25 µm² per px
+    stats = {"tissue_fraction": area_px / (h * w), "tumour_fraction": float(tumour.sum()) / max(area_px, 1.0)}
+    _stamp_nuclei(rng, img, spec, stroma_mask, tumour, area_mm2, stats["tumour_fraction"])
+    stats["lymph_clusters"] = _stamp_lymphocytes(rng, img, tissue, area_mm2, spec.hrd)
+    return img.array(), stats
+
+
+def _tissue_and_tumour(rng: np.random.Generator, spec: SlideSpec, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue outline (thresholded smooth noise with a vignette that keeps tissue off the edges) and the tumour
+    part of it, whose share grows with the latent risk."""
     vy = ((np.arange(h, dtype=np.float32) / h - 0.5) * 2) ** 2
     vx = ((np.arange(w, dtype=np.float32) / w - 0.5) * 2) ** 2
     vign = 1.0 - (vy[:, None] + vx[None, :]) * 0.55
@@ -197,10 +212,13 @@ def render_tissue(spec: SlideSpec) -> tuple[np.ndarray, dict]:
     tn = _smooth_noise(rng, h, w, 160)
     tvals = tn[tissue]
     thr = float(np.quantile(tvals, 1.0 - tumour_target)) if tvals.size else 1.0
-    tumour = tissue & (tn >= thr)
-    del tn
-    stroma_mask = tissue & ~tumour
-    # base colours with fibrous texture
+    return tissue, tissue & (tn >= thr)
+
+
+def _base_canvas(rng: np.random.Generator, spec: SlideSpec, tissue: np.ndarray, tumour: np.ndarray,
+                 stroma_mask: np.ndarray) -> "_Canvas":
+    """Base colours with fibrous texture (stroma tinted by subtype, tumour background), architecture, grain."""
+    h, w = tissue.shape
     fib = _smooth_noise(rng, h, w, 24)[..., None]
     stroma_col = STROMA + SUBTYPE_TINT[spec.subtype]
     base = np.where(stroma_mask[..., None], stroma_col * (0.92 + 0.12 * fib), BACKGROUND)
@@ -208,15 +226,14 @@ def render_tissue(spec: SlideSpec) -> tuple[np.ndarray, dict]:
     del fib
     base = _apply_architecture(base, tissue, spec)
     base += 2.0 * rng.standard_normal((h, w, 1), dtype=np.float32)
-    img = _Canvas(np.clip(base + 0.5, 0, 255).astype(np.uint8))
-    del base
-    area_px = float(tissue.sum())
-    area_mm2 = area_px * 0.25e-6  # 0.5 µm/px → 0.25 µm² per px
-    stats = {"tissue_fraction": area_px / (h * w), "tumour_fraction": float(tumour.sum()) / max(area_px, 1.0)}
+    return _Canvas(np.clip(base + 0.5, 0, 255).astype(np.uint8))
 
-    # --- nuclei: the subtype sets their morphology everywhere; tumour areas are crowded, larger, darker
+
+def _stamp_nuclei(rng: np.random.Generator, img: "_Canvas", spec: SlideSpec, stroma_mask: np.ndarray,
+                  tumour: np.ndarray, area_mm2: float, frac_t: float) -> None:
+    """Nuclei: the subtype sets their morphology everywhere; tumour areas are crowded, larger, darker."""
+    h, w = tumour.shape
     ang_field = _smooth_noise(rng, max(2, h // 8), max(2, w // 8), 64) * np.pi  # local orientation (spindle)
-    frac_t = stats["tumour_fraction"]
     for region, is_tumour in ((stroma_mask, False), (tumour, True)):
         share = frac_t if is_tumour else 1.0 - frac_t
         grow = 1.45 if is_tumour else 1.0  # nucleus size
@@ -236,28 +253,37 @@ def render_tissue(spec: SlideSpec) -> tuple[np.ndarray, dict]:
             _stamp_ellipses(img, cy, cx, rng.uniform(1.8, 2.6, n) * grow, rng.uniform(7.0, 10.0, n) * grow,
                             ang + rng.normal(0, 0.15, n),
                             np.repeat(col[None], n, 0) * rng.uniform(0.85, 1.1, (n, 1)), rng.uniform(0.78, 0.92, n))
-        else:  # glands: pale lumens ringed by nuclei
-            n_glands = int(area_mm2 * share * 380 * dens)
-            gy, gx = _sample_points(rng, region, n_glands)
-            lum_r = rng.uniform(14, 30, n_glands) * (1.2 if is_tumour else 1.0)
-            lum_col = np.repeat(np.array([[246, 232, 240]], np.float32), n_glands, 0)
-            _stamp_ellipses(img, gy, gx, lum_r, lum_r * rng.uniform(0.7, 1.0, n_glands),
-                            rng.uniform(0, np.pi, n_glands), lum_col, np.full(n_glands, 0.95))
-            cys, cxs = [], []
-            for y0, x0, rr in zip(gy, gx, lum_r):
-                ring = rr + 5 * grow
-                k = max(8, int(2 * np.pi * ring / (9 * grow)))
-                t = np.linspace(0, 2 * np.pi, k, endpoint=False) + rng.uniform(0, 1)
-                cys.append(y0 + ring * np.sin(t))
-                cxs.append(x0 + ring * np.cos(t))
-            if cys:
-                cy, cx = np.concatenate(cys), np.concatenate(cxs)
-                n = len(cy)
-                r = rng.uniform(3.8, 5.0, n) * grow
-                _stamp_ellipses(img, cy, cx, r, r * rng.uniform(0.8, 1.0, n), rng.uniform(0, np.pi, n),
-                                np.repeat(col[None], n, 0) * rng.uniform(0.85, 1.05, (n, 1)), rng.uniform(0.78, 0.92, n))
-    # --- HRD: lymphocyte clusters (small, very dark, round) in tissue
-    n_clusters = int(rng.poisson(area_mm2 * (LYMPH_CLUSTERS_PER_MM2[1] if spec.hrd else LYMPH_CLUSTERS_PER_MM2[0])))
+        else:
+            _stamp_glands(rng, img, region, int(area_mm2 * share * 380 * dens), is_tumour, grow, col)
+
+
+def _stamp_glands(rng: np.random.Generator, img: "_Canvas", region: np.ndarray, n_glands: int, is_tumour: bool,
+                  grow: float, col: np.ndarray) -> None:
+    """Glands: pale lumens ringed by nuclei."""
+    gy, gx = _sample_points(rng, region, n_glands)
+    lum_r = rng.uniform(14, 30, n_glands) * (1.2 if is_tumour else 1.0)
+    lum_col = np.repeat(np.array([[246, 232, 240]], np.float32), n_glands, 0)
+    _stamp_ellipses(img, gy, gx, lum_r, lum_r * rng.uniform(0.7, 1.0, n_glands),
+                    rng.uniform(0, np.pi, n_glands), lum_col, np.full(n_glands, 0.95))
+    cys, cxs = [], []
+    for y0, x0, rr in zip(gy, gx, lum_r):
+        ring = rr + 5 * grow
+        k = max(8, int(2 * np.pi * ring / (9 * grow)))
+        t = np.linspace(0, 2 * np.pi, k, endpoint=False) + rng.uniform(0, 1)
+        cys.append(y0 + ring * np.sin(t))
+        cxs.append(x0 + ring * np.cos(t))
+    if cys:
+        cy, cx = np.concatenate(cys), np.concatenate(cxs)
+        n = len(cy)
+        r = rng.uniform(3.8, 5.0, n) * grow
+        _stamp_ellipses(img, cy, cx, r, r * rng.uniform(0.8, 1.0, n), rng.uniform(0, np.pi, n),
+                        np.repeat(col[None], n, 0) * rng.uniform(0.85, 1.05, (n, 1)), rng.uniform(0.78, 0.92, n))
+
+
+def _stamp_lymphocytes(rng: np.random.Generator, img: "_Canvas", tissue: np.ndarray, area_mm2: float,
+                       hrd: int) -> int:
+    """HRD: lymphocyte clusters (small, very dark, round) in tissue; returns the number of clusters."""
+    n_clusters = int(rng.poisson(area_mm2 * (LYMPH_CLUSTERS_PER_MM2[1] if hrd else LYMPH_CLUSTERS_PER_MM2[0])))
     ky, kx = _sample_points(rng, tissue, n_clusters)
     ly, lx = [], []
     for y0, x0 in zip(ky, kx):
@@ -270,8 +296,7 @@ def render_tissue(spec: SlideSpec) -> tuple[np.ndarray, dict]:
         n = len(cy)
         r = rng.uniform(2.0, 2.7, n)
         _stamp_ellipses(img, cy, cx, r, r, np.zeros(n), np.repeat(LYMPHOCYTE[None], n, 0), np.full(n, 0.95))
-    stats["lymph_clusters"] = n_clusters
-    return img.array(), stats
+    return n_clusters
 
 
 # ----------------------------------------------------------------------------------------------------------
