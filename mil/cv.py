@@ -417,6 +417,10 @@ def run_cv(cfg: dict | CVConfig, out_dir: str | os.PathLike, thumbnails: Thumbna
     from zoomfeat.config import save_yaml
 
     cfg = cv_config(cfg)
+    if cfg.get("slides") and thumbnails is None and cfg.get("heatmaps"):
+        warnings.warn("config 'slides' is read by the caller: pass thumbnails=zoomfeat.slides.thumbnails."
+                      "SlideThumbnails(slides) for heatmaps over the slides (drawing them on the tile grid)",
+                      stacklevel=2)
     if cfg["task"] not in TASKS:
         raise ValueError(f"unknown task {cfg['task']!r}; choose one of {TASKS}")
     out = Path(out_dir)
