@@ -79,3 +79,23 @@ def test_slide_heatmap_falls_back_to_the_tile_grid(tmp_path):
     (tmp_path / "bad.svs").write_bytes(b"not a slide")
     bad = slide_heatmap("bad", coords, scores, tmp_path / "bad.png", SlideThumbnails(tmp_path), patch_size=256)
     assert np.asarray(Image.open(bad)).shape[1] == bare.shape[1]  # same grid; the title says why
+
+
+def test_slide_lookup_for_thumbnails(tmp_path):
+    """The labels CSV's ``path`` column (relative to the CSV; missing files dropped), then a slide folder, in the
+    order the caller gives (`mil cv`: folder first; `mil predict`: labels first)."""
+    from zoomfeat.cohort import label_slide_paths
+    from zoomfeat.slides.thumbnails import SlideThumbnails
+
+    (tmp_path / "wsi").mkdir()
+    (tmp_path / "other").mkdir()
+    for p in (tmp_path / "wsi" / "a.svs", tmp_path / "other" / "a.tiff", tmp_path / "other" / "b.ndpi"):
+        p.write_bytes(b"x")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("slide,patient,path\na,p1,wsi/a.svs\nb,p2,wsi/missing.svs\nc,p3,\n")
+    paths = label_slide_paths(csv)
+    assert paths == {"a": (tmp_path / "wsi" / "a.svs")} and label_slide_paths(None) == {}
+    assert SlideThumbnails(paths, tmp_path / "other").path("a") == tmp_path / "wsi" / "a.svs"
+    assert SlideThumbnails(tmp_path / "other", paths).path("a") == tmp_path / "other" / "a.tiff"
+    assert SlideThumbnails(paths, tmp_path / "other").path("b") == tmp_path / "other" / "b.ndpi"
+    assert SlideThumbnails(None, {}).path("a") is None
