@@ -133,7 +133,7 @@ def main() -> None:
     a.size, a.x, a.y, a.score, a.rank = 512.0, x, y, score, rank
     a.order = np.argsort(np.argsort(-score)) + 1
     t = time.perf_counter()
-    js = pages._json(pages.attention_payload(a))
+    js = pages.script_json(pages.attention_payload(a))
     t_json = time.perf_counter() - t
     print(f"(c) 40,000-tile slide page: attention JSON {len(js) / 1e6:.1f} MB in {t_json * 1000:.0f} ms; heatmap PNG "
           f"{len(heat) / 1e3:.0f} kB in {t_heat * 1000:.0f} ms; tile-grid PNG {len(grid) / 1e3:.0f} kB in "

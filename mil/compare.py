@@ -18,16 +18,30 @@ import os
 import sys
 import types
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mil.cv import CVResult, DEFAULTS, run_folds, splits_for, write_result
+from mil.cv import CVConfig, CVResult, cv_config, run_folds, splits_for, write_result
 from mil.data import Cohort, build_cohort, load_labels
 from mil.splits import load_splits
 from mil.tasks import TASKS
+
+
+
+@dataclass
+class CompareConfig(CVConfig):
+    """``zoomfeat compare``: a ``mil cv`` config plus the encoder entries, tasks, frameworks and reference row."""
+
+    encoders: list = field(default_factory=list)  # [{name, bags, mag}] or "[name=]folder[:mag]" strings
+    tasks: list = field(default_factory=lambda: ["hrd"])  # names in TASK_DEFAULTS or {name, task, target}
+    n_repeats: int = 3
+    frameworks: list | None = None  # linear | abmil | transmil | twobranch (default: [model])
+    reference: str | None = None  # NAME or NAME/FRAMEWORK (default: the first entry)
+
 
 TASK_DEFAULTS = {
     "subtype": {"task": "multiclass", "target": "subtype"},
@@ -69,13 +83,12 @@ def compare(cfg: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
     """Run every (encoder entry × framework × task) on shared splits; write compare.csv/.md/.png and
     compare_forest.png; return the long table (one row per encoder × framework × task × metric)."""
     from zoomfeat.bags import list_bags
-    from zoomfeat.config import merge, save_yaml
+    from zoomfeat.config import save_yaml
     from zoomfeat.io import atomic_path, write_text_atomic
 
     from mil.plots import compare_plot, forest_plot
 
-    cfg = merge({**DEFAULTS, "encoders": [], "tasks": ["hrd"], "n_repeats": 3, "frameworks": None,
-                 "reference": None}, cfg)
+    cfg = cv_config(cfg, CompareConfig)
     cfg["frameworks"] = _frameworks(cfg)
     entries = [parse_entry(e) for e in cfg["encoders"]]
     if not entries:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mil.data import BagDataset, Cohort, build_cohort, fit_standardizer, load_labels, save_standardizer
+from mil.heatmap import ThumbnailProvider
 from mil.models import build_model
 from mil.splits import check_splits, fold_indices, load_splits, make_splits, save_splits
 from mil.tasks import CLASSIFICATION, TASKS, make_task
@@ -26,7 +27,9 @@ from mil.trainer import TrainConfig, predict, seed_everything, train_model
 
 @dataclass
 class CVResult:
-    """What a cross-validation produced; ``write`` puts it on disk."""
+    """What a cross-validation produced (:func:`cross_validate`, :func:`run_folds`); :func:`write_result` puts it on
+    disk. It reads like its per-fold table: ``res["auc"].mean()``, ``res[["fold", "auc"]]``, ``len(res)`` (folds),
+    ``"c_index" in res``, ``list(res)`` / ``res.columns`` (its columns)."""
 
     metrics: pd.DataFrame  # one row per fold
     predictions: pd.DataFrame  # one row per test slide (out-of-fold)
@@ -36,6 +39,22 @@ class CVResult:
     classes: list = field(default_factory=list)
     attention: dict[str, np.ndarray] = field(default_factory=dict)  # slide -> scores (N,)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __getitem__(self, key):
+        return self.metrics[key]
+
+    def __len__(self) -> int:
+        return len(self.metrics)
+
+    def __iter__(self):
+        return iter(self.metrics)
+
+    def __contains__(self, column) -> bool:
+        return column in self.metrics
+
+    @property
+    def columns(self) -> pd.Index:
+        return self.metrics.columns
 
 
 def bootstrap_ci(pred: pd.DataFrame, task: str, n_classes: int, n_boot: int = 1000, seed: int = 0,
@@ -228,9 +247,10 @@ def _prediction_rows(cohort: Cohort, test_idx, y, pred, fold, n_classes: int) ->
 
 def cross_validate(bags: Sequence[Any], labels: Sequence[Any], groups: Sequence[Any] | None = None,
                    model: str = "abmil", task: str = "binary", n_folds: int = 5, seed: int = 0,
-                   **hparams) -> pd.DataFrame:
-    """Patient-level stratified k-fold CV of a MIL head; returns one row per fold with ``auc``, ``accuracy``,
-    ``balanced_accuracy``, ``f1`` (classification) or ``c_index`` (survival).
+                   **hparams) -> CVResult:
+    """Patient-level stratified k-fold CV of a MIL head; returns a :class:`CVResult` that reads like its per-fold
+    table (``res["auc"]``, ``len(res)``): one row per fold with ``auc``, ``accuracy``, ``balanced_accuracy``,
+    ``f1`` (classification) or ``c_index`` (survival); ``res.predictions`` (out-of-fold), ``res.summary``.
 
     ``bags``: N_i×D arrays or bag paths; ``labels``: class labels, or (time, event) pairs for survival;
     ``groups``: patient ids (default: one patient per bag). Extra keywords: trainer settings (``lr``,
@@ -240,7 +260,7 @@ def cross_validate(bags: Sequence[Any], labels: Sequence[Any], groups: Sequence[
     (``surv_loss='cox'|'nll'``, ``n_bins``), and ``slide_ids``, ``mag``, ``val_fraction`` (0.2), ``splits``
     (a saved split table or its CSV path, reused as is), ``n_repeats`` (1; repeated k-fold, one row per
     repeat × fold), ``out_dir`` (checkpoints), ``on_bad`` ('skip'|'error'), ``model='linear'`` (the mean-pooling
-    linear probe on the same folds). The out-of-fold predictions and summary ride along in ``df.attrs``.
+    linear probe on the same folds).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
@@ -270,21 +290,45 @@ def cross_validate(bags: Sequence[Any], labels: Sequence[Any], groups: Sequence[
                              strict=task != "survival", n_repeats=n_repeats)
     else:
         splits = load_splits(splits, cohort.slides)
-    res = run_folds(cohort, splits, model=model, mag=mag, seed=seed, out_dir=hparams.pop("out_dir", None), **hparams)
-    out = res.metrics
-    out.attrs["predictions"] = res.predictions
-    out.attrs["summary"] = res.summary
-    return out
+    return run_folds(cohort, splits, model=model, mag=mag, seed=seed, out_dir=hparams.pop("out_dir", None),
+                     **hparams)
 
 
 # ------------------------------------------------------------------------------------------------ config / CLI
 
-DEFAULTS: dict[str, Any] = {
-    "labels": None, "bags": None, "encoder": None, "mag": "20x", "task": "binary", "target": None,
-    "time_col": "time", "event_col": "event", "model": "abmil", "n_folds": 5, "n_repeats": 1, "seed": 0,
-    "val_fraction": 0.2,
-    "splits": None, "slides": None, "heatmaps": 3, "on_bad": "skip", "hparams": {},
-}
+@dataclass
+class CVConfig:
+    """``zoomfeat mil cv``: every option with its default (``configs/mil/*.yaml`` and ``key=value`` overrides only
+    change them; :func:`zoomfeat.config.load_config`). ``hparams`` are trainer / head / task settings
+    (:class:`mil.trainer.TrainConfig`)."""
+
+    labels: str | None = None  # CSV: slide, patient, target column(s)
+    bags: str | None = None  # folder of {slide}.h5
+    encoder: str | None = None  # pick features_{encoder} when `bags` holds several
+    mag: str = "20x"  # 20x | 5x | 20x+5x
+    task: str = "binary"  # binary | multiclass | survival
+    target: str | None = None
+    time_col: str = "time"
+    event_col: str = "event"
+    model: str = "abmil"
+    n_folds: int = 5
+    n_repeats: int = 1
+    seed: int = 0
+    val_fraction: float = 0.2
+    splits: Any = None  # a saved split table to reuse (default: <out>/splits.csv, reused if present)
+    slides: str | None = None  # folder of WSIs: heatmaps over thumbnails (read by the CLI layer)
+    heatmaps: int = 3  # heatmap PNGs for the highest-scored test slides
+    on_bad: str = "skip"  # skip | error
+    hparams: dict = field(default_factory=dict)
+    out: str | None = None  # output folder when --out is not given
+
+
+def cv_config(cfg: dict | CVConfig | None, schema: type = CVConfig) -> dict:
+    """A config (mapping or ``schema`` instance) with every default filled in, as the dict the code consumes;
+    unknown keys are errors."""
+    from zoomfeat.config import load_config, to_dict
+
+    return to_dict(cfg if isinstance(cfg, schema) else load_config(schema, to_dict(cfg or {})))
 
 
 def prepare_cohort(cfg: dict, bags: str | os.PathLike | None = None, mag: str | None = None,
@@ -315,7 +359,8 @@ def splits_for(cohort: Cohort, cfg: dict, path: str | os.PathLike) -> pd.DataFra
     return df
 
 
-def write_result(res: CVResult, out: Path, cfg: dict, cohort: Cohort | None = None) -> None:
+def write_result(res: CVResult, out: Path, cfg: dict, cohort: Cohort | None = None,
+                 thumbnails: ThumbnailProvider | None = None) -> None:
     """Per-fold metrics, predictions, summary (CSV + markdown), ROC or KM plot, attention CSVs, heatmaps."""
     from mil import plots
     from zoomfeat.io import atomic_path, write_text_atomic
@@ -340,12 +385,14 @@ def write_result(res: CVResult, out: Path, cfg: dict, cohort: Cohort | None = No
         lines.append(f"| {r.metric} | {r.mean:.3f} ± {r.std:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] |")
     write_text_atomic(out / "summary.md", "\n".join(lines) + "\n" + extra)
     if res.attention and cohort is not None:
-        write_attention(res, out, cohort, cfg)
+        write_attention(res, out, cohort, cfg, thumbnails)
 
 
-def write_attention(res: CVResult, out: Path, cohort: Cohort, cfg: dict) -> None:
-    """attention/{slide}.csv (x, y, score, rank) for every test slide; heatmaps for the top-scored few."""
-    from mil.heatmap import attention_heatmap, find_slide, instance_coords, write_attention_csv
+def write_attention(res: CVResult, out: Path, cohort: Cohort, cfg: dict,
+                    thumbnails: ThumbnailProvider | None = None) -> None:
+    """attention/{slide}.csv (x, y, score, rank) for every test slide; heatmaps for the top-scored few (over the
+    thumbnails the caller's provider gives, see :mod:`mil.heatmap`)."""
+    from mil.heatmap import instance_coords, slide_heatmap, write_attention_csv
 
     adir = out / "attention"
     adir.mkdir(exist_ok=True)
@@ -354,40 +401,26 @@ def write_attention(res: CVResult, out: Path, cohort: Cohort, cfg: dict) -> None
     score_col = "risk" if res.task == "survival" else f"prob_{len(res.classes) - 1}"
     order = pred.sort_values(score_col, ascending=False)["slide"].tolist()
     n_maps = int(cfg.get("heatmaps", 3) or 0)
-    label_paths = _label_slide_paths(cfg.get("labels"))
     for slide in order:
         scores = res.attention.get(slide)
         coords, psize = instance_coords(cohort.items[pos[slide]], cfg.get("mag"), len(scores))
         write_attention_csv(adir / f"{slide}.csv", coords, scores)
         if n_maps > 0 and coords is not None:
-            slide_path = find_slide(cfg.get("slides"), slide) or label_paths.get(slide)
-            attention_heatmap(coords, scores, out / "heatmaps" / f"{slide}.png", patch_size=psize,
-                              slide_path=slide_path, title=f"{slide} ({score_col} {pred.set_index('slide').loc[slide, score_col]:.2f})")
+            slide_heatmap(slide, coords, scores, out / "heatmaps" / f"{slide}.png", thumbnails, patch_size=psize,
+                          title=f"{slide} ({score_col} {pred.set_index('slide').loc[slide, score_col]:.2f})")
             n_maps -= 1
 
 
-def _label_slide_paths(labels: str | os.PathLike | None) -> dict[str, Path]:
-    """slide → WSI path from a ``path`` column of the labels CSV (relative paths: next to the CSV), if any."""
-    if not labels or not Path(labels).is_file():
-        return {}
-    df = pd.read_csv(labels, dtype={"slide": str})
-    if "path" not in df.columns:
-        return {}
-    root = Path(labels).resolve().parent
-    out = {}
-    for s, p in zip(df["slide"], df["path"]):
-        if isinstance(p, str) and p:
-            q = Path(p) if Path(p).is_absolute() else root / p
-            if q.exists():
-                out[s] = q
-    return out
+def run_cv(cfg: dict | CVConfig, out_dir: str | os.PathLike, thumbnails: ThumbnailProvider | None = None) -> CVResult:
+    """``zoomfeat mil cv``: validate inputs, make or reuse splits, run the folds and write every output; heatmaps
+    are drawn over the thumbnails ``thumbnails`` gives (:mod:`mil.heatmap`; else on the tile grid)."""
+    from zoomfeat.config import save_yaml
 
-
-def run_cv(cfg: dict, out_dir: str | os.PathLike) -> CVResult:
-    """``zoomfeat mil cv``: validate inputs, make or reuse splits, run the folds and write every output."""
-    from zoomfeat.config import merge, save_yaml
-
-    cfg = merge(DEFAULTS, cfg)
+    cfg = cv_config(cfg)
+    if cfg.get("slides") and thumbnails is None and cfg.get("heatmaps"):
+        warnings.warn("config 'slides' is read by the caller: pass thumbnails=zoomfeat.slides.thumbnails."
+                      "SlideThumbnails(slides) for heatmaps over the slides (drawing them on the tile grid)",
+                      stacklevel=2)
     if cfg["task"] not in TASKS:
         raise ValueError(f"unknown task {cfg['task']!r}; choose one of {TASKS}")
     out = Path(out_dir)
@@ -398,5 +431,5 @@ def run_cv(cfg: dict, out_dir: str | os.PathLike) -> CVResult:
     check_splits(splits)
     res = run_folds(cohort, splits, model=cfg["model"], mag=cfg["mag"], seed=int(cfg["seed"]), out_dir=out,
                     attention=True, **(cfg.get("hparams") or {}))
-    write_result(res, out, cfg, cohort)
+    write_result(res, out, cfg, cohort, thumbnails)
     return res

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mil.deploy import Predictor, load_predictor, predict_bags, usable_bags
+from mil.heatmap import ThumbnailProvider
 
 
 @dataclass
@@ -117,23 +118,11 @@ def external_metrics(pred: pd.DataFrame, pr: Predictor, n_boot: int = 1000, seed
                           "n_patients": sc["patient"].nunique(), "n_boot": int(n_boot)} for m, v in point.items()])
 
 
-def _label_paths(labels: Any) -> dict[str, Path]:
-    """slide → WSI path from a ``path`` column of the labels CSV (relative to the CSV), when present."""
-    if labels is None or isinstance(labels, pd.DataFrame) or not Path(labels).is_file():
-        return {}
-    df = pd.read_csv(labels, dtype={"slide": str})
-    if "path" not in df.columns:
-        return {}
-    root = Path(labels).resolve().parent
-    paths = {s: (Path(p) if Path(p).is_absolute() else root / p) for s, p in zip(df["slide"], df["path"])
-             if isinstance(p, str) and p}
-    return {s: p for s, p in paths.items() if p.exists()}
-
-
 def write_attention_maps(out: Path, pred: pd.DataFrame, attn: dict[str, np.ndarray], bag_files: dict[str, Any],
-                         pr: Predictor, slide_paths: dict[str, Path], heatmaps: int | None = None) -> int:
-    """attention/{slide}.csv for every slide and heatmaps/{slide}.png for the first ``heatmaps`` (None = all)."""
-    from mil.heatmap import attention_heatmap, instance_coords, write_attention_csv
+                         pr: Predictor, thumbnails: ThumbnailProvider | None = None, heatmaps: int | None = None) -> int:
+    """attention/{slide}.csv for every slide and heatmaps/{slide}.png for the first ``heatmaps`` (None = all), over
+    the thumbnails the caller's provider gives (:mod:`mil.heatmap`)."""
+    from mil.heatmap import instance_coords, slide_heatmap, write_attention_csv
 
     (out / "attention").mkdir(parents=True, exist_ok=True)
     score = "risk" if pr.task == "survival" else None
@@ -149,8 +138,7 @@ def write_attention_maps(out: Path, pred: pd.DataFrame, attn: dict[str, np.ndarr
             continue
         title = (f"{s}: risk {row.risk:.2f}" if score
                  else f"{s}: {row.pred_label} ({getattr(row, f'prob_{row.pred}'):.2f})")
-        attention_heatmap(coords, scores, out / "heatmaps" / f"{s}.png", patch_size=psize,
-                          slide_path=slide_paths.get(s), title=title)
+        slide_heatmap(s, coords, scores, out / "heatmaps" / f"{s}.png", thumbnails, patch_size=psize, title=title)
         made += 1
     return made
 
@@ -177,15 +165,16 @@ def _write_metrics(out: Path, pred: pd.DataFrame, metrics: pd.DataFrame, pr: Pre
 
 
 def run_predict(model: str | os.PathLike | Predictor, bags: str | os.PathLike | dict, out: str | os.PathLike,
-                labels: str | os.PathLike | None = None, slides: str | os.PathLike | None = None,
-                slide_paths: dict[str, Path] | None = None, heatmaps: int | None = None, device: str = "auto",
-                n_boot: int = 1000, seed: int = 0, target: str | None = None) -> PredictResult:
+                labels: str | os.PathLike | None = None, thumbnails: ThumbnailProvider | None = None,
+                heatmaps: int | None = None, device: str = "auto", n_boot: int = 1000, seed: int = 0,
+                target: str | None = None) -> PredictResult:
     """``zoomfeat mil predict``: refuse bags of another feature spec, predict every usable bag, write the outputs.
 
     ``model``: a model folder, a CV folder (ensemble of its folds) or a loaded :class:`Predictor`; ``bags``: a
-    bag folder (the model's ``features_{encoder}`` is picked when it holds several) or slide → path.
+    bag folder (the model's ``features_{encoder}`` is picked when it holds several) or slide → path;
+    ``thumbnails``: slide id → thumbnail for the heatmaps (``zoomfeat.slides.thumbnails.SlideThumbnails``; without
+    it heatmaps are drawn on the tile grid).
     """
-    from mil.heatmap import find_slide
     from mil.spec import check_specs
     from zoomfeat.bags import list_bags
     from zoomfeat.io import atomic_path
@@ -206,11 +195,7 @@ def run_predict(model: str | os.PathLike | Predictor, bags: str | os.PathLike | 
     with atomic_path(out / "predictions.csv") as tmp:
         pred.to_csv(tmp, index=False)
     pd.DataFrame(skipped, columns=["slide", "reason"]).to_csv(out / "skipped.csv", index=False)
-    paths = {**_label_paths(labels), **(slide_paths or {})}
-    for s in ok:
-        if s not in paths and slides and (p := find_slide(slides, s)) is not None:
-            paths[s] = p
-    write_attention_maps(out, pred, attn, ok, pr, paths, heatmaps)
+    write_attention_maps(out, pred, attn, ok, pr, thumbnails, heatmaps)
     metrics = None
     if labels is not None and _scored(pred, pr.task).empty:
         warnings.warn(f"no predicted slide has a usable label in {labels}: no metrics (check slide ids / target)",

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mil.cv import CVConfig, cv_config
 from mil.data import BagDataset, Cohort, fit_standardizer, save_standardizer
+from mil.heatmap import ThumbnailProvider
 from mil.models import build_model, model_kwargs
 from mil.tasks import CLASSIFICATION, TASKS, make_task
 from mil.trainer import TrainConfig, seed_everything, train_model
@@ -33,7 +36,21 @@ MODEL_FORMAT = "zoomfeat-mil-model-v1"
 WEIGHTS = "model.safetensors"
 META = "model.json"
 STANDARDIZE = "standardize.npz"  #: per-feature (mean, std) of the training slides, when the head standardises
-FINAL_DEFAULTS: dict[str, Any] = {"final": {"strategy": "val", "epochs": None}}
+
+
+@dataclass
+class FinalSection:
+    """How long the final head trains (see the module docstring)."""
+
+    strategy: str = "val"  # val: early stopping on held-out patients | epochs: a fixed epoch count
+    epochs: int | None = None  # with strategy 'epochs': fixed count (default: 1 + median best epoch of the CV)
+
+
+@dataclass
+class FinalConfig(CVConfig):
+    """``zoomfeat mil train``: a ``mil cv`` config plus the ``final`` section."""
+
+    final: FinalSection = field(default_factory=FinalSection)
 
 
 def _jsonable(v: Any) -> Any:
@@ -170,19 +187,18 @@ def save_model(out: Path, net, meta: dict, cfg: dict, extra_csv: dict[str, pd.Da
     return out
 
 
-def train_final(cfg: dict, out_dir: str | os.PathLike, run_cv: bool = False,
-                cv_from: str | os.PathLike | None = None) -> dict:
+def train_final(cfg: dict | FinalConfig, out_dir: str | os.PathLike, run_cv: bool = False,
+                cv_from: str | os.PathLike | None = None, thumbnails: ThumbnailProvider | None = None) -> dict:
     """``zoomfeat mil train``: (optionally cross-validate,) fit the head on every labelled slide, write MODEL/.
 
-    ``cfg`` is a ``mil cv`` config plus an optional ``final`` section (see the module docstring). Returns the
-    model metadata written to ``model.json``.
+    ``cfg`` is a ``mil cv`` config plus an optional ``final`` section (:class:`FinalConfig`); ``thumbnails`` feeds
+    the CV's heatmaps (:func:`mil.cv.run_cv`). Returns the model metadata written to ``model.json``.
     """
-    from mil.cv import DEFAULTS, prepare_cohort, run_cv as _run_cv
+    from mil.cv import prepare_cohort, run_cv as cross_validate_run
     from mil.spec import cohort_spec
     from zoomfeat import __version__
-    from zoomfeat.config import merge
 
-    cfg = merge(merge(DEFAULTS, FINAL_DEFAULTS), cfg)
+    cfg = cv_config(cfg, FinalConfig)
     if cfg["task"] not in TASKS:
         raise ValueError(f"unknown task {cfg['task']!r}; choose one of {TASKS}")
     out = Path(out_dir)
@@ -192,7 +208,7 @@ def train_final(cfg: dict, out_dir: str | os.PathLike, run_cv: bool = False,
     if run_cv:
         from mil.deploy import write_cv_spec
 
-        _run_cv({k: v for k, v in cfg.items() if k != "final"}, out / "cv")
+        cross_validate_run({k: v for k, v in cfg.items() if k != "final"}, out / "cv", thumbnails)
         write_cv_spec(out / "cv", spec, cohort.dim)
         cv_from = out / "cv"
     if cv_from is not None:

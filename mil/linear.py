@@ -1,8 +1,9 @@
-"""The ``linear`` framework of ``zoomfeat compare``: a linear probe on mean-pooled slide features.
+"""The linear probe on slide-level features: the ``linear`` framework of ``zoomfeat compare`` (:func:`run_linear`)
+and the readout of the recipe sweep (:mod:`mil.probe_eval`) both fit it with the two functions here.
 
 Per fold: mean-pool every bag, fit a StandardScaler on the fold's training slides (train + val: a linear probe
-needs no early stopping), then sklearn ``LogisticRegression`` (L2, C=1, balanced class weights) for
-classification, or lifelines ``CoxPHFitter`` (penalizer 0.1, Efron ties) on the first principal components
+needs no early stopping), then sklearn ``LogisticRegression`` (L2, C=1; balanced class weights in ``compare``)
+for classification, or lifelines ``CoxPHFitter`` (penalizer 0.1, Efron ties) on the first principal components
 (≤ 8, fitted on the training fold: a Cox fit on hundreds of dimensions and a few dozen slides does not
 converge) for survival. Scored with the same metrics as the MIL heads, one fold model per test fold.
 """
@@ -24,26 +25,31 @@ def pooled_features(cohort: Cohort, mag: str = "20x") -> np.ndarray:
     return np.stack([read_features(item, mag).astype(np.float64).mean(0) for item in cohort.items])
 
 
-def _fit_predict_classifier(x_tr, y_tr, x_te, n_classes: int, seed: int) -> np.ndarray:
+def fit_predict_classifier(x_tr, y_tr, x_te, n_classes: int, seed: int = 0, balanced: bool = True,
+                           max_iter: int = 5000) -> np.ndarray:
+    """StandardScaler + logistic regression (L2, C=1) fitted on (``x_tr``, class codes ``y_tr``) →
+    (len(x_te), n_classes) probabilities; 0 for a class absent from the training rows."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced",
-                                                             random_state=seed))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=max_iter, random_state=seed,
+                                                             class_weight="balanced" if balanced else None))
     clf.fit(x_tr, y_tr)
     prob = np.zeros((len(x_te), n_classes))
     prob[:, clf.classes_.astype(int)] = clf.predict_proba(x_te)
     return prob
 
 
-def _fit_predict_cox(x_tr, y_tr, x_te, seed: int) -> np.ndarray:
+def fit_predict_cox(x_tr, y_tr, x_te, seed: int = 0, slides_per_pc: int = 5) -> np.ndarray:
+    """StandardScaler + PCA (≤ 8 components, at most one per ``slides_per_pc`` training slides) + lifelines Cox
+    (ridge 0.1) fitted on (``x_tr``, (time, event) ``y_tr``) → (len(x_te), 1) log partial hazards (risk)."""
     from lifelines import CoxPHFitter
     from sklearn.decomposition import PCA
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    k = int(max(1, min(8, x_tr.shape[1], len(x_tr) // 5)))
+    k = int(max(1, min(8, x_tr.shape[1], len(x_tr) // int(slides_per_pc))))
     proj = make_pipeline(StandardScaler(), PCA(n_components=k, random_state=seed)).fit(x_tr)
     cols = [f"pc{i}" for i in range(k)]
     df = pd.DataFrame(proj.transform(x_tr), columns=cols).assign(time=y_tr[:, 0], event=y_tr[:, 1])
@@ -66,9 +72,9 @@ def run_linear(cohort: Cohort, splits: pd.DataFrame, mag: str = "20x", seed: int
         te = idx["test"]
         y_tr, y_te = cohort.targets[tr], cohort.targets[te]
         if cohort.task in CLASSIFICATION:
-            pred = _fit_predict_classifier(x[tr], y_tr, x[te], n_classes, seed + int(fold))
+            pred = fit_predict_classifier(x[tr], y_tr, x[te], n_classes, seed + int(fold))
         else:
-            pred = _fit_predict_cox(x[tr], y_tr, x[te], seed + int(fold))
+            pred = fit_predict_cox(x[tr], y_tr, x[te], seed + int(fold))
         met = task.metrics(y_te, pred)
         fold_rows.append({"fold": int(fold), **met, "n_train": len(tr), "n_val": 0, "n_test": len(te)})
         for j, i in enumerate(te):

@@ -38,17 +38,17 @@ def repeated_splits(y: np.ndarray, groups: Sequence, n_folds: int = 5, n_repeats
 
 
 def _fit_score_clf(Xtr, ytr, Xte, yte) -> float:
-    from sklearn.linear_model import LogisticRegression
+    """Test AUC of the probe (:func:`mil.linear.fit_predict_classifier`, unweighted classes); one-vs-rest macro
+    over the classes present in the test fold for > 2 classes."""
     from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+
+    from mil.linear import fit_predict_classifier
 
     classes = np.unique(ytr)
     if len(np.unique(yte)) < 2 or len(classes) < 2:
         return float("nan")
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-    model.fit(Xtr, ytr)
-    prob = model.predict_proba(Xte)
+    n_classes = int(max(classes.max(), np.max(yte))) + 1
+    prob = fit_predict_classifier(Xtr, ytr, Xte, n_classes, balanced=False, max_iter=2000)[:, classes.astype(int)]
     if len(classes) == 2:
         return float(roc_auc_score(yte, prob[:, 1]))
     present = np.isin(classes, np.unique(yte))
@@ -58,22 +58,14 @@ def _fit_score_clf(Xtr, ytr, Xte, yte) -> float:
 
 
 def _fit_score_cox(Xtr, ytr, Xte, yte) -> float:
-    import pandas as pd
-    from lifelines import CoxPHFitter
+    """Test c-index of the probe's risk (:func:`mil.linear.fit_predict_cox`, one component per 6 slides)."""
     from lifelines.utils import concordance_index
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
+
+    from mil.linear import fit_predict_cox
 
     if ytr[:, 1].sum() < 2 or yte[:, 1].sum() < 1:
         return float("nan")
-    sc = StandardScaler().fit(Xtr)
-    k = int(min(8, Xtr.shape[1], max(1, len(Xtr) // 6)))
-    pca = PCA(k, random_state=0).fit(sc.transform(Xtr))
-    cols = [f"pc{i}" for i in range(k)]
-    df = pd.DataFrame(pca.transform(sc.transform(Xtr)), columns=cols)
-    df["T"], df["E"] = ytr[:, 0], ytr[:, 1]
-    cph = CoxPHFitter(penalizer=0.1).fit(df, "T", "E")
-    risk = cph.predict_partial_hazard(pd.DataFrame(pca.transform(sc.transform(Xte)), columns=cols)).to_numpy()
+    risk = fit_predict_cox(Xtr, ytr, Xte, seed=0, slides_per_pc=6)[:, 0]
     return float(concordance_index(yte[:, 0], -risk, yte[:, 1]))
 
 

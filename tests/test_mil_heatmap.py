@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mil.heatmap import attention_heatmap, find_slide, rank_normalize
+from mil.heatmap import attention_heatmap, rank_normalize, slide_heatmap
 from tests.conftest import SLIDES
+from zoomfeat.cohort import find_slide
 
 
 def _grid(side=6, step=256):
@@ -44,6 +45,7 @@ def test_heatmap_over_slide_thumbnail(tmp_path):
     from PIL import Image
 
     from zoomfeat.slides.reader import open_slide
+    from zoomfeat.slides.thumbnails import SlideThumbnails
 
     slide = SLIDES / "small.svs"
     with open_slide(slide) as wsi:
@@ -51,6 +53,49 @@ def test_heatmap_over_slide_thumbnail(tmp_path):
     step = max(64, min(w, h) // 8)
     coords = _grid(side=4, step=step)
     scores = np.random.default_rng(0).uniform(size=len(coords))
-    out = attention_heatmap(coords, scores, tmp_path / "thumb.png", patch_size=step, slide_path=slide,
-                            thumb_max=256)
+    thumbs = SlideThumbnails(SLIDES, max_side=256)
+    thumb, dims, name = thumbs("small")
+    assert thumb.dtype == np.uint8 and max(thumb.shape[:2]) == 256 and dims == (w, h) and name == "small.svs"
+    out = attention_heatmap(coords, scores, tmp_path / "thumb.png", patch_size=step, thumbnail=thumb,
+                            slide_dims=dims, note=name)
     assert np.asarray(Image.open(out)).std() > 10
+    # through the provider (what mil cv / mil predict do): the same picture
+    via = slide_heatmap("small", coords, scores, tmp_path / "via.png", thumbs, patch_size=step)
+    assert np.array_equal(np.asarray(Image.open(via)), np.asarray(Image.open(out)))
+
+
+def test_slide_heatmap_falls_back_to_the_tile_grid(tmp_path):
+    """No slide known, or an unreadable one: the heatmap is still drawn (on the tile grid), like no provider at all."""
+    from PIL import Image
+
+    from zoomfeat.slides.thumbnails import SlideThumbnails
+
+    coords = _grid()
+    scores = np.arange(len(coords), dtype=float)
+    bare = np.asarray(Image.open(attention_heatmap(coords, scores, tmp_path / "bare.png", patch_size=256)))
+    unknown = slide_heatmap("nope", coords, scores, tmp_path / "unknown.png", SlideThumbnails(SLIDES),
+                            patch_size=256)
+    assert np.array_equal(np.asarray(Image.open(unknown)), bare)
+    (tmp_path / "bad.svs").write_bytes(b"not a slide")
+    bad = slide_heatmap("bad", coords, scores, tmp_path / "bad.png", SlideThumbnails(tmp_path), patch_size=256)
+    assert np.asarray(Image.open(bad)).shape[1] == bare.shape[1]  # same grid; the title says why
+
+
+def test_slide_lookup_for_thumbnails(tmp_path):
+    """The labels CSV's ``path`` column (relative to the CSV; missing files dropped), then a slide folder, in the
+    order the caller gives (`mil cv`: folder first; `mil predict`: labels first)."""
+    from zoomfeat.cohort import label_slide_paths
+    from zoomfeat.slides.thumbnails import SlideThumbnails
+
+    (tmp_path / "wsi").mkdir()
+    (tmp_path / "other").mkdir()
+    for p in (tmp_path / "wsi" / "a.svs", tmp_path / "other" / "a.tiff", tmp_path / "other" / "b.ndpi"):
+        p.write_bytes(b"x")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("slide,patient,path\na,p1,wsi/a.svs\nb,p2,wsi/missing.svs\nc,p3,\n")
+    paths = label_slide_paths(csv)
+    assert paths == {"a": (tmp_path / "wsi" / "a.svs")} and label_slide_paths(None) == {}
+    assert SlideThumbnails(paths, tmp_path / "other").path("a") == tmp_path / "wsi" / "a.svs"
+    assert SlideThumbnails(tmp_path / "other", paths).path("a") == tmp_path / "other" / "a.tiff"
+    assert SlideThumbnails(paths, tmp_path / "other").path("b") == tmp_path / "other" / "b.ndpi"
+    assert SlideThumbnails(None, {}).path("a") is None

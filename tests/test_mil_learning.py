@@ -72,9 +72,9 @@ def test_cox_survival_cindex_on_known_risk():
                             attn_dim=16, lr=3e-3, epochs=20, patience=5, progress=False, n_boot=200)
     assert list(df["fold"]) == [0, 1, 2] and "c_index" in df
     assert df["c_index"].mean() > 0.7, df
-    summary = df.attrs["summary"].set_index("metric")
+    summary = df.summary.set_index("metric")
     assert summary.loc["c_index", "ci_low"] <= summary.loc["c_index", "ci_high"]
-    assert len(df.attrs["predictions"]) == 120
+    assert len(df.predictions) == 120
 
 
 def test_cross_validate_is_reproducible_and_patient_level():
@@ -85,9 +85,10 @@ def test_cross_validate_is_reproducible_and_patient_level():
               progress=False, n_boot=50, batch_size=4)
     a = mil.cross_validate(bags, y, groups, **kw)
     b = mil.cross_validate(bags, y, groups, **kw)
-    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(a.metrics, b.metrics)
+    pd.testing.assert_frame_equal(a.predictions, b.predictions)
     assert set(a.columns) >= {"auc", "accuracy", "balanced_accuracy", "f1"}
-    pred = a.attrs["predictions"]
+    pred = a.predictions
     assert pred.groupby("patient")["fold"].nunique().max() == 1
 
 

@@ -45,7 +45,7 @@ def test_badly_scaled_features_still_learn_and_schedule_is_reported(tmp_path):
     assert df["auc"].mean() > 0.8, df["auc"]
     norm = np.load(tmp_path / "fold0" / "standardize.npz")
     assert norm["mean"].mean() > 100  # fitted on the raw (shifted) training features
-    summary = df.attrs["summary"].set_index("metric")
+    summary = df.summary.set_index("metric")
     ratio = float((df["n_test"] / df["n_train"]).mean())
     st = corrected_ttest(df["auc"], ratio)  # CI aggregated from the fold models, clipped to [0, 1]
     assert summary.loc["auc", "ci_low"] == pytest.approx(max(0.0, st["ci_low"]))

@@ -123,6 +123,37 @@ def resolve_slides(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
     return [p]
 
 
+def find_slide(slides: str | os.PathLike | None, sid: str) -> Path | None:
+    """The slide file named ``sid`` in folder ``slides`` (any of :data:`SLIDE_SUFFIXES`), ``slides`` itself when it is
+    that file, or None."""
+    if not slides:
+        return None
+    root = Path(slides)
+    if root.is_file():
+        return root if root.stem == sid else None
+    if not root.is_dir():
+        return None
+    for p in sorted(root.glob(f"{sid}.*")):
+        if p.suffix.lower() in SLIDE_SUFFIXES:
+            return p
+    return None
+
+
+def label_slide_paths(labels: str | os.PathLike | None) -> dict[str, Path]:
+    """slide id → existing slide file from the ``path`` column of a labels CSV (relative paths: next to the CSV);
+    empty when there is no such CSV or column."""
+    if labels is None or not isinstance(labels, (str, os.PathLike)) or not Path(labels).is_file():
+        return {}
+    with open(labels, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "path" not in reader.fieldnames or "slide" not in reader.fieldnames:
+            return {}
+        rows = [(r["slide"], r["path"]) for r in reader]
+    root = Path(labels).resolve().parent
+    paths = {s: (Path(q) if Path(q).is_absolute() else root / q) for s, q in rows if q}
+    return {s: q for s, q in paths.items() if q.exists()}
+
+
 def rank_slice(items: Sequence, rank: int | None = None, world: int | None = None) -> list:
     """The share of ``items`` for this process (torchrun's RANK/WORLD_SIZE by default): every world-th item."""
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank

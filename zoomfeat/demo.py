@@ -1,7 +1,8 @@
 """End-to-end demo on an embedded synthetic cohort: the whole toolkit in one command (`make demo`).
 
-Every step is the CLI verb a user would run (printed before it runs), executed in-process, so the demo doubles as
-a worked example of the command line: synth-cohort (60 small slides with subtype / HRD / survival / architecture
+Every step is the CLI verb a user would run (printed before it runs), executed in-process by the executor the CLI
+layer hands in (``zoomfeat demo`` passes ``zoomfeat.cli.main``; this module never imports the CLI), so the demo
+doubles as a worked example of the command line: synth-cohort (60 small slides with subtype / HRD / survival / architecture
 labels) → tile → train (tiny ZoomLDM: VQ first stage, then UNet) → probe (recipe sweep on tuning patients) →
 extract (ZoomLDM with the chosen recipe, conditioned on tiny-vit and unconditioned, + the tiny-vit baseline) →
 compare (ABMIL, on the report patients the recipe choice never saw) → generate (real vs generated patches).
@@ -13,6 +14,9 @@ import resource
 import shlex
 import time
 from pathlib import Path
+from typing import Callable, Sequence
+
+from zoomfeat.encoders.zoomldm import ZOOMLDM
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_MICRO = ROOT / "tests" / "data" / "zoomldm_official_micro"  # vendored; only for --skip-train
@@ -27,22 +31,26 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
 
 
-def run_step(argv: list, log: list | None, ok: tuple[int, ...] = (0,)) -> int:
-    """Run one demo step as the CLI verb a user would type (printed first); log (command, wall s, CPU s)."""
-    from zoomfeat.cli import main
+class Steps:
+    """The demo's step runner: each step is the CLI verb a user would type (printed first), run in-process by
+    ``execute`` (argv → exit code; ``zoomfeat.cli.main``) and logged as (command, wall s, CPU s) in ``log``."""
 
-    argv = [str(a) for a in argv]
-    cmd = "zoomfeat " + " ".join(shlex.quote(a) for a in argv)
-    print(f"\n$ {cmd}", flush=True)
-    t0, c0 = time.perf_counter(), _cpu()
-    rc = int(main(argv) or 0)
-    dt, dc = time.perf_counter() - t0, _cpu() - c0
-    if log is not None:
-        log.append((cmd, dt, dc))
-    if rc not in ok:
-        raise RuntimeError(f"demo step failed (exit {rc}): {cmd}")
-    print(f"  ({dt:.1f} s wall, {dc:.1f} s CPU)", flush=True)
-    return rc
+    def __init__(self, execute: Callable[[list[str]], int | None], log: list | None = None):
+        self.execute = execute
+        self.log = log if log is not None else []
+
+    def __call__(self, argv: Sequence, ok: tuple[int, ...] = (0,)) -> int:
+        argv = [str(a) for a in argv]
+        cmd = "zoomfeat " + " ".join(shlex.quote(a) for a in argv)
+        print(f"\n$ {cmd}", flush=True)
+        t0, c0 = time.perf_counter(), _cpu()
+        rc = int(self.execute(argv) or 0)
+        dt, dc = time.perf_counter() - t0, _cpu() - c0
+        self.log.append((cmd, dt, dc))
+        if rc not in ok:
+            raise RuntimeError(f"demo step failed (exit {rc}): {cmd}")
+        print(f"  ({dt:.1f} s wall, {dc:.1f} s CPU)", flush=True)
+        return rc
 
 
 def _timed(name: str, fn, log: list):
@@ -52,22 +60,22 @@ def _timed(name: str, fn, log: list):
     return out
 
 
-def _train(out: Path, slides: Path, train_steps: int, skip_train: bool, log: list) -> Path:
+def _train(out: Path, slides: Path, train_steps: int, skip_train: bool, run_step: Steps) -> Path:
     """The tiny ZoomLDM trained on the demo cohort (first stage, then UNet), or the micro fixture."""
     if not skip_train:
         run_dir = out / "train"
         run_step(["train", "--config", "configs/train/tiny.yaml", "--out", str(run_dir), "--max-steps", str(train_steps),
               "--set", f"dataset.build.slides={slides}", "--set", "dataset.build.max_per_scale=8", "--no-progress",
-              *(["--resume"] if (run_dir / "checkpoints").exists() else [])], log)
+              *(["--resume"] if (run_dir / "checkpoints").exists() else [])])
         if (run_dir / "model" / "zoomldm_config.json").exists() or any((run_dir / "model").glob("*")):
             return run_dir / "model"
     model_dir = out / "model_fixture"
     if not model_dir.exists():
-        run_step(["convert", str(FIXTURE_MICRO / "weights.ckpt"), str(FIXTURE_MICRO / "config.yaml"), str(model_dir)], log)
+        run_step(["convert", str(FIXTURE_MICRO / "weights.ckpt"), str(FIXTURE_MICRO / "config.yaml"), str(model_dir)])
     return model_dir
 
 
-def _probe(out: Path, slides: Path, tiles: Path, labels: Path, model_dir: Path, log: list) -> Path:
+def _probe(out: Path, slides: Path, tiles: Path, labels: Path, model_dir: Path, run_step: Steps) -> Path:
     from zoomfeat.ldm import ZoomLDM
 
     n_blocks = ZoomLDM.from_pretrained(model_dir).num_feature_blocks
@@ -77,7 +85,7 @@ def _probe(out: Path, slides: Path, tiles: Path, labels: Path, model_dir: Path, 
           "--blocks", blocks, "--t", SWEEP["t"], "--conditioning", SWEEP["conditioning"], "--mags", SWEEP["mags"],
           "--tasks", SWEEP["tasks"], "--baselines", "tiny-vit", "--ssl-encoder", "tiny-vit",
           "--tiles-per-slide", SWEEP["tiles_per_slide"], "--tune-fraction", SWEEP["tune_fraction"],
-          "--threads", "1", "--out", str(probe), "--no-progress"], log)
+          "--threads", "1", "--out", str(probe), "--no-progress"])
     return probe
 
 
@@ -93,53 +101,53 @@ def _report_labels(labels: Path, probe: Path) -> Path:
     return out
 
 
-def run_demo(out: str | Path = "demo_out", n_slides: int = 60, train_steps: int = 200, folds: int = 5,
-             skip_train: bool = False) -> Path:
-    """Run the demo into ``out`` and return the comparison folder; reruns reuse finished steps."""
+def run_demo(execute: Callable[[list[str]], int | None], out: str | Path = "demo_out", n_slides: int = 60,
+             train_steps: int = 200, folds: int = 5, skip_train: bool = False) -> Path:
+    """Run the demo into ``out`` and return the comparison folder; reruns reuse finished steps. ``execute`` runs one
+    CLI command line (argv → exit code): ``zoomfeat.cli.main``, as ``zoomfeat demo`` passes it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    log: list[tuple[str, float, float]] = []
+    run_step = Steps(execute)
+    log = run_step.log
     t_start, c_start = time.perf_counter(), _cpu()
 
     cohort = out / "cohort"
     labels = cohort / "labels.csv"
     if not labels.exists():
         run_step(["synth-cohort", "--out", str(cohort), "--n-slides", str(n_slides), "--seed", "0",
-              "--sizes", "1792,2048,2304"], log)
+              "--sizes", "1792,2048,2304"])
     slides = cohort / "slides"
     tiles = out / "tiles"
-    run_step(["tile", str(slides), "--out", str(tiles), "--no-progress"], log)
-    model_dir = _train(out, slides, train_steps, skip_train, log)
-    probe = _probe(out, slides, tiles, labels, model_dir, log)
+    run_step(["tile", str(slides), "--out", str(tiles), "--no-progress"])
+    model_dir = _train(out, slides, train_steps, skip_train, run_step)
+    probe = _probe(out, slides, tiles, labels, model_dir, run_step)
 
     feats = out / "features"
     common = [str(slides), "--tiles", str(tiles), "--out", str(feats), "--no-progress", "--workers", "0",
               "--threads", "1"]
     recipe = ["--config", str(probe / "best_recipe.yaml"), "--weights", str(model_dir)]
-    run_step(["extract", *common, *recipe, "--conditioning", "uni", "--ssl-encoder", "tiny-vit", "--tag", "zoomldm"], log)
-    run_step(["extract", *common, *recipe, "--conditioning", "none", "--tag", "zoomldm_none"], log)
-    run_step(["extract", *common, "--encoder", "tiny-vit", "--mags", "20x,5x"], log)
+    run_step(["extract", *common, *recipe, "--conditioning", "uni", "--ssl-encoder", "tiny-vit", "--tag", ZOOMLDM])
+    run_step(["extract", *common, *recipe, "--conditioning", "none", "--tag", f"{ZOOMLDM}_none"])
+    run_step(["extract", *common, "--encoder", "tiny-vit", "--mags", "20x,5x"])
 
     cmp_root = out / "compare"
     report_labels = _report_labels(labels, probe)
-    bags = [f"zoomldm-uni-20x={feats / 'features_zoomldm'}:20x",
-            f"zoomldm-uni-20x+5x={feats / 'features_zoomldm'}:20x+5x",
-            f"zoomldm-none-20x={feats / 'features_zoomldm_none'}:20x",
-            f"zoomldm-none-20x+5x={feats / 'features_zoomldm_none'}:20x+5x",
-            f"baseline-tinyvit={feats / 'features_tiny-vit'}:20x"]
+    uni, none = feats / f"features_{ZOOMLDM}", feats / f"features_{ZOOMLDM}_none"
+    bags = [f"{ZOOMLDM}-uni-20x={uni}:20x", f"{ZOOMLDM}-uni-20x+5x={uni}:20x+5x", f"{ZOOMLDM}-none-20x={none}:20x",
+            f"{ZOOMLDM}-none-20x+5x={none}:20x+5x", f"baseline-tinyvit={feats / 'features_tiny-vit'}:20x"]
     argv = ["compare", "--config", "configs/mil/demo_compare.yaml", "--out", str(cmp_root), "--labels",
             str(report_labels), "--frameworks", "linear,abmil", "--reference", "baseline-tinyvit"]
     for b in bags:
         argv += ["--bags", b]
-    run_step([*argv, f"n_folds={folds}"], log)
+    run_step([*argv, f"n_folds={folds}"])
 
     from zoomfeat.demo_external import external_validation  # final model + external cohort (issue 18)
 
-    external_validation(out, labels, feats / "features_tiny-vit", log, folds=folds)
+    external_validation(out, labels, feats / "features_tiny-vit", run_step, folds=folds)
 
     gen = out / "generated"
     run_step(["generate", "--model", str(model_dir), "--ssl", str(_ssl_grid(slides, tiles, out, model_dir)), "--mag",
-          "5x", "--n", "4", "--steps", "20", "--out", str(gen / "5x")], log)
+          "5x", "--n", "4", "--steps", "20", "--out", str(gen / "5x")])
     from zoomfeat.cohort import resolve_slides
     from zoomfeat.generate.realism import format_report, realism_report
 
@@ -181,7 +189,7 @@ def _ssl_grid(slides: Path, tiles: Path, out: Path, model_dir: Path) -> Path:
 
 def _cell(r) -> str:
     """'block b, t' label of a probe row (baselines have none)."""
-    return f"block {int(r['block'])}, t {int(r['t'])}, {r['conditioning']}" if r["encoder"] == "zoomldm" else ""
+    return f"block {int(r['block'])}, t {int(r['t'])}, {r['conditioning']}" if r["encoder"] == ZOOMLDM else ""
 
 
 def probe_highlights(probe: Path) -> list[str]:
@@ -193,7 +201,7 @@ def probe_highlights(probe: Path) -> list[str]:
     import pandas as pd
 
     rows = pd.read_csv(probe / "probe.csv")
-    tune = rows[(rows["encoder"] == "zoomldm") & (rows["subset"].isin(["tune", "all"]))]
+    tune = rows[(rows["encoder"] == ZOOMLDM) & (rows["subset"].isin(["tune", "all"]))]
     lines = ["Recipe sweep (linear probe, repeated patient-level CV) — best ZoomLDM cell per task and mag on the "
              "tuning patients:"]
     for (task, mag), g in tune.groupby(["task", "mag"], sort=False):
@@ -222,7 +230,7 @@ def paired_lines(sc, ratio: float) -> list[str]:
             continue
         get = lambda mag: s[s["mag"] == mag].sort_values("split")["score"].to_numpy()  # noqa: E731
         base = get("20x")
-        cell = f", block {int(b)}, t {int(t)}, {c}" if enc == "zoomldm" else ""
+        cell = f", block {int(b)}, t {int(t)}, {c}" if enc == ZOOMLDM else ""
         for mag in ("5x", "20x+5x"):
             other = get(mag)
             if len(base) and len(other) == len(base):

@@ -2,38 +2,39 @@
 
 `zoomfeat mil train` (with CV, so the model card carries an estimate) on the demo's tiny-vit bags, then a second
 synthetic cohort drawn with another seed, and `zoomfeat predict` on its raw slides with its labels: the external
-AUC with a patient-grouped bootstrap 95% CI is printed. Each step is the CLI verb a user would run.
+AUC with a patient-grouped bootstrap 95% CI is printed. Each step is the CLI verb a user would run (run by the
+demo's :class:`zoomfeat.demo.Steps`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from zoomfeat.demo import Steps
 
-def external_validation(out: str | Path, labels: str | Path, bags: str | Path, log: list | None = None,
+
+def external_validation(out: str | Path, labels: str | Path, bags: str | Path, run_step: Steps,
                         n_slides: int = 12, seed: int = 1, folds: int = 5) -> dict:
     """Train MODEL on (labels, bags), predict an external synthetic cohort (``seed``) from its slides; returns the
     external metrics as {metric: (value, ci_low, ci_high)}."""
     import pandas as pd
-
-    from zoomfeat.demo import run_step
 
     out = Path(out)
     model = out / "subtype_model"
     train = ["mil", "train", "--config", "mil/demo_final.yaml", "--out", model, f"labels={labels}", f"bags={bags}",
              f"n_folds={folds}"]
     try:
-        run_step([*train, "--cv"], log)
+        run_step([*train, "--cv"])
     except RuntimeError:  # a cohort too small for k folds with inner splits (as `compare` skips such a task)
         print("  cross-validation impossible on this cohort: training the final model without a CV estimate")
-        run_step(train, log)
+        run_step(train)
     ext = out / "external"
     ext_labels = ext / "cohort" / "labels.csv"
     if not ext_labels.exists():
-        run_step(["synth-cohort", "--out", ext / "cohort", "--n-slides", n_slides, "--seed", seed], log)
+        run_step(["synth-cohort", "--out", ext / "cohort", "--n-slides", n_slides, "--seed", seed])
     pred = ext / "predictions"
     rc = run_step(["predict", ext / "cohort" / "slides", "--model", model, "--out", pred, "--labels", ext_labels,
-                "--no-progress"], log, ok=(0, 3))
+                "--no-progress"], ok=(0, 3))
     m = pd.read_csv(pred / "metrics.csv").set_index("metric")
     res = {k: (float(r.value), float(r.ci_low), float(r.ci_high)) for k, r in m.iterrows()}
     auc = res["auc"]

@@ -118,6 +118,7 @@ def predict_slides(slides: str | os.PathLike | Sequence, model: str | os.PathLik
     from mil.spec import needs_5x
     from zoomfeat.bags import bag_path
     from zoomfeat.extract import ExtractOptions, extract_cohort
+    from zoomfeat.slides.thumbnails import SlideThumbnails
     from zoomfeat.slides.tiling import tile_cohort
 
     pr = load_predictor(model)
@@ -146,7 +147,7 @@ def predict_slides(slides: str | os.PathLike | Sequence, model: str | os.PathLik
     bags = {slide_id(p): bag_path(out, opts.tag or enc.name, slide_id(p)) for p in todo if slide_id(p) in ready}
     result = None
     if bags:
-        result = run_predict(pr, bags, out, labels=labels, slide_paths={slide_id(p): p for p in paths},
+        result = run_predict(pr, bags, out, labels=labels, thumbnails=SlideThumbnails({slide_id(p): p for p in paths}),
                              heatmaps=heatmaps, device=device, n_boot=n_boot, seed=seed)
     predicted = set(result.predictions["slide"]) if result is not None else set()
     report = _merge_status(paths, tile_rep, ext_rep, result.skipped if result else [], predicted)

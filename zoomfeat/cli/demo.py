@@ -16,8 +16,10 @@ def register(subparsers) -> None:
 
 
 def handler(args) -> int:
+    from zoomfeat.cli import main
     from zoomfeat.demo import run_demo
 
-    run_demo(args.out, n_slides=args.n_slides, train_steps=args.train_steps, folds=args.folds,
+    # the demo runs each step as the CLI verb a user would type: the CLI layer hands it the executor
+    run_demo(main, args.out, n_slides=args.n_slides, train_steps=args.train_steps, folds=args.folds,
              skip_train=args.skip_train)
     return 0

@@ -57,21 +57,31 @@ def register(subparsers) -> None:
     c.set_defaults(func=_compare)
 
 
-def _load(args: argparse.Namespace) -> tuple[dict, str]:
+def load_mil_config(args: argparse.Namespace, schema: type):
+    """``--config`` ← ``key=value`` overrides on ``schema``'s defaults, and the output folder (``--out``, the
+    config's ``out``, or runs/mil/<config name>)."""
     from pathlib import Path
 
-    from zoomfeat.config import apply_overrides, load_yaml
+    from zoomfeat.config import load_config
 
-    cfg = apply_overrides(load_yaml(args.config), args.overrides)
-    out = args.out or cfg.get("out") or str(Path("runs") / "mil" / Path(args.config).stem)
+    cfg = load_config(schema, args.config, args.overrides)
+    out = args.out or cfg.out or str(Path("runs") / "mil" / Path(args.config).stem)
     return cfg, out
 
 
-def _cv(args: argparse.Namespace) -> int:
-    from mil.cv import run_cv
+def cv_thumbnails(cfg):
+    """The heatmaps' thumbnail provider of a mil config: its ``slides`` folder, else the labels CSV's ``path``."""
+    from zoomfeat.cohort import label_slide_paths
+    from zoomfeat.slides.thumbnails import SlideThumbnails
 
-    cfg, out = _load(args)
-    res = run_cv(cfg, out)
+    return SlideThumbnails(cfg.slides, label_slide_paths(cfg.labels))
+
+
+def _cv(args: argparse.Namespace) -> int:
+    from mil.cv import CVConfig, run_cv
+
+    cfg, out = load_mil_config(args, CVConfig)
+    res = run_cv(cfg, out, thumbnails=cv_thumbnails(cfg))
     print(res.summary.to_string(index=False))
     print(f"wrote {out} ({len(res.predictions)} slides, {len(res.skipped)} skipped)")
     return 0
@@ -97,19 +107,19 @@ def _splits(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from mil.compare import compare
+    from mil.compare import CompareConfig, compare
 
-    cfg, out = _load(args)
+    cfg, out = load_mil_config(args, CompareConfig)
     if args.labels:
-        cfg["labels"] = args.labels
+        cfg.labels = args.labels
     if args.bags:
-        cfg["encoders"] = list(args.bags)
+        cfg.encoders = list(args.bags)
     if args.tasks:
-        cfg["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        cfg.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if args.frameworks:
-        cfg["frameworks"] = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+        cfg.frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     if args.reference:
-        cfg["reference"] = args.reference
+        cfg.reference = args.reference
     table = compare(cfg, out)
     from mil.compare import PRIMARY, verdict
 

@@ -40,11 +40,12 @@ def register_deploy(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mil.final import train_final
-    from zoomfeat.config import apply_overrides, load_yaml
+    from mil.final import FinalConfig, train_final
+    from zoomfeat.cli.mil import cv_thumbnails
+    from zoomfeat.config import load_config
 
-    cfg = apply_overrides(load_yaml(args.config), args.overrides)
-    meta = train_final(cfg, args.out, run_cv=args.cv, cv_from=args.cv_from)
+    cfg = load_config(FinalConfig, args.config, args.overrides)
+    meta = train_final(cfg, args.out, run_cv=args.cv, cv_from=args.cv_from, thumbnails=cv_thumbnails(cfg))
     tr = meta["training"]
     print(f"trained {meta['model']['name']} ({meta['task']['name']}, {meta['mag']}) on {tr['n_train']} slides "
           f"({tr['n_val']} for early stopping), best epoch {tr['best_epoch']}; {tr['strategy']}")
@@ -63,13 +64,15 @@ def print_metrics(metrics) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from mil.deploy import load_ensemble
     from mil.external import run_predict
+    from zoomfeat.cohort import label_slide_paths
+    from zoomfeat.slides.thumbnails import SlideThumbnails
 
     if bool(args.model) == bool(args.ensemble):
         raise ValueError("give either MODEL (a `mil train` folder) or --ensemble CVDIR (a `mil cv` folder)")
     model = load_ensemble(args.ensemble) if args.ensemble else args.model
-    res = run_predict(model, args.bags, args.out, labels=args.labels, slides=args.slides,
-                      heatmaps=args.heatmaps, device=args.device, n_boot=args.n_boot, seed=args.seed,
-                      target=args.target)
+    thumbs = SlideThumbnails(label_slide_paths(args.labels), args.slides)  # the labels' `path` column first
+    res = run_predict(model, args.bags, args.out, labels=args.labels, thumbnails=thumbs, heatmaps=args.heatmaps,
+                      device=args.device, n_boot=args.n_boot, seed=args.seed, target=args.target)
     print(f"predicted {len(res.predictions)} slides ({len(res.skipped)} skipped) → {args.out}/predictions.csv")
     if res.metrics is not None:
         print_metrics(res.metrics)

@@ -14,7 +14,7 @@ from zoomfeat.viewer.render import css_gradient
 GALLERY_K = 8
 
 
-def _json(obj: Any) -> str:
+def script_json(obj: Any) -> str:
     """JSON safe inside a <script> element."""
     return json.dumps(obj, separators=(",", ":"), default=_default).replace("</", "<\\/")
 
@@ -39,7 +39,7 @@ def page(title: str, base: str, kind: str, data: dict, body: str) -> str:
 <header><a class="home" href="{base}index.html">zoomfeat results</a> <span class="title">{t}</span></header>
 <main>{body}</main>
 <script src="{base}static/openseadragon/openseadragon.min.js"></script>
-<script>window.ZF = {_json({**data, "base": base, "kind": kind})};</script>
+<script>window.ZF = {script_json({**data, "base": base, "kind": kind})};</script>
 <script src="{base}static/viewer.js"></script>
 </body></html>
 """

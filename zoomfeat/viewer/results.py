@@ -232,7 +232,7 @@ class Results:
 
     def slide_path(self, sid: str) -> Path | None:
         """The WSI: ``--slides`` folder, else the labels CSV's ``path`` column, else the tiling record."""
-        from mil.heatmap import find_slide
+        from zoomfeat.cohort import find_slide
 
         p = find_slide(self.slides_dir, sid) if self.slides_dir else None
         if p is None and "path" in self.labels.columns and sid in self.labels.index:
@@ -323,16 +323,15 @@ class Results:
             return self._attention[key]
 
     def _instance_size(self, run: Run, sid: str) -> tuple[np.ndarray | None, float]:
-        from zoomfeat.bags import load_bag
+        """The run's instances of ``sid`` (level-0 corners) and their side (256 px, or 4× that at 5x, when the bag
+        does not record it)."""
+        from mil.heatmap import bag_instances
 
         bag = self.bags[run.name].get(sid)
         if bag is None:
             raise FileNotFoundError(f"{run.name}: no bag for {sid}")
-        b = load_bag(bag)
-        size = float(b.coords_attrs.get("patch_size_level0") or b.attrs.get("patch_size_level0") or 256)
-        if run.mag == "5x":
-            return b.coords_5x, float(b.attrs.get("patch_size_level0_5x") or 4 * size)
-        return b.coords, size
+        coords, size = bag_instances(bag, run.mag)
+        return coords, float(size or (4 * 256 if run.mag == "5x" else 256))
 
     def _read_attention(self, run: Run, sid: str) -> Attention | None:
         from mil.heatmap import rank_normalize
