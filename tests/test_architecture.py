@@ -178,3 +178,18 @@ def test_the_checks_find_what_they_look_for(tmp_path, monkeypatch):
     assert found == ["mil/b.py:5 from mil.a import _hidden", "mil/b.py:90 a._hidden (module mil.a)",
                      "mil/b.py:90 alias._hidden (module mil.a)", "mil/b.py:90 mil.a._hidden (module mil)"], found
     assert arch.zoomldm_literals(paths) == ["mil/b.py:90"]
+
+
+def test_cli_wall_lists_every_module():
+    """The "only the entry point imports the CLI" contract names its sources one by one: a new top-level module or
+    package of zoomfeat (or mil) must be added there, or the wall would silently not cover it."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    wall = next(c for c in contracts if c.get("forbidden_modules") == ["zoomfeat.cli"])
+    listed = set(wall["source_modules"])
+    present = {f"zoomfeat.{p.stem if p.is_file() else p.name}" for p in (ROOT / "zoomfeat").iterdir()
+               if (p.suffix == ".py" and p.stem not in ("__init__", "__main__")) or (p / "__init__.py").is_file()}
+    missing = sorted(present - listed - {"zoomfeat.cli"})
+    assert not missing, f"add to the CLI wall's source_modules in pyproject.toml: {missing}"
+    assert "mil" in listed
