@@ -55,6 +55,8 @@ def register(subparsers) -> None:
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set train.lr=1e-4 (repeatable)")
+    add_model_args(t, required=False, help="start from this ZoomLDM instead of the config's model section: a folder "
+                                           "(model.init: pretrained) or an official weights.ckpt (model.init: official)")
     t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
                    help="mixed precision (overrides train.mixed_precision; auto: bf16/fp16 on GPU, fp32 on CPU; "
                         "bf16 also autocasts on CPU; the VQ is frozen and not part of a step)")
@@ -115,6 +117,15 @@ def build_dataset_cmd(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _model_section(args: argparse.Namespace) -> dict:
+    """``--model`` (+ ``--official-config``, ``--online``) as the config's ``model`` section."""
+    path = Path(args.model).absolute()  # the saved config.yaml must work from any folder
+    if path.is_dir():
+        return {"init": "pretrained", "path": str(path)}
+    config = str(Path(args.official_config).absolute()) if args.official_config else None
+    return {"init": "official", "ckpt": str(path), "official_config": config, "ema": not args.online}
+
+
 def train_cmd(args: argparse.Namespace) -> int:
     from zoomfeat.train.config import load_train_config
     from zoomfeat.train.loop import train
@@ -123,6 +134,8 @@ def train_cmd(args: argparse.Namespace) -> int:
     if getattr(args, "precision", None):
         overrides.append(f"train.mixed_precision={args.precision}")
     cfg = load_train_config(args.config, overrides)
+    if args.model:
+        cfg["model"].update(_model_section(args))
     summary = train(cfg, args.out, max_steps=args.max_steps, resume=args.resume, progress=not args.no_progress)
     if "last_loss" in summary:
         print(f"trained to step {summary['steps']} (loss {summary['last_loss']:.4f}); model: {summary['model']}")
