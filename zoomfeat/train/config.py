@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +155,8 @@ def coerce_numbers(cfg: Any) -> Any:
         if dataclasses.is_dataclass(value):
             coerce_numbers(value)
             continue
-        kinds = {hints[f.name]} | set(typing.get_args(hints[f.name]))
+        tp = hints[f.name]
+        kinds = {tp} | (set(typing.get_args(tp)) if isinstance(tp, types.UnionType) else set())  # X or X | None
         if isinstance(value, str) and (float in kinds or int in kinds):
             try:
                 setattr(cfg, f.name, float(value) if float in kinds else int(float(value)))
