@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from zoomfeat.cli.common import add_model_args, load_model_from_args
+from zoomfeat.train.config import BuildConfig
 
 
 def register(subparsers) -> None:
@@ -29,12 +30,12 @@ def register(subparsers) -> None:
     p.add_argument("--ldm-config", default=None,
                    help="instead of --model: our ZoomLDM YAML, random-init VQ from --seed (tests, from-scratch)")
     p.add_argument("--patch-px", type=int, default=None, help="patch side after resizing (default: the model's image size, 256 full size)")
-    p.add_argument("--ssl-px", type=int, default=256, help="pixels at which each 20x tile is read for the SSL encoder")
+    p.add_argument("--ssl-px", type=int, default=BuildConfig.ssl_px, help="pixels at which each 20x tile is read for the SSL encoder")
     p.add_argument("--scales", default="all", help="scales to build: 'all' or e.g. '0,1,2' / '20x,5x'")
-    p.add_argument("--pool-to", type=int, default=8, help="average-pool SSL grids wider than this (0: store full grids)")
+    p.add_argument("--pool-to", type=int, default=BuildConfig.pool_to, help="average-pool SSL grids wider than this (0: store full grids)")
     p.add_argument("--max-per-scale", type=int, default=None, help="cap patches per slide and scale (random, seeded)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=BuildConfig.batch_size)
     p.add_argument("--mpp", type=float, default=None, help="override the slides' level-0 µm/px")
     p.add_argument("--mpp-csv", default=None, help="CSV slide,mpp for slides without resolution metadata")
     p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else CPU), cuda, cpu, ...")

@@ -170,7 +170,6 @@ def _accelerator(mixed_precision: str):
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
-
 # --------------------------------------------------------------------------------------------------- train
 @dataclass
 class _Run:
@@ -287,7 +286,7 @@ def _after_step(run: _Run, dataset: MultiScaleLatentDataset, done: int) -> None:
                         to_dict(run.cfg), keep=int(tc.keep_checkpoints))
     if tc.sample_every and done % int(tc.sample_every) == 0 and run.main:
         path = run.out_dir / "samples" / f"step_{done:08d}.png"
-        with_ema(run.ema, run.ldm, lambda: save_sample_grid(run.ldm, dataset, path, seed=seed, **to_dict(tc.sample)))
+        with_ema(run.ema, run.ldm, lambda: save_sample_grid(run.ldm, dataset, path, tc.sample, seed=seed))
     kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
     if kill_at and done == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -7,13 +7,17 @@ from pathlib import Path
 import torch
 
 from zoomfeat.io import atomic_path
+from zoomfeat.train.config import SampleConfig
 from zoomfeat.train.dataset import MultiScaleLatentDataset
 
 
 @torch.no_grad()
-def save_sample_grid(ldm, dataset: MultiScaleLatentDataset, path: Path, n: int = 8, steps: int = 20,
-                     guidance_scale: float = 2.0, scheduler: str = "ddim", seed: int = 0) -> Path:
-    """Top row: dataset patches (decoded latents); bottom row: samples conditioned on their SSL grids."""
+def save_sample_grid(ldm, dataset: MultiScaleLatentDataset, path: Path, sample: SampleConfig | None = None,
+                     seed: int = 0) -> Path:
+    """Top row: dataset patches (decoded latents); bottom row: samples conditioned on their SSL grids
+    (``sample``: how many, sampler steps, guidance scale, scheduler)."""
+    sample = sample or SampleConfig()
+    n = int(sample.n)
     picks = []
     scales = dataset.scales
     for j in range(n):
@@ -21,7 +25,7 @@ def save_sample_grid(ldm, dataset: MultiScaleLatentDataset, path: Path, n: int =
         picks.append(int(idx[(j // len(scales)) % len(idx)]))
     items = [dataset[i] for i in picks]
     ctx = torch.cat([ldm.condition(it["ssl"][None], it["mag"]) for it in items])
-    lat = ldm.sample(ctx, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
+    lat = ldm.sample(ctx, steps=int(sample.steps), scheduler=sample.scheduler, guidance_scale=float(sample.guidance_scale),
                      generator=torch.Generator().manual_seed(seed))
     fake = ldm.decode(lat)
     real = ldm.decode(torch.stack([it["latents"] for it in items]).to(ldm.device))

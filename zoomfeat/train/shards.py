@@ -17,6 +17,7 @@ import numpy as np
 from zoomfeat.io import atomic_h5, atomic_path, write_json_atomic
 from zoomfeat.mags import N_SCALES
 from zoomfeat.slides.grid import child_grid
+from zoomfeat.train.config import BuildConfig
 from zoomfeat.train.dataset import FORMAT_VERSION, INDEX_COLUMNS, DatasetError
 
 
@@ -54,7 +55,6 @@ def vq_fingerprint(vq) -> str:
     return state_dict_sha256(vq)
 
 
-
 def _pool_grid(grid: np.ndarray, pool_to: int) -> np.ndarray:
     """[D, n, n] → [D, p, p] by average pooling (n a multiple of p) when n > pool_to."""
     d, n, _ = grid.shape
@@ -72,7 +72,6 @@ def _pool_grid(grid: np.ndarray, pool_to: int) -> np.ndarray:
 def _batched(items: Sequence, n: int) -> Iterator[Sequence]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
-
 
 
 def _pick_regions(grid, scales: Sequence[int], max_per_scale: int | None, rng: np.random.Generator):
@@ -177,12 +176,12 @@ def build_slide_shard(
     ssl_encoder,
     vq_encode: Callable,
     patch_px: int = 256,
-    ssl_px: int = 256,
+    ssl_px: int = BuildConfig.ssl_px,
     scales: Sequence[int] = range(N_SCALES),
-    pool_to: int = 8,
-    max_per_scale: int | None = None,
+    pool_to: int = BuildConfig.pool_to,
+    max_per_scale: int | None = BuildConfig.max_per_scale,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = BuildConfig.batch_size,
     mpp: float | None = None,
     mpp_csv: str | None = None,
 ) -> dict:
@@ -237,7 +236,6 @@ def write_index(out_dir: str | os.PathLike) -> tuple[Path, dict[int, int], dict[
     return out_dir / "index.csv", counts, skipped
 
 
-
 def _settings(ssl_encoder, vq, patch_px: int, ssl_px: int, scales: list[int], pool_to: int,
               max_per_scale: int | None, seed: int) -> dict:
     """What makes a training set: a rerun must use the same (recorded in ``meta.json``)."""
@@ -288,12 +286,12 @@ def build_dataset(
     ssl_encoder,
     vq,
     patch_px: int = 256,
-    ssl_px: int = 256,
+    ssl_px: int = BuildConfig.ssl_px,
     scales: Sequence[int] = range(N_SCALES),
-    pool_to: int = 8,
-    max_per_scale: int | None = None,
+    pool_to: int = BuildConfig.pool_to,
+    max_per_scale: int | None = BuildConfig.max_per_scale,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = BuildConfig.batch_size,
     mpp: float | None = None,
     mpp_csv: str | None = None,
     tile_kwargs: dict | None = None,

@@ -22,10 +22,11 @@ import torch
 
 from zoomfeat.io import atomic_path
 from zoomfeat.mags import N_SCALES
-from zoomfeat.train.config import TrainConfig, as_train_config
+from zoomfeat.train.config import FirstStageConfig, TrainConfig, as_train_config
 
 def collect_patches(slides: Sequence[str | os.PathLike], coords_dir: str | os.PathLike, patch_px: int = 64,
-                    scales: Sequence[int] = range(N_SCALES), max_per_scale: int = 8, seed: int = 0,
+                    scales: Sequence[int] = range(N_SCALES), max_per_scale: int = FirstStageConfig.max_per_scale,
+                    seed: int = FirstStageConfig.seed,
                     tile_kwargs: dict | None = None, progress: bool = True) -> np.ndarray:
     """uint8 (N, patch_px, patch_px, 3): up to ``max_per_scale`` random regions per slide and scale (256·2^k px at
     20x shown at ``patch_px``), read with the same tiling lattice the training set uses."""
@@ -63,10 +64,12 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.rot90(x, int(torch.randint(0, 4, (), generator=g)), dims=(-2, -1))
 
 
-def train_vq(vq, images: np.ndarray, steps: int = 400, batch_size: int = 16, lr: float = 2e-3,
-             latent_std_weight: float = 1.0, seed: int = 0, log_path: str | os.PathLike | None = None,
+def train_vq(vq, images: np.ndarray, steps: int = FirstStageConfig.steps, batch_size: int = FirstStageConfig.batch_size,
+             lr: float = FirstStageConfig.lr, latent_std_weight: float = FirstStageConfig.latent_std_weight,
+             seed: int = FirstStageConfig.seed, log_path: str | os.PathLike | None = None,
              progress: bool = True) -> dict:
-    """Train ``vq`` (a diffusers VQModel) in place on uint8 images; returns final losses. Leaves it frozen (eval)."""
+    """Train ``vq`` (a diffusers VQModel) in place on uint8 images; returns final losses. Leaves it frozen (eval).
+    Defaults: :class:`~zoomfeat.train.config.FirstStageConfig`."""
     from tqdm.auto import tqdm
 
     data = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
