@@ -295,7 +295,7 @@ def part_dataloader(run: Run) -> dict:
 def part_training(run: Run) -> list[dict]:
     """Full-size UNet + Summarizer steps/s and peak memory (bf16 autocast, AdamW), checkpointing off/on."""
     from zoomfeat.precision import autocast
-    from zoomfeat.train.loop import DiffusionObjective
+    from zoomfeat.train.objective import DiffusionObjective
 
     if run.smoke:
         from zoomfeat.config import load_yaml

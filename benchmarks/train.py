@@ -29,7 +29,7 @@ def _synthetic_dataset(root: Path, latent: int, ssl_dim: int, n_per_scale: int =
     import numpy as np
 
     from zoomfeat.io import write_json_atomic
-    from zoomfeat.train.dataset import write_index
+    from zoomfeat.train.shards import write_index
 
     rng = np.random.default_rng(0)
     (root / "shards").mkdir(parents=True, exist_ok=True)
@@ -49,7 +49,8 @@ def _synthetic_dataset(root: Path, latent: int, ssl_dim: int, n_per_scale: int =
 def run_case(case: str, steps: int, out: Path) -> dict:
     import torch
 
-    from zoomfeat.train.loop import load_train_config, read_metrics, train
+    from zoomfeat.train import load_train_config, train
+    from zoomfeat.train.metrics import read_metrics
 
     if case == "tiny":
         cfg = load_train_config("configs/train/tiny.yaml")

@@ -16,7 +16,6 @@ import contextlib
 import copy
 import os
 import random
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 
 from mil.data import BagDataset, collate_bags
 from zoomfeat.precision import resolve_device
+from zoomfeat.tracking import WandbRun
 
 
 @dataclass
@@ -130,40 +130,12 @@ def head_threads(threads: int | None = None) -> int | None:
     return int(env) if env and env.isdigit() and int(env) > 0 else 1
 
 
-class RunLogger:
-    """wandb if it can start (mode from WANDB_MODE, default offline), otherwise nothing; never raises."""
+class RunLogger(WandbRun):
+    """The MIL heads' wandb run: :class:`zoomfeat.tracking.WandbRun` (offline by default, never raises) with the
+    positional arguments ``train_model`` passes."""
 
     def __init__(self, enabled: bool, project: str, name: str, config: dict, out_dir: Path | None):
-        self.run = None
-        mode = os.environ.get("WANDB_MODE", "offline")
-        if not enabled or mode == "disabled" or out_dir is None:
-            return  # no output folder (plain API call): nowhere to put the run, so no run
-        try:
-            import wandb
-
-            try:
-                settings = wandb.Settings(silent=True)
-            except Exception:  # older/newer wandb without that field
-                settings = None
-            self.run = wandb.init(project=project, name=name, config=config, mode=mode, reinit="finish_previous",
-                                  dir=str(out_dir), settings=settings)
-        except Exception as exc:  # wandb is optional: a broken install or no network must not stop training
-            warnings.warn(f"wandb disabled: {exc}", stacklevel=2)
-            self.run = None
-
-    def log(self, data: dict, step: int) -> None:
-        if self.run is not None:
-            try:
-                self.run.log(data, step=step)
-            except Exception:  # pragma: no cover - logging must never break training
-                pass
-
-    def finish(self) -> None:
-        if self.run is not None:
-            try:
-                self.run.finish()
-            except Exception:  # pragma: no cover
-                pass
+        super().__init__(project, name=name, config=config, out_dir=out_dir, enabled=enabled)
 
 
 def _forward(model: torch.nn.Module, batch: dict, device: torch.device, attention: bool = False) -> dict:

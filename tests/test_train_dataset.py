@@ -16,7 +16,7 @@ MAX_PER_SCALE = 6
 
 def tiny_train_cfg(root: Path, **train) -> dict:
     """The tiny training config pointed at a shared, small dataset (2 slides of 2048² px at 20x)."""
-    from zoomfeat.train.loop import load_train_config
+    from zoomfeat.train.config import load_train_config
 
     cfg = load_train_config("configs/train/tiny.yaml")
     cfg["model"]["config"] = TINY_LDM_CFG  # the shared dataset was encoded by this random VQ: no first-stage training
@@ -85,7 +85,7 @@ def test_build_layout_counts_and_shared_ssl(tiny_dataset):
 
 def test_rerun_skips_done_slides(tiny_dataset):
     from zoomfeat.encoders import create_encoder
-    from zoomfeat.train.dataset import build_dataset
+    from zoomfeat.train.shards import build_dataset
 
     before = (tiny_dataset / "index.csv").read_text()
     ldm = tiny_ldm()
@@ -105,7 +105,7 @@ def test_scales_too_small_are_skipped_and_counted(tiny_dataset, tmp_path):
     from types import SimpleNamespace
 
     from zoomfeat.encoders import create_encoder
-    from zoomfeat.train.dataset import build_slide_shard, write_index
+    from zoomfeat.train.shards import build_slide_shard, write_index
 
     slide = tiny_dataset / "cohort" / "slides" / "syn000.tiff"
     grid = SimpleNamespace(patch_size_level0=256, scales={0: (np.array([[512, 512], [768, 512]]), 256), 1: (np.zeros((0, 2)), 512)})
@@ -184,7 +184,7 @@ def test_sampler_uniform_and_proportional(tiny_dataset):
 
 def test_cfg_dropout_rate_over_many_draws():
     """The training draw (per-step generator → Summarizer.drop_condition) zeroes 10% of contexts."""
-    from zoomfeat.train.loop import draw_step_noise
+    from zoomfeat.train.objective import draw_step_noise
 
     summ = tiny_ldm().summarizer
     ctx = torch.ones(256, 65, 64)

@@ -177,3 +177,50 @@ def test_finetune_from_released_checkpoint(tiny_dataset, tiny_ldm_dir, tmp_path)
     assert any(changed)  # the Summarizer is trained jointly
     m = pd.read_csv(tmp_path / "ft" / "metrics.csv")
     assert len(m) == 2 and np.isfinite(m["loss"]).all()
+
+
+def test_saved_config_is_complete_and_reloads(ref_run):
+    """config.yaml beside a run lists every option (defaults included) and is a valid training config."""
+    from zoomfeat.config import load_yaml, to_dict
+    from zoomfeat.train.config import TrainConfig, as_train_config, load_train_config
+
+    saved = load_yaml(ref_run / "config.yaml")
+    assert to_dict(as_train_config(saved)) == saved  # complete: re-resolving adds nothing
+    assert set(saved) == set(to_dict(TrainConfig())) and set(saved["train"]) == set(to_dict(TrainConfig().train))
+    assert saved["train"]["max_steps"] == REF_STEPS and saved["first_stage"]["train"] is False
+    assert load_train_config(ref_run / "config.yaml") == saved
+
+
+def test_cli_model_options(tiny_dataset, tmp_path, capsys):
+    """build-dataset: ``--official CKPT`` (old spelling) = ``--model CKPT``; train ``--model CKPT`` starts from it."""
+    import h5py
+
+    from tests.conftest import MICRO_LDM
+    from zoomfeat.cli import main
+    from zoomfeat.config import load_yaml
+    from zoomfeat.ldm import ZoomLDM
+
+    ckpt = str(MICRO_LDM / "weights.ckpt")
+    common = [str(tiny_dataset / "cohort" / "slides"), "--ssl-encoder", "tiny-vit", "--ssl-px", "64",
+              "--scales", "0,1", "--max-per-scale", "2"]
+    assert main(["build-dataset", *common, "--official", ckpt, "--out", str(tmp_path / "a")]) == 0
+    assert main(["build-dataset", *common, "--model", ckpt, "--official-config", str(MICRO_LDM / "config.yaml"),
+                 "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "a" / "index.csv").read_text() == (tmp_path / "b" / "index.csv").read_text()
+    for shard in (tmp_path / "a" / "shards").glob("*.h5"):
+        with h5py.File(shard) as x, h5py.File(tmp_path / "b" / "shards" / shard.name) as y:
+            for g in x:
+                assert all(np.array_equal(x[g][d][()], y[g][d][()]) for d in x[g])
+    assert main(["build-dataset", *common, "--model", ckpt, "--ldm-config", "ldm/zoomldm_tiny.yaml",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "exactly one model" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+    out = tmp_path / "run"
+    assert main(["train", "--config", "train/tiny.yaml", "--model", ckpt, "--out", str(out), "--max-steps", "2",
+                 "--no-progress", "--set", f"dataset.root={tmp_path / 'a'}", "--set", "first_stage.train=false",
+                 "--set", "wandb.enabled=false", "--set", "train.checkpoint_every=0"]) == 0  # check_vq passes
+    assert load_yaml(out / "config.yaml")["model"] == {"init": "official", "config": "ldm/zoomldm_tiny_fs.yaml",
+                                                       "ckpt": ckpt, "official_config": None, "ema": True, "path": None}
+    official, tuned = ZoomLDM.load(ckpt), ZoomLDM.load(out / "model")
+    for a, b in zip(official.vq.state_dict().values(), tuned.vq.state_dict().values()):
+        assert torch.equal(a, b)

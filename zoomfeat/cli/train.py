@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from zoomfeat.cli.common import add_model_args, load_model_from_args
+from zoomfeat.train.config import BuildConfig
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -21,21 +24,21 @@ def register(subparsers) -> None:
     p.add_argument("--ssl-encoder", required=True, help="SSL tile encoder name (uni, phikon, tiny-vit, custom, ...)")
     p.add_argument("--ssl-weights", default=None, help="weights file of the SSL encoder")
     p.add_argument("--ssl-dim", type=int, default=None, help="output width (tiny-vit only; default: the model's ssl dim)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", default=None, help="ZoomLDM folder (save_pretrained / `zoomfeat convert`) whose VQ encodes")
-    src.add_argument("--official", default=None, metavar="CKPT", help="released weights.ckpt (needs --official-config)")
-    src.add_argument("--ldm-config", default=None, help="our ZoomLDM YAML: random-init VQ from --seed (tests, from-scratch)")
-    p.add_argument("--official-config", default=None, help="the released config.yaml of --official")
+    add_model_args(p, required=False, help="ZoomLDM whose VQ encodes the latents: a folder (zoomfeat convert / "
+                                           "train) or an official weights.ckpt")
+    p.add_argument("--official", default=None, metavar="CKPT", help=argparse.SUPPRESS)  # old spelling of --model CKPT
+    p.add_argument("--ldm-config", default=None,
+                   help="instead of --model: our ZoomLDM YAML, random-init VQ from --seed (tests, from-scratch)")
     p.add_argument("--patch-px", type=int, default=None, help="patch side after resizing (default: the model's image size, 256 full size)")
-    p.add_argument("--ssl-px", type=int, default=256, help="pixels at which each 20x tile is read for the SSL encoder")
+    p.add_argument("--ssl-px", type=int, default=BuildConfig.ssl_px, help="pixels at which each 20x tile is read for the SSL encoder")
     p.add_argument("--scales", default="all", help="scales to build: 'all' or e.g. '0,1,2' / '20x,5x'")
-    p.add_argument("--pool-to", type=int, default=8, help="average-pool SSL grids wider than this (0: store full grids)")
+    p.add_argument("--pool-to", type=int, default=BuildConfig.pool_to, help="average-pool SSL grids wider than this (0: store full grids)")
     p.add_argument("--max-per-scale", type=int, default=None, help="cap patches per slide and scale (random, seeded)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=BuildConfig.batch_size)
     p.add_argument("--mpp", type=float, default=None, help="override the slides' level-0 µm/px")
     p.add_argument("--mpp-csv", default=None, help="CSV slide,mpp for slides without resolution metadata")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else CPU), cuda, cpu, ...")
     p.set_defaults(func=build_dataset_cmd)
 
     t = subparsers.add_parser(
@@ -53,6 +56,8 @@ def register(subparsers) -> None:
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set train.lr=1e-4 (repeatable)")
+    add_model_args(t, required=False, help="start from this ZoomLDM instead of the config's model section: a folder "
+                                           "(model.init: pretrained) or an official weights.ckpt (model.init: official)")
     t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
                    help="mixed precision (overrides train.mixed_precision; auto: bf16/fp16 on GPU, fp32 on CPU; "
                         "bf16 also autocasts on CPU; the VQ is frozen and not part of a step)")
@@ -68,27 +73,34 @@ def _scales(spec: str) -> list[int]:
     return sorted({mag_to_index(int(s) if s.strip().isdigit() else s) for s in spec.split(",") if s.strip()})
 
 
-def build_dataset_cmd(args: argparse.Namespace) -> int:
+def _build_model(args: argparse.Namespace):
+    """The ZoomLDM of ``build-dataset``: ``--model`` (or its old spelling ``--official``), else ``--ldm-config``."""
     import torch
 
-    from zoomfeat.encoders import create_encoder
     from zoomfeat.ldm import ZoomLDM
-    from zoomfeat.train.dataset import build_dataset
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.model:
-        ldm = ZoomLDM.from_pretrained(args.model)
-    elif args.official:
-        if not args.official_config:
-            raise ValueError("--official needs --official-config (the released config.yaml)")
-        ldm = ZoomLDM.from_official(args.official, args.official_config)
-    else:
+    sources = [flag for flag, v in (("--model", args.model), ("--official", args.official),
+                                    ("--ldm-config", args.ldm_config)) if v]
+    if len(sources) != 1:
+        raise ValueError("give exactly one model: --model PATH (a ZoomLDM folder or official weights.ckpt) or "
+                         f"--ldm-config YAML (got {', '.join(sources) or 'none'})")
+    if args.ldm_config:
         from zoomfeat.config import load_yaml
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
-            ldm = ZoomLDM.from_config(load_yaml(args.ldm_config))
-    ldm.to(device).eval()
+            return ZoomLDM.from_config(load_yaml(args.ldm_config))
+    args.model = args.model or args.official
+    return load_model_from_args(args)
+
+
+def build_dataset_cmd(args: argparse.Namespace) -> int:
+    from zoomfeat.encoders import create_encoder
+    from zoomfeat.precision import resolve_device
+    from zoomfeat.train.shards import build_dataset
+
+    device = resolve_device(args.device)
+    ldm = _build_model(args).to(device).eval()
     kw = {}
     if args.ssl_encoder == "tiny-vit":
         kw = {"dim": args.ssl_dim or ldm.ssl_dim, "seed": args.seed}
@@ -106,12 +118,25 @@ def build_dataset_cmd(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def train_cmd(args: argparse.Namespace) -> int:
-    from zoomfeat.train.loop import load_train_config, train
+def _model_section(args: argparse.Namespace) -> dict:
+    """``--model`` (+ ``--official-config``, ``--online``) as the config's ``model`` section."""
+    path = Path(args.model).absolute()  # the saved config.yaml must work from any folder
+    if path.is_dir():
+        return {"init": "pretrained", "path": str(path)}
+    config = str(Path(args.official_config).absolute()) if args.official_config else None
+    return {"init": "official", "ckpt": str(path), "official_config": config, "ema": not args.online}
 
-    cfg = load_train_config(args.config, args.overrides)
+
+def train_cmd(args: argparse.Namespace) -> int:
+    from zoomfeat.train.config import load_train_config
+    from zoomfeat.train.loop import train
+
+    overrides = list(args.overrides)
     if getattr(args, "precision", None):
-        cfg["train"]["mixed_precision"] = args.precision
+        overrides.append(f"train.mixed_precision={args.precision}")
+    cfg = load_train_config(args.config, overrides)
+    if args.model:
+        cfg["model"].update(_model_section(args))
     summary = train(cfg, args.out, max_steps=args.max_steps, resume=args.resume, progress=not args.no_progress)
     if "last_loss" in summary:
         print(f"trained to step {summary['steps']} (loss {summary['last_loss']:.4f}); model: {summary['model']}")

@@ -1,27 +1,25 @@
-"""Training ZoomLDM on a user's cohort: the multi-scale training set (:mod:`.dataset`) and the loop (:mod:`.loop`)."""
+"""Training ZoomLDM on a user's cohort: the options (:mod:`.config`), the multi-scale training set (built by
+:mod:`.shards`, read by :mod:`.dataset`) and the loop (:mod:`.loop`)."""
 
-from zoomfeat.train.dataset import (
-    BuildReport,
-    DatasetError,
-    MultiScaleLatentDataset,
-    StepBatchSampler,
-    build_dataset,
-)
+import importlib
 
-__all__ = [
-    "BuildReport",
-    "DatasetError",
-    "MultiScaleLatentDataset",
-    "StepBatchSampler",
-    "build_dataset",
-    "train",
-    "load_train_config",
-]
+#: public name → its module; imported on first use (the CLI reads config defaults at start-up without numpy, and
+#: the loop imports accelerate/diffusers)
+_EXPORTS = {
+    "BuildReport": "shards",
+    "build_dataset": "shards",
+    "DatasetError": "dataset",
+    "MultiScaleLatentDataset": "dataset",
+    "StepBatchSampler": "dataset",
+    "TrainConfig": "config",
+    "load_train_config": "config",
+    "train": "loop",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):  # the loop imports accelerate/diffusers: load it on first use only
-    if name in ("train", "load_train_config"):
-        from zoomfeat.train import loop
-
-        return getattr(loop, name)
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"zoomfeat.train.{_EXPORTS[name]}"), name)
     raise AttributeError(name)

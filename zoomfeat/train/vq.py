@@ -22,13 +22,11 @@ import torch
 
 from zoomfeat.io import atomic_path
 from zoomfeat.mags import N_SCALES
-
-FIRST_STAGE_DEFAULTS = {"train": False, "steps": 300, "batch_size": 8, "lr": 2.0e-3, "max_per_scale": 8,
-                        "latent_std_weight": 1.0, "seed": 0}
-
+from zoomfeat.train.config import FirstStageConfig, TrainConfig, as_train_config
 
 def collect_patches(slides: Sequence[str | os.PathLike], coords_dir: str | os.PathLike, patch_px: int = 64,
-                    scales: Sequence[int] = range(N_SCALES), max_per_scale: int = 8, seed: int = 0,
+                    scales: Sequence[int] = range(N_SCALES), max_per_scale: int = FirstStageConfig.max_per_scale,
+                    seed: int = FirstStageConfig.seed,
                     tile_kwargs: dict | None = None, progress: bool = True) -> np.ndarray:
     """uint8 (N, patch_px, patch_px, 3): up to ``max_per_scale`` random regions per slide and scale (256·2^k px at
     20x shown at ``patch_px``), read with the same tiling lattice the training set uses."""
@@ -66,10 +64,12 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.rot90(x, int(torch.randint(0, 4, (), generator=g)), dims=(-2, -1))
 
 
-def train_vq(vq, images: np.ndarray, steps: int = 400, batch_size: int = 16, lr: float = 2e-3,
-             latent_std_weight: float = 1.0, seed: int = 0, log_path: str | os.PathLike | None = None,
+def train_vq(vq, images: np.ndarray, steps: int = FirstStageConfig.steps, batch_size: int = FirstStageConfig.batch_size,
+             lr: float = FirstStageConfig.lr, latent_std_weight: float = FirstStageConfig.latent_std_weight,
+             seed: int = FirstStageConfig.seed, log_path: str | os.PathLike | None = None,
              progress: bool = True) -> dict:
-    """Train ``vq`` (a diffusers VQModel) in place on uint8 images; returns final losses. Leaves it frozen (eval)."""
+    """Train ``vq`` (a diffusers VQModel) in place on uint8 images; returns final losses. Leaves it frozen (eval).
+    Defaults: :class:`~zoomfeat.train.config.FirstStageConfig`."""
     from tqdm.auto import tqdm
 
     data = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
@@ -115,41 +115,50 @@ def reconstruction_error(vq, images: np.ndarray, batch_size: int = 32) -> float:
     return float(np.mean(errs))
 
 
-def prepare_first_stage(cfg: dict, ldm, out_dir: Path, slides_fn, progress: bool = True) -> dict | None:
+def prepare_first_stage(cfg: TrainConfig | dict, ldm, out_dir: Path, slides_fn, progress: bool = True) -> dict | None:
     """Load ``out_dir/first_stage/vq.safetensors`` if present, else train the VQ when ``first_stage.train`` is set.
 
     ``slides_fn()`` returns the cohort's slide paths (built lazily: only needed when training).
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from zoomfeat.io import write_json_atomic
-
-    fs = {**FIRST_STAGE_DEFAULTS, **(cfg.get("first_stage") or {})}
+    cfg = as_train_config(cfg)
+    fs = cfg.first_stage
     fdir = Path(out_dir) / "first_stage"
     wfile = fdir / "vq.safetensors"
     if wfile.exists():
         ldm.vq.load_state_dict(load_file(str(wfile)), strict=True)
         ldm.vq.eval().requires_grad_(False)
         return None
-    if not fs["train"]:
+    if not fs.train:
         return None
     fdir.mkdir(parents=True, exist_ok=True)
-    build = cfg["dataset"].get("build") or {}
-    imgs = collect_patches(slides_fn(), fdir / "coords", patch_px=int(build.get("patch_px", ldm.image_size)),
-                           max_per_scale=int(fs["max_per_scale"]), seed=int(fs["seed"]),
-                           tile_kwargs=build.get("tile_kwargs"), progress=progress)
+    build = cfg.dataset.build
+    imgs = collect_patches(slides_fn(), fdir / "coords",
+                           patch_px=int((build.patch_px if build is not None else None) or ldm.image_size),
+                           max_per_scale=int(fs.max_per_scale), seed=int(fs.seed),
+                           tile_kwargs=build.tile_kwargs if build is not None else None, progress=progress)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(fs["seed"]))
+        torch.manual_seed(int(fs.seed))
         before = reconstruction_error(ldm.vq, imgs[:256])
-        report = train_vq(ldm.vq, imgs, steps=int(fs["steps"]), batch_size=int(fs["batch_size"]), lr=float(fs["lr"]),
-                          latent_std_weight=float(fs["latent_std_weight"]), seed=int(fs["seed"]),
+        report = train_vq(ldm.vq, imgs, steps=int(fs.steps), batch_size=int(fs.batch_size), lr=float(fs.lr),
+                          latent_std_weight=float(fs.latent_std_weight), seed=int(fs.seed),
                           log_path=fdir / "metrics.csv", progress=progress)
     report.update(mae_before=round(before, 2), mae_after=round(reconstruction_error(ldm.vq, imgs[:256]), 2))
-    with atomic_path(wfile) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in ldm.vq.state_dict().items()}, str(tmp))
+    _save_first_stage(ldm.vq, fdir, report, progress)
+    return report
+
+
+def _save_first_stage(vq, fdir: Path, report: dict, progress: bool) -> None:
+    """``vq.safetensors`` (atomic: a rerun reuses it) and ``summary.json``."""
+    from safetensors.torch import save_file
+
+    from zoomfeat.io import write_json_atomic
+
+    with atomic_path(fdir / "vq.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in vq.state_dict().items()}, str(tmp))
     write_json_atomic(fdir / "summary.json", report)
     if progress:
         print(f"first stage: {report['n_patches']} patches, {report['steps']} steps in {report['seconds']} s; "
               f"reconstruction MAE {report['mae_before']} → {report['mae_after']} (0–255), "
               f"latent std {report['latent_std']:.2f}")
-    return report

@@ -1,0 +1,212 @@
+"""The training config: one dataclass tree holds every default (the official recipe, spec §3).
+
+A YAML file (``configs/train/*.yaml``) and ``key.sub=value`` overrides only change it (:func:`load_train_config`,
+through :func:`zoomfeat.config.load_config`: an unknown key is a one-line error naming it). The training API takes
+the dataclass or a (partial) plain mapping of the same shape (:func:`as_train_config`: what it leaves out keeps its
+default); the resolved config saved beside a run lists every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoomfeat.config import CONFIG_DIR, from_dict, load_config, to_dict
+from zoomfeat.mags import N_SCALES
+
+
+@dataclass
+class ModelConfig:
+    """The ZoomLDM to train. ``init``: ``config`` (random, seeded by ``seed``, from the architecture YAML
+    ``config``), ``official`` (released ``ckpt`` + ``official_config``, default the config.yaml beside it; ``ema``
+    picks its EMA UNet) or ``pretrained`` (a saved folder ``path``)."""
+
+    init: str = "config"
+    config: str = "ldm/zoomldm_brca.yaml"
+    ckpt: str | None = None
+    official_config: str | None = None
+    ema: bool = True
+    path: str | None = None
+
+
+@dataclass
+class FirstStageConfig:
+    """Train the VQ autoencoder on the cohort before the UNet (:mod:`zoomfeat.train.vq`), then freeze it."""
+
+    train: bool = False
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 2.0e-3
+    max_per_scale: int = 8  # patches per slide and scale
+    latent_std_weight: float = 1.0  # keeps pre-quantisation latents at unit scale
+    seed: int = 0
+
+
+@dataclass
+class BuildConfig:
+    """``dataset.build``: how ``train`` builds the training set when ``dataset.root`` has none (self-contained
+    configs). ``slides`` (folder, file or CSV), else a synthetic cohort made with ``synthetic`` (``make_cohort``
+    keyword arguments); ``ssl_encoder`` ({name, ...encoder keyword arguments}) is required."""
+
+    slides: str | None = None
+    synthetic: dict | None = None
+    ssl_encoder: dict | None = None
+    patch_px: int | None = None  # None: the model's image size
+    ssl_px: int = 256
+    scales: list[int] = field(default_factory=lambda: list(range(N_SCALES)))
+    pool_to: int = 8
+    max_per_scale: int | None = None
+    batch_size: int = 16
+    tile_kwargs: dict | None = None
+
+
+@dataclass
+class DataConfig:
+    """The training set: ``root`` (relative: under the run folder), magnification sampling, loader workers."""
+
+    root: str = "dataset"
+    mag_sampling: str = "uniform"  # official: uniform per sample; or "proportional" to the patches per scale
+    num_workers: int = 0
+    check_vq: bool = True  # refuse latents encoded by another VQ than the model's
+    scales: list[int] | None = None  # train on these scales only (None: all in the set)
+    build: BuildConfig | None = None
+
+
+@dataclass
+class SampleConfig:
+    """The sample grid written every ``train.sample_every`` steps."""
+
+    n: int = 8
+    steps: int = 20
+    guidance_scale: float = 2.0
+    scheduler: str = "ddim"
+
+
+@dataclass
+class OptimConfig:
+    """The ``train`` section: optimiser, schedule, EMA, precision, checkpoints, logging and sampling."""
+
+    batch_size: int = 8  # per process
+    grad_accum: int = 1
+    max_steps: int = 1000
+    lr: float = 2.0e-5
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1.0e-8
+    lr_scheduler: str = "constant_with_warmup"
+    warmup_steps: int = 1000
+    p_uncond: float = 0.1  # CFG dropout of the whole context
+    max_grad_norm: float | None = None
+    ema_decay: float = 0.9999
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    sample_every: int = 0
+    save_model: bool = True
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+@dataclass
+class WandbConfig:
+    """wandb logging (:mod:`zoomfeat.tracking`: offline unless ``WANDB_MODE`` says otherwise)."""
+
+    enabled: bool = True
+    project: str = "zoomfeat-train"
+    name: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``zoomfeat train`` reads; defaults = the official recipe."""
+
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
+    dataset: DataConfig = field(default_factory=DataConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def load_train_config(path: str | os.PathLike | dict | None = None, overrides: list[str] | None = None) -> dict:
+    """:class:`TrainConfig` defaults ← a training YAML (or mapping) ← ``key.sub=value`` overrides, as plain data
+    (every key; what ``train`` saves as ``config.yaml``). :func:`train` and friends take it, or the dataclass."""
+    return to_dict(coerce_numbers(load_config(TrainConfig, path, overrides)))
+
+
+def as_train_config(cfg: TrainConfig | dict | None) -> TrainConfig:
+    """A (copy of a) :class:`TrainConfig` from itself or a (partial) mapping of the same shape."""
+    if isinstance(cfg, TrainConfig):
+        return coerce_numbers(from_dict(TrainConfig, to_dict(cfg)))
+    return coerce_numbers(from_dict(TrainConfig, dict(cfg or {}), "training config"))
+
+
+def coerce_numbers(cfg: Any) -> Any:
+    """Cast str values of ``int``/``float`` fields in place (YAML reads ``1e-4``, without a dot, as a string)."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            coerce_numbers(value)
+            continue
+        tp = hints[f.name]
+        kinds = {tp} | (set(typing.get_args(tp)) if isinstance(tp, types.UnionType) else set())  # X or X | None
+        if isinstance(value, str) and (float in kinds or int in kinds):
+            try:
+                setattr(cfg, f.name, float(value) if float in kinds else int(float(value)))
+            except ValueError:
+                raise ValueError(f"training config: {f.name} must be a number, got {value!r}") from None
+    return cfg
+
+
+def resolve_path(path: str | os.PathLike, base: Path) -> Path:
+    """A relative path of a training config: the cwd, the packaged configs (``configs/x`` or ``x``), else under
+    ``base`` (the run folder)."""
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_absolute():
+        return p
+    packaged = Path(*p.parts[1:]) if p.parts and p.parts[0] == "configs" else p
+    for cand in (Path.cwd() / p, CONFIG_DIR / packaged):
+        if cand.exists():
+            return cand
+    return base / p
+
+
+def fields_table(schema: type = TrainConfig, prefix: str = "") -> list[tuple[str, str]]:
+    """``(key, default)`` of every option, dotted (``train.lr``), defaults written as in YAML: the option table of
+    docs/training.md (``python -m zoomfeat.train.config`` prints it)."""
+    rows: list[tuple[str, str]] = []
+    hints = typing.get_type_hints(schema)
+    default = schema()
+    for f in dataclasses.fields(schema):
+        value, tp = getattr(default, f.name), hints[f.name]
+        sub = tp if dataclasses.is_dataclass(tp) else next(
+            (a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
+        if sub is None or value is None:
+            rows.append((f"{prefix}{f.name}", _yaml_value(value)))
+        if sub is not None:
+            rows += fields_table(sub, f"{prefix}{f.name}.")
+    return rows
+
+
+def _yaml_value(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+
+
+def options_markdown() -> str:
+    """The option table (markdown) of docs/training.md, generated from the dataclasses."""
+    lines = ["| option | default |", "|---|---|"]
+    lines += [f"| `{key}` | `{value}` |" for key, value in fields_table()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(options_markdown(), end="")
