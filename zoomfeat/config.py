@@ -95,6 +95,17 @@ def _nested_schema(tp: Any) -> type | None:
     return None
 
 
+def _number(tp: Any, value: Any, where: str, name: str) -> Any:
+    """A str given to an ``int``/``float`` field as a number: YAML reads ``1e-4`` (no dot) as a string."""
+    kinds = {tp, *typing.get_args(tp)}
+    if not isinstance(value, str) or not kinds & {int, float} or str in kinds:
+        return value
+    try:
+        return float(value) if float in kinds else int(float(value))
+    except ValueError:
+        raise ValueError(f"{where}: {name} must be a number, got {value!r}") from None
+
+
 def from_dict(schema: type[T], data: dict | None, where: str = "config", base: T | None = None) -> T:
     """``schema`` (a dataclass) with the keys of ``data`` replacing its defaults (or ``base``'s values); nested
     dataclass fields take nested mappings. Unknown keys raise ``ValueError`` naming them and ``where``."""
@@ -110,7 +121,7 @@ def from_dict(schema: type[T], data: dict | None, where: str = "config", base: T
         sub = _nested_schema(types[name])
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, f"{where}: {name}", getattr(current, name, None) or None)
-        kw[name] = value
+        kw[name] = _number(types[name], value, where, name)
     return dataclasses.replace(current, **kw)
 
 

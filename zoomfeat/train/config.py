@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoomfeat.config import CONFIG_DIR, from_dict, load_config, to_dict
+from zoomfeat.config import from_dict, load_config, packaged, to_dict
 from zoomfeat.mags import N_SCALES
 
 
@@ -137,32 +136,14 @@ class TrainConfig:
 def load_train_config(path: str | os.PathLike | dict | None = None, overrides: list[str] | None = None) -> dict:
     """:class:`TrainConfig` defaults ← a training YAML (or mapping) ← ``key.sub=value`` overrides, as plain data
     (every key; what ``train`` saves as ``config.yaml``). :func:`train` and friends take it, or the dataclass."""
-    return to_dict(coerce_numbers(load_config(TrainConfig, path, overrides)))
+    return to_dict(load_config(TrainConfig, path, overrides))
 
 
 def as_train_config(cfg: TrainConfig | dict | None) -> TrainConfig:
     """A (copy of a) :class:`TrainConfig` from itself or a (partial) mapping of the same shape."""
     if isinstance(cfg, TrainConfig):
-        return coerce_numbers(from_dict(TrainConfig, to_dict(cfg)))
-    return coerce_numbers(from_dict(TrainConfig, dict(cfg or {}), "training config"))
-
-
-def coerce_numbers(cfg: Any) -> Any:
-    """Cast str values of ``int``/``float`` fields in place (YAML reads ``1e-4``, without a dot, as a string)."""
-    hints = typing.get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            coerce_numbers(value)
-            continue
-        tp = hints[f.name]
-        kinds = {tp} | (set(typing.get_args(tp)) if isinstance(tp, types.UnionType) else set())  # X or X | None
-        if isinstance(value, str) and (float in kinds or int in kinds):
-            try:
-                setattr(cfg, f.name, float(value) if float in kinds else int(float(value)))
-            except ValueError:
-                raise ValueError(f"training config: {f.name} must be a number, got {value!r}") from None
-    return cfg
+        return from_dict(TrainConfig, to_dict(cfg))
+    return from_dict(TrainConfig, dict(cfg or {}), "training config")
 
 
 def resolve_path(path: str | os.PathLike, base: Path) -> Path:
@@ -171,11 +152,9 @@ def resolve_path(path: str | os.PathLike, base: Path) -> Path:
     p = Path(os.path.expanduser(str(path)))
     if p.is_absolute():
         return p
-    packaged = Path(*p.parts[1:]) if p.parts and p.parts[0] == "configs" else p
-    for cand in (Path.cwd() / p, CONFIG_DIR / packaged):
-        if cand.exists():
-            return cand
-    return base / p
+    if (Path.cwd() / p).exists():
+        return Path.cwd() / p
+    return packaged(p) or base / p
 
 
 def fields_table(schema: type = TrainConfig, prefix: str = "") -> list[tuple[str, str]]:
