@@ -34,7 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--tiles", required=True, help="folder written by `zoomfeat tile` (20x + 5x coordinates)")
     p.add_argument("--labels", required=True, help="CSV with slide, patient and one column per task "
                                                    "(survival: time, event)")
-    p.add_argument("--encoder", default="zoomldm", choices=("zoomldm",), help="the model whose recipe is swept")
+    from zoomfeat.encoders.zoomldm import ZOOMLDM
+
+    p.add_argument("--encoder", default=ZOOMLDM, choices=(ZOOMLDM,), help="the model whose recipe is swept")
     p.add_argument("--weights", required=True, help="ZoomLDM folder (convert / train) or official weights.ckpt")
     p.add_argument("--blocks", type=_ints, default=list(range(13)), help="UNet blocks (default 0..12)")
     p.add_argument("--t", type=_ints, default=[0, 25, 50, 100, 200, 400], help="timesteps (default 0,25,50,100,200,400)")
