@@ -549,5 +549,5 @@ def merge_rank_summaries(feat_dir: str | os.PathLike, world: int, run_id: str | 
 
 
 __all__ = ["ExtractOptions", "ExtractConfig", "load_extract_config", "extract_slide", "plan_reads", "encode_reads",
-           "ssl_grids_5x", "bag_attrs", "write_slide_bag", "extract_cohort", "extract_signature", "merge_rank_summaries",
-           "parents_5x", "RegionDataset"]
+           "ssl_grids_5x", "bag_attrs", "write_slide_bag", "extract_cohort", "extract_signature",
+           "merge_rank_summaries", "parents_5x", "RegionDataset"]

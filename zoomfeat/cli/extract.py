@@ -123,7 +123,8 @@ def register(subparsers) -> None:
 
 def _given(args, schema: type) -> dict:
     """The fields of ``schema`` given on the command line (argparse default None = not given)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(schema) if getattr(args, f.name, None) is not None}
+    names = [f.name for f in dataclasses.fields(schema)]
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
 def config_from_args(args):

@@ -53,7 +53,9 @@ def create_custom(model: nn.Module | str | Callable[[], nn.Module] | None = None
                   transforms: Callable[..., torch.Tensor] | None = None, dim: int | None = None,
                   encoder_name: str = "custom", precision: str = "fp32", input_size: int = 224,
                   forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> Encoder:
-    """Any nn.Module (or 'package.module:factory') as an encoder. ``transforms(images, device) -> [B,3,H,W]`` defaults to resize + ImageNet normalisation;
+    """Any nn.Module (or 'package.module:factory') as an encoder.
+
+    ``transforms(images, device) -> [B,3,H,W]`` defaults to resize + ImageNet normalisation;
     ``dim`` is inferred by one dummy forward when omitted; ``weights`` is an optional state dict (strict)."""
     if model is None:
         raise ValueError("the custom encoder needs model= (an nn.Module or 'package.module:factory')")

@@ -45,7 +45,9 @@ class TinyViTOptions(EncoderOptions):
 @register_encoder("tiny-vit", options=TinyViTOptions)
 def create_tiny_vit(weights: str | os.PathLike | None = None, dim: int = 48, seed: int = 0, depth: int = 2,
                     input_size: int = 64, precision: str = "fp32") -> Encoder:
-    """Small seeded random-init ViT (48-d; no weight file). Random init from ``seed`` or a saved state dict (``strict=True``); ImageNet normalisation at 64 px."""
+    """Small seeded random-init ViT (48-d; no weight file).
+
+    Random init from ``seed`` or a saved state dict (``strict=True``); ImageNet normalisation at 64 px."""
     model = build_tiny_vit(dim=dim, seed=seed, depth=depth, img_size=input_size)
     if weights is not None:
         model.load_state_dict(load_state_dict_file(weights), strict=True)
