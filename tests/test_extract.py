@@ -236,3 +236,34 @@ def test_failed_slide_reported_and_missing_weights_fail_early(cohort, tmp_path, 
     with pytest.raises(SystemExit):
         main(["extract", str(mixed), "--encoder", "tiny-vit", "--out", str(out), "--blocks", "a,b"])
     assert main(["extract", str(mixed), "--encoder", "tiny-vit", "--out", str(out), "--mags", "5x"]) == 2
+
+
+def test_official_ckpt_options_online_and_official_config(tmp_path):
+    """`--online` loads the online UNet of an official .ckpt (other features than the EMA default, the same as
+    ZoomLDM.load(ema=False)); `--official-config` names a config.yaml that is not beside the checkpoint."""
+    from zoomfeat.cli import build_parser
+    from zoomfeat.cli.extract import config_from_args
+    from zoomfeat.encoders import TileContext, build_from_options, create_encoder
+    from zoomfeat.ldm import ZoomLDM
+
+    alone = tmp_path / "ckpt" / "weights.ckpt"
+    alone.parent.mkdir()
+    shutil.copy(CKPT, alone)  # no config.yaml beside it
+
+    def features(*flags):
+        args = build_parser().parse_args(["extract", "x.svs", "--encoder", "zoomldm", "--conditioning", "none",
+                                          "--precision", "fp32", *flags])
+        enc = build_from_options(config_from_args(args).encoder)
+        x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8))
+        return enc.encode(x, TileContext("20x", seeds=[0, 1]))
+
+    ema = features("--weights", str(CKPT))
+    online = features("--weights", str(CKPT), "--online")
+    assert not torch.allclose(ema, online, atol=1e-3)
+    ref = create_encoder("zoomldm", ldm=ZoomLDM.load(CKPT, ema=False), conditioning="none", precision="fp32")
+    torch.testing.assert_close(online, ref.encode(torch.from_numpy(np.random.default_rng(0).integers(
+        0, 256, (2, 64, 64, 3), dtype=np.uint8)), TileContext("20x", seeds=[0, 1])), rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        features("--weights", str(alone))
+    torch.testing.assert_close(features("--weights", str(alone), "--official-config", str(MICRO_LDM / "config.yaml")),
+                               ema, rtol=0, atol=0)
