@@ -56,6 +56,15 @@ class NeedsWeights(TileEncoder):
         BUILT.append(weights)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _leave_the_registry_as_found():
+    yield
+    from zoomfeat.encoders import unregister_encoder
+
+    for name in (NAME, "test-needs-weights"):
+        unregister_encoder(name)
+
+
 def _brute_force(bag, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Mean colour of every 20x tile and 5x region, read one by one from the slide."""
     from zoomfeat.slides.reader import open_slide
@@ -138,3 +147,28 @@ def test_needs_weights_fails_before_any_slide_is_read(tmp_path, monkeypatch, cap
 
     enc = create_encoder("test-needs-weights", weights=w)
     assert enc.name == "test-needs-weights" and BUILT == [w]
+
+
+def test_an_option_clashing_with_an_extract_flag_does_not_break_the_cli(capsys):
+    """A registered encoder whose option has an extract flag's name warns; the CLI (every verb) still builds."""
+    from zoomfeat.encoders import unregister_encoder
+
+    @dataclass
+    class ClashOptions(EncoderOptions):
+        workers: int = option(3, "clashes with --workers")
+
+    @register_encoder("test-clash", options=ClashOptions)
+    class Clash(MeanRGB):
+        pass
+
+    try:
+        with pytest.warns(UserWarning, match="'test-clash': option --workers clashes"):
+            with pytest.raises(SystemExit) as exc:
+                main(["extract", "--help"])
+        assert exc.value.code == 0 and "test-clash" in capsys.readouterr().out
+    finally:
+        unregister_encoder("test-clash")
+    with pytest.raises(ValueError, match="unknown encoder 'test-clash'"):
+        from zoomfeat.encoders import create_encoder
+
+        create_encoder("test-clash")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import warnings
 
 
 def _default(schema: type, name: str):
@@ -58,7 +59,11 @@ def add_option_fields(group, schema: type, owner: str, added: dict, names: tuple
             action.help = "; ".join(f"{o}: {h}" for o, h in helps)
             continue
         kw = {"action": "store_true"} if isinstance(default, bool) else {**meta, **extra.get(f.name, {})}
-        added[flag] = (group.add_argument(flag, dest=f.name, default=None, help=help, **kw), [(owner, help)])
+        try:
+            added[flag] = (group.add_argument(flag, dest=f.name, default=None, help=help, **kw), [(owner, help)])
+        except argparse.ArgumentError:  # a registered encoder must not break every verb's parser
+            warnings.warn(f"encoder {owner!r}: option {flag} clashes with an extract option; it is settable in "
+                          f"the config's encoder: mapping only (rename the field)", stacklevel=2)
 
 
 def add_encoder_args(p) -> None:

@@ -58,6 +58,12 @@ def register_encoder(name: str, needs_weights: bool = False, options: type = Enc
     return wrap
 
 
+def unregister_encoder(name: str) -> None:
+    """Remove ``name`` from the registry (tests, plugins replacing an entry)."""
+    get_encoder(name)
+    del _REGISTRY[name]
+
+
 def encoder_entries() -> dict[str, EncoderEntry]:
     """Every registered encoder, in registration order (built-ins first)."""
     return dict(_REGISTRY)
@@ -139,5 +145,5 @@ def build_from_options(opts: EncoderOptions):
     return create_encoder(opts.name, weights=opts.weights, registry=opts.weights_registry, **opts.builder_kwargs())
 
 
-__all__ = ["register_encoder", "create_encoder", "get_encoder", "encoder_entries", "build_from_options",
+__all__ = ["register_encoder", "unregister_encoder", "create_encoder", "get_encoder", "encoder_entries", "build_from_options",
            "load_weights_registry", "resolve_weights", "EncoderEntry", "DEFAULT_REGISTRY"]
