@@ -26,6 +26,10 @@ def option(default: Any = None, help: str = "", **argparse_kw: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
+class OptionValueError(argparse.ArgumentTypeError, ValueError):
+    """A bad option value: argparse prints its message, and from a YAML config it is a one-line ValueError."""
+
+
 def int_list(text: Any) -> list[int]:
     """``"0,3"`` / ``3`` / ``[0, 3]`` → ``[0, 3]`` (argparse type and YAML normaliser)."""
     if isinstance(text, (list, tuple)):
@@ -33,7 +37,7 @@ def int_list(text: Any) -> list[int]:
     try:
         return [int(v) for v in str(text).replace(" ", "").split(",") if v != ""]
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+        raise OptionValueError(f"expected comma-separated integers, got {text!r}") from exc
 
 
 @dataclass
