@@ -137,10 +137,10 @@ def config_from_args(args):
     from zoomfeat.encoders import encoder_entries
     from zoomfeat.extract import ExtractConfig, load_extract_config
 
-    enc_over: dict = {}
-    for entry in encoder_entries().values():
-        enc_over.update(_given(args, entry.options))
     cohort = {k: v for k, v in _given(args, ExtractConfig).items() if k != "encoder"}
+    enc_over: dict = {}
+    for entry in encoder_entries().values():  # a field named like a cohort flag has no flag of its own
+        enc_over.update({k: v for k, v in _given(args, entry.options).items() if k not in cohort})
     return load_extract_config(args.config, cohort, enc_over)
 
 
