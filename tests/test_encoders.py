@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tests.conftest import MICRO_LDM
-from zoomfeat.encoders import create_encoder, load_weights_registry, resolve_weights
+from zoomfeat.encoders import TileContext, create_encoder, load_weights_registry, resolve_weights
 from zoomfeat.encoders.base import TileTransform, to_float_images
 
 CKPT = MICRO_LDM / "weights.ckpt"
@@ -198,7 +198,7 @@ def test_zoomldm_encode_chain_matches_fixture(ldm_enc, ref):
     """image → VQ latent (official latent_prequant) → x_t with the official ᾱ and the per-tile seed → features."""
     img01 = (torch.from_numpy(ref["image"]) + 1) / 2  # [1, 3, 64, 64] in [0, 1]; 64 px = the model's image size
     seed = 1234
-    feats = ldm_enc.encode(img01, mag="20x", ssl_grid=torch.from_numpy(ref["ssl_raw_1"][:1]), seeds=[seed])
+    feats = ldm_enc.encode(img01, TileContext("20x", ssl_grid=torch.from_numpy(ref["ssl_raw_1"][:1]), seeds=[seed]))
     assert feats.shape == (1, ldm_enc.dim) and ldm_enc.dim == 2 * 96
     z0 = torch.from_numpy(ref["latent_prequant"])
     eps = torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(seed))[None]
@@ -220,20 +220,22 @@ def test_zoomldm_seeds_batches_and_options(ldm_enc):
     seeds = tile_seeds("slideA", np.array([[0, 0], [256, 0], [512, 0]]), "20x")
     assert len(set(seeds.tolist())) == 3
     assert (tile_seeds("slideA", np.array([[256, 0]]), "20x") == seeds[1]).all()
-    full = ldm_enc.encode(x, "20x", ssl, seeds)
-    part = ldm_enc.encode(x[1:], "20x", ssl[1:], seeds[1:])  # same tiles in another batch → same features
+    full = ldm_enc.encode(x, TileContext("20x", ssl_grid=ssl, seeds=seeds))
+    # same tiles in another batch → same features
+    part = ldm_enc.encode(x[1:], TileContext("20x", ssl_grid=ssl[1:], seeds=seeds[1:]))
     torch.testing.assert_close(full[1:], part, rtol=1e-3, atol=1e-3)
-    other = ldm_enc.encode(x, "20x", ssl, seeds + 1)
+    other = ldm_enc.encode(x, TileContext("20x", ssl_grid=ssl, seeds=seeds + 1))
     assert not torch.allclose(full, other)
     # 5x: 4×4 grid conditioning at mag 5x differs from the 20x conditioning of the same pixels
     g5 = ssl.repeat(1, 1, 4, 4)
-    assert not torch.allclose(ldm_enc.encode(x, "5x", g5, seeds), full)
+    assert not torch.allclose(ldm_enc.encode(x, TileContext("5x", ssl_grid=g5, seeds=seeds)), full)
     # t-major concatenation: the first half is the t=50 feature alone
     only50 = create_encoder("zoomldm", weights=CKPT, ssl_encoder="tiny-vit", blocks=[0, 2, 4], t=[50])
-    torch.testing.assert_close(only50.encode(x, "20x", ssl, seeds), full[:, :96], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(only50.encode(x, TileContext("20x", ssl_grid=ssl, seeds=seeds)), full[:, :96],
+                               rtol=1e-3, atol=1e-3)
     none = create_encoder("zoomldm", weights=CKPT, conditioning="none", blocks=[0])
     assert none.dim == 32 and none.ssl_encoder is None
-    assert not torch.allclose(none.encode(x, "20x", None, seeds), full[:, :32])
+    assert not torch.allclose(none.encode(x, TileContext("20x", seeds=seeds)), full[:, :32])
 
 
 def test_zoomldm_bad_options():

@@ -91,7 +91,7 @@ def test_cmu_slide_clam_and_trident_readers(tmp_path):
 def test_5x_conditioning_grid_of_children(cohort, tmp_path):
     """With UNI-style conditioning a 5x region's feature is conditioned on the 4×4 grid of its children (background
     children embedded too), and each 20x feature on the tile's own embedding — recomputed here by hand."""
-    from zoomfeat.encoders import create_encoder
+    from zoomfeat.encoders import TileContext, create_encoder
     from zoomfeat.encoders.zoomldm import tile_seed
     from zoomfeat.extract import ExtractOptions, extract_cohort
     from zoomfeat.slides.reader import open_slide
@@ -111,10 +111,12 @@ def test_5x_conditioning_grid_of_children(cohort, tmp_path):
         kids = [read(x5 + i * s, y5 + j * s, s) for j in range(4) for i in range(4)]
         ssl = enc.ssl_encoder.encode(torch.cat(kids))  # row-major: row j (y), column i (x)
         grid = ssl.T.reshape(1, -1, 4, 4)
-        f5 = enc.encode(read(x5, y5, 4 * s), "5x", grid, [tile_seed("syn0", x5, y5, "5x")])
+        f5 = enc.encode(read(x5, y5, 4 * s), TileContext("5x", ssl_grid=grid,
+                                                         seeds=[tile_seed("syn0", x5, y5, "5x")]))
         x0, y0 = b.coords[0]
         tile = read(x0, y0, s)
-        f20 = enc.encode(tile, "20x", enc.ssl_encoder.encode(tile)[:, :, None, None], [tile_seed("syn0", x0, y0, "20x")])
+        f20 = enc.encode(tile, TileContext("20x", ssl_grid=enc.ssl_encoder.encode(tile)[:, :, None, None],
+                                            seeds=[tile_seed("syn0", x0, y0, "20x")]))
     torch.testing.assert_close(torch.from_numpy(b.features_5x[:1]), f5, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(torch.from_numpy(b.features[:1]), f20, rtol=1e-3, atol=1e-3)
 
@@ -131,7 +133,8 @@ def test_5x_conditioning_grid_of_children(cohort, tmp_path):
     ssl_m[~kept] = ssl[kept].mean(0)
     with open_slide(slide) as wsi:
         region = torch.from_numpy(np.array(wsi.read_region_l0(int(x5), int(y5), 4 * s, 256)))[None]
-    f5m = enc.encode(region, "5x", ssl_m.T.reshape(1, -1, 4, 4), [tile_seed("syn0", x5, y5, "5x")])
+    f5m = enc.encode(region, TileContext("5x", ssl_grid=ssl_m.T.reshape(1, -1, 4, 4),
+                                         seeds=[tile_seed("syn0", x5, y5, "5x")]))
     torch.testing.assert_close(torch.from_numpy(bm.features_5x[:1]), f5m, rtol=1e-3, atol=1e-3)
 
 
@@ -212,15 +215,15 @@ def test_failed_slide_reported_and_missing_weights_fail_early(cohort, tmp_path, 
     shutil.copy(SLIDES / "unopenable.tiff", mixed / "broken.tiff")
     out = tmp_path / "out"
     cfg = tmp_path / "extract.yaml"  # options may come from a YAML config; the command line wins
-    cfg.write_text("encoder: tiny-vit\nmags: 20x\nworkers: 0\nbatch-size: 4\n")
+    cfg.write_text("encoder:\n  name: tiny-vit\nmags: 20x\nworkers: 0\nbatch_size: 4\n")
     rc = main(["extract", str(mixed), "--config", str(cfg), "--out", str(out), "--mags", "20x,5x", "--no-progress"])
     assert rc == 3  # partial: one slide failed, the other was written
     assert list(list_bags(out)) == ["good"]
     assert "broken" in (out / "features_tiny-vit" / "summary.json").read_text()
     assert load_bag(bag_path(out, "tiny-vit", "good")).features_5x is not None
-    cfg.write_text("encoder: tiny-vit\nnot_an_option: 1\n")
+    cfg.write_text("encoder:\n  name: tiny-vit\nnot_an_option: 1\n")
     assert main(["extract", str(mixed), "--config", str(cfg), "--out", str(out)]) == 2
-    assert "unknown extract option" in capsys.readouterr().err
+    assert "unknown option(s) 'not_an_option'" in capsys.readouterr().err
 
     empty = tmp_path / "registry.yaml"
     empty.write_text("uni: null\n")
@@ -233,3 +236,34 @@ def test_failed_slide_reported_and_missing_weights_fail_early(cohort, tmp_path, 
     with pytest.raises(SystemExit):
         main(["extract", str(mixed), "--encoder", "tiny-vit", "--out", str(out), "--blocks", "a,b"])
     assert main(["extract", str(mixed), "--encoder", "tiny-vit", "--out", str(out), "--mags", "5x"]) == 2
+
+
+def test_official_ckpt_options_online_and_official_config(tmp_path):
+    """`--online` loads the online UNet of an official .ckpt (other features than the EMA default, the same as
+    ZoomLDM.load(ema=False)); `--official-config` names a config.yaml that is not beside the checkpoint."""
+    from zoomfeat.cli import build_parser
+    from zoomfeat.cli.extract import config_from_args
+    from zoomfeat.encoders import TileContext, build_from_options, create_encoder
+    from zoomfeat.ldm import ZoomLDM
+
+    alone = tmp_path / "ckpt" / "weights.ckpt"
+    alone.parent.mkdir()
+    shutil.copy(CKPT, alone)  # no config.yaml beside it
+
+    def features(*flags):
+        args = build_parser().parse_args(["extract", "x.svs", "--encoder", "zoomldm", "--conditioning", "none",
+                                          "--precision", "fp32", *flags])
+        enc = build_from_options(config_from_args(args).encoder)
+        x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8))
+        return enc.encode(x, TileContext("20x", seeds=[0, 1]))
+
+    ema = features("--weights", str(CKPT))
+    online = features("--weights", str(CKPT), "--online")
+    assert not torch.allclose(ema, online, atol=1e-3)
+    ref = create_encoder("zoomldm", ldm=ZoomLDM.load(CKPT, ema=False), conditioning="none", precision="fp32")
+    torch.testing.assert_close(online, ref.encode(torch.from_numpy(np.random.default_rng(0).integers(
+        0, 256, (2, 64, 64, 3), dtype=np.uint8)), TileContext("20x", seeds=[0, 1])), rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        features("--weights", str(alone))
+    torch.testing.assert_close(features("--weights", str(alone), "--official-config", str(MICRO_LDM / "config.yaml")),
+                               ema, rtol=0, atol=0)

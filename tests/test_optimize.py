@@ -12,7 +12,7 @@ import torch
 from tests.conftest import MICRO_LDM
 from zoomfeat.bags import bag_path, load_bag
 from zoomfeat.cli import main
-from zoomfeat.encoders import create_encoder
+from zoomfeat.encoders import TileContext, create_encoder
 from zoomfeat.encoders.optimize import optimize_encoder
 
 
@@ -45,10 +45,10 @@ def _zoomldm_features(backend):
     enc = create_encoder("zoomldm", weights=MICRO_LDM / "weights.ckpt", ssl_encoder="tiny-vit", precision="fp32")
     tiles = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8))
     ssl = enc.ssl_encoder.encode(tiles)[:, :, None, None]
-    ref = enc.encode(tiles, "20x", ssl, seeds=np.arange(4))
+    ref = enc.encode(tiles, TileContext("20x", ssl_grid=ssl, seeds=np.arange(4)))
     sd = {k: v.clone() for k, v in enc.model.state_dict().items()}
     optimize_encoder(enc, compile=backend, channels_last=True)
-    out = enc.encode(tiles, "20x", ssl, seeds=np.arange(4))
+    out = enc.encode(tiles, TileContext("20x", ssl_grid=ssl, seeds=np.arange(4)))
     assert enc.model.unet.mid_block.__class__.__name__ != "OptimizedModule"  # compiled in place
     assert sd.keys() == enc.model.state_dict().keys()  # parameter names (and weight hashes) unchanged
     assert enc.model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)

@@ -20,7 +20,6 @@ def cohort(tmp_path_factory):
 
 
 def test_sweep_outputs_resume_and_bad_slide(cohort):
-    from zoomfeat.cli.extract import apply_config
     from zoomfeat.ldm import ZoomLDM
     from zoomfeat.probe import PROBE_COLUMNS, SweepSpec, sweep
 
@@ -43,12 +42,11 @@ def test_sweep_outputs_resume_and_bad_slide(cohort):
     zl = df[df["encoder"] == "zoomldm"]
     assert best["mean"] == pytest.approx(zl["mean"].max(), abs=1e-4)
     # best_recipe.yaml is an extract config
-    import argparse
+    from zoomfeat.extract import load_extract_config
 
-    ns = argparse.Namespace(config=str(out / "best_recipe.yaml"), _defaults={k: None for k in (
-        "encoder", "blocks", "t", "conditioning", "mags", "weights", "ssl_encoder")}, _explicit=set())
-    apply_config(ns)
-    assert ns.encoder == "zoomldm" and ns.blocks == [int(best["block"])] and ns.t == [int(best["t"])]
+    rcfg = load_extract_config(out / "best_recipe.yaml")
+    enc = rcfg.encoder
+    assert enc.name == "zoomldm" and enc.blocks == [int(best["block"])] and enc.t == [int(best["t"])]
     # scores per split are stored for paired tests
     sc = pd.read_csv(out / "probe_scores.csv")
     assert len(sc) == 4 * len(df)

@@ -125,7 +125,8 @@ def _decode_attr(v: Any) -> Any:
     return v
 
 
-def _attrs_dict(obj: h5py.HLObject) -> dict:
+def attrs_dict(obj: h5py.HLObject) -> dict:
+    """An HDF5 object's attributes decoded (JSON strings, 'None', numpy scalars and arrays → Python)."""
     return {k: _decode_attr(v) for k, v in obj.attrs.items()}
 
 
@@ -282,7 +283,7 @@ def _clam_sibling_coords(pt: Path) -> tuple[np.ndarray | None, dict]:
             continue
         with h5py.File(h5p, "r") as h5:
             if "coords" in h5:
-                return np.asarray(h5["coords"][:], dtype=np.int64), _attrs_dict(h5["coords"])
+                return np.asarray(h5["coords"][:], dtype=np.int64), attrs_dict(h5["coords"])
     return None, {}
 
 
@@ -306,7 +307,7 @@ def load_bag(path: str | os.PathLike) -> Bag:
         layout = "clam_pt" if path.parent.name == "pt_files" else "trident_pt"
         return Bag(feats, coords, layout=layout, path=path, coords_attrs=cattrs)
     with h5py.File(path, "r") as h5:
-        file_attrs = _attrs_dict(h5)
+        file_attrs = attrs_dict(h5)
         key = next((k for k in ("features", "feats", "patch_embeddings") if k in h5), None)
         if key is None:
             raise ValueError(f"{path}: no features dataset (looked for features, feats, patch_embeddings); "
@@ -315,8 +316,8 @@ def load_bag(path: str | os.PathLike) -> Bag:
         if feats.ndim == 1:
             feats = feats[None, :]
         coords = np.asarray(h5["coords"][:]) if "coords" in h5 else None
-        cattrs = _attrs_dict(h5["coords"]) if "coords" in h5 else {}
-        fattrs = _attrs_dict(h5[key])
+        cattrs = attrs_dict(h5["coords"]) if "coords" in h5 else {}
+        fattrs = attrs_dict(h5[key])
         f5 = c5 = pidx = None
         if "5x" in h5 and isinstance(h5["5x"], h5py.Group) and "features" in h5["5x"]:
             f5 = np.asarray(h5["5x/features"][:], dtype=np.float32)
@@ -358,7 +359,7 @@ def read_bag(path: str | os.PathLike, mag: str = "20x") -> np.ndarray:
 def read_bag_attrs(path: str | os.PathLike) -> dict:
     """File attributes of an HDF5 bag (JSON strings decoded), without reading the features."""
     with h5py.File(path, "r") as h5:
-        return _attrs_dict(h5)
+        return attrs_dict(h5)
 
 
 def list_bags(root: str | os.PathLike, encoder: str | None = None) -> dict[str, Path]:

@@ -1,20 +1,23 @@
 """Feature extraction: slides + tile coordinates in, one HDF5 bag per slide per encoder out (20x and 5x features).
 
-Per slide: a DataLoader (one slide handle per worker) reads the 20x tiles; each batch goes through the encoder
-(for ``zoomldm`` with ``uni`` conditioning, the SSL encoder first, whose embeddings are kept). Then every 5x parent
-region is read once (the 4×4-tile region at the tile size) and encoded; ``zoomldm`` conditions it on the 4×4 grid of
-its 16 children's SSL embeddings. Children that were not kept as tissue tiles are read and embedded too, so the
-grid is always complete — the same input the model saw in training, where the region's whole UNI grid was used.
-The bag is written atomically at the end; a rerun skips bags whose settings signature matches.
+Per slide (:func:`extract_slide`): a read plan (:func:`plan_reads`), a DataLoader (one slide handle per worker)
+reading it, the encoder on every batch with the batch's :class:`~zoomfeat.encoders.base.TileContext`, the bag.
+The extractor asks the encoder for capabilities, never for its name: an encoder with an ``ssl_encoder`` (ZoomLDM
+with ``uni`` conditioning) gets its 20x tiles' SSL embeddings, which are kept, and for every 5x parent region (read
+once, the 4×4-tile region at the tile size) the 4×4 grid of its 16 children's embeddings. Children that were not
+kept as tissue tiles are read and embedded too, so the grid is always complete — the same input the model saw in
+training, where the region's whole UNI grid was used. The bag is written atomically at the end; a rerun skips bags
+whose settings signature matches.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +26,7 @@ import torch
 
 from zoomfeat.bags import bag_path, read_bag_attrs, write_bag, write_clam_pt
 from zoomfeat.cohort import CohortReport, SlideResult, rank_slice, run_cohort, slide_id
+from zoomfeat.encoders.base import TileContext
 from zoomfeat.io import kill_point, remove_dead_temps
 from zoomfeat.precision import resolve_device
 from zoomfeat.slides.grid import child_grid
@@ -64,6 +68,47 @@ class ExtractOptions:
         from zoomfeat.sharding import parse_shard
 
         parse_shard(self.shard)
+
+
+@dataclass
+class ExtractConfig(ExtractOptions):
+    """Everything ``zoomfeat extract`` takes besides the slides; every default lives here. A YAML config sets these
+    keys at the top level and the encoder under ``encoder:`` (its name + its options table, see
+    :func:`load_extract_config`); the command line overrides both."""
+
+    out: str | None = None
+    tiles: str | None = None
+    threads: int | None = None
+    compile: bool = False
+    compile_backend: str = "inductor"
+    compile_mode: str | None = None
+    channels_last: bool = False
+    #: the encoder's name and options: a mapping (or a bare name) as read, its options dataclass once loaded
+    encoder: Any = field(default_factory=dict)
+
+
+def load_extract_config(path: str | os.PathLike | dict | None = None, overrides: dict | None = None,
+                        encoder_overrides: dict | None = None) -> ExtractConfig:
+    """Dataclass defaults ← YAML ``path`` ← ``overrides`` (e.g. the options given on the command line; None values
+    are "not given"). ``encoder:`` becomes the named encoder's options dataclass (``get_encoder(name).options``),
+    so its unknown keys are errors too; options of an encoder other than the one named are dropped."""
+    from zoomfeat.config import from_dict, load_config
+    from zoomfeat.encoders import get_encoder
+
+    where = str(path) if isinstance(path, (str, os.PathLike)) else "config"
+    cfg = load_config(ExtractConfig, path)
+    cfg = from_dict(ExtractConfig, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line",
+                    base=cfg)
+    enc = cfg.encoder if isinstance(cfg.encoder, dict) else {"name": cfg.encoder}
+    enc_over = {k: v for k, v in (encoder_overrides or {}).items() if v is not None}
+    name = enc_over.get("name") or enc.get("name")
+    if not name:
+        raise ValueError("--encoder is required (on the command line or as encoder: name in --config)")
+    schema = get_encoder(name).options
+    opts = from_dict(schema, {**(enc if enc.get("name") in (None, name) else {}), "name": name}, f"{where}: encoder")
+    known = {f.name for f in dataclasses.fields(schema)}
+    opts = from_dict(schema, {k: v for k, v in enc_over.items() if k in known}, "command line", base=opts)
+    return dataclasses.replace(cfg, encoder=opts)
 
 
 # ------------------------------------------------------------------------------------------------ data loading
@@ -132,11 +177,11 @@ def _coords_attrs(path: Path | None, group: str | None = None) -> dict:
         return {}
     import h5py
 
-    from zoomfeat.bags import _attrs_dict
+    from zoomfeat.bags import attrs_dict
 
     with h5py.File(path, "r") as f:
         node = f[group] if group else f
-        return _attrs_dict(node["coords"]) if "coords" in node else {}
+        return attrs_dict(node["coords"]) if "coords" in node else {}
 
 
 def parents_5x(grid) -> tuple[np.ndarray, np.ndarray, int]:
@@ -158,103 +203,117 @@ def parents_5x(grid) -> tuple[np.ndarray, np.ndarray, int]:
     return c5 + origin, pidx, 4 * s
 
 
-def _encode_batch(encoder, imgs: torch.Tensor, mag: str, ssl: torch.Tensor | None, seeds: np.ndarray | None):
-    if getattr(encoder, "name", "") == "zoomldm":
-        return encoder.encode(imgs, mag=mag, ssl_grid=ssl, seeds=seeds)
-    return encoder.encode(imgs)
+@dataclass
+class ReadPlan:
+    """What one slide's extraction reads (``parts[kind] = (coords, level-0 side)``, in processing order) and where
+    each read's output goes: 20x tiles, 5x regions and, for an encoder with an SSL encoder, each region's children
+    (``kid_rows``: row in ``coords`` of every child, row-major per region; -1 = background, read when embedded)."""
+
+    coords: np.ndarray
+    size: int
+    out_px: int
+    parts: dict[int, tuple[np.ndarray, int]]
+    c5: np.ndarray | None = None
+    pidx: np.ndarray | None = None
+    size_5x: int | None = None
+    kid_rows: np.ndarray | None = None
+    counts: dict = field(default_factory=dict)
 
 
-def extract_slide(
-    slide: str | os.PathLike,
-    grid,
-    encoder,
-    out_path: str | os.PathLike,
-    opts: ExtractOptions | None = None,
-    coords_file: str | os.PathLike | None = None,
-    signature: str | None = None,
-) -> dict:
-    """Extract one slide's bag to ``out_path`` (atomic). Returns timings and counts for the cohort summary."""
-    from zoomfeat import __version__
-    from zoomfeat.encoders.zoomldm import tile_seeds
-    from zoomfeat.precision import effective_precision
-    from zoomfeat.slides.reader import open_slide
-
-    opts = opts or ExtractOptions()
-    device = encoder.device
-    sid = slide_id(slide)  # names outputs; the coordinate file's own name (checked on read) only seeds the noise
-    seed_id = grid.slide or sid
-    is_ldm = getattr(encoder, "name", "") == "zoomldm"
-    ssl_enc = getattr(encoder, "ssl_encoder", None) if is_ldm else None
+def plan_reads(grid, opts: ExtractOptions, with_ssl: bool, sid: str = "") -> ReadPlan:
+    """The read plan of one slide: 20x tiles, then background children of 5x regions (SSL grids only), then the
+    5x regions (their conditioning needs every child's embedding, so they come last)."""
     s = int(grid.patch_size_level0)
-    out_px = int(grid.patch_size)
     coords = np.asarray(grid.coords, np.int64).reshape(-1, 2)
     if len(coords) == 0:
         raise ValueError(f"{sid}: the coordinate file has no tiles")
-    timing: dict[str, float] = {}
-    with_5x = "5x" in opts.mags
-    parts: dict[int, tuple[np.ndarray, int]] = {KIND_20X: (coords, s)}
-    feats = np.zeros((len(coords), encoder.dim), np.float32)
-    ssl20 = np.zeros((len(coords), ssl_enc.dim), np.float32) if ssl_enc is not None else None
-    f5 = c5 = pidx = grids = emb = rows = None
-    if with_5x:
-        c5, pidx, s5 = parents_5x(grid)
-        f5 = np.zeros((len(c5), encoder.dim), np.float32)
-        if ssl_enc is not None:
-            # SSL grid of each 5x region: kept children reuse their 20x embedding, the others are read and embedded
-            kids = child_grid(c5, s).reshape(-1, 2)
-            known = {(int(x), int(y)): r for r, (x, y) in enumerate(coords)}
-            rows = np.array([known.get((int(x), int(y)), -1) for x, y in kids], np.int64)
-            emb = np.zeros((len(kids), ssl_enc.dim), np.float32)
-            if opts.missing_children == "embed":
-                parts[KIND_CHILD] = (kids[rows < 0], s)
-                timing["children_embedded_5x"] = int((rows < 0).sum())
-            else:
-                timing["children_mean_filled_5x"] = int((rows < 0).sum())
-        parts[KIND_5X] = (c5, s5)
-    ds = RegionDataset(open_slide(slide, mpp=opts.mpp, mpp_csv=opts.mpp_csv, require_mpp=False), parts, out_px)
-    missing = np.flatnonzero(rows < 0) if rows is not None else None
+    plan = ReadPlan(coords, s, int(grid.patch_size), {KIND_20X: (coords, s)})
+    if "5x" not in opts.mags:
+        return plan
+    plan.c5, plan.pidx, plan.size_5x = parents_5x(grid)
+    if with_ssl:
+        # SSL grid of each 5x region: kept children reuse their 20x embedding, the others are read and embedded
+        kids = child_grid(plan.c5, s).reshape(-1, 2)
+        known = {(int(x), int(y)): r for r, (x, y) in enumerate(coords)}
+        rows = np.array([known.get((int(x), int(y)), -1) for x, y in kids], np.int64)
+        plan.kid_rows = rows
+        if opts.missing_children == "embed":
+            plan.parts[KIND_CHILD] = (kids[rows < 0], s)
+            plan.counts["children_embedded_5x"] = int((rows < 0).sum())
+        else:
+            plan.counts["children_mean_filled_5x"] = int((rows < 0).sum())
+    plan.parts[KIND_5X] = (plan.c5, plan.size_5x)
+    return plan
+
+
+def ssl_grids_5x(ssl20: np.ndarray, emb: np.ndarray, kid_rows: np.ndarray, missing: str) -> np.ndarray:
+    """(M, C, 4, 4) SSL grids of the 5x regions from their children, row-major: tissue children take their 20x
+    embedding (``ssl20``), background ones their own (``emb``, ``missing='embed'``) or the mean of the region's
+    tissue children (``missing='mean'``). Fills ``emb`` in place."""
+    emb[kid_rows >= 0] = ssl20[kid_rows[kid_rows >= 0]]
+    n = len(kid_rows) // 16
+    per_region = emb.reshape(n, 16, -1)
+    if missing == "mean":
+        kept = (kid_rows >= 0).reshape(n, 16)
+        mean = (per_region * kept[..., None]).sum(1) / kept.sum(1, keepdims=True)
+        per_region[~kept] = np.repeat(mean, (~kept).sum(1), axis=0)
+    return per_region.reshape(n, 4, 4, -1).transpose(0, 3, 1, 2)  # row-major → (M, C, 4, 4)
+
+
+def _encode_20x(encoder, imgs: torch.Tensor, ctx: TileContext, ssl20: np.ndarray | None, idx: np.ndarray):
+    """20x tiles → features; with an SSL encoder its embeddings are kept (5x grids) and passed as 1×1 grids."""
+    ssl_enc = getattr(encoder, "ssl_encoder", None)
+    if ssl_enc is not None:
+        emb = ssl_enc.encode(imgs)
+        ssl20[idx] = emb.cpu().numpy()
+        ctx.ssl_grid = emb[:, :, None, None]
+    return encoder.encode(imgs, ctx).cpu().numpy()
+
+
+def encode_reads(ds: RegionDataset, plan: ReadPlan, encoder, opts: ExtractOptions, seed_id: str,
+                 desc: str = "") -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Every read of the plan through the encoder, one kind at a time: (20x features, 5x features, timing)."""
+    ssl_enc = getattr(encoder, "ssl_encoder", None)
+    feats = np.zeros((len(plan.coords), encoder.dim), np.float32)
+    f5 = np.zeros((len(plan.c5), encoder.dim), np.float32) if plan.c5 is not None else None
+    ssl20 = np.zeros((len(plan.coords), ssl_enc.dim), np.float32) if ssl_enc is not None else None
+    emb = np.zeros((len(plan.kid_rows), ssl_enc.dim), np.float32) if plan.kid_rows is not None else None
+    missing = np.flatnonzero(plan.kid_rows < 0) if plan.kid_rows is not None else None
+    grids, timing = None, dict(plan.counts)
     t0 = t_start = time.perf_counter()
-    try:
-        for imgs, kind, idx in _batches(_loader(ds, opts, device), sid, opts.progress):
-            kind, idx = int(kind[0]), idx.numpy()
-            if kind == KIND_20X:
-                ssl = None
-                if ssl_enc is not None:
-                    ssl = ssl_enc.encode(imgs)
-                    ssl20[idx] = ssl.cpu().numpy()
-                    ssl = ssl[:, :, None, None]
-                seeds = tile_seeds(seed_id, coords[idx], "20x", encoder.base_seed) if is_ldm else None
-                feats[idx] = _encode_batch(encoder, imgs, "20x", ssl, seeds).cpu().numpy()
-                continue
-            if "seconds_20x" not in timing:
-                timing["seconds_20x"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-            if kind == KIND_CHILD:
-                emb[missing[idx]] = ssl_enc.encode(imgs).cpu().numpy()
-                continue
-            if ssl_enc is not None and grids is None:
-                emb[rows >= 0] = ssl20[rows[rows >= 0]]
-                per_region = emb.reshape(len(c5), 16, -1)
-                if opts.missing_children == "mean":
-                    kept = (rows >= 0).reshape(len(c5), 16)
-                    mean = (per_region * kept[..., None]).sum(1) / kept.sum(1, keepdims=True)
-                    per_region[~kept] = np.repeat(mean, (~kept).sum(1), axis=0)
-                grids = per_region.reshape(len(c5), 4, 4, -1).transpose(0, 3, 1, 2)  # row-major → (M, C, 4, 4)
-            ssl = torch.from_numpy(np.ascontiguousarray(grids[idx])) if grids is not None else None
-            seeds = tile_seeds(seed_id, c5[idx], "5x", encoder.base_seed) if is_ldm else None
-            f5[idx] = _encode_batch(encoder, imgs, "5x", ssl, seeds).cpu().numpy()
+    for imgs, kind, idx in _batches(_loader(ds, opts, encoder.device), desc, opts.progress):
+        kind, idx = int(kind[0]), idx.numpy()
+        if kind == KIND_20X:
+            feats[idx] = _encode_20x(encoder, imgs, TileContext("20x", plan.coords[idx], seed_id), ssl20, idx)
+            continue
         if "seconds_20x" not in timing:
             timing["seconds_20x"] = time.perf_counter() - t0
-        elif with_5x:
-            timing["seconds_5x"] = time.perf_counter() - t0
-        timing["seconds_total"] = time.perf_counter() - t_start
-        mpp0 = grid.mpp_level0 if grid.mpp_level0 is not None else ds.wsi.mpp
-    finally:
-        ds.wsi.close()
+            t0 = time.perf_counter()
+        if kind == KIND_CHILD:
+            emb[missing[idx]] = ssl_enc.encode(imgs).cpu().numpy()
+            continue
+        if emb is not None and grids is None:
+            grids = ssl_grids_5x(ssl20, emb, plan.kid_rows, opts.missing_children)
+        ssl = torch.from_numpy(np.ascontiguousarray(grids[idx])) if grids is not None else None
+        f5[idx] = encoder.encode(imgs, TileContext("5x", plan.c5[idx], seed_id, ssl)).cpu().numpy()
+    if "seconds_20x" not in timing:
+        timing["seconds_20x"] = time.perf_counter() - t0
+    elif plan.c5 is not None:
+        timing["seconds_5x"] = time.perf_counter() - t0
+    timing["seconds_total"] = time.perf_counter() - t_start
+    return feats, f5, timing
 
+
+def bag_attrs(encoder, opts: ExtractOptions, grid, plan: ReadPlan, sid: str, mpp0: float | None,
+              coords_file: str | os.PathLike | None, signature: str | None) -> dict:
+    """The bag's file attributes: encoder, settings and provenance, then the encoder's own (``bag_attrs`` hook)."""
     import openslide
 
+    from zoomfeat import __version__
+    from zoomfeat.precision import effective_precision
+
     cfg = encoder.full_config()
+    device = encoder.device
     attrs: dict[str, Any] = {
         "slide": sid,
         "encoder": encoder.name,
@@ -268,8 +327,8 @@ def extract_slide(
         "mpp_level0": float(mpp0) if mpp0 is not None else None,
         "mpp_source": grid.mpp_source,
         "target_mpp": grid.target_mpp,
-        "patch_size": out_px,
-        "patch_size_level0": s,
+        "patch_size": plan.out_px,
+        "patch_size_level0": plan.size,
         "toolkit_version": __version__,
         "reader": "openslide",
         "reader_version": getattr(openslide, "__library_version__", ""),
@@ -281,24 +340,53 @@ def extract_slide(
         "std": cfg.get("std"),
         "feature_token": cfg.get("feature_token", cfg.get("pool")),
     }
-    if is_ldm:
-        attrs.update({"block": encoder.blocks, "t": encoder.t, "conditioning": encoder.conditioning,
-                      "missing_children_5x": opts.missing_children if ssl_enc is not None else None,
-                      "ssl_encoder": ssl_enc.name if ssl_enc else None,
-                      "ssl_weights_sha256": ssl_enc.weights_sha256 if ssl_enc else None})
-    if with_5x:
-        attrs.update({"patch_size_level0_5x": int(s5), "target_magnification_5x": 5,
-                      "region_px_20x_5x": 4 * out_px})
+    hook = getattr(encoder, "bag_attrs", None)
+    attrs.update(hook(opts) if hook is not None else {})
+    if plan.c5 is not None:
+        attrs.update({"patch_size_level0_5x": int(plan.size_5x), "target_magnification_5x": 5,
+                      "region_px_20x_5x": 4 * plan.out_px})
+    return attrs
+
+
+def write_slide_bag(out_path: str | os.PathLike, plan: ReadPlan, feats: np.ndarray, f5: np.ndarray | None,
+                    attrs: dict, sid: str, coords_file: str | os.PathLike | None, clam_pt: bool) -> None:
+    """The bag (atomic, written last: it marks the slide done), after the optional CLAM ``.pt`` side output."""
     cattrs = _coords_attrs(Path(coords_file) if coords_file else None)
-    cattrs.setdefault("patch_size", out_px)
-    cattrs.setdefault("patch_size_level0", s)
+    cattrs.setdefault("patch_size", plan.out_px)
+    cattrs.setdefault("patch_size_level0", plan.size)
     cattrs.setdefault("name", sid)
     remove_dead_temps(out_path)
-    if opts.clam_pt:  # side output first: the bag is the slide's completion marker and is written last
+    if clam_pt:
         write_clam_pt(clam_pt_path(out_path), feats)
         kill_point("extract:after_pt")
-    write_bag(out_path, feats, coords, attrs, f5, c5, pidx, coords_attrs=cattrs)
-    return {"n_20x": int(len(coords)), "n_5x": int(0 if c5 is None else len(c5)), **timing}
+    write_bag(out_path, feats, plan.coords, attrs, f5, plan.c5, plan.pidx, coords_attrs=cattrs)
+
+
+def extract_slide(
+    slide: str | os.PathLike,
+    grid,
+    encoder,
+    out_path: str | os.PathLike,
+    opts: ExtractOptions | None = None,
+    coords_file: str | os.PathLike | None = None,
+    signature: str | None = None,
+) -> dict:
+    """Extract one slide's bag to ``out_path`` (atomic). Returns timings and counts for the cohort summary."""
+    from zoomfeat.slides.reader import open_slide
+
+    opts = opts or ExtractOptions()
+    sid = slide_id(slide)  # names outputs; the coordinate file's own name (checked on read) only seeds the noise
+    plan = plan_reads(grid, opts, getattr(encoder, "ssl_encoder", None) is not None, sid)
+    ds = RegionDataset(open_slide(slide, mpp=opts.mpp, mpp_csv=opts.mpp_csv, require_mpp=False), plan.parts,
+                       plan.out_px)
+    try:
+        feats, f5, timing = encode_reads(ds, plan, encoder, opts, grid.slide or sid, sid)
+        mpp0 = grid.mpp_level0 if grid.mpp_level0 is not None else ds.wsi.mpp
+    finally:
+        ds.wsi.close()
+    attrs = bag_attrs(encoder, opts, grid, plan, sid, mpp0, coords_file, signature)
+    write_slide_bag(out_path, plan, feats, f5, attrs, sid, coords_file, opts.clam_pt)
+    return {"n_20x": int(len(plan.coords)), "n_5x": int(0 if plan.c5 is None else len(plan.c5)), **timing}
 
 
 # ------------------------------------------------------------------------------------------------ cohort
@@ -460,5 +548,6 @@ def merge_rank_summaries(feat_dir: str | os.PathLike, world: int, run_id: str | 
     return merged
 
 
-__all__ = ["ExtractOptions", "extract_slide", "extract_cohort", "extract_signature", "merge_rank_summaries",
-           "parents_5x", "RegionDataset"]
+__all__ = ["ExtractOptions", "ExtractConfig", "load_extract_config", "extract_slide", "plan_reads", "encode_reads",
+           "ssl_grids_5x", "bag_attrs", "write_slide_bag", "extract_cohort", "extract_signature",
+           "merge_rank_summaries", "parents_5x", "RegionDataset"]

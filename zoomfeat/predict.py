@@ -32,41 +32,16 @@ class SlidePredictReport:
         return self.report.exit_code
 
 
-def _encoder_kwargs(spec: dict) -> dict:
-    """create_encoder keywords that rebuild the recorded recipe."""
-    name, rc = spec["encoder"], dict(spec.get("recipe") or {})
-    kw: dict[str, Any] = {}
-    if spec.get("precision") and name != "custom":
-        kw["precision"] = spec["precision"]
-    if name == "zoomldm":
-        kw.update(blocks=rc.get("blocks", [0]), t=rc.get("t", [100]), conditioning=rc.get("conditioning", "uni"),
-                  base_seed=int(rc.get("base_seed", 0)))
-        if kw["conditioning"] == "uni":
-            kw["ssl_encoder"] = rc.get("ssl_encoder") or "uni"
-    elif name == "tiny-vit":
-        kw.update({k: int(rc[k]) for k in ("seed", "depth") if k in rc})
-        if spec.get("dim"):
-            kw["dim"] = int(spec["dim"])
-        if "input_size" in rc:
-            kw["input_size"] = int(rc["input_size"])
-    elif name == "custom":
-        kw["model"] = rc.get("arch")
-    return kw
-
-
 def encoder_for_model(spec: dict, weights: str | os.PathLike | None = None,
                       ssl_weights: str | os.PathLike | None = None, registry: str | os.PathLike | None = None,
                       mag: str = "20x"):
     """Build the encoder a model's feature spec names and refuse it (SpecMismatchError) if it differs from the
     spec: other weights (sha256), another recipe, another width."""
     from mil.spec import SpecMismatchError, differences, spec_from_attrs
-    from zoomfeat.encoders import create_encoder
+    from zoomfeat.encoders import create_encoder, get_encoder
 
-    kw = _encoder_kwargs(spec)
-    if spec["encoder"] == "zoomldm" and kw.get("conditioning") == "uni":
-        kw["ssl_weights"] = ssl_weights
-    if spec["encoder"] in ("uni", "phikon") and weights is None and (spec.get("recipe") or {}).get("random_init"):
-        kw["random_init"] = True  # a model trained on random-init features (tests only)
+    # the registered encoder's options table knows how to rebuild its recorded recipe
+    kw = get_encoder(spec["encoder"]).options.recipe_kwargs(spec, weights=weights, ssl_weights=ssl_weights)
     enc = create_encoder(spec["encoder"], weights=weights, registry=registry, **kw)
     # the attributes extract_slide would write, JSON round-tripped like the bag's
     cfg = json.loads(json.dumps(enc.full_config(), sort_keys=True, default=str))

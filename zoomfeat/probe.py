@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from zoomfeat.encoders.zoomldm import ZOOMLDM
 from zoomfeat.io import atomic_path
 
 PROBE_COLUMNS = ["encoder", "block", "t", "conditioning", "mag", "task", "metric", "mean", "std", "ci_low", "ci_high",
@@ -106,6 +107,7 @@ def zoomldm_slide_means(ldm, tiles: dict, slide: str, spec: SweepSpec, ssl_encod
     and block. Noise seeds are the extractor's (``tile_seeds``), so a chosen recipe reproduces in ``extract``."""
     import torch
 
+    from zoomfeat.encoders.base import TileContext
     from zoomfeat.encoders.zoomldm import ZoomLDMEncoder, tile_seeds
 
     out: dict[str, np.ndarray] = {}
@@ -126,7 +128,7 @@ def zoomldm_slide_means(ldm, tiles: dict, slide: str, spec: SweepSpec, ssl_encod
 
             def fn(x, sd, g, mag=mag, enc=enc):
                 gt = None if g is None else torch.from_numpy(np.ascontiguousarray(g))
-                return enc.encode(x, mag=mag, ssl_grid=gt, seeds=sd)
+                return enc.encode(x, TileContext(mag, ssl_grid=gt, seeds=sd))
 
             feats = _batched_encode(fn, tiles[mag], spec.batch_size, seeds, grids)  # (n, n_t * Σc), t-major
             out[f"{cond}|{mag}"] = feats.reshape(len(feats), n_t, -1).mean(0)
@@ -222,7 +224,7 @@ def _feature_sets(means: dict[str, dict[str, np.ndarray]], slides: list[str], sp
                 x = {m: per_mag[m][:, ti, sl] for m in per_mag}
                 for mag in spec.mags:
                     X = np.concatenate([x["20x"], x["5x"]], 1) if mag == "20x+5x" else x[mag]
-                    yield {"encoder": "zoomldm", "block": b, "t": t, "conditioning": cond, "mag": mag}, X
+                    yield {"encoder": ZOOMLDM, "block": b, "t": t, "conditioning": cond, "mag": mag}, X
     for name in spec.baselines:
         x = {m: np.stack([means[s][f"{name}|{m}"][0] for s in slides]) for m in ("20x", "5x")}
         for mag in spec.mags:
@@ -257,7 +259,7 @@ def evaluate(sets, targets: dict, patients: np.ndarray, mask: np.ndarray, spec: 
 
 def choose_recipe(rows: list[dict], task: str, subset: str) -> dict:
     """The zoomldm row with the best mean on ``task`` within ``subset`` (ties: lower t, then lower block)."""
-    cand = [r for r in rows if r["encoder"] == "zoomldm" and r["task"] == task and r["subset"] == subset
+    cand = [r for r in rows if r["encoder"] == ZOOMLDM and r["task"] == task and r["subset"] == subset
             and np.isfinite(r["mean"])]
     if not cand:
         raise RuntimeError(f"no finite probe score for task {task!r}; nothing to choose from")
@@ -293,7 +295,7 @@ def plot_heatmaps(rows: list[dict], out_dir: Path, spec: SweepSpec, subset: str)
 
     paths = []
     blocks, ts = sorted(spec.blocks), list(spec.t)
-    ab = {r["t"]: r["alpha_bar"] for r in rows if r["encoder"] == "zoomldm"}
+    ab = {r["t"]: r["alpha_bar"] for r in rows if r["encoder"] == ZOOMLDM}
     for task in spec.tasks:
         for mag in spec.mags:
             fig, axes = plt.subplots(1, len(spec.conditioning), squeeze=False, layout="constrained",
@@ -301,7 +303,7 @@ def plot_heatmaps(rows: list[dict], out_dir: Path, spec: SweepSpec, subset: str)
             for k, (ax, cond) in enumerate(zip(axes[0], spec.conditioning)):
                 grid = np.full((len(blocks), len(ts)), np.nan)
                 for r in rows:
-                    if (r["encoder"], r["task"], r["mag"], r["conditioning"], r["subset"]) == ("zoomldm", task, mag, cond, subset):
+                    if (r["encoder"], r["task"], r["mag"], r["conditioning"], r["subset"]) == (ZOOMLDM, task, mag, cond, subset):
                         grid[blocks.index(r["block"]), ts.index(r["t"])] = r["mean"]
                 im = ax.imshow(grid, vmin=0.4 if task != "survival" else 0.4, vmax=1.0, cmap="viridis", aspect="auto")
                 for i in range(len(blocks)):
@@ -329,12 +331,13 @@ def write_best_recipe(best: dict, path: Path, weights: str | None, ssl_encoder: 
     """``zoomfeat extract --config`` YAML of the chosen recipe (numbers in comments: extract rejects unknown keys)."""
     import yaml
 
-    cfg = {"encoder": "zoomldm", "blocks": [int(best["block"])], "t": [int(best["t"])],
-           "conditioning": best["conditioning"], "mags": "20x,5x"}
+    enc = {"name": ZOOMLDM, "blocks": [int(best["block"])], "t": [int(best["t"])],
+           "conditioning": best["conditioning"]}
     if weights:
-        cfg["weights"] = str(weights)
+        enc["weights"] = str(weights)
     if best["conditioning"] == "uni":
-        cfg["ssl-encoder"] = ssl_encoder
+        enc["ssl_encoder"] = ssl_encoder
+    cfg = {"encoder": enc, "mags": "20x,5x"}
     head = [f"# ZoomLDM recipe chosen by `zoomfeat probe` on {best['subset']} patients: task {best['task']}, "
             f"mag {best['mag']}, {best['metric']} {best['mean']:.3f} [{best['ci_low']:.3f}, {best['ci_high']:.3f}]",
             f"# t = {best['t']}: alpha_bar = {best['alpha_bar']:.3f} ({best['noise_pct']:.1f}% of the variance is noise)"]
@@ -437,7 +440,7 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
         r2, s2 = report_rows(means, sids, spec, chans, rows, best, targets, patients, ~tune, alpha, subset)
         rows += r2
         scores.update(s2)
-        report_row = next(r for r in r2 if r["encoder"] == "zoomldm" and r["task"] == best["task"]
+        report_row = next(r for r in r2 if r["encoder"] == ZOOMLDM and r["task"] == best["task"]
                           and r["mag"] == best["mag"] and r["block"] == best["block"] and r["t"] == best["t"]
                           and r["conditioning"] == best["conditioning"])
     write_rows(rows, out / "probe.csv")

@@ -34,7 +34,10 @@ def register(subparsers) -> None:
     p.add_argument("--tiles", required=True, help="folder written by `zoomfeat tile` (20x + 5x coordinates)")
     p.add_argument("--labels", required=True, help="CSV with slide, patient and one column per task "
                                                    "(survival: time, event)")
-    p.add_argument("--encoder", default="zoomldm", choices=("zoomldm",), help="the model whose recipe is swept")
+    from zoomfeat.encoders import encoder_entries
+    from zoomfeat.encoders.zoomldm import ZOOMLDM
+
+    p.add_argument("--encoder", default=ZOOMLDM, choices=(ZOOMLDM,), help="the model whose recipe is swept")
     p.add_argument("--weights", required=True, help="ZoomLDM folder (convert / train) or official weights.ckpt")
     p.add_argument("--blocks", type=_ints, default=list(range(13)), help="UNet blocks (default 0..12)")
     p.add_argument("--t", type=_ints, default=[0, 25, 50, 100, 200, 400], help="timesteps (default 0,25,50,100,200,400)")
@@ -42,7 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--mags", type=_strs, default=["20x", "5x", "20x+5x"], help="20x,5x,20x+5x (default all)")
     p.add_argument("--tasks", type=_strs, default=["subtype"], help="label columns, 'survival' for time/event")
     p.add_argument("--select", default=None, help="task that chooses the recipe (default: the first task)")
-    p.add_argument("--baselines", type=_strs, default=[], help="reference encoders: tiny-vit,uni,phikon,custom")
+    p.add_argument("--baselines", type=_strs, default=[], help="reference encoders, comma-separated: "
+                   + ",".join(n for n in encoder_entries() if n != ZOOMLDM))
     p.add_argument("--custom-model", default=None, help="'package.module:factory' for the custom baseline")
     p.add_argument("--ssl-encoder", default="uni", help="SSL encoder of uni conditioning (tiny-vit for tiny models)")
     p.add_argument("--ssl-weights", default=None, help="weights of the SSL encoder (default: registry)")

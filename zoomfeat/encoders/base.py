@@ -158,8 +158,79 @@ def load_into_meta_built(build: Callable[[], nn.Module], state_dict: dict[str, t
 
 
 @dataclass
-class Encoder:
-    """A tile encoder: ``encode(images) -> [B, dim]`` float32.
+class TileContext:
+    """Where a batch of tiles comes from: what context-aware encoders (ZoomLDM) need besides the pixels.
+
+    ``mag``: ``"20x"`` or ``"5x"``; ``coords``: level-0 top-left (n, 2) and ``slide``: the id that seeds per-tile
+    noise; ``ssl_grid``: [n, C, s, s] embeddings of the tile's SSL grid (s = 1 at 20x, 4 at 5x), filled by the
+    extractor when the encoder has an ``ssl_encoder``; ``seeds``: explicit per-tile seeds (tests, benchmarks) that
+    replace the ones derived from ``slide`` + ``coords``. Plain encoders ignore all of it.
+    """
+
+    mag: str = "20x"
+    coords: np.ndarray | None = None
+    slide: str | None = None
+    ssl_grid: torch.Tensor | None = None
+    seeds: Sequence[int] | np.ndarray | None = None
+
+
+class TileEncoder:
+    """THE encoder protocol of zoomfeat: subclass it (or match it) and register it with ``@register_encoder``.
+
+    Required: ``dim`` and ``encode(images, ctx) -> [B, dim]`` float32 (images: uint8 [B,H,W,3] or float [B,3,H,W]
+    in [0,1]; ``ctx``: the batch's :class:`TileContext`, ``None`` outside extraction). The rest has defaults:
+    ``name`` (set by the registry), ``precision``, ``weights_sha256``/``weights_path``/``config`` (recorded in
+    every bag), ``device``/``to`` (through ``model`` when there is one). Capabilities the extractor asks for:
+    ``ssl_encoder`` (not None: the extractor embeds every 20x tile and every 5x region's 4×4 children with it
+    and passes the grids in ``ctx.ssl_grid``), ``bag_attrs(opts)`` (extra bag attributes), ``compile_units()`` and
+    ``conv_modules()`` (what ``--compile`` / ``--channels-last`` act on).
+    """
+
+    name: str  # set by @register_encoder
+    dim: int
+    precision: str = "fp32"
+    weights_sha256: str | None = None
+    weights_path: str | None = None
+    ssl_encoder: "TileEncoder | None" = None
+
+    @property
+    def device(self) -> torch.device:
+        model = getattr(self, "model", None)
+        try:
+            return next(model.parameters()).device if model is not None else torch.device("cpu")
+        except StopIteration:
+            return torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> "TileEncoder":
+        model = getattr(self, "model", None)
+        if model is not None:
+            model.to(device)
+        return self
+
+    def full_config(self) -> dict:
+        """What a bag stores as ``encoder_config`` (and what the extract signature hashes)."""
+        return {"name": self.name, "dim": self.dim, "precision": self.precision, **getattr(self, "config", {})}
+
+    def encode(self, images: Any, ctx: TileContext | None = None) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement encode(images, ctx)")
+
+    def bag_attrs(self, opts: Any) -> dict:
+        """Extra file attributes of a bag extracted with ``opts`` (ExtractOptions); none by default."""
+        return {}
+
+    def compile_units(self) -> list[nn.Module]:
+        """Modules a forward calls, each compiled as one unit by ``--compile``."""
+        model = getattr(self, "model", None)
+        return [model] if isinstance(model, nn.Module) else []
+
+    def conv_modules(self) -> list[nn.Module]:
+        """Modules whose weights ``--channels-last`` converts."""
+        return self.compile_units()
+
+
+@dataclass
+class Encoder(TileEncoder):
+    """A model-wrapping tile encoder: ``encode(images) -> [B, dim]`` float32 (the context is not used).
 
     ``model`` maps transformed images to features through ``forward_fn`` (default: ``model(x)``); ``precision``
     is the autocast dtype used on GPU; ``config`` is recorded in every bag so features can be traced to settings.
@@ -180,24 +251,13 @@ class Encoder:
         for p in self.model.parameters():
             p.requires_grad_(False)
 
-    @property
-    def device(self) -> torch.device:
-        try:
-            return next(self.model.parameters()).device
-        except StopIteration:
-            return torch.device("cpu")
-
-    def to(self, device: torch.device | str) -> "Encoder":
-        self.model.to(device)
-        return self
-
     def full_config(self) -> dict:
         """What a bag stores as ``encoder_config``: the builder's options plus transform and precision."""
         tcfg = self.transforms.config() if hasattr(self.transforms, "config") else {}
         return {"name": self.name, "dim": self.dim, "precision": self.precision, **tcfg, **self.config}
 
     @torch.inference_mode()
-    def encode(self, images: Any) -> torch.Tensor:
+    def encode(self, images: Any, ctx: TileContext | None = None) -> torch.Tensor:
         """Tiles (uint8 [B,H,W,3] or float [B,3,H,W] in [0,1]) → features [B, dim] float32 on the model's device."""
         device = self.device
         x = self.transforms(images, device)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from zoomfeat.encoders.base import Encoder, TileTransform, infer_dim, load_state_dict_file, state_dict_sha256
+from zoomfeat.encoders.options import EncoderOptions, option
+from zoomfeat.encoders.registry import register_encoder
 from zoomfeat.io import sha256_file
 
 
@@ -29,11 +32,30 @@ def _resolve_model(model: nn.Module | str | Callable[[], nn.Module]) -> nn.Modul
     raise TypeError(f"custom model must be an nn.Module, a factory or 'module:factory', got {type(model).__name__}")
 
 
+@dataclass
+class CustomOptions(EncoderOptions):
+    custom_model: str | None = option(None, "'package.module:factory' returning the nn.Module")
+
+    def builder_kwargs(self) -> dict:
+        if not self.custom_model:
+            raise ValueError("--encoder custom needs --custom-model package.module:factory")
+        kw = super().builder_kwargs()
+        kw["model"] = kw.pop("custom_model")
+        return kw
+
+    @classmethod
+    def recipe_kwargs(cls, spec: dict, weights: Any = None, ssl_weights: Any = None) -> dict:
+        return {"model": (spec.get("recipe") or {}).get("arch")}  # its precision is the model's own
+
+
+@register_encoder("custom", options=CustomOptions)
 def create_custom(model: nn.Module | str | Callable[[], nn.Module] | None = None, weights: str | os.PathLike | None = None,
                   transforms: Callable[..., torch.Tensor] | None = None, dim: int | None = None,
                   encoder_name: str = "custom", precision: str = "fp32", input_size: int = 224,
                   forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> Encoder:
-    """Wrap a model. ``transforms(images, device) -> [B,3,H,W]`` defaults to resize + ImageNet normalisation;
+    """Any nn.Module (or 'package.module:factory') as an encoder.
+
+    ``transforms(images, device) -> [B,3,H,W]`` defaults to resize + ImageNet normalisation;
     ``dim`` is inferred by one dummy forward when omitted; ``weights`` is an optional state dict (strict)."""
     if model is None:
         raise ValueError("the custom encoder needs model= (an nn.Module or 'package.module:factory')")

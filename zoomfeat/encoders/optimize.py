@@ -1,34 +1,15 @@
 """Speed options of an encoder that leave its features unchanged: ``torch.compile`` and channels-last memory.
 
 Both act in place on the modules the forward runs through and keep parameter names (``nn.Module.compile``
-wraps ``__call__`` only), so weights hashes, bag signatures and ``state_dict`` stay as they were. For ZoomLDM the
-compiled units are the VQ encoder and each UNet stage that ``unet_features`` calls (not ``unet.forward``, which
-early exit bypasses). ``benchmarks/gpu.py`` measures whether they pay off on a given GPU (docs/gpu.md).
+wraps ``__call__`` only), so weights hashes, bag signatures and ``state_dict`` stay as they were. Each encoder says
+what to act on (``compile_units()`` / ``conv_modules()`` of the :class:`~zoomfeat.encoders.base.TileEncoder`
+protocol; for ZoomLDM the VQ encoder and each UNet stage that ``unet_features`` calls).
+``benchmarks/gpu.py`` measures whether they pay off on a given GPU (docs/gpu.md).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-
-def _units(encoder) -> list[nn.Module]:
-    """The modules a forward of ``encoder`` calls (each gets compiled as one unit)."""
-    if getattr(encoder, "name", "") == "zoomldm":
-        ldm = encoder.model
-        unet = ldm.unet
-        units = [ldm.vq.encoder, ldm.vq.quant_conv, unet.conv_in, unet.time_embedding, *unet.down_blocks,
-                 unet.mid_block, *unet.up_blocks]
-        ssl = getattr(encoder, "ssl_encoder", None)
-        return units + (_units(ssl) if ssl is not None else [])
-    return [encoder.model]
-
-
-def _conv_modules(encoder) -> list[nn.Module]:
-    if getattr(encoder, "name", "") == "zoomldm":
-        ssl = getattr(encoder, "ssl_encoder", None)
-        return [encoder.model.vq, encoder.model.unet] + (_conv_modules(ssl) if ssl is not None else [])
-    return [encoder.model]
 
 
 def optimize_encoder(encoder, compile: bool | str = False, channels_last: bool = False, mode: str | None = None,
@@ -40,11 +21,11 @@ def optimize_encoder(encoder, compile: bool | str = False, channels_last: bool =
     (CUDA graphs), ``"max-autotune"``. The first batches of each new shape pay the compile time."""
     backend = "inductor" if compile is True else (compile or None)
     if channels_last:
-        for m in _conv_modules(encoder):
+        for m in encoder.conv_modules():
             m.to(memory_format=torch.channels_last)
     if backend:
         kw = {"mode": mode} if backend == "inductor" else {}
-        for m in _units(encoder):
+        for m in encoder.compile_units():
             m.compile(backend=backend, dynamic=dynamic, **kw)
     encoder.speed = {"compile": backend, "compile_mode": mode, "channels_last": bool(channels_last)}
     return encoder
@@ -52,11 +33,11 @@ def optimize_encoder(encoder, compile: bool | str = False, channels_last: bool =
 
 def reset_encoder_speed(encoder):
     """Undo :func:`optimize_encoder` (eager calls, contiguous weights) — lets a benchmark compare variants."""
-    for m in _units(encoder):
+    for m in encoder.compile_units():
         for sub in m.modules():
             if getattr(sub, "_compiled_call_impl", None) is not None:
                 sub._compiled_call_impl = None
-    for m in _conv_modules(encoder):
+    for m in encoder.conv_modules():
         m.to(memory_format=torch.contiguous_format)
     encoder.speed = {"compile": None, "compile_mode": None, "channels_last": False}
     return encoder

@@ -9,6 +9,8 @@ import torch
 
 from zoomfeat.encoders.base import (Encoder, TileTransform, load_into_meta_built, load_state_dict_file,
                                     state_dict_sha256)
+from zoomfeat.encoders.options import RandomInitOptions
+from zoomfeat.encoders.registry import register_encoder
 from zoomfeat.io import sha256_file
 
 PHIKON_DIM = 768
@@ -48,6 +50,7 @@ def _cls_token(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(pixel_values=x).last_hidden_state[:, 0, :]
 
 
+@register_encoder("phikon", needs_weights=True, options=RandomInitOptions)
 def create_phikon(weights: str | os.PathLike | None = None, precision: str = "fp32", random_init: bool = False,
                   input_size: int = 224) -> Encoder:
     """Phikon encoder: ImageNet normalisation, resize to 224, fp32 (TRIDENT's precision for Phikon)."""

@@ -4,10 +4,14 @@ tiny ZoomLDM, so tests, the demo and training need no weight file (its ``dim`` m
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from zoomfeat.encoders.base import Encoder, TileTransform, load_state_dict_file, state_dict_sha256
+from zoomfeat.encoders.options import EncoderOptions, option
+from zoomfeat.encoders.registry import register_encoder
 from zoomfeat.io import sha256_file
 
 
@@ -23,9 +27,27 @@ def build_tiny_vit(dim: int = 48, seed: int = 0, depth: int = 2, img_size: int =
     return model
 
 
+@dataclass
+class TinyViTOptions(EncoderOptions):
+    seed: int = option(0, "weight-init seed", type=int)
+
+    @classmethod
+    def recipe_kwargs(cls, spec: dict, weights: Any = None, ssl_weights: Any = None) -> dict:
+        rc = spec.get("recipe") or {}
+        kw = {**super().recipe_kwargs(spec), **{k: int(rc[k]) for k in ("seed", "depth") if k in rc}}
+        if spec.get("dim"):
+            kw["dim"] = int(spec["dim"])
+        if "input_size" in rc:
+            kw["input_size"] = int(rc["input_size"])
+        return kw
+
+
+@register_encoder("tiny-vit", options=TinyViTOptions)
 def create_tiny_vit(weights: str | os.PathLike | None = None, dim: int = 48, seed: int = 0, depth: int = 2,
                     input_size: int = 64, precision: str = "fp32") -> Encoder:
-    """Random init from ``seed`` or a saved state dict (``strict=True``); ImageNet normalisation at 64 px."""
+    """Small seeded random-init ViT (48-d; no weight file).
+
+    Random init from ``seed`` or a saved state dict (``strict=True``); ImageNet normalisation at 64 px."""
     model = build_tiny_vit(dim=dim, seed=seed, depth=depth, img_size=input_size)
     if weights is not None:
         model.load_state_dict(load_state_dict_file(weights), strict=True)

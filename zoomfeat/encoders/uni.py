@@ -9,6 +9,8 @@ import torch
 
 from zoomfeat.encoders.base import (Encoder, TileTransform, load_into_meta_built, load_state_dict_file,
                                     state_dict_sha256)
+from zoomfeat.encoders.options import RandomInitOptions
+from zoomfeat.encoders.registry import register_encoder
 from zoomfeat.io import sha256_file
 
 UNI_DIM = 1024
@@ -35,9 +37,10 @@ def _weights_file(weights: str | os.PathLike) -> Path:
     return p
 
 
+@register_encoder("uni", needs_weights=True, options=RandomInitOptions)
 def create_uni(weights: str | os.PathLike | None = None, precision: str = "fp16", random_init: bool = False,
                input_size: int = 224) -> Encoder:
-    """UNI encoder. ``weights``: ``pytorch_model.bin`` (or its folder), loaded with ``strict=True``.
+    """UNI (ViT-L/16, 1024-d). ``weights``: ``pytorch_model.bin`` (or its folder), loaded with ``strict=True``.
 
     ``random_init=True`` builds the architecture without weights (tests, benchmarks). Tiles are resized to 224 and
     ImageNet-normalised (CLAM/TRIDENT/UNI README); on GPU the forward runs under fp16 autocast (TRIDENT's choice).

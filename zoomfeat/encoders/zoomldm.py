@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from zoomfeat.encoders.base import Encoder, TileTransform, autocast_context
+from zoomfeat.encoders.base import TileContext, TileEncoder, TileTransform, autocast_context
+from zoomfeat.encoders.options import EncoderOptions, int_list, option
+from zoomfeat.encoders.registry import get_encoder, register_encoder, resolve_weights
 from zoomfeat.io import sha256_file
 from zoomfeat.mags import mag_to_index
 
@@ -62,12 +64,13 @@ def block_channels(unet_config: Any) -> dict[int, int]:
     return out
 
 
-class ZoomLDMEncoder:
-    """Tile → ZoomLDM UNet activation features. Same attributes as :class:`Encoder`; ``encode`` takes the tiles'
-    magnification, SSL grids (for ``conditioning='uni'``) and per-tile noise seeds."""
+class ZoomLDMEncoder(TileEncoder):
+    """Tile → ZoomLDM UNet activation features. ``encode(images, ctx)`` reads the tiles' magnification, SSL grids
+    (for ``conditioning='uni'``; its ``ssl_encoder`` asks the extractor for them) and per-tile noise seeds (from
+    ``ctx.slide`` + ``ctx.coords``, or ``ctx.seeds``) from the :class:`TileContext`."""
 
     def __init__(self, ldm, blocks: Sequence[int] = DEFAULT_BLOCKS, t: Sequence[int] = DEFAULT_T,
-                 conditioning: str = DEFAULT_CONDITIONING, ssl_encoder: Encoder | None = None,
+                 conditioning: str = DEFAULT_CONDITIONING, ssl_encoder: TileEncoder | None = None,
                  precision: str = "fp16", base_seed: int = 0, weights_sha256: str | None = None,
                  weights_path: str | None = None):
         self.name = ZOOMLDM
@@ -110,7 +113,7 @@ class ZoomLDMEncoder:
                        "ssl_encoder": ssl_encoder.name if self.ssl_encoder else None,
                        "ssl_weights_sha256": ssl_encoder.weights_sha256 if self.ssl_encoder else None}
 
-    # -- Encoder-compatible surface --------------------------------------------------------------------------
+    # -- TileEncoder protocol --------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return torch.device(self.model.device)
@@ -121,13 +124,29 @@ class ZoomLDMEncoder:
             self.ssl_encoder.to(device)
         return self
 
-    @property
-    def needs_ssl(self) -> bool:
-        return self.ssl_encoder is not None
-
     def full_config(self) -> dict:
         return {"name": self.name, "dim": self.dim, "precision": self.precision, **self.transforms.config(),
                 **self.config}
+
+    def bag_attrs(self, opts: Any) -> dict:
+        """The recipe as top-level bag attributes (``block``, ``t``, ``conditioning``, the SSL encoder)."""
+        ssl = self.ssl_encoder
+        return {"block": self.blocks, "t": self.t, "conditioning": self.conditioning,
+                "missing_children_5x": opts.missing_children if ssl is not None else None,
+                "ssl_encoder": ssl.name if ssl else None, "ssl_weights_sha256": ssl.weights_sha256 if ssl else None}
+
+    def compile_units(self) -> list:
+        """The VQ encoder and each UNet stage ``unet_features`` calls (not ``unet.forward``, which early exit
+        bypasses), then the SSL encoder's."""
+        ldm = self.model
+        unet = ldm.unet
+        units = [ldm.vq.encoder, ldm.vq.quant_conv, unet.conv_in, unet.time_embedding, *unet.down_blocks,
+                 unet.mid_block, *unet.up_blocks]
+        return units + (self.ssl_encoder.compile_units() if self.ssl_encoder is not None else [])
+
+    def conv_modules(self) -> list:
+        ssl = self.ssl_encoder
+        return [self.model.vq, self.model.unet] + (ssl.conv_modules() if ssl is not None else [])
 
     # -- features ------------------------------------------------------------------------------------------------
     def _noise(self, seeds: Sequence[int] | np.ndarray | None, shape: tuple[int, ...], n: int) -> torch.Tensor:
@@ -156,10 +175,19 @@ class ZoomLDMEncoder:
         acts = self.model.unet_features(x_t, t, context, self.blocks)
         return torch.cat([acts[b].float().mean(dim=(2, 3)) for b in self.blocks], dim=1)
 
+    def seeds(self, ctx: TileContext) -> np.ndarray | Sequence[int] | None:
+        """The batch's noise seeds: explicit ones, else derived from slide + coords (None: one base-seeded draw)."""
+        if ctx.seeds is not None:
+            return ctx.seeds
+        if ctx.slide is not None and ctx.coords is not None:
+            return tile_seeds(ctx.slide, ctx.coords, ctx.mag, self.base_seed)
+        return None
+
     @torch.inference_mode()
-    def encode(self, images: Any, mag: str = "20x", ssl_grid: torch.Tensor | None = None,
-               seeds: Sequence[int] | np.ndarray | None = None) -> torch.Tensor:
+    def encode(self, images: Any, ctx: TileContext | None = None) -> torch.Tensor:
         """Tiles (uint8 [B,H,W,3] or float [0,1]) → [B, dim] float32 features (see the module docstring)."""
+        ctx = ctx or TileContext()
+        mag, ssl_grid, seeds = ctx.mag, ctx.ssl_grid, self.seeds(ctx)
         ldm = self.model
         device = self.device
         x = self.transforms(images, device)
@@ -179,39 +207,91 @@ class ZoomLDMEncoder:
         return out.float()
 
 
+@dataclass
+class ZoomLDMOptions(EncoderOptions):
+    """ZoomLDM's recipe and model options (the spec §8 working hypothesis by default; sweep with `zoomfeat probe`)."""
+
+    blocks: list[int] = option(list(DEFAULT_BLOCKS), "UNet blocks to pool: 0 = middle block, 1..12 = decoder "
+                               "blocks; several are concatenated", type=int_list)
+    t: list[int] = option(list(DEFAULT_T), "noise timestep(s); several are concatenated", type=int_list)
+    conditioning: str = option(DEFAULT_CONDITIONING, "uni: the tile's SSL embedding (20x: 1×1, 5x: 4×4 children "
+                               "grid); none: null context", choices=("uni", "none"))
+    ssl_encoder: str = option("uni", "SSL encoder for conditioning (tiny-vit for the tiny test model)",
+                              choices=("uni", "tiny-vit", "phikon"))
+    ssl_weights: str | None = option(None, "weights of the SSL encoder (default: from the registry)")
+    seed: int = option(0, "base seed of the per-tile noise", type=int)
+    random_init: bool = option(False, "its SSL encoder (uni/phikon) without weights (tests and timing only)")
+    official_config: str | None = option(None, "official config.yaml of a .ckpt given as --weights (default: the "
+                                         "config.yaml beside it)")
+    online: bool = option(False, "official .ckpt only: load the online UNet instead of the EMA weights (the "
+                          "released default)")
+
+    def __post_init__(self) -> None:
+        self.blocks, self.t = int_list(self.blocks), int_list(self.t)  # YAML may say `blocks: 0,3`
+
+    def builder_kwargs(self) -> dict:
+        kw = {"blocks": self.blocks, "t": self.t, "conditioning": self.conditioning, "base_seed": self.seed,
+              "config": self.official_config, "ema": not self.online}
+        if self.precision:
+            kw["precision"] = self.precision
+        if self.conditioning == "uni":
+            kw.update(ssl_encoder=self.ssl_encoder, ssl_weights=self.ssl_weights)
+            if self.random_init and "random_init" in get_encoder(self.ssl_encoder).options().own_fields():
+                kw["ssl_kwargs"] = {"random_init": True}
+        return kw
+
+    @classmethod
+    def recipe_kwargs(cls, spec: dict, weights: Any = None, ssl_weights: Any = None) -> dict:
+        rc = spec.get("recipe") or {}
+        kw = {**super().recipe_kwargs(spec), "blocks": rc.get("blocks", list(DEFAULT_BLOCKS)),
+              "t": rc.get("t", list(DEFAULT_T)), "conditioning": rc.get("conditioning", DEFAULT_CONDITIONING),
+              "base_seed": int(rc.get("base_seed", 0))}
+        if kw["conditioning"] == "uni":
+            kw.update(ssl_encoder=rc.get("ssl_encoder") or "uni", ssl_weights=ssl_weights)
+        return kw
+
+
+def _ssl_encoder(name: str, ldm, weights, kwargs: dict | None, precision: str, registry):
+    """The conditioning encoder ``name`` (sized to the model's ssl dim for ``tiny-vit``)."""
+    from zoomfeat.encoders.registry import create_encoder
+
+    kw = dict(kwargs or {})
+    kw.setdefault("precision", precision)  # one --precision for the whole forward
+    if name == "tiny-vit":
+        kw.setdefault("dim", int(ldm.ssl_dim))
+    return create_encoder(name, weights=weights, registry=registry, **kw)
+
+
+@register_encoder(ZOOMLDM, needs_weights=True, options=ZoomLDMOptions)
 def create_zoomldm(weights: str | os.PathLike | None = None, blocks: Sequence[int] = DEFAULT_BLOCKS,
                    t: Sequence[int] = DEFAULT_T, conditioning: str = DEFAULT_CONDITIONING,
-                   ssl_encoder: Encoder | str | None = None, ssl_weights: str | os.PathLike | None = None,
+                   ssl_encoder: TileEncoder | str | None = None, ssl_weights: str | os.PathLike | None = None,
                    ssl_kwargs: dict | None = None, precision: str = "fp16", base_seed: int = 0,
-                   config: str | os.PathLike | None = None, ldm=None) -> ZoomLDMEncoder:
-    """Build the zoomldm encoder from local weights (folder or official ckpt + config.yaml) or a loaded ``ldm``.
+                   config: str | os.PathLike | None = None, ema: bool = True, ldm=None,
+                   registry: str | os.PathLike | None = None) -> ZoomLDMEncoder:
+    """ZoomLDM UNet features (VQ → noise to t → UNet blocks, pooled), from a saved folder or official .ckpt.
 
-    ``ssl_encoder``: an Encoder or a registry name (default ``uni``; ``tiny-vit`` for the tiny fixture, sized to
-    the model's ssl dim automatically). Fails before any work when conditioning needs SSL weights that are missing.
+    ``weights``: a folder from ``zoomfeat convert``/training or an official ``.ckpt`` (+ ``config``, default the
+    config.yaml beside it; ``ema=False`` loads the online UNet), or pass a loaded ``ldm``. ``ssl_encoder``: an
+    encoder or a registry name (default ``uni``; ``tiny-vit`` for the tiny fixture, sized to the model's ssl dim).
+    Fails before loading anything when conditioning needs SSL weights that are missing.
     """
-    from zoomfeat.encoders import create_encoder
-
+    if conditioning == "uni":
+        ssl_encoder = ssl_encoder or "uni"
+        if (isinstance(ssl_encoder, str) and get_encoder(ssl_encoder).needs_weights
+                and not (ssl_kwargs or {}).get("random_init")):
+            ssl_weights = resolve_weights(ssl_encoder, ssl_weights, registry, required=True)
     if ldm is None:
         if weights is None:
             raise FileNotFoundError("zoomldm needs --weights: a folder from `zoomfeat convert`/training or an "
                                     "official weights.ckpt with config.yaml beside it")
         from zoomfeat.ldm import ZoomLDM
 
-        ldm = ZoomLDM.load(weights, config)
-        sha, wpath = sha256_file(weights), str(weights)
-    else:
-        sha, wpath = (sha256_file(weights), str(weights)) if weights is not None else (None, None)
+        ldm = ZoomLDM.load(weights, config, ema=ema)
+    sha, wpath = (sha256_file(weights), str(weights)) if weights is not None else (None, None)
     ssl = None
     if conditioning == "uni":
-        if ssl_encoder is None:
-            ssl_encoder = "uni"
-        if isinstance(ssl_encoder, str):
-            kw = dict(ssl_kwargs or {})
-            kw.setdefault("precision", precision)  # one --precision for the whole forward
-            if ssl_encoder == "tiny-vit":
-                kw.setdefault("dim", int(ldm.ssl_dim))
-            ssl = create_encoder(ssl_encoder, weights=ssl_weights, **kw)
-        else:
-            ssl = ssl_encoder
+        ssl = (_ssl_encoder(ssl_encoder, ldm, ssl_weights, ssl_kwargs, precision, registry)
+               if isinstance(ssl_encoder, str) else ssl_encoder)
     return ZoomLDMEncoder(ldm, blocks=blocks, t=t, conditioning=conditioning, ssl_encoder=ssl, precision=precision,
                           base_seed=base_seed, weights_sha256=sha, weights_path=wpath)

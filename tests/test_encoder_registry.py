@@ -1,0 +1,174 @@
+"""`@register_encoder`: one decorated class in this file is all it takes to extract with a new encoder — the CLI
+choices, its own flags (from its options table), --config, the weights check and the bag all come from the registry.
+The bag is checked against the class's features computed by brute force on tiles read independently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from tests.conftest import SLIDES
+from zoomfeat.bags import bag_path, load_bag
+from zoomfeat.cli import main
+from zoomfeat.encoders import EncoderOptions, TileEncoder, option, register_encoder, to_float_images
+
+CMU = SLIDES / "cmu_small_region.svs"
+NAME = "test-mean-rgb"
+
+
+@dataclass
+class MeanRGBOptions(EncoderOptions):
+    scale: float = option(1.0, "multiply the mean colour by this", type=float)
+
+
+@register_encoder(NAME, options=MeanRGBOptions)
+class MeanRGB(TileEncoder):
+    """Mean colour of a tile (×scale), plus what its context says: 1 at 5x, and the tile's level-0 x."""
+
+    dim = 5
+
+    def __init__(self, scale: float = 1.0):
+        self.scale = scale
+        self.config = {"scale": scale}
+
+    def encode(self, images, ctx=None):
+        import torch
+
+        rgb = to_float_images(images).mean(dim=(2, 3)) * self.scale
+        n = len(rgb)
+        mag = torch.full((n, 1), float(ctx.mag == "5x"))
+        x = torch.as_tensor(np.asarray(ctx.coords, np.float32)[:, :1])
+        return torch.cat([rgb, mag, x], 1)
+
+
+BUILT: list = []
+
+
+@register_encoder("test-needs-weights", needs_weights=True)
+class NeedsWeights(TileEncoder):
+    """An encoder that cannot run without a weights file."""
+
+    dim = 1
+
+    def __init__(self, weights):
+        BUILT.append(weights)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _leave_the_registry_as_found():
+    yield
+    from zoomfeat.encoders import unregister_encoder
+
+    for name in (NAME, "test-needs-weights"):
+        unregister_encoder(name)
+
+
+def _brute_force(bag, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean colour of every 20x tile and 5x region, read one by one from the slide."""
+    from zoomfeat.slides.reader import open_slide
+
+    s, s5, px = bag.attrs["patch_size_level0"], bag.attrs["patch_size_level0_5x"], bag.attrs["patch_size"]
+    with open_slide(CMU) as wsi:
+        m20 = [np.asarray(wsi.read_region_l0(int(x), int(y), s, px), np.float64).mean((0, 1)) for x, y in bag.coords]
+        m5 = [np.asarray(wsi.read_region_l0(int(x), int(y), s5, px), np.float64).mean((0, 1)) for x, y in bag.coords_5x]
+    return np.array(m20) / 255 * scale, np.array(m5) / 255 * scale
+
+
+def test_registered_class_extracts_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["extract", str(CMU), "--encoder", NAME, "--scale", "2", "--out", str(out), "--workers", "0",
+               "--no-progress"])
+    assert rc == 0
+    bag = load_bag(bag_path(out, NAME, "cmu_small_region"))
+    assert bag.features.shape == (37, 5) and bag.features_5x.shape == (6, 5)
+    want20, want5 = _brute_force(bag, 2.0)
+    np.testing.assert_allclose(bag.features[:, :3], want20, atol=1e-5)
+    np.testing.assert_allclose(bag.features_5x[:, :3], want5, atol=1e-5)
+    assert (bag.features[:, 3] == 0).all() and (bag.features_5x[:, 3] == 1).all()  # ctx.mag reached the encoder
+    np.testing.assert_array_equal(bag.features[:, 4], bag.coords[:, 0])  # ctx.coords: the batch's own tiles
+    np.testing.assert_array_equal(bag.features_5x[:, 4], bag.coords_5x[:, 0])
+    assert bag.attrs["encoder"] == NAME and bag.attrs["encoder_config"]["scale"] == 2.0
+    assert "block" not in bag.attrs and "missing_children_5x" not in bag.attrs  # no encoder-specific attrs leak
+
+    # the same options from a YAML config (encoder: mapping); the command line wins over it
+    cfg = tmp_path / "extract.yaml"
+    cfg.write_text(f"encoder:\n  name: {NAME}\n  scale: 3\nmags: 20x\nworkers: 0\n")
+    assert main(["extract", str(CMU), "--config", str(cfg), "--out", str(tmp_path / "yaml"), "--no-progress"]) == 0
+    b3 = load_bag(bag_path(tmp_path / "yaml", NAME, "cmu_small_region"))
+    assert b3.features_5x is None
+    np.testing.assert_allclose(b3.features[:, :3], want20 / 2 * 3, atol=1e-5)
+    assert main(["extract", str(CMU), "--config", str(cfg), "--scale", "1", "--out", str(tmp_path / "cli"),
+                 "--no-progress"]) == 0
+    np.testing.assert_allclose(load_bag(bag_path(tmp_path / "cli", NAME, "cmu_small_region")).features[:, :3],
+                               want20 / 2, atol=1e-5)
+
+
+def test_help_lists_it_and_unknown_names_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["extract", "--help"])
+    assert exc.value.code == 0
+    help_text = capsys.readouterr().out
+    assert NAME in help_text and f"{NAME} options" in help_text and "--scale" in help_text
+    assert "multiply the mean colour by this (default: 1.0)" in " ".join(help_text.split())
+
+    with pytest.raises(SystemExit):
+        main(["extract", str(CMU), "--encoder", "resnet-9000", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "invalid choice: 'resnet-9000'" in err[-1]
+    cfg = tmp_path / "extract.yaml"
+    cfg.write_text("encoder:\n  name: resnet-9000\n")
+    assert main(["extract", str(CMU), "--config", str(cfg), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown encoder 'resnet-9000'; choose from" in err[0] and NAME in err[0]
+    cfg.write_text(f"encoder:\n  name: {NAME}\n  blocks: [0]\n")  # another encoder's option
+    assert main(["extract", str(CMU), "--config", str(cfg), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown option(s) 'blocks'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_needs_weights_fails_before_any_slide_is_read(tmp_path, monkeypatch, capsys):
+    import zoomfeat.slides.reader as reader
+
+    opened = []
+    real = reader.open_slide
+    monkeypatch.setattr(reader, "open_slide", lambda *a, **k: opened.append(a) or real(*a, **k))
+    empty = tmp_path / "registry.yaml"
+    empty.write_text("{}\n")
+    monkeypatch.setenv("ZOOMFEAT_WEIGHTS_REGISTRY", str(empty))
+    rc = main(["extract", str(CMU), "--encoder", "test-needs-weights", "--out", str(tmp_path / "never")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no weights for encoder 'test-needs-weights'" in err[0]
+    assert opened == [] and BUILT == [] and not (tmp_path / "never").exists()
+    w = tmp_path / "w.bin"
+    w.write_bytes(b"x")
+    from zoomfeat.encoders import create_encoder
+
+    enc = create_encoder("test-needs-weights", weights=w)
+    assert enc.name == "test-needs-weights" and BUILT == [w]
+
+
+def test_an_option_clashing_with_an_extract_flag_does_not_break_the_cli(capsys):
+    """A registered encoder whose option has an extract flag's name warns; the CLI (every verb) still builds."""
+    from zoomfeat.encoders import unregister_encoder
+
+    @dataclass
+    class ClashOptions(EncoderOptions):
+        workers: int = option(3, "clashes with --workers")
+
+    @register_encoder("test-clash", options=ClashOptions)
+    class Clash(MeanRGB):
+        pass
+
+    try:
+        with pytest.warns(UserWarning, match="'test-clash': option --workers clashes"):
+            with pytest.raises(SystemExit) as exc:
+                main(["extract", "--help"])
+        assert exc.value.code == 0 and "test-clash" in capsys.readouterr().out
+    finally:
+        unregister_encoder("test-clash")
+    with pytest.raises(ValueError, match="unknown encoder 'test-clash'"):
+        from zoomfeat.encoders import create_encoder
+
+        create_encoder("test-clash")
