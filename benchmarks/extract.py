@@ -124,6 +124,7 @@ def bench_early_exit(ldm, device, repeats: int) -> dict:
 def bench_pipeline(slide: Path, tiles_dir: Path, device, workers: int, batch: int, repeats: int = 2) -> dict:
     from zoomfeat.encoders import create_encoder
     from zoomfeat.extract import ExtractOptions, extract_slide, parents_5x
+    from zoomfeat.encoders import TileContext
     from zoomfeat.encoders.zoomldm import tile_seeds
     from zoomfeat.slides.coords import read_coords
     from zoomfeat.slides.reader import open_slide
@@ -148,7 +149,7 @@ def bench_pipeline(slide: Path, tiles_dir: Path, device, workers: int, batch: in
         for i in range(0, n, batch):
             imgs = torch.stack(tiles[i:i + batch])
             ssl = enc.ssl_encoder.encode(imgs)[:, :, None, None]
-            enc.encode(imgs, "20x", ssl, tile_seeds(sid, grid.coords[i:i + batch], "20x"))
+            enc.encode(imgs, TileContext("20x", ssl_grid=ssl, seeds=tile_seeds(sid, grid.coords[i:i + batch], "20x")))
 
     opts20_w0 = ExtractOptions(mags="20x", workers=0, batch_size=batch, progress=False)
     end_to_end = lambda: extract_slide(slide, grid, enc, out / "e2e20.h5", opts20, cp)
@@ -181,6 +182,7 @@ def bench_full_throughput(ldm, device, batches=(1, 2, 4)) -> dict:
     from zoomfeat.encoders.base import Encoder, TileTransform
     from zoomfeat.encoders.uni import build_uni_model
     from zoomfeat.encoders.zoomldm import ZoomLDMEncoder
+    from zoomfeat.encoders import TileContext
 
     out: dict = {"zoomldm": {}, "uni": {}}
     zenc = ZoomLDMEncoder(ldm.to(device), blocks=[0], t=[100], conditioning="none")
@@ -190,11 +192,11 @@ def bench_full_throughput(ldm, device, batches=(1, 2, 4)) -> dict:
     uenc = Encoder("uni", uni.to(device), TileTransform(224), 1024, precision="fp16")
     rng = torch.Generator().manual_seed(0)
     tile = lambda b: torch.randint(0, 256, (b, 256, 256, 3), generator=rng, dtype=torch.uint8)
-    zenc.encode(tile(1), seeds=[0])  # warm-up
+    zenc.encode(tile(1), TileContext(seeds=[0]))  # warm-up
     uenc.encode(tile(1))
     for b in batches:
         x = tile(b)
-        w, c = timed(lambda: zenc.encode(x, seeds=list(range(b))), device, 1, warmup=False)
+        w, c = timed(lambda: zenc.encode(x, TileContext(seeds=list(range(b)))), device, 1, warmup=False)
         out["zoomldm"][b] = {"tiles_per_s": b / w, "cpu_s": c, "wall_s": w}
         w, c = timed(lambda: uenc.encode(x), device, 1, warmup=False)
         out["uni"][b] = {"tiles_per_s": b / w, "cpu_s": c, "wall_s": w}

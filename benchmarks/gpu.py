@@ -187,10 +187,12 @@ def _tiles(run: Run, batch: int, px: int | None = None) -> torch.Tensor:
 
 
 def _zoomldm_call(run: Run, batch: int):
+    from zoomfeat.encoders import TileContext
+
     tiles = _tiles(run, batch)
     grid = torch.randn(batch, run.ldm.ssl_dim, 1, 1, generator=torch.Generator().manual_seed(1)).to(run.device)
     seeds = np.arange(batch)
-    return lambda: run.zenc.encode(tiles, "20x", grid, seeds)
+    return lambda: run.zenc.encode(tiles, TileContext("20x", ssl_grid=grid, seeds=seeds))
 
 
 # ------------------------------------------------------------------------------------------------ parts
@@ -257,7 +259,8 @@ def _slide_grid(run: Run, tmp: Path):
 
 def part_dataloader(run: Run) -> dict:
     """extract_slide end to end (reads + UNI + ZoomLDM + bag) vs the same forwards in memory vs the loader alone."""
-    from zoomfeat.extract import ExtractOptions, RegionDataset, _loader, extract_slide
+    from zoomfeat.extract import ExtractOptions, RegionDataset, extract_slide, region_loader
+    from zoomfeat.encoders import TileContext
     from zoomfeat.slides.reader import open_slide
 
     batch = run.batches[0] if run.smoke else 64
@@ -269,7 +272,7 @@ def part_dataloader(run: Run) -> dict:
         ds = RegionDataset(open_slide(slide), {0: (np.asarray(grid.coords), int(grid.patch_size_level0))},
                            int(grid.patch_size))
         t0 = time.perf_counter()
-        for _ in _loader(ds, opts, run.device):
+        for _ in region_loader(ds, opts, run.device):
             pass
         loader_s = time.perf_counter() - t0
         ds.wsi.close()
@@ -282,7 +285,7 @@ def part_dataloader(run: Run) -> dict:
 
     def model_only():
         ssl = run.uni.encode(x)
-        return run.zenc.encode(x, "20x", ssl[:, :, None, None], seeds)
+        return run.zenc.encode(x, TileContext("20x", ssl_grid=ssl[:, :, None, None], seeds=seeds))
 
     sec, _ = rate(model_only, run.device, run.min_s)
     model_tps = batch / sec

@@ -5,6 +5,7 @@ set of files as the packaged one."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,10 +44,16 @@ def test_relative_config_paths_resolve_in_the_package(tmp_path, monkeypatch):
 
 def test_wheel_install_runs_from_outside_the_checkout(tmp_path):
     """Build the wheel (non-editable), install it into a bare target folder and run the CLI from elsewhere."""
-    wheels, target, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    wheels, target, work, src = (tmp_path / n for n in ("wheels", "site", "elsewhere", "src"))
     work.mkdir()
+    # build from a copy of the sources (setuptools writes build/ beside them; the checkout stays untouched)
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("zoomfeat", "mil"):
+        shutil.copytree(ROOT / name, src / name, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)], check=True,
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)], check=True,
                    cwd=tmp_path, timeout=300)
     (wheel,) = wheels.glob("zoomfeat-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True, timeout=300)

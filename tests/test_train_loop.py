@@ -88,11 +88,11 @@ def test_saved_model_is_ema_and_generates(ref_run):
     img = ldm.decode(ldm.sample(ctx, steps=2, guidance_scale=2.0, generator=torch.Generator().manual_seed(0)))
     assert img.shape == (2, 3, 64, 64) and torch.isfinite(img).all()
     # the trained folder is a `zoomfeat extract --encoder zoomldm --weights DIR` model
-    from zoomfeat.encoders import create_encoder
+    from zoomfeat.encoders import TileContext, create_encoder
 
     enc = create_encoder("zoomldm", weights=ref_run / "model", ssl_encoder="tiny-vit", precision="fp32")
     tiles = torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.uint8)
-    feats = enc.encode(tiles, mag="20x", ssl_grid=torch.randn(2, 48, 1, 1), seeds=[0, 1])
+    feats = enc.encode(tiles, TileContext("20x", ssl_grid=torch.randn(2, 48, 1, 1), seeds=[0, 1]))
     assert feats.shape == (2, enc.dim) and torch.isfinite(feats).all()
     # sample grid written during training: top row data patches, bottom row samples (2 x 4 tiles of 64 px)
     from PIL import Image

@@ -152,7 +152,7 @@ class RegionDataset(torch.utils.data.Dataset):
         return out
 
 
-def _loader(ds: RegionDataset, opts: ExtractOptions, device: torch.device):
+def region_loader(ds: RegionDataset, opts: ExtractOptions, device: torch.device):
     """One DataLoader (one worker pool, one slide handle per worker) for all of a slide's reads."""
     batches = ds.batches(opts.batch_size)
     workers = min(opts.workers, len(batches))
@@ -281,7 +281,7 @@ def encode_reads(ds: RegionDataset, plan: ReadPlan, encoder, opts: ExtractOption
     missing = np.flatnonzero(plan.kid_rows < 0) if plan.kid_rows is not None else None
     grids, timing = None, dict(plan.counts)
     t0 = t_start = time.perf_counter()
-    for imgs, kind, idx in _batches(_loader(ds, opts, encoder.device), desc, opts.progress):
+    for imgs, kind, idx in _batches(region_loader(ds, opts, encoder.device), desc, opts.progress):
         kind, idx = int(kind[0]), idx.numpy()
         if kind == KIND_20X:
             feats[idx] = _encode_20x(encoder, imgs, TileContext("20x", plan.coords[idx], seed_id), ssl20, idx)
@@ -550,4 +550,4 @@ def merge_rank_summaries(feat_dir: str | os.PathLike, world: int, run_id: str | 
 
 __all__ = ["ExtractOptions", "ExtractConfig", "load_extract_config", "extract_slide", "plan_reads", "encode_reads",
            "ssl_grids_5x", "bag_attrs", "write_slide_bag", "extract_cohort", "extract_signature",
-           "merge_rank_summaries", "parents_5x", "RegionDataset"]
+           "merge_rank_summaries", "parents_5x", "RegionDataset", "region_loader"]

@@ -8,7 +8,7 @@ registers itself with ``@register_encoder`` (see :mod:`zoomfeat.encoders.registr
 
 from __future__ import annotations
 
-from zoomfeat.encoders.base import (Encoder, TileContext, TileEncoder, TileTransform, autocast_context,  # noqa: F401
+from zoomfeat.encoders.base import (Encoder, TileContext, TileEncoder, TileTransform,  # noqa: F401
                                     to_float_images)
 from zoomfeat.encoders.options import EncoderOptions, RandomInitOptions, int_list, option  # noqa: F401
 from zoomfeat.encoders.registry import (DEFAULT_REGISTRY, EncoderEntry, build_from_options,  # noqa: F401

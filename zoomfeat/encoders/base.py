@@ -6,11 +6,7 @@ DataLoader workers only read and decode pixels: peer_toolkits §4 shows per-patc
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -18,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoomfeat.precision import autocast
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-from zoomfeat.precision import PRECISIONS  # noqa: E402,F401 (re-exported)
 
 
 def to_float_images(images: Any, device: torch.device | str | None = None) -> torch.Tensor:
@@ -70,91 +67,6 @@ class TileTransform:
     def config(self) -> dict:
         return {"input_size": self.size, "mean": list(self.mean), "std": list(self.std),
                 "interpolation": self.interpolation, "antialias": True}
-
-
-def autocast_context(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for fp16/bf16 on GPU and bf16 on CPU; fp32 (and fp16 on CPU, slow there) runs without autocast.
-
-    The one implementation lives in :mod:`zoomfeat.precision` (shared with training, generation and MIL)."""
-    from zoomfeat.precision import autocast
-
-    return autocast(device, precision)
-
-
-def state_dict_sha256(model: nn.Module) -> str:
-    """Hash of a module's parameters and buffers (for random-init encoders that have no weight file)."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-class UnsafeCheckpointError(ValueError):
-    """A weights file that is not a plain tensor checkpoint (pickled code, empty, truncated, corrupt)."""
-
-
-def refuse_checkpoint(path: str | os.PathLike, exc: BaseException) -> UnsafeCheckpointError:
-    """The one-line error every weights loader raises for a file it will not load (never torch's advice to set
-    ``weights_only=False``, which would run whatever code the pickle holds)."""
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "weights_only" in detail or "Weights only load failed" in detail:
-        detail = "the file pickles non-tensor Python objects, which could run code"
-    return UnsafeCheckpointError(f"refusing to load {path} (not a tensor-only checkpoint): {type(exc).__name__}: "
-                                 f"{detail[:200]}; re-save it as a plain state dict of tensors or safetensors")
-
-
-def torch_load_tensors(path: str | os.PathLike, mmap: bool = False):
-    """``torch.load(weights_only=True)`` whose every failure (unpickling, EOF, corrupt zip) is one
-    :class:`UnsafeCheckpointError` line."""
-    import pickle
-
-    try:
-        if mmap:
-            try:  # mmap: a 1.2 GB UNI checkpoint is paged in as needed instead of copied
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
-                pass
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, AttributeError, ImportError,
-            TypeError, KeyError, IndexError, UnicodeDecodeError) as exc:
-        raise refuse_checkpoint(path, exc) from None
-
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A plain tensor state dict from ``.safetensors`` or a torch file (``weights_only=True``: no pickled code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # noqa: BLE001 — SafetensorError and friends: one line
-            raise refuse_checkpoint(path, exc) from None
-    sd = torch_load_tensors(path, mmap=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path}: expected a state dict (mapping of tensors), got {type(sd).__name__}")
-    return sd
-
-
-def load_into_meta_built(build: Callable[[], nn.Module], state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """Build ``build()`` on the meta device and load ``state_dict`` into it with ``strict=True, assign=True``.
-
-    Skips the random initialisation of large models (UNI's takes ~40 s on 2 CPU cores), since every tensor is
-    replaced anyway; a state dict that does not cover the model fails loudly, exactly like strict loading.
-    """
-    with torch.device("meta"):
-        model = build()
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if left:  # non-persistent buffers are not in a state dict: rebuild normally instead
-        model = build()
-        model.load_state_dict(state_dict, strict=True)
-    return model
 
 
 @dataclass
@@ -261,7 +173,7 @@ class Encoder(TileEncoder):
         """Tiles (uint8 [B,H,W,3] or float [B,3,H,W] in [0,1]) → features [B, dim] float32 on the model's device."""
         device = self.device
         x = self.transforms(images, device)
-        with autocast_context(device, self.precision):
+        with autocast(device, self.precision):
             out = self.forward_fn(self.model, x) if self.forward_fn is not None else self.model(x)
         if out.ndim != 2 or out.shape[1] != self.dim:
             raise RuntimeError(f"encoder {self.name} returned shape {tuple(out.shape)}, expected (B, {self.dim})")

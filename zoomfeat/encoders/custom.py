@@ -10,7 +10,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from zoomfeat.encoders.base import Encoder, TileTransform, infer_dim, load_state_dict_file, state_dict_sha256
+from zoomfeat.encoders.base import Encoder, TileTransform, infer_dim
+from zoomfeat.weights import load_state_dict_file, state_dict_sha256
 from zoomfeat.encoders.options import EncoderOptions, option
 from zoomfeat.encoders.registry import register_encoder
 from zoomfeat.io import sha256_file

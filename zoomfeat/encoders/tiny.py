@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from zoomfeat.encoders.base import Encoder, TileTransform, load_state_dict_file, state_dict_sha256
+from zoomfeat.encoders.base import Encoder, TileTransform
+from zoomfeat.weights import load_state_dict_file, state_dict_sha256
 from zoomfeat.encoders.options import EncoderOptions, option
 from zoomfeat.encoders.registry import register_encoder
 from zoomfeat.io import sha256_file

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from zoomfeat.encoders.base import (Encoder, TileTransform, load_into_meta_built, load_state_dict_file,
-                                    state_dict_sha256)
+from zoomfeat.encoders.base import Encoder, TileTransform
+from zoomfeat.weights import load_into_meta_built, load_state_dict_file, state_dict_sha256
 from zoomfeat.encoders.options import RandomInitOptions
 from zoomfeat.encoders.registry import register_encoder
 from zoomfeat.io import sha256_file

@@ -27,7 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from zoomfeat.encoders.base import TileContext, TileEncoder, TileTransform, autocast_context
+from zoomfeat.encoders.base import TileContext, TileEncoder, TileTransform
+from zoomfeat.precision import autocast
 from zoomfeat.encoders.options import EncoderOptions, int_list, option
 from zoomfeat.encoders.registry import get_encoder, register_encoder, resolve_weights
 from zoomfeat.io import sha256_file
@@ -194,7 +195,7 @@ class ZoomLDMEncoder(TileEncoder):
         n = x.shape[0]
         n_t = len(self.t)
         z0 = ldm.encode(x).float()  # the VQ runs in fp32 (official split); UNet + Summarizer under autocast
-        with autocast_context(device, self.precision):
+        with autocast(device, self.precision):
             ctx = self.context(n, mag, ssl_grid)
             noise = self._noise(seeds, tuple(z0.shape[1:]), n).to(device, z0.dtype)
             # all timesteps in one UNet batch: [t0 tiles…, t1 tiles…]

@@ -64,7 +64,7 @@ def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     A pickle that holds arbitrary Python objects (e.g. a Lightning checkpoint with callbacks/optimizer
     objects) is refused with a clear message instead of being executed.
     """
-    from zoomfeat.encoders.base import refuse_checkpoint, torch_load_tensors
+    from zoomfeat.weights import refuse_checkpoint, torch_load_tensors
 
     path = Path(path)
     if not path.is_file():

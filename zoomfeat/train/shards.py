@@ -50,7 +50,7 @@ def images_to_unit_range(images: np.ndarray):
 
 def vq_fingerprint(vq) -> str:
     """Hash of the VQ weights: latents are only meaningful to the model whose VQ encoded them."""
-    from zoomfeat.encoders.base import state_dict_sha256
+    from zoomfeat.weights import state_dict_sha256
 
     return state_dict_sha256(vq)
 
