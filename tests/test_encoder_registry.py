@@ -172,3 +172,28 @@ def test_an_option_clashing_with_an_extract_flag_does_not_break_the_cli(capsys):
         from zoomfeat.encoders import create_encoder
 
         create_encoder("test-clash")
+
+
+def test_plugin_module_adds_an_encoder_to_the_zoomfeat_command(tmp_path):
+    """A user's module named in $ZOOMFEAT_PLUGINS registers its encoder before the `zoomfeat` command builds its
+    parser: `python -m zoomfeat extract --encoder plugin-red` works in a fresh process (entry points work the same)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "lab_encoders.py").write_text(
+        "from zoomfeat.encoders import TileEncoder, register_encoder, to_float_images\n\n\n"
+        "@register_encoder('plugin-red')\nclass Red(TileEncoder):\n    '''Mean red of a tile.'''\n\n    dim = 1\n\n"
+        "    def encode(self, images, ctx=None):\n        return to_float_images(images)[:, :1].mean(dim=(2, 3))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "ZOOMFEAT_PLUGINS": "lab_encoders", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "zoomfeat", "extract", str(CMU), "--encoder", "plugin-red", "--out",
+                          str(out), "--mags", "20x", "--workers", "0", "--no-progress"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    bag = load_bag(bag_path(out, "plugin-red", "cmu_small_region"))
+    assert bag.features.shape[1] == 1 and 0 < float(bag.features.mean()) < 1
+    bad = subprocess.run([sys.executable, "-m", "zoomfeat", "extract", "--help"], capture_output=True, text=True,
+                         env={**env, "ZOOMFEAT_PLUGINS": "no_such_module_xyz"}, timeout=300)
+    assert bad.returncode == 2 and "no_such_module_xyz" in bad.stderr and len(bad.stderr.splitlines()) == 1

@@ -41,7 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ImportError as exc:  # a module named in $ZOOMFEAT_PLUGINS that does not import
+        if os.environ.get("ZOOMFEAT_DEBUG") or "ZOOMFEAT_PLUGINS" not in str(exc):
+            raise
+        print(f"zoomfeat: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     from zoomfeat.cli.threads import apply_threads
 

@@ -13,7 +13,10 @@ from zoomfeat.encoders.base import (Encoder, TileContext, TileEncoder, TileTrans
 from zoomfeat.encoders.options import EncoderOptions, RandomInitOptions, int_list, option  # noqa: F401
 from zoomfeat.encoders.registry import (DEFAULT_REGISTRY, EncoderEntry, build_from_options,  # noqa: F401
                                         create_encoder, encoder_entries, get_encoder, load_weights_registry,
-                                        register_encoder, resolve_weights, unregister_encoder)
+                                        load_plugins, register_encoder, resolve_weights,
+                                        unregister_encoder)
 
 # the built-ins register themselves on import (torch is imported, no weights are loaded); order = --help order
 from zoomfeat.encoders import zoomldm, uni, phikon, tiny, custom  # noqa: E402,F401  isort: skip
+
+load_plugins()  # third-party encoders: entry points of group zoomfeat.encoders and $ZOOMFEAT_PLUGINS

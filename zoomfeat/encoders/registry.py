@@ -76,6 +76,36 @@ def get_encoder(name: str) -> EncoderEntry:
     return _REGISTRY[name]
 
 
+#: Entry-point group that installed packages use to add encoders (``[project.entry-points."zoomfeat.encoders"]``).
+PLUGIN_GROUP = "zoomfeat.encoders"
+
+
+def load_plugins() -> list[str]:
+    """Import the modules that register third-party encoders, so the ``zoomfeat`` command lists them too: every
+    entry point of :data:`PLUGIN_GROUP` and every module named in ``$ZOOMFEAT_PLUGINS`` (comma-separated, e.g.
+    ``ZOOMFEAT_PLUGINS=my_lab.encoders``). A named module that fails to import is an error; a broken installed
+    plugin only warns, so one bad package cannot take the CLI down. Returns the modules loaded."""
+    import importlib
+    import warnings
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()
+            loaded.append(ep.value)
+        except Exception as exc:  # noqa: BLE001 — report and go on
+            warnings.warn(f"encoder plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}",
+                          RuntimeWarning, stacklevel=2)
+    for mod in filter(None, (m.strip() for m in os.environ.get("ZOOMFEAT_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise ImportError(f"ZOOMFEAT_PLUGINS: cannot import {mod!r}: {exc}") from None
+        loaded.append(mod)
+    return loaded
+
+
 def load_weights_registry(path: str | os.PathLike | None = None) -> dict[str, Path]:
     """Read the registry YAML (or JSON) ``{encoder: path}``; relative paths are relative to the registry file.
 
