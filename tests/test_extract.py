@@ -250,16 +250,24 @@ def test_official_ckpt_options_online_and_official_config(tmp_path):
     alone.parent.mkdir()
     shutil.copy(CKPT, alone)  # no config.yaml beside it
 
-    def features(*flags):
+    def features(*flags, encoder_out=None):
         args = build_parser().parse_args(["extract", "x.svs", "--encoder", "zoomldm", "--conditioning", "none",
                                           "--precision", "fp32", *flags])
         enc = build_from_options(config_from_args(args).encoder)
+        if encoder_out is not None:
+            encoder_out.append(enc)
         x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8))
         return enc.encode(x, TileContext("20x", seeds=[0, 1]))
 
-    ema = features("--weights", str(CKPT))
-    online = features("--weights", str(CKPT), "--online")
+    built: list = []
+    ema = features("--weights", str(CKPT), encoder_out=built)
+    online = features("--weights", str(CKPT), "--online", encoder_out=built)
     assert not torch.allclose(ema, online, atol=1e-3)
+    # same file, same sha256: the online UNet is recorded, so signatures (resume) and `predict` tell them apart
+    assert "unet_weights" not in built[0].full_config() and built[1].full_config()["unet_weights"] == "online"
+    from zoomfeat.extract import ExtractOptions, extract_signature
+
+    assert extract_signature(built[0], ExtractOptions(), "t") != extract_signature(built[1], ExtractOptions(), "t")
     ref = create_encoder("zoomldm", ldm=ZoomLDM.load(CKPT, ema=False), conditioning="none", precision="fp32")
     torch.testing.assert_close(online, ref.encode(torch.from_numpy(np.random.default_rng(0).integers(
         0, 256, (2, 64, 64, 3), dtype=np.uint8)), TileContext("20x", seeds=[0, 1])), rtol=0, atol=0)

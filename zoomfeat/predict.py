@@ -34,14 +34,15 @@ class SlidePredictReport:
 
 def encoder_for_model(spec: dict, weights: str | os.PathLike | None = None,
                       ssl_weights: str | os.PathLike | None = None, registry: str | os.PathLike | None = None,
-                      mag: str = "20x"):
+                      mag: str = "20x", official_config: str | os.PathLike | None = None):
     """Build the encoder a model's feature spec names and refuse it (SpecMismatchError) if it differs from the
     spec: other weights (sha256), another recipe, another width."""
     from mil.spec import SpecMismatchError, differences, spec_from_attrs
     from zoomfeat.encoders import create_encoder, get_encoder
 
     # the registered encoder's options table knows how to rebuild its recorded recipe
-    kw = get_encoder(spec["encoder"]).options.recipe_kwargs(spec, weights=weights, ssl_weights=ssl_weights)
+    kw = get_encoder(spec["encoder"]).options.recipe_kwargs(spec, weights=weights, ssl_weights=ssl_weights,
+                                                                official_config=official_config)
     enc = create_encoder(spec["encoder"], weights=weights, registry=registry, **kw)
     # the attributes extract_slide would write, JSON round-tripped like the bag's
     cfg = json.loads(json.dumps(enc.full_config(), sort_keys=True, default=str))
@@ -82,7 +83,7 @@ def predict_slides(slides: str | os.PathLike | Sequence, model: str | os.PathLik
                    tiles: str | os.PathLike | None = None, workers: int = 0, batch_size: int = 16,
                    device: str = "auto", mpp: float | None = None, mpp_csv: str | None = None,
                    min_tissue: float | None = None, heatmaps: int | None = None, n_boot: int = 1000, seed: int = 0,
-                   progress: bool = True) -> SlidePredictReport:
+                   progress: bool = True, official_config: str | os.PathLike | None = None) -> SlidePredictReport:
     """Tile → extract (the model's recorded feature spec) → predict → heatmaps; see the module docstring.
 
     ``model``: a ``mil train`` folder or a ``mil cv`` folder (fold ensemble). Everything that can be wrong with the
@@ -98,7 +99,7 @@ def predict_slides(slides: str | os.PathLike | Sequence, model: str | os.PathLik
 
     pr = load_predictor(model)
     spec = pr.feature_spec
-    enc = encoder_for_model(spec, weights, ssl_weights, registry, pr.mag)
+    enc = encoder_for_model(spec, weights, ssl_weights, registry, pr.mag, official_config)
     paths = resolve_slides(slides) if not isinstance(slides, (list, tuple)) else [Path(s) for s in slides]
     if not paths:
         raise FileNotFoundError(f"no slides found in {slides}")

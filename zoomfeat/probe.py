@@ -397,8 +397,10 @@ def compute_means(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm, spe
 
 def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: str | os.PathLike,
           out: str | os.PathLike, spec: SweepSpec | None = None, ssl_weights=None, registry=None,
-          custom_model: str | None = None, progress: bool = True) -> dict:
-    """Run the recipe sweep (see the module docstring); returns paths, the chosen recipe and its report row."""
+          custom_model: str | None = None, progress: bool = True, official_config: str | os.PathLike | None = None,
+          ema: bool = True) -> dict:
+    """Run the recipe sweep (see the module docstring); returns paths, the chosen recipe and its report row.
+    ``weights``: a ZoomLDM folder, or an official .ckpt (+ ``official_config``, ``ema``) as ``ZoomLDM.load``."""
     import pandas as pd
 
     from zoomfeat.cohort import resolve_slides, slide_id
@@ -412,7 +414,7 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
     slide_list = resolve_slides(slides) if not isinstance(slides, (list, tuple)) else [Path(s) for s in slides]
     if not slide_list:
         raise FileNotFoundError(f"no slides found in {slides}")
-    ldm = ZoomLDM.load(weights).eval()
+    ldm = ZoomLDM.load(weights, official_config, ema=ema).eval()
     chans = block_channels(ldm.unet.config)
     bad = [b for b in spec.blocks if b not in chans]
     if bad:

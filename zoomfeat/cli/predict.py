@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--labels", default=None, help="labels CSV: external-validation metrics with bootstrap CIs")
     p.add_argument("--weights", default=None, help="encoder weights (default: from the registry); hash-checked")
+    p.add_argument("--official-config", default=None,
+                   help="zoomldm given as an official .ckpt: its config.yaml (default: the config.yaml beside it)")
     p.add_argument("--ssl-weights", default=None, help="zoomldm: weights of the conditioning SSL encoder")
     p.add_argument("--weights-registry", default=None, help="YAML encoder → path registry")
     p.add_argument("--tiles", default=None, help="reuse a `zoomfeat tile` folder (default: tile into OUT/tiles)")
@@ -43,7 +45,7 @@ def handler(args: argparse.Namespace) -> int:
                          registry=args.weights_registry, labels=args.labels, tiles=args.tiles, workers=args.workers,
                          batch_size=args.batch_size, device=args.device, mpp=args.mpp, mpp_csv=args.mpp_csv,
                          min_tissue=args.min_tissue, heatmaps=args.heatmaps, n_boot=args.n_boot,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, official_config=args.official_config)
     rep.report.print()
     if rep.result is not None:
         print(f"predictions: {args.out}/predictions.csv")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from zoomfeat.cli.common import add_model_args
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -38,7 +40,7 @@ def register(subparsers) -> None:
     from zoomfeat.encoders.zoomldm import ZOOMLDM
 
     p.add_argument("--encoder", default=ZOOMLDM, choices=(ZOOMLDM,), help="the model whose recipe is swept")
-    p.add_argument("--weights", required=True, help="ZoomLDM folder (convert / train) or official weights.ckpt")
+    add_model_args(p, flag="--weights", help="ZoomLDM folder (convert / train) or official weights.ckpt")
     p.add_argument("--blocks", type=_ints, default=list(range(13)), help="UNet blocks (default 0..12)")
     p.add_argument("--t", type=_ints, default=[0, 25, 50, 100, 200, 400], help="timesteps (default 0,25,50,100,200,400)")
     p.add_argument("--conditioning", type=_strs, default=["none", "uni"], help="none,uni (default both)")
@@ -79,7 +81,8 @@ def handler(args) -> int:
                      n_repeats=args.repeats, tune_fraction=args.tune_fraction, select_task=args.select,
                      ssl_encoder=args.ssl_encoder, seed=args.seed, batch_size=args.batch_size)
     res = sweep(args.slides, args.tiles, args.labels, args.weights, args.out, spec, ssl_weights=args.ssl_weights,
-                registry=args.weights_registry, custom_model=args.custom_model, progress=not args.no_progress)
+                registry=args.weights_registry, custom_model=args.custom_model, progress=not args.no_progress,
+                official_config=args.official_config, ema=not args.online)
     print_summary(res)
     return 3 if res["failed"] else 0
 

@@ -45,7 +45,8 @@ class CustomOptions(EncoderOptions):
         return kw
 
     @classmethod
-    def recipe_kwargs(cls, spec: dict, weights: Any = None, ssl_weights: Any = None) -> dict:
+    def recipe_kwargs(cls, spec: dict, weights: Any = None, ssl_weights: Any = None,
+                      official_config: Any = None) -> dict:
         return {"model": (spec.get("recipe") or {}).get("arch")}  # its precision is the model's own
 
 

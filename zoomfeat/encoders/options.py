@@ -66,8 +66,10 @@ class EncoderOptions:
         return kw
 
     @classmethod
-    def recipe_kwargs(cls, spec: dict, weights: Any = None, ssl_weights: Any = None) -> dict:
-        """``create_encoder`` keywords that rebuild the recipe a model's feature spec records."""
+    def recipe_kwargs(cls, spec: dict, weights: Any = None, ssl_weights: Any = None,
+                      official_config: Any = None) -> dict:
+        """``create_encoder`` keywords that rebuild the recipe a model's feature spec records (``official_config``:
+        the config file that goes with an official checkpoint, for encoders that load one)."""
         return {"precision": spec["precision"]} if spec.get("precision") else {}
 
 
@@ -81,7 +83,8 @@ class RandomInitOptions(EncoderOptions):
         return {**super().builder_kwargs(), "random_init": bool(self.random_init and self.weights is None)}
 
     @classmethod
-    def recipe_kwargs(cls, spec: dict, weights: Any = None, ssl_weights: Any = None) -> dict:
+    def recipe_kwargs(cls, spec: dict, weights: Any = None, ssl_weights: Any = None,
+                      official_config: Any = None) -> dict:
         kw = super().recipe_kwargs(spec)
         if weights is None and (spec.get("recipe") or {}).get("random_init"):
             kw["random_init"] = True  # a model trained on random-init features (tests only)

@@ -33,7 +33,8 @@ class TinyViTOptions(EncoderOptions):
     seed: int = option(0, "weight-init seed", type=int)
 
     @classmethod
-    def recipe_kwargs(cls, spec: dict, weights: Any = None, ssl_weights: Any = None) -> dict:
+    def recipe_kwargs(cls, spec: dict, weights: Any = None, ssl_weights: Any = None,
+                      official_config: Any = None) -> dict:
         rc = spec.get("recipe") or {}
         kw = {**super().recipe_kwargs(spec), **{k: int(rc[k]) for k in ("seed", "depth") if k in rc}}
         if spec.get("dim"):

@@ -113,6 +113,10 @@ class ZoomLDMEncoder(TileEncoder):
                        "image_size": self.image_size, "feature_order": "t-major, then blocks",
                        "ssl_encoder": ssl_encoder.name if self.ssl_encoder else None,
                        "ssl_weights_sha256": ssl_encoder.weights_sha256 if self.ssl_encoder else None}
+        if (getattr(ldm, "config", None) or {}).get("source", {}).get("unet_weights") == "online":
+            # the online UNet of an official .ckpt (--online) gives other features than the EMA one from the same
+            # file (same sha256): record it, so the extract signature, resume and `predict` tell them apart
+            self.config["unet_weights"] = "online"
 
     # -- TileEncoder protocol --------------------------------------------------------------------------------
     @property
@@ -242,11 +246,12 @@ class ZoomLDMOptions(EncoderOptions):
         return kw
 
     @classmethod
-    def recipe_kwargs(cls, spec: dict, weights: Any = None, ssl_weights: Any = None) -> dict:
+    def recipe_kwargs(cls, spec: dict, weights: Any = None, ssl_weights: Any = None,
+                      official_config: Any = None) -> dict:
         rc = spec.get("recipe") or {}
         kw = {**super().recipe_kwargs(spec), "blocks": rc.get("blocks", list(DEFAULT_BLOCKS)),
               "t": rc.get("t", list(DEFAULT_T)), "conditioning": rc.get("conditioning", DEFAULT_CONDITIONING),
-              "base_seed": int(rc.get("base_seed", 0))}
+              "base_seed": int(rc.get("base_seed", 0)), "ema": rc.get("unet_weights") != "online", "config": official_config}
         if kw["conditioning"] == "uni":
             kw.update(ssl_encoder=rc.get("ssl_encoder") or "uni", ssl_weights=ssl_weights)
         return kw
