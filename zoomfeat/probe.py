@@ -420,7 +420,8 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
     if bad:
         raise ValueError(f"blocks must be in 0..{max(chans)}, got {bad}")
     ssl, base = _encoders(spec, ldm, ssl_weights, registry, custom_model)
-    means, failed = compute_means(slide_list, Path(tiles), out / "cache", ldm, spec, sha256_file(weights), ssl, base,
+    model_key = sha256_file(weights) + ("" if ema else ":online")  # the per-slide cache is keyed by the model
+    means, failed = compute_means(slide_list, Path(tiles), out / "cache", ldm, spec, model_key, ssl, base,
                                   progress)
     df, targets = load_probe_labels(labels, list(means), spec.tasks)
     keep = np.ones(len(df), bool)
