@@ -78,7 +78,7 @@ def _train(out: Path, slides: Path, train_steps: int, skip_train: bool, run_step
 def _probe(out: Path, slides: Path, tiles: Path, labels: Path, model_dir: Path, run_step: Steps) -> Path:
     from zoomfeat.ldm import ZoomLDM
 
-    n_blocks = ZoomLDM.from_pretrained(model_dir).num_feature_blocks
+    n_blocks = ZoomLDM.load(model_dir).num_feature_blocks
     blocks = ",".join(b for b in SWEEP["blocks"].split(",") if int(b) < n_blocks)
     probe = out / "probe"
     run_step(["probe", str(slides), "--tiles", str(tiles), "--labels", str(labels), "--weights", str(model_dir),
@@ -167,16 +167,17 @@ def _ssl_grid(slides: Path, tiles: Path, out: Path, model_dir: Path) -> Path:
     from zoomfeat.encoders import create_encoder
     from zoomfeat.ldm import ZoomLDM
     from zoomfeat.slides.coords import coords_path, read_coords
+    from zoomfeat.slides.grid import child_grid
     from zoomfeat.slides.reader import open_slide
 
     slide = sorted(slides.iterdir())[0]
-    ssl_dim = ZoomLDM.from_pretrained(model_dir).ssl_dim
+    ssl_dim = ZoomLDM.load(model_dir).ssl_dim
     grid = read_coords(coords_path(tiles, slide.stem))
     enc = create_encoder("tiny-vit", dim=ssl_dim)
     x0, y0 = (int(v) for v in grid.coords_5x[len(grid.coords_5x) // 2])
     step = int(grid.patch_size_level0)
-    with open_slide(slide) as wsi:
-        tl = [wsi.read_region_l0(x0 + c * step, y0 + r * step, step, 256) for r in range(4) for c in range(4)]
+    with open_slide(slide) as wsi:  # the region's 16 children, row-major: the grid order the model was trained on
+        tl = [wsi.read_region_l0(int(x), int(y), step, 256) for x, y in child_grid([[x0, y0]], step)[0]]
     with torch.inference_mode():
         emb = enc.encode(torch.from_numpy(np.stack(tl)))  # [16, D], row-major
     path = out / "ssl_grid_5x.npy"

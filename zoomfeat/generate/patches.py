@@ -72,13 +72,13 @@ def ssl_grid_from_image(image: np.ndarray, encoder, side: int) -> torch.Tensor:
     """
     from PIL import Image
 
+    from zoomfeat.slides.grid import child_grid
+
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB image H×W×3; got shape {image.shape}")
     tile_px = 256
     img = np.asarray(Image.fromarray(image).resize((side * tile_px, side * tile_px), Image.BICUBIC))
-    tiles = [
-        img[r * tile_px : (r + 1) * tile_px, c * tile_px : (c + 1) * tile_px] for r in range(side) for c in range(side)
-    ]
+    tiles = [img[y : y + tile_px, x : x + tile_px] for x, y in child_grid([[0, 0]], tile_px, side)[0]]  # row-major
     with torch.no_grad():
         feats = encoder.encode(torch.from_numpy(np.stack(tiles)))  # [side², D], row-major
     feats = torch.as_tensor(feats, dtype=torch.float32).cpu()
