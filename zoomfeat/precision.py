@@ -90,5 +90,5 @@ def autocast_active(device: torch.device | str) -> bool:
     return torch.is_autocast_enabled("cpu")
 
 
-__all__ = ["PRECISIONS", "normalize_precision", "effective_precision", "check_supported", "autocast", "fp32",
+__all__ = ["PRECISIONS", "resolve_device", "normalize_precision", "effective_precision", "check_supported", "autocast", "fp32",
            "autocast_active"]

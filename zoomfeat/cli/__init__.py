@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
     except ImportError as exc:  # a module named in $ZOOMFEAT_PLUGINS that does not import
-        if os.environ.get("ZOOMFEAT_DEBUG") or "ZOOMFEAT_PLUGINS" not in str(exc):
+        registry = sys.modules.get("zoomfeat.encoders.registry")  # imported if it raised the error
+        if os.environ.get("ZOOMFEAT_DEBUG") or registry is None or not isinstance(exc, registry.PluginImportError):
             raise
         print(f"zoomfeat: error: {exc}", file=sys.stderr)
         return 2

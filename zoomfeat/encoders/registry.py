@@ -76,6 +76,10 @@ def get_encoder(name: str) -> EncoderEntry:
     return _REGISTRY[name]
 
 
+class PluginImportError(ImportError):
+    """A module named in ``$ZOOMFEAT_PLUGINS`` that does not import (the CLI reports it in one line)."""
+
+
 #: Entry-point group that installed packages use to add encoders (``[project.entry-points."zoomfeat.encoders"]``).
 PLUGIN_GROUP = "zoomfeat.encoders"
 
@@ -101,7 +105,7 @@ def load_plugins() -> list[str]:
         try:
             importlib.import_module(mod)
         except ImportError as exc:
-            raise ImportError(f"ZOOMFEAT_PLUGINS: cannot import {mod!r}: {exc}") from None
+            raise PluginImportError(f"ZOOMFEAT_PLUGINS: cannot import {mod!r}: {exc}") from None
         loaded.append(mod)
     return loaded
 
