@@ -32,11 +32,6 @@ needs_tiny = pytest.mark.skipif(not (TINY_LDM / "weights.ckpt").exists(), reason
 
 
 @pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    return DATA
-
-
-@pytest.fixture(scope="session")
 def slides_dir() -> Path:
     return SLIDES
 
