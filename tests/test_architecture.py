@@ -193,3 +193,17 @@ def test_cli_wall_lists_every_module():
     missing = sorted(present - listed - {"zoomfeat.cli"})
     assert not missing, f"add to the CLI wall's source_modules in pyproject.toml: {missing}"
     assert "mil" in listed
+
+
+def test_cli_start_up_imports_no_torch():
+    """`zoomfeat --help` and every verb but those that need the encoder registry build their parser without torch
+    (0.05 s instead of 1.4 s): `extract` loads its encoder options only when it runs."""
+    code = ("import sys\nfrom zoomfeat.cli import build_parser\n"
+            "for verb in ('', 'tile', 'mil', 'probe', 'view', 'train'):\n"
+            "    help = build_parser(verb).format_help()\n"
+            "    assert 'extract' in help and 'probe' in help, help\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]\n"
+            "build_parser('extract').parse_args(['extract', 'x.svs', '--encoder', 'tiny-vit'])\n"
+            "assert 'torch' in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]

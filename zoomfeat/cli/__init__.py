@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
 import sys
 
@@ -17,7 +18,9 @@ from zoomfeat import __version__
 VERB_MODULES = ["slides", "ldm", "extract", "probe", "mil", "predict", "train", "large", "view", "demo"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The ``zoomfeat`` parser. ``verb``: the verb about to run — verbs whose options need heavy imports (``extract``
+    reads the encoder registry) get them only when they run; ``None`` (the Python API) builds every option."""
     parser = argparse.ArgumentParser(
         prog="zoomfeat",
         description="ZoomLDM features, generation and MIL for computational pathology.",
@@ -32,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name == f"zoomfeat.cli.{name}":
                 continue
             raise
-        mod.register(sub)
+        if verb is not None and verb != name and "options" in inspect.signature(mod.register).parameters:
+            mod.register(sub, options=False)
+        else:
+            mod.register(sub)
     from zoomfeat.cli.threads import add_threads_option
 
     add_threads_option(parser)  # every verb (and sub-verb) gets --threads
@@ -41,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verb = next((a for a in argv if not a.startswith("-")), "")  # the top-level parser has only --help/--version
     try:
-        parser = build_parser()
+        parser = build_parser(verb)
     except ImportError as exc:  # a module named in $ZOOMFEAT_PLUGINS that does not import
         registry = sys.modules.get("zoomfeat.encoders.registry")  # imported if it raised the error
         if os.environ.get("ZOOMFEAT_DEBUG") or registry is None or not isinstance(exc, registry.PluginImportError):

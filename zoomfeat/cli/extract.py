@@ -81,7 +81,9 @@ def add_encoder_args(p) -> None:
             add_option_fields(p.add_argument_group(f"{name} options"), entry.options, name, added, own)
 
 
-def register(subparsers) -> None:
+def register(subparsers, options: bool = True) -> None:
+    """The ``extract`` verb. ``options=False`` (another verb runs, or the top-level ``--help``): the verb's name and
+    help only — its options come from the encoder registry, whose import loads torch (1.4 s), so other verbs skip it."""
     p = subparsers.add_parser(
         "extract",
         help="extract tile features (ZoomLDM, UNI, Phikon, …) into HDF5 bags",
@@ -92,6 +94,9 @@ def register(subparsers) -> None:
             "by rank (one GPU each) and the last rank to finish merges the per-rank summaries."
         ),
     )
+    p.set_defaults(func=handler)
+    if not options:
+        return
     p.add_argument("slides", metavar="SLIDES", help="slide file, folder of slides, or CSV with a 'slide' column")
     p.add_argument("--config", default=None,
                    help="YAML of options (docs/extraction.md: cohort options at the top level, the encoder's name and "
@@ -123,7 +128,6 @@ def register(subparsers) -> None:
     _cohort(p, "--clam-pt", "also write CLAM pt_files/{slide}.pt", action="store_true")
     _cohort(p, "--no-progress", "no progress bars", dest="progress", action="store_false")
     add_encoder_args(p)
-    p.set_defaults(func=handler)
 
 
 def _given(args, schema: type) -> dict:
@@ -162,11 +166,8 @@ def handler(args) -> int:
         raise FileNotFoundError(f"--tiles folder not found: {cfg.tiles}")
     if cfg.mpp_csv is not None and not Path(cfg.mpp_csv).is_file():
         raise FileNotFoundError(f"--mpp-csv file not found: {cfg.mpp_csv}")
-    apply_threads(argparse.Namespace(threads=cfg.threads, workers=cfg.workers))  # with workers/threads from --config
-    if cfg.threads:
-        import torch
-
-        torch.set_num_threads(int(cfg.threads))
+    # --threads / workers may come from --config: the one rule (threads × workers ≤ cores) applied to them
+    apply_threads(argparse.Namespace(threads=cfg.threads, workers=cfg.workers))
     encoder = build_from_options(cfg.encoder)  # a missing weights file fails here, before any slide is touched
     if cfg.compile or cfg.channels_last:
         from zoomfeat.encoders.optimize import optimize_encoder

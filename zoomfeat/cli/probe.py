@@ -7,7 +7,7 @@ import argparse
 from zoomfeat.cli.common import add_model_args
 
 
-def _ints(text: str) -> list[int]:
+def _ints(text: str) -> list[int]:  # not encoders.options.int_list: importing zoomfeat.encoders loads torch
     try:
         return [int(v) for v in str(text).replace(" ", "").split(",") if v != ""]
     except ValueError as exc:
@@ -36,10 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--tiles", required=True, help="folder written by `zoomfeat tile` (20x + 5x coordinates)")
     p.add_argument("--labels", required=True, help="CSV with slide, patient and one column per task "
                                                    "(survival: time, event)")
-    from zoomfeat.encoders import encoder_entries
-    from zoomfeat.encoders.zoomldm import ZOOMLDM
-
-    p.add_argument("--encoder", default=ZOOMLDM, choices=(ZOOMLDM,), help="the model whose recipe is swept")
+    # no encoder import here: building the parser stays torch-free (`zoomfeat --help` in 0.05 s); checked in handler
+    p.add_argument("--encoder", default=None, help="the model whose recipe is swept (only ZoomLDM: zoomldm)")
     add_model_args(p, flag="--weights", help="ZoomLDM folder (convert / train) or official weights.ckpt")
     p.add_argument("--blocks", type=_ints, default=list(range(13)), help="UNet blocks (default 0..12)")
     p.add_argument("--t", type=_ints, default=[0, 25, 50, 100, 200, 400], help="timesteps (default 0,25,50,100,200,400)")
@@ -47,8 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--mags", type=_strs, default=["20x", "5x", "20x+5x"], help="20x,5x,20x+5x (default all)")
     p.add_argument("--tasks", type=_strs, default=["subtype"], help="label columns, 'survival' for time/event")
     p.add_argument("--select", default=None, help="task that chooses the recipe (default: the first task)")
-    p.add_argument("--baselines", type=_strs, default=[], help="reference encoders, comma-separated: "
-                   + ",".join(n for n in encoder_entries() if n != ZOOMLDM))
+    p.add_argument("--baselines", type=_strs, default=[], help="reference encoders, comma-separated (any registered "
+                   "encoder but ZoomLDM; `zoomfeat extract --help` lists them)")
     p.add_argument("--custom-model", default=None, help="'package.module:factory' for the custom baseline")
     p.add_argument("--ssl-encoder", default="uni", help="SSL encoder of uni conditioning (tiny-vit for tiny models)")
     p.add_argument("--ssl-weights", default=None, help="weights of the SSL encoder (default: registry)")
@@ -61,21 +59,24 @@ def register(subparsers) -> None:
                         "k = round(1/F)); the rest only report it (default 0: choose and report on all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=handler)
 
 
 def handler(args) -> int:
+    from zoomfeat.encoders.zoomldm import ZOOMLDM
     from zoomfeat.probe import SweepSpec, sweep
 
+    if args.encoder not in (None, ZOOMLDM):
+        raise ValueError(f"--encoder: the probe sweeps ZoomLDM recipes only ({ZOOMLDM!r}), got {args.encoder!r}")
     if args.threads:
-        import torch
         from threadpoolctl import threadpool_limits
 
-        torch.set_num_threads(int(args.threads))
-        threadpool_limits(int(args.threads))  # sklearn / numpy BLAS of the probe fits too
+        from zoomfeat.cli.threads import apply_threads
+
+        # the global --threads (clamped to the cores by apply_threads) also caps sklearn / numpy BLAS of the fits
+        threadpool_limits(apply_threads(args))
     spec = SweepSpec(blocks=args.blocks, t=args.t, conditioning=args.conditioning, mags=args.mags, tasks=args.tasks,
                      baselines=args.baselines, tiles_per_slide=args.tiles_per_slide, n_folds=args.folds,
                      n_repeats=args.repeats, tune_fraction=args.tune_fraction, select_task=args.select,
