@@ -120,8 +120,11 @@ class TileEncoder:
         return self
 
     def full_config(self) -> dict:
-        """What a bag stores as ``encoder_config`` (and what the extract signature hashes)."""
-        return {"name": self.name, "dim": self.dim, "precision": self.precision, **getattr(self, "config", {})}
+        """What a bag stores as ``encoder_config`` (and what the extract signature hashes): name, width, precision,
+        the transform's settings (if it records them) and the encoder's own ``config``."""
+        transforms = getattr(self, "transforms", None)
+        tcfg = transforms.config() if hasattr(transforms, "config") else {}
+        return {"name": self.name, "dim": self.dim, "precision": self.precision, **tcfg, **getattr(self, "config", {})}
 
     def encode(self, images: Any, ctx: TileContext | None = None) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement encode(images, ctx)")
@@ -162,11 +165,6 @@ class Encoder(TileEncoder):
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-
-    def full_config(self) -> dict:
-        """What a bag stores as ``encoder_config``: the builder's options plus transform and precision."""
-        tcfg = self.transforms.config() if hasattr(self.transforms, "config") else {}
-        return {"name": self.name, "dim": self.dim, "precision": self.precision, **tcfg, **self.config}
 
     @torch.inference_mode()
     def encode(self, images: Any, ctx: TileContext | None = None) -> torch.Tensor:

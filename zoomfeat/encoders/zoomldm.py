@@ -129,10 +129,6 @@ class ZoomLDMEncoder(TileEncoder):
             self.ssl_encoder.to(device)
         return self
 
-    def full_config(self) -> dict:
-        return {"name": self.name, "dim": self.dim, "precision": self.precision, **self.transforms.config(),
-                **self.config}
-
     def bag_attrs(self, opts: Any) -> dict:
         """The recipe as top-level bag attributes (``block``, ``t``, ``conditioning``, the SSL encoder)."""
         ssl = self.ssl_encoder
