@@ -154,13 +154,6 @@ def label_slide_paths(labels: str | os.PathLike | None) -> dict[str, Path]:
     return {s: q for s, q in paths.items() if q.exists()}
 
 
-def rank_slice(items: Sequence, rank: int | None = None, world: int | None = None) -> list:
-    """The share of ``items`` for this process (torchrun's RANK/WORLD_SIZE by default): every world-th item."""
-    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-    world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
-    return list(items)[rank::world]
-
-
 @dataclass
 class SlideResult:
     slide: str

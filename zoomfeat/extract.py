@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from zoomfeat.bags import bag_path, read_bag_attrs, write_bag, write_clam_pt
-from zoomfeat.cohort import CohortReport, SlideResult, rank_slice, run_cohort, slide_id
+from zoomfeat.cohort import CohortReport, SlideResult, run_cohort, slide_id
 from zoomfeat.encoders.base import TileContext
 from zoomfeat.io import kill_point, remove_dead_temps
 from zoomfeat.precision import resolve_device
@@ -477,7 +477,7 @@ def extract_cohort(
 
     share = process_share(opts.shard)  # torchrun rank and/or --shard K/N: one round-robin split
     rank, world = share.index, share.count
-    mine = rank_slice(list(slides), rank, world)
+    mine = share.take(slides)
     feat_dir = bag_path(out_dir, tag, "x").parent
     feat_dir.mkdir(parents=True, exist_ok=True)
 
@@ -506,10 +506,6 @@ def extract_cohort(
     return report
 
 
-def _run_id() -> str:
-    return os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("ZOOMFEAT_RUN_ID") or ""
-
-
 def _write_timings(report: CohortReport, feat_dir: Path, rank: int | None) -> None:
     rows = [{"slide": r.slide, "status": r.status, "seconds": round(r.seconds, 3), **r.info}
             for r in report.results if r.info]
@@ -528,7 +524,10 @@ def merge_rank_summaries(feat_dir: str | os.PathLike, world: int, run_id: str | 
     import csv
 
     feat_dir = Path(feat_dir)
-    run_id = _run_id() if run_id is None else run_id
+    if run_id is None:  # this process's job id, by the one rule of zoomfeat.sharding
+        from zoomfeat.sharding import process_share
+
+        run_id = process_share().run_id
     results: list[SlideResult] = []
     for r in range(world):
         meta, rows = feat_dir / f"summary_rank{r}.meta.json", feat_dir / f"summary_rank{r}.csv"
