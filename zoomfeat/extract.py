@@ -417,7 +417,9 @@ def bag_done(path: Path, signature: str, clam_pt: bool = False) -> bool:
         return False
 
 
-def _load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: ExtractOptions):
+def load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: ExtractOptions):
+    """The slide's tile grid and coordinate file: from ``tiles_dir`` (a zoomfeat, CLAM or TRIDENT folder; peer
+    files get the slide's own mpp) or tiled on the fly into ``out_dir/_tiles``."""
     from zoomfeat.slides.coords import coords_path, find_coords, read_coords
 
     sid = slide_id(slide)
@@ -485,7 +487,7 @@ def extract_cohort(
         return bag_done(bag_path(out_dir, tag, slide_id(slide)), sig, opts.clam_pt)
 
     def process(slide: Path) -> dict:
-        grid, cp = _load_grid(slide, tiles_dir, out_dir, opts)
+        grid, cp = load_grid(slide, tiles_dir, out_dir, opts)
         return extract_slide(slide, grid, encoder, bag_path(out_dir, tag, slide_id(slide)), opts, cp, sig)
 
     report = run_cohort(mine, process, is_done, lock_dir=feat_dir / ".locks", all_slides=slides,
@@ -549,4 +551,4 @@ def merge_rank_summaries(feat_dir: str | os.PathLike, world: int, run_id: str | 
 
 __all__ = ["ExtractOptions", "ExtractConfig", "load_extract_config", "extract_slide", "plan_reads", "encode_reads",
            "ssl_grids_5x", "bag_attrs", "write_slide_bag", "extract_cohort", "extract_signature",
-           "merge_rank_summaries", "parents_5x", "RegionDataset", "region_loader"]
+           "merge_rank_summaries", "load_grid", "parents_5x", "RegionDataset", "region_loader"]

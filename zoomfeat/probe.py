@@ -352,11 +352,11 @@ def write_best_recipe(best: dict, path: Path, weights: str | None, ssl_encoder: 
 # ------------------------------------------------------------------------------------------------ the sweep
 def _encoders(spec: SweepSpec, ldm, ssl_weights, registry, custom_model):
     from zoomfeat.encoders import create_encoder
+    from zoomfeat.encoders.zoomldm import ssl_encoder_for
 
     ssl = None
-    if "uni" in spec.conditioning:
-        kw = {"dim": int(ldm.ssl_dim)} if spec.ssl_encoder == "tiny-vit" else {}
-        ssl = create_encoder(spec.ssl_encoder, weights=ssl_weights, registry=registry, **kw)
+    if "uni" in spec.conditioning:  # the encoder's own precision (the probe's UNet pass sets its own)
+        ssl = ssl_encoder_for(ldm, spec.ssl_encoder, ssl_weights, registry)
     base = {}
     for name in spec.baselines:
         kw = {"model": custom_model} if name == "custom" else {}
@@ -371,7 +371,7 @@ def compute_means(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm, spe
     from tqdm.auto import tqdm
 
     from zoomfeat.cohort import slide_id
-    from zoomfeat.slides.coords import coords_path, read_coords
+    from zoomfeat.extract import ExtractOptions, load_grid
 
     sig = cache_signature(spec, model_sha)
     means, failed = {}, []
@@ -381,7 +381,7 @@ def compute_means(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm, spe
         got = load_cached(cpath, sig)
         if got is None:
             try:
-                grid = read_coords(coords_path(tiles_dir, sid))
+                grid, _ = load_grid(slide, tiles_dir, cache_dir, ExtractOptions())  # zoomfeat, CLAM or TRIDENT
                 tiles = read_probe_tiles(slide, grid, spec.tiles_per_slide, spec.seed, "uni" in spec.conditioning)
                 with torch.inference_mode():
                     got = zoomldm_slide_means(ldm, tiles, sid, spec, ssl_encoder)

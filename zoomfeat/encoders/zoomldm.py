@@ -253,12 +253,15 @@ class ZoomLDMOptions(EncoderOptions):
         return kw
 
 
-def _ssl_encoder(name: str, ldm, weights, kwargs: dict | None, precision: str, registry):
-    """The conditioning encoder ``name`` (sized to the model's ssl dim for ``tiny-vit``)."""
+def ssl_encoder_for(ldm, name: str, weights=None, registry=None, precision: str | None = None,
+                    kwargs: dict | None = None):
+    """The conditioning encoder ``name`` of ``ldm`` (``tiny-vit`` sized to the model's ssl dim); ``precision``:
+    the ZoomLDM forward's, or None for the encoder's own default."""
     from zoomfeat.encoders.registry import create_encoder
 
     kw = dict(kwargs or {})
-    kw.setdefault("precision", precision)  # one --precision for the whole forward
+    if precision is not None:
+        kw.setdefault("precision", precision)  # one --precision for the whole forward
     if name == "tiny-vit":
         kw.setdefault("dim", int(ldm.ssl_dim))
     return create_encoder(name, weights=weights, registry=registry, **kw)
@@ -293,7 +296,7 @@ def create_zoomldm(weights: str | os.PathLike | None = None, blocks: Sequence[in
     sha, wpath = (sha256_file(weights), str(weights)) if weights is not None else (None, None)
     ssl = None
     if conditioning == "uni":
-        ssl = (_ssl_encoder(ssl_encoder, ldm, ssl_weights, ssl_kwargs, precision, registry)
+        ssl = (ssl_encoder_for(ldm, ssl_encoder, ssl_weights, registry, precision, ssl_kwargs)
                if isinstance(ssl_encoder, str) else ssl_encoder)
     return ZoomLDMEncoder(ldm, blocks=blocks, t=t, conditioning=conditioning, ssl_encoder=ssl, precision=precision,
                           base_seed=base_seed, weights_sha256=sha, weights_path=wpath)
