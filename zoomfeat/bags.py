@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from zoomfeat.io import atomic_h5, atomic_path
+from zoomfeat.io import atomic_h5, write_bytes_atomic
 
 #: Rows per HDF5 chunk: row-sized chunks (TRIDENT's (1, D)) make whole-bag reads slow; CLAM uses 32.
 CHUNK_ROWS = 1024
@@ -215,13 +215,9 @@ def write_clam_pt(path: str | os.PathLike, features: Any) -> Path:
     import io
 
     feats = torch.from_numpy(np.ascontiguousarray(_as_features(features, "features")))
-    buf = io.BytesIO()  # serialised in memory: a full disk fails the plain write below with OSError(ENOSPC)
+    buf = io.BytesIO()  # serialised in memory: a full disk fails the plain write with OSError(ENOSPC)
     torch.save(feats, buf)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
+    write_bytes_atomic(path, buf.getbuffer())
     return Path(path)
 
 

@@ -55,6 +55,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_bytes_atomic(path: str | os.PathLike, data) -> None:
+    """``data`` (bytes or a buffer serialised in memory) to ``path`` with one plain write, fsync and rename: a full
+    disk is an ordinary ``OSError`` from ``write`` and the final name never holds a partial file."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, default=str))
 
@@ -151,11 +161,7 @@ def atomic_h5(final: str | os.PathLike) -> Iterator:
     buf = io.BytesIO()
     with h5py.File(buf, "w") as f:
         yield f
-    with atomic_path(final) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
+    write_bytes_atomic(final, buf.getbuffer())
 
 
 #: errno values meaning "the output volume is full"
