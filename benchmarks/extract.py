@@ -33,8 +33,9 @@ CMU = FIX / "slides" / "cmu_small_region.svs"
 
 
 def sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued kernels before reading a clock (a no-op off CUDA)."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def timed(fn, device: torch.device, repeats: int = 1, warmup: bool = True) -> tuple[float, float]:

@@ -40,6 +40,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.extract import sync  # noqa: E402  (after the path insert)
+
 MICRO = ROOT / "tests" / "data" / "zoomldm_official_micro"
 
 #: Dense (no sparsity) tensor-core peak TFLOP/s by device-name substring: (bf16, fp16). Vendor data sheets.
@@ -63,11 +65,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "cpu"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_tflops(device: torch.device) -> dict:

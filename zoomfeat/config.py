@@ -80,12 +80,13 @@ def save_yaml(cfg: dict, path: str | os.PathLike) -> None:
 T = TypeVar("T")
 
 
-def _field_types(schema: type) -> dict[str, Any]:
+def field_types(schema: type) -> dict[str, Any]:
+    """Field name → resolved type hint of dataclass ``schema`` (string annotations evaluated)."""
     hints = typing.get_type_hints(schema)
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(schema)}
 
 
-def _nested_schema(tp: Any) -> type | None:
+def nested_schema(tp: Any) -> type | None:
     """The dataclass inside ``tp`` (``X``, ``X | None``, ``Optional[X]``), if any."""
     if dataclasses.is_dataclass(tp):
         return tp
@@ -110,7 +111,7 @@ def from_dict(schema: type[T], data: dict | None, where: str = "config", base: T
     """``schema`` (a dataclass) with the keys of ``data`` replacing its defaults (or ``base``'s values); nested
     dataclass fields take nested mappings. Unknown keys raise ``ValueError`` naming them and ``where``."""
     data = dict(data or {})
-    types = _field_types(schema)
+    types = field_types(schema)
     unknown = sorted(set(data) - set(types))
     if unknown:
         raise ValueError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))}; "
@@ -118,7 +119,7 @@ def from_dict(schema: type[T], data: dict | None, where: str = "config", base: T
     current = base if base is not None else schema()
     kw = {}
     for name, value in data.items():
-        sub = _nested_schema(types[name])
+        sub = nested_schema(types[name])
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, f"{where}: {name}", getattr(current, name, None) or None)
         kw[name] = _number(types[name], value, where, name)

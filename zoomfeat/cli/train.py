@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoomfeat.cli.common import add_model_args, load_model_from_args
+from zoomfeat.cli.common import add_model_args
 from zoomfeat.train.config import BuildConfig
 
 
@@ -74,10 +74,9 @@ def _scales(spec: str) -> list[int]:
 
 
 def _build_model(args: argparse.Namespace):
-    """The ZoomLDM of ``build-dataset``: ``--model`` (or its old spelling ``--official``), else ``--ldm-config``."""
-    import torch
-
-    from zoomfeat.ldm import ZoomLDM
+    """The ZoomLDM of ``build-dataset``: ``--model`` (or its old spelling ``--official``), else ``--ldm-config``
+    (random init seeded by ``--seed``), made by :func:`zoomfeat.train.loop.make_model` like ``train``'s."""
+    from zoomfeat.train.loop import make_model
 
     sources = [flag for flag, v in (("--model", args.model), ("--official", args.official),
                                     ("--ldm-config", args.ldm_config)) if v]
@@ -85,13 +84,9 @@ def _build_model(args: argparse.Namespace):
         raise ValueError("give exactly one model: --model PATH (a ZoomLDM folder or official weights.ckpt) or "
                          f"--ldm-config YAML (got {', '.join(sources) or 'none'})")
     if args.ldm_config:
-        from zoomfeat.config import load_yaml
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(args.seed)
-            return ZoomLDM.from_config(load_yaml(args.ldm_config))
+        return make_model({"seed": args.seed, "model": {"init": "config", "config": args.ldm_config}})
     args.model = args.model or args.official
-    return load_model_from_args(args)
+    return make_model({"model": _model_section(args)})
 
 
 def build_dataset_cmd(args: argparse.Namespace) -> int:

@@ -147,16 +147,15 @@ def generate_patches(
     progress: bool = False,
     precision: str = "fp32",
 ) -> np.ndarray:
-    """Sample ``n`` patches for one SSL grid (``[C,s,s]`` / ``[1,C,s,s]``) or for ``n`` grids ``[n,C,s,s]``.
+    """Sample ``n`` patches for one SSL grid (``[C,s,s]`` / ``[1,C,s,s]``) or for ``n`` grids ``[n,C,s,s]``
+    (any layout :func:`load_ssl_grid` reads).
 
     Returns uint8 ``[n, H, W, 3]``. Reproducible for a given ``seed`` (noise drawn on CPU). ``precision``:
     autocast dtype of the Summarizer + UNet (the official samples ran under fp16 autocast); the VQ decode is fp32.
     """
     from zoomfeat.precision import autocast
 
-    grid = torch.as_tensor(np.asarray(ssl_grid, dtype=np.float32))
-    if grid.ndim == 3:
-        grid = grid[None]
+    grid = load_ssl_grid(ssl_grid, int(model.ssl_dim))
     if grid.shape[0] not in (1, n):
         raise ValueError(f"got {grid.shape[0]} SSL grids for n={n} samples (give 1 grid or n grids)")
     gen = torch.Generator().manual_seed(int(seed))

@@ -73,7 +73,9 @@ def _resize(img: np.ndarray, px: int) -> np.ndarray:
 @torch.no_grad()
 def generate_like(ldm, ssl_encoder, ssl_tiles: list, mag: str, steps: int = 20, guidance: float = 2.0,
                   seed: int = 0) -> np.ndarray:
-    """Generated uint8 patches conditioned on the SSL embeddings of ``ssl_tiles`` (one list per patch)."""
+    """Generated uint8 patches conditioned on the SSL embeddings of ``ssl_tiles`` (one list per patch), sampled
+    by :func:`zoomfeat.generate.patches.generate_patches` in one batch."""
+    from zoomfeat.generate.patches import generate_patches
     from zoomfeat.mags import mag_to_index
 
     grids = []
@@ -81,11 +83,9 @@ def generate_like(ldm, ssl_encoder, ssl_tiles: list, mag: str, steps: int = 20, 
         emb = ssl_encoder.encode(torch.from_numpy(np.stack(tiles))).float()  # (k, C)
         side = int(round(len(tiles) ** 0.5))
         grids.append(emb.T.reshape(-1, side, side))
-    ctx = ldm.condition(torch.stack(grids), mag_to_index(mag))
-    from zoomfeat.generate.patches import to_uint8
-
-    lat = ldm.sample(ctx, steps=steps, guidance_scale=guidance, generator=torch.Generator().manual_seed(seed))
-    return to_uint8(ldm.decode(lat))
+    n = len(grids)
+    return generate_patches(ldm, torch.stack(grids), mag_to_index(mag), n=n, steps=steps, guidance_scale=guidance,
+                            seed=seed, batch_size=n)
 
 
 def realism_report(model_dir: str | os.PathLike, slides: Sequence[Path], tiles_dir: str | os.PathLike,

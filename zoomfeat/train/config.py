@@ -8,14 +8,12 @@ default); the resolved config saved beside a run lists every key.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoomfeat.config import from_dict, load_config, packaged, to_dict
+from zoomfeat.config import field_types, from_dict, load_config, nested_schema, packaged, to_dict
 from zoomfeat.mags import N_SCALES
 
 
@@ -161,16 +159,13 @@ def fields_table(schema: type = TrainConfig, prefix: str = "") -> list[tuple[str
     """``(key, default)`` of every option, dotted (``train.lr``), defaults written as in YAML: the option table of
     docs/training.md (``python -m zoomfeat.train.config`` prints it)."""
     rows: list[tuple[str, str]] = []
-    hints = typing.get_type_hints(schema)
     default = schema()
-    for f in dataclasses.fields(schema):
-        value, tp = getattr(default, f.name), hints[f.name]
-        sub = tp if dataclasses.is_dataclass(tp) else next(
-            (a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
+    for name, tp in field_types(schema).items():
+        value, sub = getattr(default, name), nested_schema(tp)
         if sub is None or value is None:
-            rows.append((f"{prefix}{f.name}", _yaml_value(value)))
+            rows.append((f"{prefix}{name}", _yaml_value(value)))
         if sub is not None:
-            rows += fields_table(sub, f"{prefix}{f.name}.")
+            rows += fields_table(sub, f"{prefix}{name}.")
     return rows
 
 

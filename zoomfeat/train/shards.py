@@ -313,7 +313,11 @@ def build_dataset(
     slide_list = resolve_slides(slides) if not isinstance(slides, (list, tuple)) else [Path(s) for s in slides]
     if not slide_list:
         raise FileNotFoundError(f"no slides found in {slides}")
-    settings = _settings(ssl_encoder, vq, patch_px, ssl_px, scales, pool_to, max_per_scale, seed)
+    # what makes the training set: recorded in meta.json and given to every shard, from this one dict
+    opts = {"patch_px": patch_px, "ssl_px": ssl_px, "scales": scales, "pool_to": pool_to,
+            "max_per_scale": max_per_scale, "seed": seed}
+    read = {"mpp": mpp, "mpp_csv": mpp_csv}
+    settings = _settings(ssl_encoder, vq, **opts)
     meta_path = _start_meta(out_dir, settings)
     vq_encode = _vq_encoder(vq)
     tile_kwargs = dict(tile_kwargs or {})
@@ -322,12 +326,9 @@ def build_dataset(
         return out_dir / "shards" / f"{slide_id(slide)}.h5"
 
     def process(slide: Path) -> dict:
-        cpath = tile_slide(slide, out_dir / "coords", mpp=mpp, mpp_csv=mpp_csv, scales=range(N_SCALES), **tile_kwargs)
-        return build_slide_shard(
-            slide, shard_of(slide), read_coords(cpath), ssl_encoder, vq_encode, patch_px=patch_px, ssl_px=ssl_px,
-            scales=scales, pool_to=pool_to, max_per_scale=max_per_scale, seed=seed, batch_size=batch_size,
-            mpp=mpp, mpp_csv=mpp_csv,
-        )
+        cpath = tile_slide(slide, out_dir / "coords", **read, scales=range(N_SCALES), **tile_kwargs)
+        return build_slide_shard(slide, shard_of(slide), read_coords(cpath), ssl_encoder, vq_encode, **opts,
+                                 batch_size=batch_size, **read)
 
     cohort = run_cohort(
         slide_list, process, is_done=lambda s: shard_of(s).exists(), lock_dir=out_dir / ".locks",

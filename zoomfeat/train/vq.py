@@ -23,6 +23,7 @@ import torch
 from zoomfeat.io import atomic_path
 from zoomfeat.mags import N_SCALES
 from zoomfeat.train.config import FirstStageConfig, TrainConfig, as_train_config
+from zoomfeat.train.shards import images_to_unit_range
 
 def collect_patches(slides: Sequence[str | os.PathLike], coords_dir: str | os.PathLike, patch_px: int = 64,
                     scales: Sequence[int] = range(N_SCALES), max_per_scale: int = FirstStageConfig.max_per_scale,
@@ -72,7 +73,7 @@ def train_vq(vq, images: np.ndarray, steps: int = FirstStageConfig.steps, batch_
     Defaults: :class:`~zoomfeat.train.config.FirstStageConfig`."""
     from tqdm.auto import tqdm
 
-    data = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    data = images_to_unit_range(images)
     g = torch.Generator().manual_seed(int(seed))
     device = next(vq.parameters()).device
     vq.train().requires_grad_(True)
@@ -109,7 +110,7 @@ def reconstruction_error(vq, images: np.ndarray, batch_size: int = 32) -> float:
     """Mean absolute error in [0, 255] of decode(quantise(encode(x))) — how much of the image the latents keep."""
     errs = []
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        x = images_to_unit_range(images[i:i + batch_size])
         y = vq.decode(vq.encode(x.to(next(vq.parameters()).device)).latents).sample.cpu().clamp(-1, 1)
         errs.append(float((y - x).abs().mean()) * 127.5)
     return float(np.mean(errs))
