@@ -411,9 +411,11 @@ def write_attention(res: CVResult, out: Path, cohort: Cohort, cfg: dict,
             n_maps -= 1
 
 
-def run_cv(cfg: dict | CVConfig, out_dir: str | os.PathLike, thumbnails: ThumbnailProvider | None = None) -> CVResult:
+def run_cv(cfg: dict | CVConfig, out_dir: str | os.PathLike, thumbnails: ThumbnailProvider | None = None,
+           cohort: Cohort | None = None) -> CVResult:
     """``zoomfeat mil cv``: validate inputs, make or reuse splits, run the folds and write every output; heatmaps
-    are drawn over the thumbnails ``thumbnails`` gives (:mod:`mil.heatmap`; else on the tile grid)."""
+    are drawn over the thumbnails ``thumbnails`` gives (:mod:`mil.heatmap`; else on the tile grid). ``cohort``:
+    the config's cohort when the caller already built it (:func:`prepare_cohort`), so the bags are scanned once."""
     from zoomfeat.config import save_yaml
 
     cfg = cv_config(cfg)
@@ -426,7 +428,8 @@ def run_cv(cfg: dict | CVConfig, out_dir: str | os.PathLike, thumbnails: Thumbna
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
-    cohort = prepare_cohort(cfg)
+    if cohort is None:
+        cohort = prepare_cohort(cfg)
     splits = splits_for(cohort, cfg, cfg.get("splits") or out / "splits.csv")
     check_splits(splits)
     res = run_folds(cohort, splits, model=cfg["model"], mag=cfg["mag"], seed=int(cfg["seed"]), out_dir=out,

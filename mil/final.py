@@ -208,7 +208,7 @@ def train_final(cfg: dict | FinalConfig, out_dir: str | os.PathLike, run_cv: boo
     if run_cv:
         from mil.deploy import write_cv_spec
 
-        cross_validate_run({k: v for k, v in cfg.items() if k != "final"}, out / "cv", thumbnails)
+        cross_validate_run({k: v for k, v in cfg.items() if k != "final"}, out / "cv", thumbnails, cohort=cohort)
         write_cv_spec(out / "cv", spec, cohort.dim)
         cv_from = out / "cv"
     if cv_from is not None:
