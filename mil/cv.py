@@ -19,7 +19,7 @@ import pandas as pd
 
 from mil.data import BagDataset, Cohort, build_cohort, fit_standardizer, load_labels, save_standardizer
 from mil.heatmap import ThumbnailProvider
-from mil.models import build_model
+from mil.models import build_model, with_split_dim
 from mil.splits import check_splits, fold_indices, load_splits, make_splits, save_splits
 from mil.tasks import CLASSIFICATION, TASKS, make_task
 from mil.trainer import TrainConfig, predict, seed_everything, train_model
@@ -181,12 +181,7 @@ def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, see
                  out_dir: str | os.PathLike | None, attention: bool, hparams: dict):
     """One MIL head per fold: (per-fold metrics, out-of-fold predictions, attention per test slide)."""
     task_name = cohort.task
-    cfg = TrainConfig.from_hparams(hparams)
-    model_hp = dict(cfg.extra)
-    if str(model).lower() == "twobranch" and "split_dim" not in model_hp:
-        if mag != "20x+5x":
-            raise ValueError("model 'twobranch' needs mag '20x+5x' (or an explicit split_dim)")
-        model_hp["split_dim"] = cohort.dim // 2
+    cfg, model_hp = head_hparams(model, mag, cohort.dim, hparams)
     n_classes = len(cohort.classes) if task_name in CLASSIFICATION else 0
     out = Path(out_dir) if out_dir else None
     fold_rows, pred_rows, attn = [], [], {}
@@ -199,25 +194,16 @@ def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, see
     for fold in folds:
         idx = fold_indices(splits, cohort.slides, fold)
         fold_seed = int(seed) * 1000 + int(fold)
-        seed_everything(fold_seed)
         fixed = len(idx["val"]) < cfg.min_val_slides  # too few validation slides to select epochs on
         fit_idx = np.concatenate([idx["train"], idx["val"]]) if fixed else idx["train"]
-        task = make_task(task_name, n_classes=n_classes, **model_hp)
-        task.fit(cohort.targets[fit_idx], balance=cfg.class_weights)
-        net = build_model(model, cohort.dim, task.n_out, **model_hp)
-        train_ds = BagDataset(cohort.subset(fit_idx), mag, cfg.max_instances, sample=True, seed=fold_seed,
-                              cache=cache)
-        norm = fit_standardizer(train_ds) if cfg.standardize else None
-        val_ds = None if fixed or not len(idx["val"]) else BagDataset(cohort.subset(idx["val"]), mag, cache=cache)
-        test_ds = BagDataset(cohort.subset(idx["test"]), mag, cache=cache)
-        for ds in (train_ds, val_ds, test_ds):
-            if ds is not None:
-                ds.norm = norm
         ckpt = out / f"fold{fold}" / "best.pt" if out else None
-        info = train_model(net, task, train_ds, val_ds, cfg, seed=fold_seed, ckpt_path=ckpt,
-                           name=f"{model}-{task_name}-fold{fold}", log_dir=out)
+        net, task, info, norm = train_head(cohort, model, mag, cfg, model_hp, fit_idx,
+                                           idx["val"][:0] if fixed else idx["val"], fold_seed, cache,
+                                           name=f"{model}-{task_name}-fold{fold}", ckpt_path=ckpt, log_dir=out)
         if out and norm is not None:
             save_standardizer(norm, out / f"fold{fold}" / "standardize.npz")
+        test_ds = BagDataset(cohort.subset(idx["test"]), mag, cache=cache)
+        test_ds.norm = norm
         res = predict(net, task, test_ds, batch_size=1, device=next(net.parameters()).device, attention=attention)
         y = cohort.targets[idx["test"]]
         fold_rows.append({"fold": int(fold), **task.metrics(y, res["pred"]), "test_loss": res["loss"],
@@ -230,6 +216,38 @@ def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, see
         if attention:
             attn.update({cohort.slides[i]: res["attention"][j] for j, i in enumerate(idx["test"])})
     return pd.DataFrame(fold_rows), pd.DataFrame(pred_rows), attn
+
+
+def head_hparams(model: str, mag: str, dim: int, hparams: dict) -> tuple[TrainConfig, dict]:
+    """Trainer settings and head / task settings (``TrainConfig.extra``, with the two-branch ``split_dim``
+    default) of one head, as ``mil cv`` and ``mil train`` both read them."""
+    tcfg = TrainConfig.from_hparams(hparams)
+    return tcfg, with_split_dim(model, dict(tcfg.extra), dim, mag)
+
+
+def train_head(cohort: Cohort, model: str, mag: str, cfg: TrainConfig, model_hp: dict, fit_idx: np.ndarray,
+               val_idx: np.ndarray, seed: int, cache: bool, name: str, ckpt_path: Path | None = None,
+               log_dir: Path | None = None):
+    """Fit one fresh head on ``fit_idx`` (early stopping on ``val_idx`` when it is not empty), features
+    standardised with the training slides' statistics: the one training path of ``mil cv`` folds and the final
+    ``mil train`` model. Returns (net, task, info, norm); ``norm`` is None without ``standardize``.
+
+    The seeded steps run in a fixed order (seed → task → task fit → head init → datasets) so a seed gives the
+    same head whichever caller trains it."""
+    n_classes = len(cohort.classes) if cohort.task in CLASSIFICATION else 0
+    seed_everything(seed)
+    task = make_task(cohort.task, n_classes=n_classes, **model_hp)
+    task.fit(cohort.targets[fit_idx], balance=cfg.class_weights)
+    net = build_model(model, cohort.dim, task.n_out, **model_hp)
+    train_ds = BagDataset(cohort.subset(fit_idx), mag, cfg.max_instances, sample=True, seed=seed, cache=cache)
+    val_ds = BagDataset(cohort.subset(val_idx), mag, cache=cache) if len(val_idx) else None
+    norm = fit_standardizer(train_ds) if cfg.standardize else None
+    for ds in (train_ds, val_ds):
+        if ds is not None:
+            ds.norm = norm
+    info = train_model(net, task, train_ds, val_ds, cfg, seed=seed, ckpt_path=ckpt_path, name=name,
+                       log_dir=log_dir)
+    return net, task, info, norm
 
 
 def _prediction_rows(cohort: Cohort, test_idx, y, pred, fold, n_classes: int) -> list[dict]:

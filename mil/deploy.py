@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mil.data import BadBagError, BagDataset, Cohort, check_features, load_standardizer, read_features
-from mil.models import build_model, model_kwargs
+from mil.models import build_model, model_kwargs, with_split_dim
 from mil.tasks import CLASSIFICATION, make_task
 
 
@@ -116,10 +116,8 @@ def load_ensemble(cv_dir: str | os.PathLike) -> Predictor:
     task_name, mag = cfg.get("task", "binary"), cfg.get("mag", "20x")
     classes = _cv_classes(cv_dir) if task_name in CLASSIFICATION else []
     spec, in_dim = _cv_spec(cv_dir, cfg)
-    hp = dict(cfg.get("hparams") or {})
     name = str(cfg.get("model", "abmil")).lower()
-    if name == "twobranch":
-        hp.setdefault("split_dim", in_dim // 2)
+    hp = with_split_dim(name, dict(cfg.get("hparams") or {}), in_dim, mag)
     task = make_task(task_name, n_classes=max(len(classes), 2), **hp)
     nets = []
     for ck in ckpts:
