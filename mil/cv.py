@@ -212,7 +212,7 @@ def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, see
                           "n_val": 0 if fixed else len(idx["val"]), "n_test": len(idx["test"])})
         if out:
             pd.DataFrame(info["history"]).to_csv(out / f"fold{fold}" / "history.csv", index=False)
-        pred_rows += _prediction_rows(cohort, idx["test"], y, res["pred"], fold, n_classes)
+        pred_rows += prediction_rows(cohort, idx["test"], y, res["pred"], fold, n_classes)
         if attention:
             attn.update({cohort.slides[i]: res["attention"][j] for j, i in enumerate(idx["test"])})
     return pd.DataFrame(fold_rows), pd.DataFrame(pred_rows), attn
@@ -250,7 +250,9 @@ def train_head(cohort: Cohort, model: str, mag: str, cfg: TrainConfig, model_hp:
     return net, task, info, norm
 
 
-def _prediction_rows(cohort: Cohort, test_idx, y, pred, fold, n_classes: int) -> list[dict]:
+def prediction_rows(cohort: Cohort, test_idx, y, pred, fold, n_classes: int) -> list[dict]:
+    """Out-of-fold prediction rows of one fold's test slides (``predictions.csv``): slide, patient, fold, then
+    y, label, pred, prob_{k} (classification) or time, event, risk (survival). MIL heads and the linear probe."""
     rows = []
     for j, i in enumerate(test_idx):
         row = {"slide": cohort.slides[i], "patient": cohort.patients[i], "fold": int(fold)}
