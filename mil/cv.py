@@ -57,31 +57,6 @@ class CVResult:
         return self.metrics.columns
 
 
-def bootstrap_ci(pred: pd.DataFrame, task: str, n_classes: int, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap CIs of each metric over the pooled out-of-fold predictions (resampling slides).
-
-    Classification draws are scored all at once (:func:`boot_classification_metrics`: confusion-matrix
-    metrics and rank-sum AUC, equal to sklearn's per draw); survival draws use lifelines' c-index.
-    """
-    rng = np.random.default_rng(seed)
-    y, p = _pred_arrays(pred, task, n_classes)
-    n = len(pred)
-    idx = rng.integers(0, n, (int(n_boot), n))
-    if task == "survival":
-        from mil.tasks import c_index
-
-        draws = {"c_index": np.array([c_index(y[i, 0], y[i, 1], p[i, 0]) for i in idx])}
-    else:
-        draws = boot_classification_metrics(y[idx], p[idx], n_classes)
-    a = (1 - level) / 2
-    out = {}
-    for k, v in draws.items():
-        v = v[np.isfinite(v)]
-        out[k] = (float(np.quantile(v, a)), float(np.quantile(v, 1 - a))) if len(v) else (float("nan"),) * 2
-    return out
-
-
 def boot_classification_metrics(y: np.ndarray, prob: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
     """Vectorised metrics for B resampled sets at once: y (B, n) int, prob (B, n, C) → arrays of B values.
 
@@ -116,27 +91,19 @@ def boot_classification_metrics(y: np.ndarray, prob: np.ndarray, n_classes: int)
                 "f1": f1.mean(1)}
 
 
-def _pred_arrays(pred: pd.DataFrame, task: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    if task == "survival":
-        return pred[["time", "event"]].to_numpy(float), pred[["risk"]].to_numpy(float)
-    return pred["y"].to_numpy(int), pred[[f"prob_{c}" for c in range(n_classes)]].to_numpy(float)
-
-
 METRIC_RANGE = (0.0, 1.0)  # every reported metric (AUC, accuracy, balanced accuracy, F1, c-index) lives in [0, 1]
 
 
-def summarize(metrics: pd.DataFrame, pred: pd.DataFrame, task: str, n_classes: int, seed: int = 0,
-              n_boot: int = 1000) -> pd.DataFrame:
+def summarize(metrics: pd.DataFrame, task: str, n_classes: int) -> pd.DataFrame:
     """mean ± std over fold models plus a 95% CI from the corrected resampled t-test over those fold values
     (:func:`mil.stats.corrected_ttest`; clipped to [0, 1]). Each fold model is scored on its own test set:
-    predictions of different fold models are never pooled for a CI (``pred``, ``seed``, ``n_boot`` are kept
-    for callers; :func:`bootstrap_ci` still gives the pooled bootstrap on request)."""
-    from mil.stats import corrected_ttest
+    predictions of different fold models are never pooled for a CI."""
+    from mil.stats import corrected_ttest, split_ratio
 
     names = list(make_task(task, n_classes=max(n_classes, 2)).metric_names)
     n_test = metrics["n_test"].to_numpy(float) if "n_test" in metrics else np.ones(len(metrics))
     n_fit = (metrics["n_train"] + metrics["n_val"]).to_numpy(float) if "n_train" in metrics else n_test * 4
-    ratio = float(np.mean(n_test / np.maximum(n_fit, 1)))
+    ratio = split_ratio(n_test, n_fit)
     rows = []
     for m in names:
         v = metrics[m].to_numpy(float)
@@ -173,7 +140,7 @@ def run_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: s
             metrics, pred, attn = _train_folds(cohort, splits, model, mag, seed, out_dir, attention, hparams)
     repeat_of = splits.groupby("fold")["repeat"].first()
     metrics.insert(1, "repeat", metrics["fold"].map(repeat_of).astype(int))
-    summary = summarize(metrics, pred, task_name, n_classes, seed=seed, n_boot=int(hparams.get("n_boot", 1000)))
+    summary = summarize(metrics, task_name, n_classes)
     return CVResult(metrics, pred, summary, splits, task_name, list(cohort.classes), attn, list(cohort.skipped))
 
 
