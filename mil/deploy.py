@@ -21,6 +21,10 @@ from mil.data import BadBagError, BagDataset, Cohort, check_features, load_stand
 from mil.models import build_model, model_kwargs, with_split_dim
 from mil.tasks import CLASSIFICATION, make_task
 
+#: the task settings (:func:`mil.tasks.make_task`) a loaded head is rebuilt with; ``ties`` only changes the Cox
+#: loss, not the predicted risk
+TASK_HP = ("surv_loss", "n_bins", "alpha", "ties")
+
 
 @dataclass
 class Predictor:
@@ -60,7 +64,7 @@ def load_model(path: str | os.PathLike) -> Predictor:
     head, task = meta["model"], meta["task"]
     net = build_model(head["name"], int(head["in_dim"]), int(head["n_out"]), **head.get("kwargs", {}))
     net.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
-    hp = {k: task[k] for k in ("surv_loss", "n_bins", "alpha") if k in task}
+    hp = {k: task[k] for k in TASK_HP if k in task}
     return Predictor([net.eval()], task["name"], list(task["classes"]), meta["mag"], meta["feature_spec"], hp,
                      int(head["in_dim"]), str(path), "model", meta, [load_standardizer(path / "standardize.npz")])
 
@@ -124,7 +128,7 @@ def load_ensemble(cv_dir: str | os.PathLike) -> Predictor:
         net = build_model(name, in_dim, task.n_out, **model_kwargs(name, hp))
         net.load_state_dict(torch.load(ck, map_location="cpu", weights_only=True), strict=True)
         nets.append(net.eval())
-    task_hp = {k: hp[k] for k in ("surv_loss", "n_bins", "alpha") if k in hp}
+    task_hp = {k: hp[k] for k in TASK_HP if k in hp}
     return Predictor(nets, task_name, classes, mag, spec, task_hp, in_dim, str(cv_dir), "ensemble",
                      {"folds": [str(c.relative_to(cv_dir)) for c in ckpts], "config": cfg},
                      [load_standardizer(c.parent / "standardize.npz") for c in ckpts])
