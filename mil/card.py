@@ -11,8 +11,8 @@ def _cv_lines(cv: dict | None) -> list[str]:
         return ["No cross-validation was recorded with this model (train with `--cv` or `--cv-from CVDIR` to add "
                 "one). Without it there is no estimate of how well the head generalises.", ""]
     lines = [f"Patient-level {cv.get('n_folds')}-fold cross-validation on the training cohort ({cv.get('source')}); "
-             "mean ± std over folds and a bootstrap 95% CI of the pooled out-of-fold predictions (pooling mixes "
-             "folds whose scores are on different scales, so for AUC it can sit below the fold mean):", "",
+             "mean ± std over folds and a 95% CI from the corrected resampled t-test over the per-fold scores "
+             "(Nadeau & Bengio; each fold model scored on its own test patients, predictions never pooled):", "",
              "| metric | mean ± std | 95% CI |", "|---|---|---|"]
     for r in cv.get("summary", []):
         lines.append(f"| {r['metric']} | {r['mean']:.3f} ± {r['std']:.3f} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}] |")

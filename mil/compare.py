@@ -246,7 +246,7 @@ def _restrict(c: Cohort, order: list[str]) -> Cohort:
 def paired_statistics(table: pd.DataFrame, reference: dict) -> pd.DataFrame:
     """Add delta, delta_ci_low, delta_ci_high, p, p_adj, outcome (vs the reference row of the same task and
     metric) from the per-split scores in ``_folds``; the per-split Δ table rides in ``attrs['folds']``."""
-    from mil.stats import corrected_ttest, holm, outcome
+    from mil.stats import corrected_ttest, holm, outcome, split_ratio
 
     table = table.copy()
     fold_rows, stats = [], []
@@ -257,7 +257,7 @@ def paired_statistics(table: pd.DataFrame, reference: dict) -> pd.DataFrame:
         f = r["_folds"].set_index("fold")
         is_ref = r["encoder"] == reference["encoder"] and r["framework"] == ref_fw
         d = f["value"] - ref.iloc[0]["_folds"].set_index("fold")["value"].reindex(f.index)
-        ratio = float((f["n_test"] / (f["n_train"] + f["n_val"]).clip(lower=1)).mean())
+        ratio = split_ratio(f["n_test"], f["n_train"] + f["n_val"])
         st = corrected_ttest(d.to_numpy(float), ratio) if not is_ref else {}
         stats.append({"reference": f"{reference['encoder']}/{ref_fw}", "delta": st.get("mean", np.nan),
                       "delta_ci_low": st.get("ci_low", np.nan), "delta_ci_high": st.get("ci_high", np.nan),

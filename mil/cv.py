@@ -19,7 +19,7 @@ import pandas as pd
 
 from mil.data import BagDataset, Cohort, build_cohort, fit_standardizer, load_labels, save_standardizer
 from mil.heatmap import ThumbnailProvider
-from mil.models import build_model
+from mil.models import build_model, with_split_dim
 from mil.splits import check_splits, fold_indices, load_splits, make_splits, save_splits
 from mil.tasks import CLASSIFICATION, TASKS, make_task
 from mil.trainer import TrainConfig, predict, seed_everything, train_model
@@ -57,31 +57,6 @@ class CVResult:
         return self.metrics.columns
 
 
-def bootstrap_ci(pred: pd.DataFrame, task: str, n_classes: int, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap CIs of each metric over the pooled out-of-fold predictions (resampling slides).
-
-    Classification draws are scored all at once (:func:`boot_classification_metrics`: confusion-matrix
-    metrics and rank-sum AUC, equal to sklearn's per draw); survival draws use lifelines' c-index.
-    """
-    rng = np.random.default_rng(seed)
-    y, p = _pred_arrays(pred, task, n_classes)
-    n = len(pred)
-    idx = rng.integers(0, n, (int(n_boot), n))
-    if task == "survival":
-        from mil.tasks import c_index
-
-        draws = {"c_index": np.array([c_index(y[i, 0], y[i, 1], p[i, 0]) for i in idx])}
-    else:
-        draws = boot_classification_metrics(y[idx], p[idx], n_classes)
-    a = (1 - level) / 2
-    out = {}
-    for k, v in draws.items():
-        v = v[np.isfinite(v)]
-        out[k] = (float(np.quantile(v, a)), float(np.quantile(v, 1 - a))) if len(v) else (float("nan"),) * 2
-    return out
-
-
 def boot_classification_metrics(y: np.ndarray, prob: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
     """Vectorised metrics for B resampled sets at once: y (B, n) int, prob (B, n, C) → arrays of B values.
 
@@ -116,27 +91,19 @@ def boot_classification_metrics(y: np.ndarray, prob: np.ndarray, n_classes: int)
                 "f1": f1.mean(1)}
 
 
-def _pred_arrays(pred: pd.DataFrame, task: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    if task == "survival":
-        return pred[["time", "event"]].to_numpy(float), pred[["risk"]].to_numpy(float)
-    return pred["y"].to_numpy(int), pred[[f"prob_{c}" for c in range(n_classes)]].to_numpy(float)
-
-
 METRIC_RANGE = (0.0, 1.0)  # every reported metric (AUC, accuracy, balanced accuracy, F1, c-index) lives in [0, 1]
 
 
-def summarize(metrics: pd.DataFrame, pred: pd.DataFrame, task: str, n_classes: int, seed: int = 0,
-              n_boot: int = 1000) -> pd.DataFrame:
+def summarize(metrics: pd.DataFrame, task: str, n_classes: int) -> pd.DataFrame:
     """mean ± std over fold models plus a 95% CI from the corrected resampled t-test over those fold values
     (:func:`mil.stats.corrected_ttest`; clipped to [0, 1]). Each fold model is scored on its own test set:
-    predictions of different fold models are never pooled for a CI (``pred``, ``seed``, ``n_boot`` are kept
-    for callers; :func:`bootstrap_ci` still gives the pooled bootstrap on request)."""
-    from mil.stats import corrected_ttest
+    predictions of different fold models are never pooled for a CI."""
+    from mil.stats import corrected_ttest, split_ratio
 
     names = list(make_task(task, n_classes=max(n_classes, 2)).metric_names)
     n_test = metrics["n_test"].to_numpy(float) if "n_test" in metrics else np.ones(len(metrics))
     n_fit = (metrics["n_train"] + metrics["n_val"]).to_numpy(float) if "n_train" in metrics else n_test * 4
-    ratio = float(np.mean(n_test / np.maximum(n_fit, 1)))
+    ratio = split_ratio(n_test, n_fit)
     rows = []
     for m in names:
         v = metrics[m].to_numpy(float)
@@ -173,7 +140,7 @@ def run_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: s
             metrics, pred, attn = _train_folds(cohort, splits, model, mag, seed, out_dir, attention, hparams)
     repeat_of = splits.groupby("fold")["repeat"].first()
     metrics.insert(1, "repeat", metrics["fold"].map(repeat_of).astype(int))
-    summary = summarize(metrics, pred, task_name, n_classes, seed=seed, n_boot=int(hparams.get("n_boot", 1000)))
+    summary = summarize(metrics, task_name, n_classes)
     return CVResult(metrics, pred, summary, splits, task_name, list(cohort.classes), attn, list(cohort.skipped))
 
 
@@ -181,12 +148,7 @@ def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, see
                  out_dir: str | os.PathLike | None, attention: bool, hparams: dict):
     """One MIL head per fold: (per-fold metrics, out-of-fold predictions, attention per test slide)."""
     task_name = cohort.task
-    cfg = TrainConfig.from_hparams(hparams)
-    model_hp = dict(cfg.extra)
-    if str(model).lower() == "twobranch" and "split_dim" not in model_hp:
-        if mag != "20x+5x":
-            raise ValueError("model 'twobranch' needs mag '20x+5x' (or an explicit split_dim)")
-        model_hp["split_dim"] = cohort.dim // 2
+    cfg, model_hp = head_hparams(model, mag, cohort.dim, hparams)
     n_classes = len(cohort.classes) if task_name in CLASSIFICATION else 0
     out = Path(out_dir) if out_dir else None
     fold_rows, pred_rows, attn = [], [], {}
@@ -199,25 +161,16 @@ def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, see
     for fold in folds:
         idx = fold_indices(splits, cohort.slides, fold)
         fold_seed = int(seed) * 1000 + int(fold)
-        seed_everything(fold_seed)
         fixed = len(idx["val"]) < cfg.min_val_slides  # too few validation slides to select epochs on
         fit_idx = np.concatenate([idx["train"], idx["val"]]) if fixed else idx["train"]
-        task = make_task(task_name, n_classes=n_classes, **model_hp)
-        task.fit(cohort.targets[fit_idx], balance=cfg.class_weights)
-        net = build_model(model, cohort.dim, task.n_out, **model_hp)
-        train_ds = BagDataset(cohort.subset(fit_idx), mag, cfg.max_instances, sample=True, seed=fold_seed,
-                              cache=cache)
-        norm = fit_standardizer(train_ds) if cfg.standardize else None
-        val_ds = None if fixed or not len(idx["val"]) else BagDataset(cohort.subset(idx["val"]), mag, cache=cache)
-        test_ds = BagDataset(cohort.subset(idx["test"]), mag, cache=cache)
-        for ds in (train_ds, val_ds, test_ds):
-            if ds is not None:
-                ds.norm = norm
         ckpt = out / f"fold{fold}" / "best.pt" if out else None
-        info = train_model(net, task, train_ds, val_ds, cfg, seed=fold_seed, ckpt_path=ckpt,
-                           name=f"{model}-{task_name}-fold{fold}", log_dir=out)
+        net, task, info, norm = train_head(cohort, model, mag, cfg, model_hp, fit_idx,
+                                           idx["val"][:0] if fixed else idx["val"], fold_seed, cache,
+                                           name=f"{model}-{task_name}-fold{fold}", ckpt_path=ckpt, log_dir=out)
         if out and norm is not None:
             save_standardizer(norm, out / f"fold{fold}" / "standardize.npz")
+        test_ds = BagDataset(cohort.subset(idx["test"]), mag, cache=cache)
+        test_ds.norm = norm
         res = predict(net, task, test_ds, batch_size=1, device=next(net.parameters()).device, attention=attention)
         y = cohort.targets[idx["test"]]
         fold_rows.append({"fold": int(fold), **task.metrics(y, res["pred"]), "test_loss": res["loss"],
@@ -226,13 +179,47 @@ def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, see
                           "n_val": 0 if fixed else len(idx["val"]), "n_test": len(idx["test"])})
         if out:
             pd.DataFrame(info["history"]).to_csv(out / f"fold{fold}" / "history.csv", index=False)
-        pred_rows += _prediction_rows(cohort, idx["test"], y, res["pred"], fold, n_classes)
+        pred_rows += prediction_rows(cohort, idx["test"], y, res["pred"], fold, n_classes)
         if attention:
             attn.update({cohort.slides[i]: res["attention"][j] for j, i in enumerate(idx["test"])})
     return pd.DataFrame(fold_rows), pd.DataFrame(pred_rows), attn
 
 
-def _prediction_rows(cohort: Cohort, test_idx, y, pred, fold, n_classes: int) -> list[dict]:
+def head_hparams(model: str, mag: str, dim: int, hparams: dict) -> tuple[TrainConfig, dict]:
+    """Trainer settings and head / task settings (``TrainConfig.extra``, with the two-branch ``split_dim``
+    default) of one head, as ``mil cv`` and ``mil train`` both read them."""
+    tcfg = TrainConfig.from_hparams(hparams)
+    return tcfg, with_split_dim(model, dict(tcfg.extra), dim, mag)
+
+
+def train_head(cohort: Cohort, model: str, mag: str, cfg: TrainConfig, model_hp: dict, fit_idx: np.ndarray,
+               val_idx: np.ndarray, seed: int, cache: bool, name: str, ckpt_path: Path | None = None,
+               log_dir: Path | None = None):
+    """Fit one fresh head on ``fit_idx`` (early stopping on ``val_idx`` when it is not empty), features
+    standardised with the training slides' statistics: the one training path of ``mil cv`` folds and the final
+    ``mil train`` model. Returns (net, task, info, norm); ``norm`` is None without ``standardize``.
+
+    The seeded steps run in a fixed order (seed → task → task fit → head init → datasets) so a seed gives the
+    same head whichever caller trains it."""
+    n_classes = len(cohort.classes) if cohort.task in CLASSIFICATION else 0
+    seed_everything(seed)
+    task = make_task(cohort.task, n_classes=n_classes, **model_hp)
+    task.fit(cohort.targets[fit_idx], balance=cfg.class_weights)
+    net = build_model(model, cohort.dim, task.n_out, **model_hp)
+    train_ds = BagDataset(cohort.subset(fit_idx), mag, cfg.max_instances, sample=True, seed=seed, cache=cache)
+    val_ds = BagDataset(cohort.subset(val_idx), mag, cache=cache) if len(val_idx) else None
+    norm = fit_standardizer(train_ds) if cfg.standardize else None
+    for ds in (train_ds, val_ds):
+        if ds is not None:
+            ds.norm = norm
+    info = train_model(net, task, train_ds, val_ds, cfg, seed=seed, ckpt_path=ckpt_path, name=name,
+                       log_dir=log_dir)
+    return net, task, info, norm
+
+
+def prediction_rows(cohort: Cohort, test_idx, y, pred, fold, n_classes: int) -> list[dict]:
+    """Out-of-fold prediction rows of one fold's test slides (``predictions.csv``): slide, patient, fold, then
+    y, label, pred, prob_{k} (classification) or time, event, risk (survival). MIL heads and the linear probe."""
     rows = []
     for j, i in enumerate(test_idx):
         row = {"slide": cohort.slides[i], "patient": cohort.patients[i], "fold": int(fold)}
@@ -411,9 +398,11 @@ def write_attention(res: CVResult, out: Path, cohort: Cohort, cfg: dict,
             n_maps -= 1
 
 
-def run_cv(cfg: dict | CVConfig, out_dir: str | os.PathLike, thumbnails: ThumbnailProvider | None = None) -> CVResult:
+def run_cv(cfg: dict | CVConfig, out_dir: str | os.PathLike, thumbnails: ThumbnailProvider | None = None,
+           cohort: Cohort | None = None) -> CVResult:
     """``zoomfeat mil cv``: validate inputs, make or reuse splits, run the folds and write every output; heatmaps
-    are drawn over the thumbnails ``thumbnails`` gives (:mod:`mil.heatmap`; else on the tile grid)."""
+    are drawn over the thumbnails ``thumbnails`` gives (:mod:`mil.heatmap`; else on the tile grid). ``cohort``:
+    the config's cohort when the caller already built it (:func:`prepare_cohort`), so the bags are scanned once."""
     from zoomfeat.config import save_yaml
 
     cfg = cv_config(cfg)
@@ -426,7 +415,8 @@ def run_cv(cfg: dict | CVConfig, out_dir: str | os.PathLike, thumbnails: Thumbna
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
-    cohort = prepare_cohort(cfg)
+    if cohort is None:
+        cohort = prepare_cohort(cfg)
     splits = splits_for(cohort, cfg, cfg.get("splits") or out / "splits.csv")
     check_splits(splits)
     res = run_folds(cohort, splits, model=cfg["model"], mag=cfg["mag"], seed=int(cfg["seed"]), out_dir=out,

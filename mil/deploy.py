@@ -18,8 +18,12 @@ import numpy as np
 import pandas as pd
 
 from mil.data import BadBagError, BagDataset, Cohort, check_features, load_standardizer, read_features
-from mil.models import build_model, model_kwargs
+from mil.models import build_model, model_kwargs, with_split_dim
 from mil.tasks import CLASSIFICATION, make_task
+
+#: the task settings (:func:`mil.tasks.make_task`) a loaded head is rebuilt with; ``ties`` only changes the Cox
+#: loss, not the predicted risk
+TASK_HP = ("surv_loss", "n_bins", "alpha", "ties")
 
 
 @dataclass
@@ -60,7 +64,7 @@ def load_model(path: str | os.PathLike) -> Predictor:
     head, task = meta["model"], meta["task"]
     net = build_model(head["name"], int(head["in_dim"]), int(head["n_out"]), **head.get("kwargs", {}))
     net.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
-    hp = {k: task[k] for k in ("surv_loss", "n_bins", "alpha") if k in task}
+    hp = {k: task[k] for k in TASK_HP if k in task}
     return Predictor([net.eval()], task["name"], list(task["classes"]), meta["mag"], meta["feature_spec"], hp,
                      int(head["in_dim"]), str(path), "model", meta, [load_standardizer(path / "standardize.npz")])
 
@@ -116,17 +120,15 @@ def load_ensemble(cv_dir: str | os.PathLike) -> Predictor:
     task_name, mag = cfg.get("task", "binary"), cfg.get("mag", "20x")
     classes = _cv_classes(cv_dir) if task_name in CLASSIFICATION else []
     spec, in_dim = _cv_spec(cv_dir, cfg)
-    hp = dict(cfg.get("hparams") or {})
     name = str(cfg.get("model", "abmil")).lower()
-    if name == "twobranch":
-        hp.setdefault("split_dim", in_dim // 2)
+    hp = with_split_dim(name, dict(cfg.get("hparams") or {}), in_dim, mag)
     task = make_task(task_name, n_classes=max(len(classes), 2), **hp)
     nets = []
     for ck in ckpts:
         net = build_model(name, in_dim, task.n_out, **model_kwargs(name, hp))
         net.load_state_dict(torch.load(ck, map_location="cpu", weights_only=True), strict=True)
         nets.append(net.eval())
-    task_hp = {k: hp[k] for k in ("surv_loss", "n_bins", "alpha") if k in hp}
+    task_hp = {k: hp[k] for k in TASK_HP if k in hp}
     return Predictor(nets, task_name, classes, mag, spec, task_hp, in_dim, str(cv_dir), "ensemble",
                      {"folds": [str(c.relative_to(cv_dir)) for c in ckpts], "config": cfg},
                      [load_standardizer(c.parent / "standardize.npz") for c in ckpts])

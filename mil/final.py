@@ -25,12 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mil.cv import CVConfig, cv_config
-from mil.data import BagDataset, Cohort, fit_standardizer, save_standardizer
+from mil.cv import CVConfig, cv_config, head_hparams, train_head
+from mil.data import Cohort, save_standardizer
 from mil.heatmap import ThumbnailProvider
-from mil.models import build_model, model_kwargs
-from mil.tasks import CLASSIFICATION, TASKS, make_task
-from mil.trainer import TrainConfig, seed_everything, train_model
+from mil.models import model_kwargs
+from mil.tasks import CLASSIFICATION, TASKS
 
 MODEL_FORMAT = "zoomfeat-mil-model-v1"
 WEIGHTS = "model.safetensors"
@@ -115,27 +114,11 @@ def fit_head(cohort: Cohort, cfg: dict, train_idx: np.ndarray, val_idx: np.ndarr
              log_dir: Path | None = None):
     """Train one head on ``train_idx`` (early-stopping on ``val_idx`` if any); returns (net, task, info, model_hp)."""
     hparams = {**(cfg.get("hparams") or {}), **overrides}
-    tcfg = TrainConfig.from_hparams(hparams)
-    model_hp = dict(tcfg.extra)
-    name, mag, seed = str(cfg["model"]).lower(), cfg["mag"], int(cfg["seed"])
-    if name == "twobranch" and "split_dim" not in model_hp:
-        if mag != "20x+5x":
-            raise ValueError("model 'twobranch' needs mag '20x+5x' (or an explicit split_dim)")
-        model_hp["split_dim"] = cohort.dim // 2
-    n_classes = len(cohort.classes) if cohort.task in CLASSIFICATION else 0
-    seed_everything(seed)
-    task = make_task(cohort.task, n_classes=n_classes, **model_hp)
-    task.fit(cohort.targets[train_idx], balance=tcfg.class_weights)
-    net = build_model(name, cohort.dim, task.n_out, **model_hp)
-    cache = bool(hparams.get("cache", False))
-    train_ds = BagDataset(cohort.subset(train_idx), mag, tcfg.max_instances, sample=True, seed=seed, cache=cache)
-    val_ds = BagDataset(cohort.subset(val_idx), mag, cache=cache) if len(val_idx) else None
-    norm = fit_standardizer(train_ds) if tcfg.standardize else None  # as in `mil cv`: fitted on training slides
-    for ds in (train_ds, val_ds):
-        if ds is not None:
-            ds.norm = norm
-    info = train_model(net, task, train_ds, val_ds, tcfg, seed=seed, name=f"{name}-{cohort.task}-final",
-                       log_dir=log_dir)
+    name, mag = str(cfg["model"]).lower(), cfg["mag"]
+    tcfg, model_hp = head_hparams(name, mag, cohort.dim, hparams)
+    net, task, info, norm = train_head(cohort, name, mag, tcfg, model_hp, train_idx, val_idx, int(cfg["seed"]),
+                                       bool(hparams.get("cache", False)), name=f"{name}-{cohort.task}-final",
+                                       log_dir=log_dir)
     info["norm"] = norm
     return net.cpu(), task, info, model_hp
 
@@ -208,7 +191,7 @@ def train_final(cfg: dict | FinalConfig, out_dir: str | os.PathLike, run_cv: boo
     if run_cv:
         from mil.deploy import write_cv_spec
 
-        cross_validate_run({k: v for k, v in cfg.items() if k != "final"}, out / "cv", thumbnails)
+        cross_validate_run({k: v for k, v in cfg.items() if k != "final"}, out / "cv", thumbnails, cohort=cohort)
         write_cv_spec(out / "cv", spec, cohort.dim)
         cv_from = out / "cv"
     if cv_from is not None:

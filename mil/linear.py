@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from mil.cv import prediction_rows
 from mil.data import Cohort, read_features
 from mil.splits import fold_indices
 from mil.tasks import CLASSIFICATION, make_task
@@ -77,12 +78,5 @@ def run_linear(cohort: Cohort, splits: pd.DataFrame, mag: str = "20x", seed: int
             pred = fit_predict_cox(x[tr], y_tr, x[te], seed + int(fold))
         met = task.metrics(y_te, pred)
         fold_rows.append({"fold": int(fold), **met, "n_train": len(tr), "n_val": 0, "n_test": len(te)})
-        for j, i in enumerate(te):
-            row = {"slide": cohort.slides[i], "patient": cohort.patients[i], "fold": int(fold)}
-            if cohort.task in CLASSIFICATION:
-                row.update(y=int(y_te[j]), label=cohort.classes[int(y_te[j])], pred=int(pred[j].argmax()),
-                           **{f"prob_{c}": float(pred[j, c]) for c in range(n_classes)})
-            else:
-                row.update(time=float(y_te[j, 0]), event=int(y_te[j, 1]), risk=float(pred[j, 0]))
-            pred_rows.append(row)
+        pred_rows += prediction_rows(cohort, te, y_te, pred, fold, n_classes)
     return pd.DataFrame(fold_rows), pd.DataFrame(pred_rows)

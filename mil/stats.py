@@ -57,13 +57,10 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
-def split_ratio(splits) -> float:
-    """Mean n_test / n_train over the folds of a split table (validation slides count as training data)."""
-    ratios = []
-    for _, g in splits.groupby("fold"):
-        n_test = int((g["split"] == "test").sum())
-        ratios.append(n_test / max(1, len(g) - n_test))
-    return float(np.mean(ratios)) if ratios else float("nan")
+def split_ratio(n_test, n_fit) -> float:
+    """The ``test_train_ratio`` of :func:`corrected_ttest`: mean of n_test / n_fit over the splits (n_fit = the
+    slides a fold model was fitted on, validation slides included; at least 1)."""
+    return float(np.mean(np.asarray(n_test, dtype=float) / np.maximum(np.asarray(n_fit, dtype=float), 1)))
 
 
 def outcome(delta: float, p_adj: float, alpha: float = 0.05) -> str:

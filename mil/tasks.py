@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mil.survival import cox_loss
+
 CLASSIFICATION = ("binary", "multiclass")
 TASKS = (*CLASSIFICATION, "survival")
 
@@ -72,13 +74,6 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, n_classes: int) -> d
         }
 
 
-def cox_ph_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor, ties: str = "breslow") -> torch.Tensor:
-    """Negative Cox partial log-likelihood averaged over events: :func:`mil.survival.cox_loss` (exact with ties)."""
-    from mil.survival import cox_loss
-
-    return cox_loss(risk, time, event, ties=ties)
-
-
 def nll_surv_loss(logits: torch.Tensor, bins: torch.Tensor, event: torch.Tensor, alpha: float = 0.4,
                   eps: float = 1e-7) -> torch.Tensor:
     """Discrete-time survival NLL (Zadeh & Schmid; Patch-GCN/MCAT form): hazards = sigmoid(logits)."""
@@ -131,7 +126,7 @@ class SurvivalTask:
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         y = y.float().view(-1, 2)
         if self.kind == "cox":
-            return cox_ph_loss(logits.view(-1), y[:, 0], y[:, 1], self.ties)
+            return cox_loss(logits.view(-1), y[:, 0], y[:, 1], self.ties)
         return nll_surv_loss(logits, self._bins(y[:, 0]), y[:, 1], self.alpha)
 
     def predict(self, logits: torch.Tensor) -> np.ndarray:

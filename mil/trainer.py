@@ -100,11 +100,9 @@ def configure_threads(threads: int | None = None, workers: int = 0) -> int:
     An explicit ``threads`` above the available cores is lowered to them (oversubscribed OpenMP threads spin
     at barriers while waiting for descheduled peers instead of working).
     """
-    from zoomfeat.threads import available_cores
+    from zoomfeat.threads import thread_count
 
-    cores = available_cores()
-    limit = max(1, cores // max(1, int(workers or 0)))
-    n = limit if not threads else max(1, min(int(threads), limit))
+    n = thread_count(threads, workers)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -75,10 +75,17 @@ def _train(out: Path, slides: Path, train_steps: int, skip_train: bool, run_step
     return model_dir
 
 
-def _probe(out: Path, slides: Path, tiles: Path, labels: Path, model_dir: Path, run_step: Steps) -> Path:
+def _model_dims(model_dir: Path) -> tuple[int, int]:
+    """(feature blocks, SSL dim) of the trained model: the sweep's block list and the SSL grid's width. Loaded
+    once; only the two numbers are kept."""
     from zoomfeat.ldm import ZoomLDM
 
-    n_blocks = ZoomLDM.load(model_dir).num_feature_blocks
+    ldm = ZoomLDM.load(model_dir)
+    return int(ldm.num_feature_blocks), int(ldm.ssl_dim)
+
+
+def _probe(out: Path, slides: Path, tiles: Path, labels: Path, model_dir: Path, n_blocks: int,
+           run_step: Steps) -> Path:
     blocks = ",".join(b for b in SWEEP["blocks"].split(",") if int(b) < n_blocks)
     probe = out / "probe"
     run_step(["probe", str(slides), "--tiles", str(tiles), "--labels", str(labels), "--weights", str(model_dir),
@@ -120,7 +127,8 @@ def run_demo(execute: Callable[[list[str]], int | None], out: str | Path = "demo
     tiles = out / "tiles"
     run_step(["tile", str(slides), "--out", str(tiles), "--no-progress"])
     model_dir = _train(out, slides, train_steps, skip_train, run_step)
-    probe = _probe(out, slides, tiles, labels, model_dir, run_step)
+    n_blocks, ssl_dim = _model_dims(model_dir)
+    probe = _probe(out, slides, tiles, labels, model_dir, n_blocks, run_step)
 
     feats = out / "features"
     common = [str(slides), "--tiles", str(tiles), "--out", str(feats), "--no-progress", "--workers", "0",
@@ -146,7 +154,7 @@ def run_demo(execute: Callable[[list[str]], int | None], out: str | Path = "demo
     external_validation(out, labels, feats / "features_tiny-vit", run_step, folds=folds)
 
     gen = out / "generated"
-    run_step(["generate", "--model", str(model_dir), "--ssl", str(_ssl_grid(slides, tiles, out, model_dir)), "--mag",
+    run_step(["generate", "--model", str(model_dir), "--ssl", str(_ssl_grid(slides, tiles, out, ssl_dim)), "--mag",
           "5x", "--n", "4", "--steps", "20", "--out", str(gen / "5x")])
     from zoomfeat.cohort import resolve_slides
     from zoomfeat.generate.realism import format_report, realism_report
@@ -159,19 +167,17 @@ def run_demo(execute: Callable[[list[str]], int | None], out: str | Path = "demo
     return cmp_root
 
 
-def _ssl_grid(slides: Path, tiles: Path, out: Path, model_dir: Path) -> Path:
+def _ssl_grid(slides: Path, tiles: Path, out: Path, ssl_dim: int) -> Path:
     """The 4×4 SSL grid (tiny-vit embeddings of 16 20x tiles) of one 5x region: a real conditioning input."""
     import numpy as np
     import torch
 
     from zoomfeat.encoders import create_encoder
-    from zoomfeat.ldm import ZoomLDM
     from zoomfeat.slides.coords import coords_path, read_coords
     from zoomfeat.slides.grid import child_grid
     from zoomfeat.slides.reader import open_slide
 
     slide = sorted(slides.iterdir())[0]
-    ssl_dim = ZoomLDM.load(model_dir).ssl_dim
     grid = read_coords(coords_path(tiles, slide.stem))
     enc = create_encoder("tiny-vit", dim=ssl_dim)
     x0, y0 = (int(v) for v in grid.coords_5x[len(grid.coords_5x) // 2])

@@ -88,10 +88,10 @@ class SlideLock:
 
     The kernel drops the lock when its process dies (kill -9, segfault, OOM), so a lock is never stale and never
     needs guessing from pids or hosts; ``release`` deletes the file while still holding it (filelock re-checks the
-    inode after locking, so a racing taker retries instead of sharing). ``stale_after`` is accepted and ignored.
+    inode after locking, so a racing taker retries instead of sharing).
     """
 
-    def __init__(self, path: str | os.PathLike, stale_after: float | None = None):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.held = False
         self._lock = None

@@ -14,3 +14,11 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - macOS / Windows
         return max(1, os.cpu_count() or 1)
+
+
+def thread_count(threads: int | None = None, workers: int = 0) -> int:
+    """Threads per process so that threads × max(1, ``workers``) ≤ :func:`available_cores`: ``threads`` capped at
+    that limit, or the limit itself when ``threads`` is not given (oversubscribed OpenMP threads spin at barriers
+    waiting for descheduled peers instead of working)."""
+    limit = max(1, available_cores() // max(1, int(workers or 0)))
+    return limit if not threads else max(1, min(int(threads), limit))

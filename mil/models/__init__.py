@@ -28,4 +28,15 @@ def build_model(name: str, in_dim: int, n_out: int, **hparams) -> nn.Module:
     return MODELS[key](in_dim=in_dim, n_out=n_out, **model_kwargs(key, hparams))
 
 
-__all__ = ["ABMIL", "GatedAttention", "TransMIL", "TwoBranchMIL", "MODELS", "build_model", "model_kwargs"]
+def with_split_dim(name: str, hparams: dict, in_dim: int, mag: str) -> dict:
+    """``hparams`` with the two-branch head's default ``split_dim`` (the 20x | 5x halves of a ``20x+5x`` bag)
+    filled in; other heads get them unchanged. Without an explicit ``split_dim`` the two-branch head needs
+    ``mag='20x+5x'``."""
+    if str(name).lower() == "twobranch" and "split_dim" not in hparams:
+        if mag != "20x+5x":
+            raise ValueError("model 'twobranch' needs mag '20x+5x' (or an explicit split_dim)")
+        hparams = {**hparams, "split_dim": in_dim // 2}
+    return hparams
+
+
+__all__ = ["ABMIL", "GatedAttention", "TransMIL", "TwoBranchMIL", "MODELS", "build_model", "model_kwargs", "with_split_dim"]

@@ -14,6 +14,7 @@ import os
 import sys
 
 from zoomfeat.threads import available_cores  # noqa: F401  (re-exported: the CLI's historical home)
+from zoomfeat.threads import thread_count
 
 
 
@@ -33,9 +34,9 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
 def apply_threads(args: argparse.Namespace) -> int:
     """Cap torch / OpenMP threads for this run; returns the thread count in force."""
     workers = getattr(args, "workers", 0) or 0
-    limit = max(1, available_cores() // max(1, int(workers)))
+    limit = thread_count(None, workers)
     requested = getattr(args, "threads", None)
-    n = limit if not requested else max(1, min(int(requested), limit))
+    n = thread_count(requested, workers)
     if requested:
         os.environ["ZOOMFEAT_THREADS"] = str(n)  # MIL heads read it (their default is 1 thread)
     if "torch" in sys.modules:
