@@ -28,8 +28,8 @@ def _primary(res, run: str | None):
 
 def slide_class(run, sid: str) -> str | None:
     """Predicted class of the slide by ``run`` (survival: high / low risk by the median out-of-fold risk)."""
-    pred = run.predictions.drop_duplicates("slide").set_index("slide")
-    if sid not in pred.index:
+    pred = run.by_slide
+    if sid not in run.slides:
         return None
     if run.survival:
         return "high risk" if pred.loc[sid, "risk"] >= pred["risk"].median() else "low risk"
@@ -51,7 +51,7 @@ def slide_features(res, sid: str, primary, size: tuple[float, float]) -> list[di
     w, h = size
     tiles: dict[tuple[int, int, int], dict] = {}
     for run in res.runs:
-        if sid not in set(run.predictions["slide"]):
+        if sid not in run.slides:
             continue
         att = res.attention(run.name, sid)
         if att is None:

@@ -9,6 +9,7 @@ forward pass ``mil cv`` uses (checked against its CSVs in the tests).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -47,12 +48,23 @@ class Run:
     def n_classes(self) -> int:
         return sum(c.startswith("prob_") for c in self.predictions.columns)
 
-    @property
+    @functools.cached_property
     def classes(self) -> list[str]:
+        """Class names by index (computed once: per-slide records ask for them for every slide)."""
         if self.survival:
             return []
         lab = self.predictions.drop_duplicates("y").set_index("y")["label"].astype(str).to_dict()
         return [lab.get(k, str(k)) for k in range(self.n_classes)]
+
+    @functools.cached_property
+    def slides(self) -> frozenset[str]:
+        """The slides this run predicted (membership tests per slide page / export)."""
+        return frozenset(self.predictions["slide"])
+
+    @functools.cached_property
+    def by_slide(self) -> pd.DataFrame:
+        """The predictions indexed by slide (first row per slide)."""
+        return self.predictions.drop_duplicates("slide").set_index("slide")
 
     def meta(self) -> dict:
         return {"name": self.name, "model": self.model, "encoder": self.encoder, "task": self.task,
@@ -213,6 +225,7 @@ class Results:
         self._attention: dict[tuple[str, str], Attention | None] = {}
         self._models: dict[tuple[str, int], Any] = {}
         self._grids: dict[str, Any] = {}
+        self._rows: dict[str, dict] | None = None
         self.generated = find_generated(generated, self.root)
 
     # ------------------------------------------------------------------------------------------ slides
@@ -379,27 +392,36 @@ class Results:
 
     # ---------------------------------------------------------------------------------------- summaries
     def slide_rows(self) -> list[dict]:
-        """One record per slide for the index: labels, and per run fold / prediction / correct."""
-        rows = []
-        preds = {r.name: r.predictions.drop_duplicates("slide").set_index("slide") for r in self.runs}
-        for sid in self.slide_ids:
-            lab = self.labels.loc[sid] if sid in self.labels.index else None
-            rec: dict[str, Any] = {"slide": sid, "patient": "", "labels": {}, "runs": {}}
-            for r in self.runs:
-                if sid not in preds[r.name].index:
-                    continue
-                p = preds[r.name].loc[sid]
-                rec["patient"] = str(p.get("patient", ""))
-                rec["runs"][r.name] = _pred_record(r, p)
-            if lab is not None:
-                rec["patient"] = str(lab.get("patient", rec["patient"]))
-                for c in self.labels.columns:
-                    if c not in ("patient", "path") and pd.notna(lab[c]):
-                        v = lab[c]
-                        rec["labels"][c] = v.item() if hasattr(v, "item") else v
-            rec["n_wrong"] = sum(1 for v in rec["runs"].values() if v.get("correct") is False)
-            rows.append(rec)
-        return rows
+        """One record per slide for the index: labels, and per run fold / prediction / correct (built once)."""
+        return list(self._slide_records().values())
+
+    def slide_row(self, sid: str) -> dict:
+        """The :meth:`slide_rows` record of one slide ({} for an unknown slide)."""
+        return self._slide_records().get(sid, {})
+
+    def _slide_records(self) -> dict[str, dict]:
+        with self._lock:
+            if self._rows is None:
+                self._rows = {sid: self._slide_record(sid) for sid in self.slide_ids}
+            return self._rows
+
+    def _slide_record(self, sid: str) -> dict:
+        lab = self.labels.loc[sid] if sid in self.labels.index else None
+        rec: dict[str, Any] = {"slide": sid, "patient": "", "labels": {}, "runs": {}}
+        for r in self.runs:
+            if sid not in r.slides:
+                continue
+            p = r.by_slide.loc[sid]
+            rec["patient"] = str(p.get("patient", ""))
+            rec["runs"][r.name] = _pred_record(r, p)
+        if lab is not None:
+            rec["patient"] = str(lab.get("patient", rec["patient"]))
+            for c in self.labels.columns:
+                if c not in ("patient", "path") and pd.notna(lab[c]):
+                    v = lab[c]
+                    rec["labels"][c] = v.item() if hasattr(v, "item") else v
+        rec["n_wrong"] = sum(1 for v in rec["runs"].values() if v.get("correct") is False)
+        return rec
 
     def tables(self) -> list[Path]:
         """Comparison tables and plots (compare.md/png, summary.md, roc/km plots) under the run folder."""

@@ -121,7 +121,7 @@ def _export_slide(site: Site, sid: str, put, crops: set, max_side: int, crop_lim
         except NotFound:
             pass
     for i, run in enumerate(site.res.runs):
-        if sid in set(run.predictions["slide"]) and site.res.attention(run.name, sid) is not None:
+        if sid in run.slides and site.res.attention(run.name, sid) is not None:
             put(f"overlay/{sid}/heat/{i}.png")
     if src is None:
         return

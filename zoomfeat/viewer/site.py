@@ -69,7 +69,7 @@ class Site:
     def run_payloads(self, sid: str) -> list[dict]:
         out = []
         for i, run in enumerate(self.res.runs):
-            if sid not in set(run.predictions["slide"]):
+            if sid not in run.slides:
                 continue
             att = self.res.attention(run.name, sid)
             rec = {"i": i, **run.meta(), "heat": f"../overlay/{sid}/heat/{i}.png" if att is not None else None}
