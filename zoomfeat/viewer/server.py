@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from zoomfeat.viewer import pages
 from zoomfeat.viewer.site import NotFound, Site, parent_region, static_root
 
 HOST = "127.0.0.1"
@@ -93,8 +94,9 @@ def export_site(results, out: str | Path, max_side: int = 8192, crop_limit: int 
             put(u)
     crops: set[tuple[str, int, int, int]] = set()
     for i in range(len(results.runs)):
-        put(f"gallery/{i}.html")
-        for cls in site.gallery_data(i).values():
+        data = site.gallery_data(i)
+        put(f"gallery/{i}.html", pages.gallery_page(results, i, data).encode())
+        for cls in data.values():
             for c in cls["top"] + cls["bottom"]:
                 if c["crops"]:
                     crops.add((c["slide"], c["x"], c["y"], int(c["size"])))

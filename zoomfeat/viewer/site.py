@@ -198,17 +198,8 @@ class Site:
         out: dict[str, dict] = {}
         groups = pred.groupby(key) if key else [("all slides", pred)]
         for cls, df in groups:
-            items = []
-            for sid in df["slide"]:
-                att = self.res.attention(run.name, sid)
-                if att is None:
-                    continue
-                for j in range(len(att.score)):
-                    items.append((float(att.rank[j]), float(att.score[j]), sid, int(att.x[j]), int(att.y[j]),
-                                  float(att.size)))
-            items.sort(key=lambda t: (t[0], t[1]))
-            k = pages.GALLERY_K
-            top, bottom = items[::-1][:k], items[:k]
+            atts = [(sid, self.res.attention(run.name, sid)) for sid in df["slide"]]
+            top, bottom = extremes([(sid, a) for sid, a in atts if a is not None], pages.GALLERY_K)
             out[str(cls)] = {"n_slides": int(len(df)), "top": [self._card(t) for t in top],
                              "bottom": [self._card(t) for t in bottom]}
         return out
@@ -242,6 +233,26 @@ class Site:
         if name == "regions.png":  # no 5x regions tiled: an empty layer keeps the page simple
             return boxes_png(w, h, np.zeros((0, 2)), 1.0, REGION_RGBA)
         raise NotFound(f"{sid}: overlay {name}")
+
+
+def extremes(atts: list, k: int) -> tuple[list[tuple], list[tuple]]:
+    """The k most and k least attended instances pooled over ``(slide, Attention)`` pairs, as
+    ``(rank, score, slide, x, y, size)``: ordered by (rank, score), ties in pooling order (a stable sort), the top
+    read from the reversed order. Vectorised: a cohort pools millions of instances to keep 2k."""
+    if not atts:
+        return [], []
+    rank = np.concatenate([np.asarray(a.rank, dtype=float) for _, a in atts])
+    score = np.concatenate([np.asarray(a.score, dtype=float) for _, a in atts])
+    owner = np.repeat(np.arange(len(atts)), [len(a.score) for _, a in atts])
+    local = np.concatenate([np.arange(len(a.score)) for _, a in atts])
+    order = np.lexsort((score, rank))  # stable: equal keys keep their pooling order, as list.sort did
+
+    def item(n: int) -> tuple:
+        sid, a = atts[owner[n]]
+        j = local[n]
+        return float(a.rank[j]), float(a.score[j]), sid, int(a.x[j]), int(a.y[j]), float(a.size)
+
+    return [item(n) for n in order[::-1][:k]], [item(n) for n in order[:k]]
 
 
 def parent_region(g: dict | None, x: float, y: float, size: float) -> tuple[float, float, float]:
