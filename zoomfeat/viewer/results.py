@@ -420,7 +420,6 @@ class Results:
                 if c not in ("patient", "path") and pd.notna(lab[c]):
                     v = lab[c]
                     rec["labels"][c] = v.item() if hasattr(v, "item") else v
-        rec["n_wrong"] = sum(1 for v in rec["runs"].values() if v.get("correct") is False)
         return rec
 
     def tables(self) -> list[Path]:
