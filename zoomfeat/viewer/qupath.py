@@ -107,6 +107,7 @@ def export_qupath(res, out: str | os.PathLike, run: str | None = None, progress:
     """Write ``{out}/{slide}.geojson`` for every slide; returns slide → path, or slide → reason when skipped."""
     from tqdm.auto import tqdm
 
+    from zoomfeat.cohort import SlideIdError, output_path
     from zoomfeat.io import write_text_atomic
     from zoomfeat.viewer.site import Site
 
@@ -124,7 +125,11 @@ def export_qupath(res, out: str | os.PathLike, run: str | None = None, progress:
         if not any(f["properties"]["objectType"] == "tile" for f in feats):
             done[sid] = "no attention: bag or fold checkpoint not found"
         fc = {"type": "FeatureCollection", "features": feats}
-        path = out / f"{sid}.geojson"
+        try:
+            path = output_path(out, sid, ".geojson")
+        except SlideIdError as exc:
+            done[sid] = str(exc)
+            continue
         write_text_atomic(path, json.dumps(fc))
         done.setdefault(sid, path)
     return done

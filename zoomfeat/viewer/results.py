@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from zoomfeat.cohort import find_slide, label_slide_paths
+
 SKIP_DIRS = {"attention", "heatmaps", "wandb", "qupath", ".locks"}
 
 
@@ -218,7 +220,9 @@ class Results:
         if self.tiles_arg is not None and not self.tiles_arg.is_dir():
             raise FileNotFoundError(f"--tiles folder not found: {self.tiles_arg}")
         self.bags = {r.name: _bag_files(r) for r in self.runs}
+        self.labels_csv = self._labels_csv()
         self.labels = self._labels()
+        self._label_paths = label_slide_paths(self.labels_csv)
         ids = sorted({s for r in self.runs for s in r.predictions["slide"]})
         self.slide_ids = ids
         self._lock = threading.RLock()
@@ -229,28 +233,24 @@ class Results:
         self.generated = find_generated(generated, self.root)
 
     # ------------------------------------------------------------------------------------------ slides
-    def _labels(self) -> pd.DataFrame:
-        """The first labels CSV named by a run config (slide-indexed; ``path`` made absolute)."""
+    def _labels_csv(self) -> Path | None:
+        """The first labels CSV named by a run config."""
         for r in self.runs:
             p = resolve_path(r.cfg.get("labels"), [r.path, self.root])
-            if p is None or not p.is_file():
-                continue
-            df = pd.read_csv(p, dtype={"slide": str, "patient": str}).drop_duplicates("slide")
-            root = p.resolve().parent
-            if "path" in df.columns:
-                df["path"] = [str(Path(q) if Path(str(q)).is_absolute() else root / str(q)) if isinstance(q, str)
-                              else "" for q in df["path"]]
-            return df.set_index("slide")
-        return pd.DataFrame(columns=["slide"]).set_index("slide")
+            if p is not None and p.is_file():
+                return p
+        return None
+
+    def _labels(self) -> pd.DataFrame:
+        """The labels CSV, slide-indexed (empty without one)."""
+        if self.labels_csv is None:
+            return pd.DataFrame(columns=["slide"]).set_index("slide")
+        return pd.read_csv(self.labels_csv, dtype={"slide": str, "patient": str}).drop_duplicates("slide") \
+            .set_index("slide")
 
     def slide_path(self, sid: str) -> Path | None:
         """The WSI: ``--slides`` folder, else the labels CSV's ``path`` column, else the tiling record."""
-        from zoomfeat.cohort import find_slide
-
-        p = find_slide(self.slides_dir, sid) if self.slides_dir else None
-        if p is None and "path" in self.labels.columns and sid in self.labels.index:
-            q = Path(str(self.labels.loc[sid, "path"]))
-            p = q if str(q) and q.is_file() else None
+        p = find_slide(self.slides_dir, sid) or self._label_paths.get(sid)
         if p is None:
             cp = self.coords_file(sid)
             if cp is not None:
@@ -288,7 +288,13 @@ class Results:
         cp = self.coords_file(sid)
         if cp is None:
             return None
-        p = cp.parent.parent / "geojson" / f"{sid}.geojson"
+        from zoomfeat.cohort import SlideIdError
+        from zoomfeat.slides.coords import geojson_path
+
+        try:
+            p = geojson_path(cp.parent.parent, sid)
+        except SlideIdError:  # an id that could leave the folder has no tissue file to read
+            return None
         return p if p.exists() else None
 
     def grid(self, sid: str) -> dict | None:
