@@ -307,6 +307,8 @@ class Results:
             return g
 
     def _read_grid(self, sid: str) -> dict | None:
+        """From the tiling's coordinate file, else from the slide's bag (sides as :func:`mil.heatmap.bag_instances`
+        reads them: ``patch_size_level0_5x`` when recorded, else 4× the 20x side; 256 px when nothing is)."""
         cp = self.coords_file(sid)
         if cp is not None:
             from zoomfeat.slides.coords import read_coords
@@ -320,14 +322,16 @@ class Results:
         bag = self.bag_file(sid)
         if bag is None:
             return None
+        from mil.heatmap import bag_instances
         from zoomfeat.bags import load_bag
 
         b = load_bag(bag)
         if b.coords is None or b.coords_unit != "px":
             return None
-        size = float(b.coords_attrs.get("patch_size_level0") or b.attrs.get("patch_size_level0") or 256)
-        return {"coords": b.coords, "size": size, "coords_5x": b.coords_5x,
-                "size_5x": 4 * size if b.coords_5x is not None else None, "parent": b.parent_index}
+        size = float(bag_instances(b, "20x")[1] or 256)
+        size_5x = float(bag_instances(b, "5x")[1] or 4 * size) if b.coords_5x is not None else None
+        return {"coords": b.coords, "size": size, "coords_5x": b.coords_5x, "size_5x": size_5x,
+                "parent": b.parent_index}
 
     # --------------------------------------------------------------------------------------- attention
     def attention(self, run_name: str, sid: str) -> Attention | None:
@@ -341,14 +345,21 @@ class Results:
                     self._attention[key] = None
             return self._attention[key]
 
-    def _instance_size(self, run: Run, sid: str) -> tuple[np.ndarray | None, float]:
-        """The run's instances of ``sid`` (level-0 corners) and their side (256 px, or 4× that at 5x, when the bag
+    def load_bag(self, run: Run, sid: str):
+        """The run's bag of ``sid`` read once (features and coordinates both come from it)."""
+        from zoomfeat.bags import load_bag
+
+        path = self.bags[run.name].get(sid)
+        if path is None:
+            raise FileNotFoundError(f"{run.name}: no bag for {sid}")
+        return load_bag(path)
+
+    @staticmethod
+    def _instances(run: Run, bag) -> tuple[np.ndarray | None, float]:
+        """The run's instances in ``bag`` (level-0 corners) and their side (256 px, or 4× that at 5x, when the bag
         does not record it)."""
         from mil.heatmap import bag_instances
 
-        bag = self.bags[run.name].get(sid)
-        if bag is None:
-            raise FileNotFoundError(f"{run.name}: no bag for {sid}")
         coords, size = bag_instances(bag, run.mag)
         return coords, float(size or (4 * 256 if run.mag == "5x" else 256))
 
@@ -359,14 +370,16 @@ class Results:
         if csv.exists():
             df = pd.read_csv(csv)
             if len(df) and (df["x"] >= 0).all():
-                _, size = self._instance_size(run, sid) if sid in self.bags[run.name] else (None, self._guess(sid))
+                size = self._instances(run, self.load_bag(run, sid))[1] if sid in self.bags[run.name] \
+                    else self._guess(sid)
                 return Attention(df["x"].to_numpy(float), df["y"].to_numpy(float), size,
                                  df["score"].to_numpy(float), df["rank"].to_numpy(float))
         row = run.predictions[run.predictions["slide"] == sid]
         if row.empty:
             return None
-        scores = self.compute_attention(run, sid, int(row["fold"].iloc[0]))["attention"]
-        coords, size = self._instance_size(run, sid)
+        bag = self.load_bag(run, sid)
+        scores = self.compute_attention(run, sid, int(row["fold"].iloc[0]), bag=bag)["attention"]
+        coords, size = self._instances(run, bag)
         if coords is None or len(coords) != len(scores):
             return None
         return Attention(coords[:, 0].astype(float), coords[:, 1].astype(float), size, scores, rank_normalize(scores))
@@ -375,16 +388,15 @@ class Results:
         g = self.grid(sid)
         return g["size"] if g else 256.0
 
-    def compute_attention(self, run: Run, sid: str, fold: int) -> dict[str, np.ndarray]:
-        """Forward the slide's bag through its fold's head: attention (N,) and the prediction (for checks)."""
+    def compute_attention(self, run: Run, sid: str, fold: int, bag=None) -> dict[str, np.ndarray]:
+        """Forward the slide's bag (``bag``: already loaded, else read here) through its fold's head: attention (N,)
+        and the prediction (for checks)."""
         import torch
 
         from mil.data import read_features
 
-        bag = self.bags[run.name].get(sid)
-        if bag is None:
-            raise FileNotFoundError(f"{run.name}: no bag for {sid}")
-        x = read_features(bag, run.mag)
+        bag = self.load_bag(run, sid) if bag is None else bag
+        x = read_features(bag.get(run.mag))
         key = (run.name, fold)
         if key not in self._models:
             self._models[key] = fold_model(run, fold, x.shape[1])
