@@ -33,9 +33,12 @@ def static_root() -> Path:
 class Site:
     """Builds every page and image of the viewer for one :class:`~zoomfeat.viewer.results.Results`."""
 
-    def __init__(self, results, export_max_level: int | None = None):
+    def __init__(self, results, max_side: int | None = None, crop_limit: int | None = None):
+        """``max_side``: Deep Zoom levels whose larger side is at most this many px (None: every level, the live
+        server); ``crop_limit``: click crops only for slides with at most this many tiles (None: every slide)."""
         self.res = results
-        self.export_max_level = export_max_level  # None: live server (every level)
+        self.max_side = max_side
+        self.crop_limit = crop_limit
         self._sources: dict[str, SlideSource | None] = {}
         self._lock = threading.Lock()
 
@@ -176,14 +179,27 @@ class Site:
     def index(self) -> str:
         return pages.index_page(self.res, self.table_entries(), self.generated_entries())
 
+    def max_level(self, src: SlideSource) -> int | None:
+        """The highest Deep Zoom level served for ``src`` (None: every level)."""
+        return None if self.max_side is None else default_max_level(src, self.max_side)
+
+    def crops(self, sid: str) -> bool:
+        """Whether the slide's click panels get tile / region crops (a WSI, and not more tiles than crop_limit)."""
+        if self.source(sid) is None:
+            return False
+        if self.crop_limit is None:
+            return True
+        g = self.res.grid(sid)
+        return g is not None and len(g["coords"]) <= self.crop_limit
+
     def slide(self, sid: str) -> str:
         src = self.source(sid)
         size = self._size(sid)
-        dzi = src.dzi_info(self.export_max_level) if src is not None else None
+        dzi = src.dzi_info(self.max_level(src)) if src is not None else None
         g = self.res.grid(sid)
         if g is not None:
             g = {**g, "parents": parents_of(g)}
-        return pages.slide_page(self.res, sid, dzi, size, self.run_payloads(sid), g, crops=src is not None)
+        return pages.slide_page(self.res, sid, dzi, size, self.run_payloads(sid), g, crops=self.crops(sid))
 
     def gallery(self, i: int) -> str:
         if not 0 <= i < len(self.res.runs):
@@ -233,6 +249,15 @@ class Site:
         if name == "regions.png":  # no 5x regions tiled: an empty layer keeps the page simple
             return boxes_png(w, h, np.zeros((0, 2)), 1.0, REGION_RGBA)
         raise NotFound(f"{sid}: overlay {name}")
+
+
+def default_max_level(src: SlideSource, max_side: int) -> int:
+    """Highest Deep Zoom level whose larger side is at most ``max_side`` px."""
+    best = 0
+    for lvl, (w, h) in enumerate(src.dz.level_dimensions):
+        if max(w, h) <= max_side:
+            best = lvl
+    return best
 
 
 def extremes(atts: list, k: int) -> tuple[list[tuple], list[tuple]]:
