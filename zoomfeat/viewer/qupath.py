@@ -109,15 +109,12 @@ def export_qupath(res, out: str | os.PathLike, run: str | None = None, progress:
 
     from zoomfeat.cohort import SlideIdError, output_path
     from zoomfeat.io import write_text_atomic
-    from zoomfeat.viewer.site import Site
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     primary = _primary(res, run)
-    site = Site(res)
     done: dict[str, Path | str] = {}
     for sid in tqdm(res.slide_ids, desc="qupath", unit="slide", disable=not progress):
-        size = site._size(sid)
+        size = res.slide_size(sid)
         if size is None:
             done[sid] = "slide size unknown: WSI and tiling not found (pass --slides / --tiles)"
             continue

@@ -230,6 +230,7 @@ class Results:
         self._models: dict[tuple[str, int], Any] = {}
         self._grids: dict[str, Any] = {}
         self._rows: dict[str, dict] | None = None
+        self._sizes: dict[str, tuple[float, float] | None] = {}
         self.generated = find_generated(generated, self.root)
 
     # ------------------------------------------------------------------------------------------ slides
@@ -261,6 +262,30 @@ class Results:
                 q = Path(v.decode() if isinstance(v, bytes) else str(v)) if v is not None else None
                 p = q if q is not None and q.is_file() else None
         return p
+
+    def slide_size(self, sid: str) -> tuple[float, float] | None:
+        """Level-0 (width, height) of the WSI, else the extent of the tiling grid; None when neither is found."""
+        with self._lock:
+            if sid not in self._sizes:
+                self._sizes[sid] = self._read_size(sid)
+            return self._sizes[sid]
+
+    def _read_size(self, sid: str) -> tuple[float, float] | None:
+        p = self.slide_path(sid)
+        if p is not None:
+            import openslide
+
+            try:
+                with openslide.open_slide(str(p)) as osr:
+                    w, h = osr.dimensions
+                return float(w), float(h)
+            except Exception:  # noqa: BLE001 - an unreadable WSI falls back to the grid, as the viewer's pages do
+                pass
+        g = self.grid(sid)
+        if g is None:
+            return None
+        ext = g["coords"].max(axis=0) + g["size"]
+        return float(ext[0]), float(ext[1])
 
     def bag_file(self, sid: str) -> Path | None:
         for files in self.bags.values():

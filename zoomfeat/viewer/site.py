@@ -59,16 +59,6 @@ class Site:
             raise NotFound(f"unknown slide {sid!r}")
         return sid
 
-    def _size(self, sid: str) -> tuple[float, float] | None:
-        src = self.source(sid)
-        if src is not None:
-            return float(src.width), float(src.height)
-        g = self.res.grid(sid)
-        if g is None:
-            return None
-        ext = g["coords"].max(axis=0) + g["size"]
-        return float(ext[0]), float(ext[1])
-
     def run_payloads(self, sid: str) -> list[dict]:
         out = []
         for i, run in enumerate(self.res.runs):
@@ -194,7 +184,7 @@ class Site:
 
     def slide(self, sid: str) -> str:
         src = self.source(sid)
-        size = self._size(sid)
+        size = self.res.slide_size(sid)
         dzi = src.dzi_info(self.max_level(src)) if src is not None else None
         g = self.res.grid(sid)
         if g is not None:
@@ -229,7 +219,7 @@ class Site:
 
     # ------------------------------------------------------------------------------------------ overlays
     def overlay(self, sid: str, name: str) -> bytes:
-        size = self._size(sid)
+        size = self.res.slide_size(sid)
         if size is None:
             raise NotFound(f"{sid}: slide size unknown")
         w, h = size
