@@ -7,7 +7,9 @@ grid on it, and measures with the viewer's own code:
 (a) opening the slide (OpenSlide + DeepZoomGenerator) and the DZI descriptor;
 (b) the Deep Zoom tiles of the first screen (the levels OpenSeadragon asks for while zooming in to fit a
     1280 × 800 viewer) and single tiles at full resolution;
-(c) the slide page (HTML + embedded attention JSON) and the heatmap / tile-grid overlay PNGs for 40k tiles.
+(c) the slide page (HTML + embedded attention JSON) and the heatmap / tile-grid overlay PNGs for 40k tiles;
+(d) a 1000-slide × 3-run result folder: the index records (built once per Results) against one slide page
+    (which reads its record; the static export writes one page per slide).
 
     .venv/bin/python benchmarks/viewer.py [--side 100000] [--keep DIR]
 """
@@ -141,8 +143,34 @@ def main() -> None:
     total = t_open + t_first + t_heat + t_json
     print(f"slide page of a {args.side}x{args.side} slide ready (server side, one core): {total:.1f} s")
     src.close()
+    index_scaling(tmp / "runs")
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def index_scaling(root: Path, n_slides: int = 1000, n_runs: int = 3) -> None:
+    """(d): Results.slide_rows over ``n_slides`` × ``n_runs`` predictions vs one slide page."""
+    import pandas as pd
+
+    from zoomfeat.viewer import Results, pages
+
+    rng = np.random.default_rng(0)
+    for k in range(n_runs):
+        (root / f"run{k}").mkdir(parents=True, exist_ok=True)
+        y, p1 = rng.integers(0, 2, n_slides), rng.random(n_slides)
+        pd.DataFrame({"slide": [f"s{i:04d}" for i in range(n_slides)], "fold": rng.integers(0, 5, n_slides), "y": y,
+                      "label": np.where(y == 1, "pos", "neg"), "pred": (p1 > 0.5).astype(int), "prob_0": 1 - p1,
+                      "prob_1": p1}).to_csv(root / f"run{k}" / "predictions.csv", index=False)
+    res = Results(root)
+    t = time.perf_counter()
+    res.slide_rows()
+    t_rows = time.perf_counter() - t
+    t = time.perf_counter()
+    for sid in res.slide_ids[:50]:
+        pages.slide_page(res, sid, None, None, [], None, False)
+    t_page = (time.perf_counter() - t) / 50
+    print(f"(d) {n_slides} slides x {n_runs} runs: index records {t_rows:.2f} s (once per Results), slide page "
+          f"{t_page * 1000:.1f} ms ({t_rows / t_page:.0f}x less than rebuilding the records per page)")
 
 
 if __name__ == "__main__":

@@ -29,10 +29,11 @@ def rank_normalize(scores: np.ndarray) -> np.ndarray:
 
 def bag_instances(item, mag: str) -> tuple[np.ndarray | None, float | None]:
     """Level-0 top-left corners of a bag's instances at ``mag`` (the 5x regions for '5x', else the 20x tiles) and
-    their level-0 side (None when the bag does not record it)."""
-    from zoomfeat.bags import load_bag
+    their level-0 side (None when the bag does not record it). ``item``: a bag path, or a ``zoomfeat.bags.Bag``
+    already loaded (callers that also need its features read the file once)."""
+    from zoomfeat.bags import Bag, load_bag
 
-    bag = load_bag(item)
+    bag = item if isinstance(item, Bag) else load_bag(item)
     psize = bag.coords_attrs.get("patch_size_level0") or bag.attrs.get("patch_size_level0")
     if mag == "5x":
         return bag.coords_5x, bag.attrs.get("patch_size_level0_5x") or (psize * 4 if psize else None)

@@ -99,3 +99,24 @@ def test_slide_lookup_for_thumbnails(tmp_path):
     assert SlideThumbnails(tmp_path / "other", paths).path("a") == tmp_path / "other" / "a.tiff"
     assert SlideThumbnails(paths, tmp_path / "other").path("b") == tmp_path / "other" / "b.ndpi"
     assert SlideThumbnails(None, {}).path("a") is None
+
+
+def test_bag_instances_from_a_path_or_a_loaded_bag(tmp_path):
+    """A loaded Bag gives what its file gives (callers read a bag once); the 5x side is the recorded
+    patch_size_level0_5x, else 4x the 20x side."""
+    from mil.heatmap import bag_instances
+    from zoomfeat.bags import load_bag, write_bag
+
+    c20 = np.array([[0, 0], [512, 0], [0, 512]])
+    c5 = np.array([[0, 0]])
+    p = write_bag(tmp_path / "a.h5", np.ones((3, 4), np.float32), c20, attrs={"patch_size_level0": 512},
+                  features_5x=np.ones((1, 4), np.float32), coords_5x=c5, parent_index=np.zeros(3, int))
+    for mag, coords, side in (("20x", c20, 512), ("5x", c5, 2048)):
+        for item in (p, load_bag(p)):
+            got, s = bag_instances(item, mag)
+            np.testing.assert_array_equal(got, coords)
+            assert s == side
+    q = write_bag(tmp_path / "b.h5", np.ones((3, 4), np.float32), c20,
+                  attrs={"patch_size_level0": 512, "patch_size_level0_5x": 1800},
+                  features_5x=np.ones((1, 4), np.float32), coords_5x=c5, parent_index=np.zeros(3, int))
+    assert bag_instances(load_bag(q), "5x")[1] == bag_instances(q, "5x")[1] == 1800

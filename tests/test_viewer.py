@@ -365,3 +365,24 @@ def test_discovers_multi_framework_compare_and_skips_prediction_only_folders(tmp
     for fw in ("linear", "abmil"):
         r = runs[f"compare/enc-a/{fw}/subtype"]
         assert (r.model, r.encoder, r.mag, r.task) == (fw, "enc-a", "20x+5x", "multiclass")
+
+
+def test_gallery_extremes_equal_a_stable_tuple_sort():
+    """The vectorised gallery pick equals sorting every (rank, score, slide, x, y, size) tuple (ties included)."""
+    from zoomfeat.viewer import Attention
+    from zoomfeat.viewer.site import extremes
+
+    rng = np.random.default_rng(0)
+    atts = []
+    for s in range(6):
+        n = int(rng.integers(1, 40))
+        score = rng.integers(0, 4, n).astype(float) / 4  # many exact ties in (rank, score)
+        rank = rng.integers(0, 3, n).astype(float) / 3
+        atts.append((f"s{s % 4}", Attention(rng.integers(0, 9000, n).astype(float), rng.integers(0, 9000, n) + 0.7,
+                                            256.0, score, rank)))
+    items = [(float(a.rank[j]), float(a.score[j]), sid, int(a.x[j]), int(a.y[j]), float(a.size))
+             for sid, a in atts for j in range(len(a.score))]
+    items.sort(key=lambda t: (t[0], t[1]))
+    for k in (1, 8, len(items) + 3):
+        assert extremes(atts, k) == (items[::-1][:k], items[:k])
+    assert extremes([], 8) == ([], [])

@@ -74,7 +74,6 @@ def attention_payload(att) -> dict:
 
 def slide_page(res, sid: str, dzi: dict | None, size: tuple[int, int] | None, runs: list[dict],
                grid: dict | None, crops: bool) -> str:
-    rows = {r["slide"]: r for r in res.slide_rows()}
     g = None
     if grid is not None:
         par = grid["parents"]
@@ -82,7 +81,7 @@ def slide_page(res, sid: str, dzi: dict | None, size: tuple[int, int] | None, ru
              "px": par[:, 0].round().astype(int), "py": par[:, 1].round().astype(int),
              "ps": par[:, 2].round().astype(int), "n5": 0 if grid["coords_5x"] is None else len(grid["coords_5x"])}
     data = {"slide": sid, "dzi": dzi, "width": size[0] if size else None, "height": size[1] if size else None,
-            "info": rows.get(sid, {}), "runs": runs, "grid": g, "crops": crops, "k": GALLERY_K,
+            "info": res.slide_row(sid), "runs": runs, "grid": g, "crops": crops, "k": GALLERY_K,
             "overlays": {"tissue": f"../overlay/{sid}/tissue.png", "grid": f"../overlay/{sid}/grid.png",
                          "regions": f"../overlay/{sid}/regions.png"}}
     body = f"""

@@ -28,8 +28,8 @@ def _primary(res, run: str | None):
 
 def slide_class(run, sid: str) -> str | None:
     """Predicted class of the slide by ``run`` (survival: high / low risk by the median out-of-fold risk)."""
-    pred = run.predictions.drop_duplicates("slide").set_index("slide")
-    if sid not in pred.index:
+    pred = run.by_slide
+    if sid not in run.slides:
         return None
     if run.survival:
         return "high risk" if pred.loc[sid, "risk"] >= pred["risk"].median() else "low risk"
@@ -51,7 +51,7 @@ def slide_features(res, sid: str, primary, size: tuple[float, float]) -> list[di
     w, h = size
     tiles: dict[tuple[int, int, int], dict] = {}
     for run in res.runs:
-        if sid not in set(run.predictions["slide"]):
+        if sid not in run.slides:
             continue
         att = res.attention(run.name, sid)
         if att is None:
@@ -107,16 +107,14 @@ def export_qupath(res, out: str | os.PathLike, run: str | None = None, progress:
     """Write ``{out}/{slide}.geojson`` for every slide; returns slide → path, or slide → reason when skipped."""
     from tqdm.auto import tqdm
 
+    from zoomfeat.cohort import SlideIdError, output_path
     from zoomfeat.io import write_text_atomic
-    from zoomfeat.viewer.site import Site
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     primary = _primary(res, run)
-    site = Site(res)
     done: dict[str, Path | str] = {}
     for sid in tqdm(res.slide_ids, desc="qupath", unit="slide", disable=not progress):
-        size = site._size(sid)
+        size = res.slide_size(sid)
         if size is None:
             done[sid] = "slide size unknown: WSI and tiling not found (pass --slides / --tiles)"
             continue
@@ -124,7 +122,11 @@ def export_qupath(res, out: str | os.PathLike, run: str | None = None, progress:
         if not any(f["properties"]["objectType"] == "tile" for f in feats):
             done[sid] = "no attention: bag or fold checkpoint not found"
         fc = {"type": "FeatureCollection", "features": feats}
-        path = out / f"{sid}.geojson"
+        try:
+            path = output_path(out, sid, ".geojson")
+        except SlideIdError as exc:
+            done[sid] = str(exc)
+            continue
         write_text_atomic(path, json.dumps(fc))
         done.setdefault(sid, path)
     return done

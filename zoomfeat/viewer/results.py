@@ -9,6 +9,7 @@ forward pass ``mil cv`` uses (checked against its CSVs in the tests).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+
+from zoomfeat.cohort import find_slide, label_slide_paths
 
 SKIP_DIRS = {"attention", "heatmaps", "wandb", "qupath", ".locks"}
 
@@ -47,12 +50,23 @@ class Run:
     def n_classes(self) -> int:
         return sum(c.startswith("prob_") for c in self.predictions.columns)
 
-    @property
+    @functools.cached_property
     def classes(self) -> list[str]:
+        """Class names by index (computed once: per-slide records ask for them for every slide)."""
         if self.survival:
             return []
         lab = self.predictions.drop_duplicates("y").set_index("y")["label"].astype(str).to_dict()
         return [lab.get(k, str(k)) for k in range(self.n_classes)]
+
+    @functools.cached_property
+    def slides(self) -> frozenset[str]:
+        """The slides this run predicted (membership tests per slide page / export)."""
+        return frozenset(self.predictions["slide"])
+
+    @functools.cached_property
+    def by_slide(self) -> pd.DataFrame:
+        """The predictions indexed by slide (first row per slide)."""
+        return self.predictions.drop_duplicates("slide").set_index("slide")
 
     def meta(self) -> dict:
         return {"name": self.name, "model": self.model, "encoder": self.encoder, "task": self.task,
@@ -206,38 +220,38 @@ class Results:
         if self.tiles_arg is not None and not self.tiles_arg.is_dir():
             raise FileNotFoundError(f"--tiles folder not found: {self.tiles_arg}")
         self.bags = {r.name: _bag_files(r) for r in self.runs}
+        self.labels_csv = self._labels_csv()
         self.labels = self._labels()
+        self._label_paths = label_slide_paths(self.labels_csv)
         ids = sorted({s for r in self.runs for s in r.predictions["slide"]})
         self.slide_ids = ids
         self._lock = threading.RLock()
         self._attention: dict[tuple[str, str], Attention | None] = {}
         self._models: dict[tuple[str, int], Any] = {}
         self._grids: dict[str, Any] = {}
+        self._rows: dict[str, dict] | None = None
+        self._sizes: dict[str, tuple[float, float] | None] = {}
         self.generated = find_generated(generated, self.root)
 
     # ------------------------------------------------------------------------------------------ slides
-    def _labels(self) -> pd.DataFrame:
-        """The first labels CSV named by a run config (slide-indexed; ``path`` made absolute)."""
+    def _labels_csv(self) -> Path | None:
+        """The first labels CSV named by a run config."""
         for r in self.runs:
             p = resolve_path(r.cfg.get("labels"), [r.path, self.root])
-            if p is None or not p.is_file():
-                continue
-            df = pd.read_csv(p, dtype={"slide": str, "patient": str}).drop_duplicates("slide")
-            root = p.resolve().parent
-            if "path" in df.columns:
-                df["path"] = [str(Path(q) if Path(str(q)).is_absolute() else root / str(q)) if isinstance(q, str)
-                              else "" for q in df["path"]]
-            return df.set_index("slide")
-        return pd.DataFrame(columns=["slide"]).set_index("slide")
+            if p is not None and p.is_file():
+                return p
+        return None
+
+    def _labels(self) -> pd.DataFrame:
+        """The labels CSV, slide-indexed (empty without one)."""
+        if self.labels_csv is None:
+            return pd.DataFrame(columns=["slide"]).set_index("slide")
+        return pd.read_csv(self.labels_csv, dtype={"slide": str, "patient": str}).drop_duplicates("slide") \
+            .set_index("slide")
 
     def slide_path(self, sid: str) -> Path | None:
         """The WSI: ``--slides`` folder, else the labels CSV's ``path`` column, else the tiling record."""
-        from zoomfeat.cohort import find_slide
-
-        p = find_slide(self.slides_dir, sid) if self.slides_dir else None
-        if p is None and "path" in self.labels.columns and sid in self.labels.index:
-            q = Path(str(self.labels.loc[sid, "path"]))
-            p = q if str(q) and q.is_file() else None
+        p = find_slide(self.slides_dir, sid) or self._label_paths.get(sid)
         if p is None:
             cp = self.coords_file(sid)
             if cp is not None:
@@ -248,6 +262,30 @@ class Results:
                 q = Path(v.decode() if isinstance(v, bytes) else str(v)) if v is not None else None
                 p = q if q is not None and q.is_file() else None
         return p
+
+    def slide_size(self, sid: str) -> tuple[float, float] | None:
+        """Level-0 (width, height) of the WSI, else the extent of the tiling grid; None when neither is found."""
+        with self._lock:
+            if sid not in self._sizes:
+                self._sizes[sid] = self._read_size(sid)
+            return self._sizes[sid]
+
+    def _read_size(self, sid: str) -> tuple[float, float] | None:
+        p = self.slide_path(sid)
+        if p is not None:
+            import openslide
+
+            try:
+                with openslide.open_slide(str(p)) as osr:
+                    w, h = osr.dimensions
+                return float(w), float(h)
+            except Exception:  # noqa: BLE001 - an unreadable WSI falls back to the grid, as the viewer's pages do
+                pass
+        g = self.grid(sid)
+        if g is None:
+            return None
+        ext = g["coords"].max(axis=0) + g["size"]
+        return float(ext[0]), float(ext[1])
 
     def bag_file(self, sid: str) -> Path | None:
         for files in self.bags.values():
@@ -275,7 +313,13 @@ class Results:
         cp = self.coords_file(sid)
         if cp is None:
             return None
-        p = cp.parent.parent / "geojson" / f"{sid}.geojson"
+        from zoomfeat.cohort import SlideIdError
+        from zoomfeat.slides.coords import geojson_path
+
+        try:
+            p = geojson_path(cp.parent.parent, sid)
+        except SlideIdError:  # an id that could leave the folder has no tissue file to read
+            return None
         return p if p.exists() else None
 
     def grid(self, sid: str) -> dict | None:
@@ -288,6 +332,8 @@ class Results:
             return g
 
     def _read_grid(self, sid: str) -> dict | None:
+        """From the tiling's coordinate file, else from the slide's bag (sides as :func:`mil.heatmap.bag_instances`
+        reads them: ``patch_size_level0_5x`` when recorded, else 4× the 20x side; 256 px when nothing is)."""
         cp = self.coords_file(sid)
         if cp is not None:
             from zoomfeat.slides.coords import read_coords
@@ -301,14 +347,16 @@ class Results:
         bag = self.bag_file(sid)
         if bag is None:
             return None
+        from mil.heatmap import bag_instances
         from zoomfeat.bags import load_bag
 
         b = load_bag(bag)
         if b.coords is None or b.coords_unit != "px":
             return None
-        size = float(b.coords_attrs.get("patch_size_level0") or b.attrs.get("patch_size_level0") or 256)
-        return {"coords": b.coords, "size": size, "coords_5x": b.coords_5x,
-                "size_5x": 4 * size if b.coords_5x is not None else None, "parent": b.parent_index}
+        size = float(bag_instances(b, "20x")[1] or 256)
+        size_5x = float(bag_instances(b, "5x")[1] or 4 * size) if b.coords_5x is not None else None
+        return {"coords": b.coords, "size": size, "coords_5x": b.coords_5x, "size_5x": size_5x,
+                "parent": b.parent_index}
 
     # --------------------------------------------------------------------------------------- attention
     def attention(self, run_name: str, sid: str) -> Attention | None:
@@ -322,14 +370,21 @@ class Results:
                     self._attention[key] = None
             return self._attention[key]
 
-    def _instance_size(self, run: Run, sid: str) -> tuple[np.ndarray | None, float]:
-        """The run's instances of ``sid`` (level-0 corners) and their side (256 px, or 4× that at 5x, when the bag
+    def load_bag(self, run: Run, sid: str):
+        """The run's bag of ``sid`` read once (features and coordinates both come from it)."""
+        from zoomfeat.bags import load_bag
+
+        path = self.bags[run.name].get(sid)
+        if path is None:
+            raise FileNotFoundError(f"{run.name}: no bag for {sid}")
+        return load_bag(path)
+
+    @staticmethod
+    def _instances(run: Run, bag) -> tuple[np.ndarray | None, float]:
+        """The run's instances in ``bag`` (level-0 corners) and their side (256 px, or 4× that at 5x, when the bag
         does not record it)."""
         from mil.heatmap import bag_instances
 
-        bag = self.bags[run.name].get(sid)
-        if bag is None:
-            raise FileNotFoundError(f"{run.name}: no bag for {sid}")
         coords, size = bag_instances(bag, run.mag)
         return coords, float(size or (4 * 256 if run.mag == "5x" else 256))
 
@@ -340,14 +395,16 @@ class Results:
         if csv.exists():
             df = pd.read_csv(csv)
             if len(df) and (df["x"] >= 0).all():
-                _, size = self._instance_size(run, sid) if sid in self.bags[run.name] else (None, self._guess(sid))
+                size = self._instances(run, self.load_bag(run, sid))[1] if sid in self.bags[run.name] \
+                    else self._guess(sid)
                 return Attention(df["x"].to_numpy(float), df["y"].to_numpy(float), size,
                                  df["score"].to_numpy(float), df["rank"].to_numpy(float))
         row = run.predictions[run.predictions["slide"] == sid]
         if row.empty:
             return None
-        scores = self.compute_attention(run, sid, int(row["fold"].iloc[0]))["attention"]
-        coords, size = self._instance_size(run, sid)
+        bag = self.load_bag(run, sid)
+        scores = self.compute_attention(run, sid, int(row["fold"].iloc[0]), bag=bag)["attention"]
+        coords, size = self._instances(run, bag)
         if coords is None or len(coords) != len(scores):
             return None
         return Attention(coords[:, 0].astype(float), coords[:, 1].astype(float), size, scores, rank_normalize(scores))
@@ -356,16 +413,15 @@ class Results:
         g = self.grid(sid)
         return g["size"] if g else 256.0
 
-    def compute_attention(self, run: Run, sid: str, fold: int) -> dict[str, np.ndarray]:
-        """Forward the slide's bag through its fold's head: attention (N,) and the prediction (for checks)."""
+    def compute_attention(self, run: Run, sid: str, fold: int, bag=None) -> dict[str, np.ndarray]:
+        """Forward the slide's bag (``bag``: already loaded, else read here) through its fold's head: attention (N,)
+        and the prediction (for checks)."""
         import torch
 
         from mil.data import read_features
 
-        bag = self.bags[run.name].get(sid)
-        if bag is None:
-            raise FileNotFoundError(f"{run.name}: no bag for {sid}")
-        x = read_features(bag, run.mag)
+        bag = self.load_bag(run, sid) if bag is None else bag
+        x = read_features(bag.get(run.mag))
         key = (run.name, fold)
         if key not in self._models:
             self._models[key] = fold_model(run, fold, x.shape[1])
@@ -379,27 +435,35 @@ class Results:
 
     # ---------------------------------------------------------------------------------------- summaries
     def slide_rows(self) -> list[dict]:
-        """One record per slide for the index: labels, and per run fold / prediction / correct."""
-        rows = []
-        preds = {r.name: r.predictions.drop_duplicates("slide").set_index("slide") for r in self.runs}
-        for sid in self.slide_ids:
-            lab = self.labels.loc[sid] if sid in self.labels.index else None
-            rec: dict[str, Any] = {"slide": sid, "patient": "", "labels": {}, "runs": {}}
-            for r in self.runs:
-                if sid not in preds[r.name].index:
-                    continue
-                p = preds[r.name].loc[sid]
-                rec["patient"] = str(p.get("patient", ""))
-                rec["runs"][r.name] = _pred_record(r, p)
-            if lab is not None:
-                rec["patient"] = str(lab.get("patient", rec["patient"]))
-                for c in self.labels.columns:
-                    if c not in ("patient", "path") and pd.notna(lab[c]):
-                        v = lab[c]
-                        rec["labels"][c] = v.item() if hasattr(v, "item") else v
-            rec["n_wrong"] = sum(1 for v in rec["runs"].values() if v.get("correct") is False)
-            rows.append(rec)
-        return rows
+        """One record per slide for the index: labels, and per run fold / prediction / correct (built once)."""
+        return list(self._slide_records().values())
+
+    def slide_row(self, sid: str) -> dict:
+        """The :meth:`slide_rows` record of one slide ({} for an unknown slide)."""
+        return self._slide_records().get(sid, {})
+
+    def _slide_records(self) -> dict[str, dict]:
+        with self._lock:
+            if self._rows is None:
+                self._rows = {sid: self._slide_record(sid) for sid in self.slide_ids}
+            return self._rows
+
+    def _slide_record(self, sid: str) -> dict:
+        lab = self.labels.loc[sid] if sid in self.labels.index else None
+        rec: dict[str, Any] = {"slide": sid, "patient": "", "labels": {}, "runs": {}}
+        for r in self.runs:
+            if sid not in r.slides:
+                continue
+            p = r.by_slide.loc[sid]
+            rec["patient"] = str(p.get("patient", ""))
+            rec["runs"][r.name] = _pred_record(r, p)
+        if lab is not None:
+            rec["patient"] = str(lab.get("patient", rec["patient"]))
+            for c in self.labels.columns:
+                if c not in ("patient", "path") and pd.notna(lab[c]):
+                    v = lab[c]
+                    rec["labels"][c] = v.item() if hasattr(v, "item") else v
+        return rec
 
     def tables(self) -> list[Path]:
         """Comparison tables and plots (compare.md/png, summary.md, roc/km plots) under the run folder."""

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from zoomfeat.viewer import pages
 from zoomfeat.viewer.site import NotFound, Site, parent_region, static_root
 
 HOST = "127.0.0.1"
@@ -55,15 +56,6 @@ def serve_in_thread(site: Site, port: int = 0) -> tuple[ThreadingHTTPServer, str
     return httpd, f"http://{HOST}:{httpd.server_address[1]}/"
 
 
-def default_max_level(src, max_side: int) -> int:
-    """Highest Deep Zoom level whose larger side is at most ``max_side`` px."""
-    best = 0
-    for lvl, (w, h) in enumerate(src.dz.level_dimensions):
-        if max(w, h) <= max_side:
-            best = lvl
-    return best
-
-
 def export_site(results, out: str | Path, max_side: int = 8192, crop_limit: int = 3000, progress: bool = True) -> Path:
     """Write every page of the viewer into ``out`` (open ``out/index.html`` without a server).
 
@@ -75,7 +67,7 @@ def export_site(results, out: str | Path, max_side: int = 8192, crop_limit: int 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    site = Site(results, export_max_level=10**9)
+    site = Site(results, max_side=max_side, crop_limit=crop_limit)
 
     def put(rel: str, data: bytes | None = None) -> None:
         p = out / rel
@@ -93,44 +85,40 @@ def export_site(results, out: str | Path, max_side: int = 8192, crop_limit: int 
             put(u)
     crops: set[tuple[str, int, int, int]] = set()
     for i in range(len(results.runs)):
-        put(f"gallery/{i}.html")
-        for cls in site.gallery_data(i).values():
+        data = site.gallery_data(i)
+        put(f"gallery/{i}.html", pages.gallery_page(results, i, data).encode())
+        for cls in data.values():
             for c in cls["top"] + cls["bottom"]:
                 if c["crops"]:
                     crops.add((c["slide"], c["x"], c["y"], int(c["size"])))
                     crops.add((c["slide"], *(int(v) for v in c["region"])))
     for sid in tqdm(results.slide_ids, desc="export", unit="slide", disable=not progress):
-        _export_slide(site, sid, put, crops, max_side, crop_limit)
+        _export_slide(site, sid, put, crops)
     for sid, x, y, s in sorted(crops):
         put(f"crop/{sid}/{x}_{y}_{s}.jpg")
     return out / "index.html"
 
 
-def _export_slide(site: Site, sid: str, put, crops: set, max_side: int, crop_limit: int) -> None:
+def _export_slide(site: Site, sid: str, put, crops: set) -> None:
     src = site.source(sid)
-    site.export_max_level = default_max_level(src, max_side) if src is not None else None
-    g = site.res.grid(sid)
-    many = g is None or len(g["coords"]) > crop_limit
-    html = site.slide(sid)
-    if many:  # no click crops written: tell the page so it does not request them
-        html = html.replace('"crops":true', '"crops":false')
-    put(f"slides/{sid}.html", html.encode())
+    put(f"slides/{sid}.html")  # says "crops": false when the slide's click crops are not written below
     for name in ("tissue.png", "grid.png", "regions.png"):
         try:
             put(f"overlay/{sid}/{name}")
         except NotFound:
             pass
     for i, run in enumerate(site.res.runs):
-        if sid in set(run.predictions["slide"]) and site.res.attention(run.name, sid) is not None:
+        if sid in run.slides and site.res.attention(run.name, sid) is not None:
             put(f"overlay/{sid}/heat/{i}.png")
     if src is None:
         return
-    for lvl in range(site.export_max_level + 1):
+    for lvl in range(site.max_level(src) + 1):
         cols, rows = src.dz.level_tiles[lvl]
         for c in range(cols):
             for r in range(rows):
                 put(f"dz/{sid}_files/{lvl}/{c}_{r}.jpeg", src.tile_jpeg(lvl, c, r))
-    if not many:
+    if site.crops(sid):
+        g = site.res.grid(sid)
         for x, y in g["coords"]:
             crops.add((sid, int(x), int(y), int(g["size"])))
             crops.add((sid, *(int(v) for v in parent_region(g, x, y, g["size"]))))

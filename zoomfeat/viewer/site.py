@@ -33,9 +33,12 @@ def static_root() -> Path:
 class Site:
     """Builds every page and image of the viewer for one :class:`~zoomfeat.viewer.results.Results`."""
 
-    def __init__(self, results, export_max_level: int | None = None):
+    def __init__(self, results, max_side: int | None = None, crop_limit: int | None = None):
+        """``max_side``: Deep Zoom levels whose larger side is at most this many px (None: every level, the live
+        server); ``crop_limit``: click crops only for slides with at most this many tiles (None: every slide)."""
         self.res = results
-        self.export_max_level = export_max_level  # None: live server (every level)
+        self.max_side = max_side
+        self.crop_limit = crop_limit
         self._sources: dict[str, SlideSource | None] = {}
         self._lock = threading.Lock()
 
@@ -56,20 +59,10 @@ class Site:
             raise NotFound(f"unknown slide {sid!r}")
         return sid
 
-    def _size(self, sid: str) -> tuple[float, float] | None:
-        src = self.source(sid)
-        if src is not None:
-            return float(src.width), float(src.height)
-        g = self.res.grid(sid)
-        if g is None:
-            return None
-        ext = g["coords"].max(axis=0) + g["size"]
-        return float(ext[0]), float(ext[1])
-
     def run_payloads(self, sid: str) -> list[dict]:
         out = []
         for i, run in enumerate(self.res.runs):
-            if sid not in set(run.predictions["slide"]):
+            if sid not in run.slides:
                 continue
             att = self.res.attention(run.name, sid)
             rec = {"i": i, **run.meta(), "heat": f"../overlay/{sid}/heat/{i}.png" if att is not None else None}
@@ -176,14 +169,27 @@ class Site:
     def index(self) -> str:
         return pages.index_page(self.res, self.table_entries(), self.generated_entries())
 
+    def max_level(self, src: SlideSource) -> int | None:
+        """The highest Deep Zoom level served for ``src`` (None: every level)."""
+        return None if self.max_side is None else default_max_level(src, self.max_side)
+
+    def crops(self, sid: str) -> bool:
+        """Whether the slide's click panels get tile / region crops (a WSI, and not more tiles than crop_limit)."""
+        if self.source(sid) is None:
+            return False
+        if self.crop_limit is None:
+            return True
+        g = self.res.grid(sid)
+        return g is not None and len(g["coords"]) <= self.crop_limit
+
     def slide(self, sid: str) -> str:
         src = self.source(sid)
-        size = self._size(sid)
-        dzi = src.dzi_info(self.export_max_level) if src is not None else None
+        size = self.res.slide_size(sid)
+        dzi = src.dzi_info(self.max_level(src)) if src is not None else None
         g = self.res.grid(sid)
         if g is not None:
             g = {**g, "parents": parents_of(g)}
-        return pages.slide_page(self.res, sid, dzi, size, self.run_payloads(sid), g, crops=src is not None)
+        return pages.slide_page(self.res, sid, dzi, size, self.run_payloads(sid), g, crops=self.crops(sid))
 
     def gallery(self, i: int) -> str:
         if not 0 <= i < len(self.res.runs):
@@ -198,17 +204,8 @@ class Site:
         out: dict[str, dict] = {}
         groups = pred.groupby(key) if key else [("all slides", pred)]
         for cls, df in groups:
-            items = []
-            for sid in df["slide"]:
-                att = self.res.attention(run.name, sid)
-                if att is None:
-                    continue
-                for j in range(len(att.score)):
-                    items.append((float(att.rank[j]), float(att.score[j]), sid, int(att.x[j]), int(att.y[j]),
-                                  float(att.size)))
-            items.sort(key=lambda t: (t[0], t[1]))
-            k = pages.GALLERY_K
-            top, bottom = items[::-1][:k], items[:k]
+            atts = [(sid, self.res.attention(run.name, sid)) for sid in df["slide"]]
+            top, bottom = extremes([(sid, a) for sid, a in atts if a is not None], pages.GALLERY_K)
             out[str(cls)] = {"n_slides": int(len(df)), "top": [self._card(t) for t in top],
                              "bottom": [self._card(t) for t in bottom]}
         return out
@@ -222,7 +219,7 @@ class Site:
 
     # ------------------------------------------------------------------------------------------ overlays
     def overlay(self, sid: str, name: str) -> bytes:
-        size = self._size(sid)
+        size = self.res.slide_size(sid)
         if size is None:
             raise NotFound(f"{sid}: slide size unknown")
         w, h = size
@@ -242,6 +239,35 @@ class Site:
         if name == "regions.png":  # no 5x regions tiled: an empty layer keeps the page simple
             return boxes_png(w, h, np.zeros((0, 2)), 1.0, REGION_RGBA)
         raise NotFound(f"{sid}: overlay {name}")
+
+
+def default_max_level(src: SlideSource, max_side: int) -> int:
+    """Highest Deep Zoom level whose larger side is at most ``max_side`` px."""
+    best = 0
+    for lvl, (w, h) in enumerate(src.dz.level_dimensions):
+        if max(w, h) <= max_side:
+            best = lvl
+    return best
+
+
+def extremes(atts: list, k: int) -> tuple[list[tuple], list[tuple]]:
+    """The k most and k least attended instances pooled over ``(slide, Attention)`` pairs, as
+    ``(rank, score, slide, x, y, size)``: ordered by (rank, score), ties in pooling order (a stable sort), the top
+    read from the reversed order. Vectorised: a cohort pools millions of instances to keep 2k."""
+    if not atts:
+        return [], []
+    rank = np.concatenate([np.asarray(a.rank, dtype=float) for _, a in atts])
+    score = np.concatenate([np.asarray(a.score, dtype=float) for _, a in atts])
+    owner = np.repeat(np.arange(len(atts)), [len(a.score) for _, a in atts])
+    local = np.concatenate([np.arange(len(a.score)) for _, a in atts])
+    order = np.lexsort((score, rank))  # stable: equal keys keep their pooling order, as list.sort did
+
+    def item(n: int) -> tuple:
+        sid, a = atts[owner[n]]
+        j = local[n]
+        return float(a.rank[j]), float(a.score[j]), sid, int(a.x[j]), int(a.y[j]), float(a.size)
+
+    return [item(n) for n in order[::-1][:k]], [item(n) for n in order[:k]]
 
 
 def parent_region(g: dict | None, x: float, y: float, size: float) -> tuple[float, float, float]:
