@@ -188,17 +188,15 @@ def fold_model(run: Run, fold: int, dim: int):
     """The head that scored fold ``fold``'s test slides, rebuilt exactly as ``mil.cv.run_folds`` built it."""
     import torch
 
+    from mil.cv import head_hparams
     from mil.data import load_standardizer
     from mil.models import build_model
     from mil.tasks import make_task
-    from mil.trainer import TrainConfig
 
     ckpt = run.path / f"fold{fold}" / "best.pt"
     if not ckpt.exists():
         raise FileNotFoundError(f"{run.name}: no checkpoint {ckpt}")
-    hp = dict(TrainConfig.from_hparams(dict(run.cfg.get("hparams") or {})).extra)
-    if run.model.lower() == "twobranch" and "split_dim" not in hp:
-        hp["split_dim"] = dim // 2
+    _, hp = head_hparams(run.model, run.mag, dim, dict(run.cfg.get("hparams") or {}))  # as mil cv built the head
     task = make_task(run.task, n_classes=max(run.n_classes, 2), **hp)
     net = build_model(run.model, dim, task.n_out, **hp)
     net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
