@@ -89,6 +89,14 @@ class Attention:
         return (np.argsort(np.argsort(-self.score, kind="stable"), kind="stable") + 1).astype(int)
 
 
+def inside(root: str | os.PathLike, path: str | os.PathLike) -> Path | None:
+    """``path`` with every symlink resolved when it lies inside ``root`` (also resolved), else None: the viewer
+    reads, serves and exports only such files (a run folder received from someone else may name any file)."""
+    base = Path(os.path.realpath(root))
+    p = Path(os.path.realpath(path))
+    return p if p == base or base in p.parents else None
+
+
 def _load_yaml(path: Path) -> dict:
     with open(path) as fh:
         return yaml.safe_load(fh) or {}
@@ -507,7 +515,7 @@ def find_generated(generated: str | os.PathLike | None, root: Path) -> list[Gene
             continue
         for pattern in ["/".join(["*"] * d + ["generation.json"]) for d in range(depth + 1)]:
             for g in sorted(base.glob(pattern)):
-                if g.resolve() in seen or SKIP_DIRS & set(g.parts):
+                if g.resolve() in seen or SKIP_DIRS & set(g.parts) or inside(base, g) is None:
                     continue
                 seen.add(g.resolve())
                 out.append(_generated(g, root))
@@ -516,8 +524,22 @@ def find_generated(generated: str | os.PathLike | None, root: Path) -> list[Gene
 
 def _generated(g: Path, root: Path) -> Generated:
     meta = json.loads(g.read_text())
-    imgs = [g.parent / f for f in meta.get("files", []) if (g.parent / f).is_file()]
+    # only files that resolve inside the generation folder: `"files": ["../../etc/passwd"]` or a symlink out of it
+    # names a file the viewer must never serve or export
+    imgs = [g.parent / f for f in meta.get("files", []) if isinstance(f, str)
+            and inside(g.parent, g.parent / f) is not None and (g.parent / f).is_file()]
     ssl = resolve_path(meta.get("ssl"), [g.parent, root]) if meta.get("ssl") else None
     side = ssl.with_suffix(".region.json") if ssl is not None else None
-    region = json.loads(side.read_text()) if side is not None and side.is_file() else None
+    region = _region_record(side) if side is not None and side.suffix == ".json" and side.is_file() else None
     return Generated(g.parent, meta, imgs, region)
+
+
+def _region_record(side: Path) -> dict | None:
+    """The ``.region.json`` sidecar of an SSL grid (it may lie anywhere the generation named): only its slide id and
+    three numbers are kept, so no other content of whatever file it names reaches a page."""
+    try:
+        rec = json.loads(side.read_text())
+        out = {"slide": str(rec["slide"]), **{k: float(rec[k]) for k in ("x", "y", "size_l0")}}
+    except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError):
+        return None
+    return {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in out.items()}

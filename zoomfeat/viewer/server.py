@@ -15,12 +15,31 @@ from zoomfeat.viewer.site import NotFound, Site, parent_region, static_root
 HOST = "127.0.0.1"
 
 
+def host_allowed(host: str | None, port: int) -> bool:
+    """Whether a request's ``Host`` header names this server: 127.0.0.1, localhost or [::1] with its port (the
+    port may be left out only when it is 80). Anything else, a missing Host included, is refused (421)."""
+    if not host:
+        return False
+    names = ("127.0.0.1", "localhost", "[::1]")
+    ok = {f"{n}:{port}" for n in names} | (set(names) if int(port) == 80 else set())
+    return host.strip().lower() in ok
+
+
 def make_handler(site: Site, quiet: bool = True):
     class Handler(BaseHTTPRequestHandler):
         server_version = "zoomfeat-view"
 
         def do_GET(self):  # noqa: N802 - http.server's name
             path = unquote(urlsplit(self.path).path)
+            if not host_allowed(self.headers.get("Host"), self.server.server_address[1]):
+                # DNS rebinding: a web page on evil.example resolving to 127.0.0.1 sends its own Host
+                body = b"misdirected request: Host must be 127.0.0.1, localhost or [::1] with this server's port"
+                self.send_response(421)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             try:
                 body, ctype = site.get(path)
                 code = 200
