@@ -163,9 +163,19 @@ def region_loader(ds: RegionDataset, opts: ExtractOptions, device: torch.device)
 
 
 def _batches(loader, desc: str, progress: bool):
+    """The loader's batches; its worker processes are stopped as soon as the loop ends or fails. A failing slide's
+    iterator would otherwise live on in the traceback, be inherited by the next slide's forked workers and print
+    "can only test a child process" tracebacks from their ``__del__``."""
     from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress or len(loader) < 2)
+    it = iter(loader)
+    try:
+        yield from tqdm(it, total=len(loader), desc=desc, unit="batch", leave=False,
+                        disable=not progress or len(loader) < 2)
+    finally:
+        stop = getattr(it, "_shutdown_workers", None)  # torch's own clean-up of a multi-process iterator
+        if stop is not None:
+            stop()
 
 
 # ------------------------------------------------------------------------------------------------ one slide
@@ -562,12 +572,20 @@ def current_coords(slide: Path, tiles_dir: Path | None, out_dir: Path) -> Path |
 
 
 def _write_timings(report: CohortReport, feat_dir: Path, rank: int | None) -> None:
+    """Per-slide timings; a write error (full disk) is one line on stderr and the summary is still written."""
+    import sys
+
+    from zoomfeat.cohort import one_line_error
+    from zoomfeat.io import write_json_atomic
+
     rows = [{"slide": r.slide, "status": r.status, "seconds": round(r.seconds, 3), **r.info}
             for r in report.results if r.info]
+    path = feat_dir / ("timings.json" if rank is None else f"timings_rank{rank}.json")
     if rows:
-        from zoomfeat.io import write_json_atomic
-
-        write_json_atomic(feat_dir / ("timings.json" if rank is None else f"timings_rank{rank}.json"), rows)
+        try:
+            write_json_atomic(path, rows)
+        except OSError as exc:
+            print(f"zoomfeat: could not write {path}: {one_line_error(exc)}", file=sys.stderr)
 
 
 def merge_rank_summaries(feat_dir: str | os.PathLike, world: int, run_id: str | None = None) -> CohortReport | None:
