@@ -185,3 +185,18 @@ def test_foreign_host_header_refused(run_dir):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_unsafe_slide_ids_in_predictions_are_ignored(run_dir, tmp_path):
+    """A predictions.csv naming `../../escape` must not make the viewer read or the export write outside."""
+    from zoomfeat.viewer import Results, export_site
+
+    pred = run_dir / "cv" / "predictions.csv"
+    df = pd.read_csv(pred)
+    extra = df.iloc[:1].assign(slide="../../../escape", patient="p")
+    pd.concat([df, extra]).to_csv(pred, index=False)
+    with pytest.warns(UserWarning, match="unsafe slide id"):
+        res = Results(run_dir)
+    assert "../../../escape" not in res.slide_ids and len(res.slide_ids) == 5
+    export_site(res, tmp_path / "a" / "b" / "site", progress=False)
+    assert not list(tmp_path.glob("**/escape*"))

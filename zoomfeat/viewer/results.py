@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from zoomfeat.cohort import find_slide, label_slide_paths
+from zoomfeat.cohort import SlideIdError, check_slide_id, find_slide, label_slide_paths
 
 SKIP_DIRS = {"attention", "heatmaps", "wandb", "qupath", ".locks"}
 
@@ -151,7 +152,7 @@ def discover_runs(run_dir: str | os.PathLike) -> list[Run]:
         if "predictions.csv" not in filenames:
             continue
         leaf = Path(dirpath)
-        pred = pd.read_csv(leaf / "predictions.csv", dtype={"slide": str, "patient": str})
+        pred = safe_rows(pd.read_csv(leaf / "predictions.csv", dtype={"slide": str, "patient": str}), leaf)
         if pred.empty or "slide" not in pred.columns or "fold" not in pred.columns:
             continue  # not a `mil cv` / `compare` run (e.g. `mil predict` output: no out-of-fold models)
         cfg, entry = _run_config(leaf, root)
@@ -167,6 +168,26 @@ def discover_runs(run_dir: str | os.PathLike) -> list[Run]:
         raise FileNotFoundError(f"no predictions.csv under {root}: pass the output folder of `zoomfeat mil cv` "
                                 "or `zoomfeat compare`")
     return sorted(runs, key=lambda r: r.name)
+
+
+def safe_rows(pred: pd.DataFrame, leaf: Path) -> pd.DataFrame:
+    """Predictions whose slide id is a plain file-name stem (``zoomfeat.cohort.check_slide_id``): an id such as
+    ``../../x`` would name files outside the run (attention CSVs, exported pages), so its rows are dropped."""
+    if "slide" not in pred.columns:
+        return pred
+    ok = pred["slide"].map(lambda s: isinstance(s, str) and _safe_id(s))
+    if not ok.all():
+        warnings.warn(f"{leaf / 'predictions.csv'}: {int((~ok).sum())} row(s) with an unsafe slide id ignored "
+                      f"(e.g. {pred.loc[~ok, 'slide'].iloc[0]!r})", stacklevel=2)
+    return pred[ok].reset_index(drop=True)
+
+
+def _safe_id(sid: str) -> bool:
+    try:
+        check_slide_id(sid)
+    except SlideIdError:
+        return False
+    return True
 
 
 def _run_model(cfg: dict, rel: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from zoomfeat.viewer import pages
+from zoomfeat.viewer.results import inside
 from zoomfeat.viewer.site import NotFound, Site, parent_region, static_root
 
 HOST = "127.0.0.1"
@@ -90,6 +91,8 @@ def export_site(results, out: str | Path, max_side: int = 8192, crop_limit: int 
 
     def put(rel: str, data: bytes | None = None) -> None:
         p = out / rel
+        if ".." in rel.split("/") or inside(out, p.parent) is None:  # never write outside the site folder
+            raise NotFound(rel)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data if data is not None else site.get(rel)[0])
 
