@@ -234,7 +234,8 @@ def build_cohort(
         skipped.append((slide, str(exc)))
     if odd:
         drop = set(odd)
-        keep_rows, items, n_inst = ([v for j, v in enumerate(lst) if j not in drop] for lst in (keep_rows, items, n_inst))
+        keep_rows, items, n_inst = ([v for j, v in enumerate(lst) if j not in drop]
+                                    for lst in (keep_rows, items, n_inst))
     if skipped:
         warnings.warn(f"skipped {len(skipped)} slide(s): " + "; ".join(f"{s} ({r})" for s, r in skipped[:5])
                       + (" …" if len(skipped) > 5 else ""), stacklevel=2)
