@@ -200,3 +200,26 @@ def test_unsafe_slide_ids_in_predictions_are_ignored(run_dir, tmp_path):
     assert "../../../escape" not in res.slide_ids and len(res.slide_ids) == 5
     export_site(res, tmp_path / "a" / "b" / "site", progress=False)
     assert not list(tmp_path.glob("**/escape*"))
+
+
+def test_pickled_fold_checkpoint_is_refused_not_a_500(run_dir):
+    """Recomputing attention from a pickled fold0/best.pt refuses the file (no attention), never unpickles it."""
+    import pickle
+
+    import yaml
+
+    from zoomfeat.viewer import Results, Site
+    from zoomfeat.viewer.results import fold_model
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    cv = run_dir / "cv"
+    (cv / "config.yaml").write_text(yaml.safe_dump({"model": "abmil", "task": "binary", "mag": "20x"}))
+    (cv / "fold0").mkdir()
+    (cv / "fold0" / "best.pt").write_bytes(pickle.dumps(Evil()))
+    res = Results(run_dir)
+    with pytest.raises(ValueError, match="refusing to load"):
+        fold_model(res.by_name["cv"], 0, 8)
+    assert Site(res).get("slides/s0.html")[1].startswith("text/html")

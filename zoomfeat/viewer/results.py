@@ -215,12 +215,11 @@ def _bag_files(run: Run) -> dict[str, Path]:
 
 def fold_model(run: Run, fold: int, dim: int):
     """The head that scored fold ``fold``'s test slides, rebuilt exactly as ``mil.cv.run_folds`` built it."""
-    import torch
-
     from mil.cv import head_hparams
     from mil.data import load_standardizer
     from mil.models import build_model
     from mil.tasks import make_task
+    from zoomfeat.weights import torch_load_tensors
 
     ckpt = run.path / f"fold{fold}" / "best.pt"
     if not ckpt.exists():
@@ -228,7 +227,7 @@ def fold_model(run: Run, fold: int, dim: int):
     _, hp = head_hparams(run.model, run.mag, dim, dict(run.cfg.get("hparams") or {}))  # as mil cv built the head
     task = make_task(run.task, n_classes=max(run.n_classes, 2), **hp)
     net = build_model(run.model, dim, task.n_out, **hp)
-    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    net.load_state_dict(torch_load_tensors(ckpt))  # a pickled best.pt: UnsafeCheckpointError (no attention)
     return net.eval(), task, load_standardizer(ckpt.parent / "standardize.npz")
 
 
