@@ -104,7 +104,10 @@ def export_site(results, out: str | Path, max_side: int = 8192, crop_limit: int 
         put(e["url"])
     for g in site.generated_entries():
         for u in g["images"] + ([g["region"]["url"]] if g["region"] else []):
-            put(u)
+            try:
+                put(u)
+            except NotFound:  # e.g. a region larger than a request may read: the page shows it missing
+                pass
     crops: set[tuple[str, int, int, int]] = set()
     for i in range(len(results.runs)):
         data = site.gallery_data(i)

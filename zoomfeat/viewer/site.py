@@ -140,7 +140,10 @@ class Site:
         if name == "region.jpg" and g.region:
             r = g.region
             src = self._src_or_404(self._slide(str(r["slide"])))
-            return encode(src.crop(r["x"], r["y"], r["size_l0"], 256), "JPEG", 90), "image/jpeg"
+            try:
+                return encode(src.crop(r["x"], r["y"], r["size_l0"], 256), "JPEG", 90), "image/jpeg"
+            except ValueError as exc:  # a region too large to read (MAX_READ_PX)
+                raise NotFound(str(exc)) from exc
         for p in g.images:  # find_generated kept only images that resolve inside their generation folder
             if p.name == name and inside(g.path, p) is not None:
                 return p.read_bytes(), "image/png"
