@@ -27,6 +27,7 @@ import pandas as pd
 
 from mil.cv import CVConfig, CVResult, cv_config, run_folds, splits_for, write_result
 from mil.data import Cohort, build_cohort, load_labels
+from mil.spec import SpecMismatchError, check_cohort_specs
 from mil.splits import load_splits
 from mil.tasks import TASKS
 
@@ -107,6 +108,8 @@ def compare(cfg: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
     for t in tasks:
         try:
             long_rows += _run_task(cfg, t, entries, files, out)
+        except SpecMismatchError:
+            raise  # foreign features in an entry: the user's error for every task, not one task's skip
         except ValueError as exc:  # e.g. too few patients in a class for this task: the other tasks still run
             warnings.warn(f"compare: task {t['name']} skipped: {exc}", stacklevel=2)
             failed.append((t["name"], str(exc)))
@@ -197,6 +200,8 @@ def _task_cohorts(cfg: dict, t: dict, tcfg: dict, entries: list[dict], files: di
     df, skipped = load_labels(cfg["labels"], t["task"], t.get("target"), tcfg["time_col"], tcfg["event_col"])
     cohorts: dict[str, Cohort] = {}
     for e in entries:
+        check_cohort_specs({s: files[e["name"]][s] for s in df["slide"] if s in files[e["name"]]}, e["mag"],
+                           what=f"bags of encoder entry {e['name']}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cohorts[e["name"]] = build_cohort(df, files[e["name"]], t["task"], t.get("target"), mag=e["mag"],

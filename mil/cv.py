@@ -321,6 +321,7 @@ def cv_config(cfg: dict | CVConfig | None, schema: type = CVConfig) -> dict:
 def prepare_cohort(cfg: dict, bags: str | os.PathLike | None = None, mag: str | None = None,
                    encoder: str | None = None) -> Cohort:
     """Labels CSV + bag folder (``zoomfeat.bags.list_bags``) → validated :class:`Cohort` for ``cfg['task']``."""
+    from mil.spec import check_cohort_specs
     from zoomfeat.bags import list_bags
 
     bags = bags or cfg.get("bags")
@@ -329,6 +330,8 @@ def prepare_cohort(cfg: dict, bags: str | os.PathLike | None = None, mag: str | 
     df, skipped = load_labels(cfg["labels"], cfg["task"], cfg.get("target"), cfg.get("time_col", "time"),
                               cfg.get("event_col", "event"))
     files = list_bags(bags, encoder=encoder or cfg.get("encoder"))
+    check_cohort_specs({s: files[s] for s in df["slide"] if s in files}, mag or cfg.get("mag", "20x"),
+                       what=f"bags of {bags}")  # every bag against the majority's spec, before any training
     return build_cohort(df, files, cfg["task"], cfg.get("target"), mag=mag or cfg.get("mag", "20x"),
                         on_bad=cfg.get("on_bad", "skip"), time_col=cfg.get("time_col", "time"),
                         event_col=cfg.get("event_col", "event"), skipped=skipped)

@@ -177,6 +177,14 @@ def load_labels(labels: str | os.PathLike | pd.DataFrame, task: str, target: str
     return df.loc[~empty].reset_index(drop=True), skipped
 
 
+def majority_width(widths: Sequence[int]) -> int:
+    """The feature width most bags have (a tie: the one seen first among the most common)."""
+    counts: dict[int, int] = {}
+    for w in widths:
+        counts[w] = counts.get(w, 0) + 1
+    return max(counts, key=lambda w: counts[w])
+
+
 def build_cohort(
     df: pd.DataFrame,
     bag_files: dict[str, Any],
@@ -198,8 +206,7 @@ def build_cohort(
     unlabeled = set(bag_files) - set(df["slide"])
     if unlabeled:
         warnings.warn(f"{len(unlabeled)} bag(s) have no labels row and are ignored", stacklevel=2)
-    keep_rows, items, n_inst = [], [], []
-    dim = None
+    keep_rows, items, n_inst, widths = [], [], [], []
     for i, slide in enumerate(df["slide"]):
         item = bag_files.get(slide)
         try:
@@ -207,8 +214,8 @@ def build_cohort(
                 raise BadBagError(f"{slide}: no bag for this slide (labels name a slide the bag folder lacks)")
             if scan:
                 arr = read_features(item, mag)
-                check_features(arr, slide, dim)
-                dim = arr.shape[1] if dim is None else dim
+                check_features(arr, slide)
+                widths.append(int(arr.shape[1]))
                 n_inst.append(int(arr.shape[0]))
         except BadBagError as exc:
             if on_bad == "error":
@@ -217,6 +224,18 @@ def build_cohort(
             continue
         keep_rows.append(i)
         items.append(item)
+    dim = majority_width(widths) if widths else None
+    odd = [j for j, w in enumerate(widths) if w != dim]  # the cohort's width is the majority's, never the first bag's
+    for j in odd:
+        slide = df["slide"].iloc[keep_rows[j]]
+        exc = BadBagError(f"{slide}: feature width {widths[j]} differs from the cohort's {dim} (the majority)")
+        if on_bad == "error":
+            raise exc
+        skipped.append((slide, str(exc)))
+    if odd:
+        drop = set(odd)
+        keep_rows, items, n_inst = ([v for j, v in enumerate(lst) if j not in drop]
+                                    for lst in (keep_rows, items, n_inst))
     if skipped:
         warnings.warn(f"skipped {len(skipped)} slide(s): " + "; ".join(f"{s} ({r})" for s, r in skipped[:5])
                       + (" …" if len(skipped) > 5 else ""), stacklevel=2)

@@ -52,9 +52,8 @@ class Predictor:
 
 def load_model(path: str | os.PathLike) -> Predictor:
     """A ``zoomfeat mil train`` folder → :class:`Predictor` (weights from safetensors, strict)."""
-    from safetensors.torch import load_file
-
     from mil.final import META, WEIGHTS
+    from zoomfeat.weights import load_state_dict_file
 
     path = Path(path)
     if not (path / META).is_file() or not (path / WEIGHTS).is_file():
@@ -63,7 +62,11 @@ def load_model(path: str | os.PathLike) -> Predictor:
     meta = json.loads((path / META).read_text())
     head, task = meta["model"], meta["task"]
     net = build_model(head["name"], int(head["in_dim"]), int(head["n_out"]), **head.get("kwargs", {}))
-    net.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
+    if task["name"] in CLASSIFICATION and len(task.get("classes") or []) != int(head["n_out"]):
+        raise ValueError(f"{path / META}: task.classes names {len(task.get('classes') or [])} class(es) but the head "
+                         f"has {int(head['n_out'])} outputs; the model folder is inconsistent (re-run `zoomfeat mil "
+                         "train`)")
+    net.load_state_dict(load_state_dict_file(path / WEIGHTS), strict=True)  # a pickle in disguise: one line
     hp = {k: task[k] for k in TASK_HP if k in task}
     return Predictor([net.eval()], task["name"], list(task["classes"]), meta["mag"], meta["feature_spec"], hp,
                      int(head["in_dim"]), str(path), "model", meta, [load_standardizer(path / "standardize.npz")])
@@ -108,9 +111,8 @@ def write_cv_spec(cv_dir: str | os.PathLike, spec: dict, in_dim: int) -> None:
 
 def load_ensemble(cv_dir: str | os.PathLike) -> Predictor:
     """The fold models of a ``zoomfeat mil cv`` folder as one predictor (mean of their outputs)."""
-    import torch
-
     from zoomfeat.config import load_yaml
+    from zoomfeat.weights import torch_load_tensors
 
     cv_dir = Path(cv_dir)
     ckpts = sorted(cv_dir.glob("fold*/best.pt"), key=lambda p: int(p.parent.name[4:] or 0))
@@ -126,7 +128,7 @@ def load_ensemble(cv_dir: str | os.PathLike) -> Predictor:
     nets = []
     for ck in ckpts:
         net = build_model(name, in_dim, task.n_out, **model_kwargs(name, hp))
-        net.load_state_dict(torch.load(ck, map_location="cpu", weights_only=True), strict=True)
+        net.load_state_dict(torch_load_tensors(ck), strict=True)  # a pickled best.pt: one line, no torch advice
         nets.append(net.eval())
     task_hp = {k: hp[k] for k in TASK_HP if k in hp}
     return Predictor(nets, task_name, classes, mag, spec, task_hp, in_dim, str(cv_dir), "ensemble",

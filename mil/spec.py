@@ -97,10 +97,11 @@ def _show(v: Any) -> str:
     return s[:12] + "…" if isinstance(v, str) and len(v) == 64 else s  # sha256: enough to tell them apart
 
 
-def differences(model_spec: Mapping, bag_spec: Mapping, mag: str = "20x", other: str = "bags") -> list[str]:
+def differences(model_spec: Mapping, bag_spec: Mapping, mag: str = "20x", other: str = "bags",
+                this: str = "model") -> list[str]:
     """Human-readable differences ``"<what>: model X, bags Y"``; empty when the bag may be scored."""
     a, b = _flat(model_spec, mag), _flat(bag_spec, mag)
-    diffs = [f"{k}: model {_show(a.get(k))}, {other} {_show(b.get(k))}" for k in list(a) + [k for k in b if k not in a]
+    diffs = [f"{k}: {this} {_show(a.get(k))}, {other} {_show(b.get(k))}" for k in list(a) + [k for k in b if k not in a]
              if _num(a.get(k)) != _num(b.get(k))]
     if a.get("encoder") != b.get("encoder"):  # another encoder: its recipe differs in every key, say so once
         diffs = [d for d in diffs if not d.startswith("recipe.")] + ["recipe: another encoder's"]
@@ -146,6 +147,53 @@ def cohort_spec(bag_files: Iterable[Any], mag: str = "20x", what: str = "trainin
     if spec is None:
         raise ValueError(f"no {what}")
     return spec
+
+
+def check_cohort_specs(bag_files: Mapping[str, Any], mag: str = "20x", what: str = "bags") -> dict | None:
+    """Check every bag's feature spec against the cohort's — the spec most bags share, never the first bag's — and
+    refuse (:class:`SpecMismatchError`, one line) naming each odd bag and how it differs; also when no spec has a
+    majority. Returns the cohort's spec, or None when no bag records one (peer CLAM / TRIDENT bags: only their
+    width can be checked). Bags that cannot be read are left to the cohort builder (skipped and listed there); a
+    readable bag without a spec among bags with one is odd."""
+    import json
+
+    from zoomfeat.bags import read_bag_attrs
+
+    specs: dict[str, dict | None] = {}
+    for slide, path in bag_files.items():
+        if not isinstance(path, (str, os.PathLike)):
+            continue  # in-memory features carry no spec
+        try:
+            attrs = read_bag_attrs(path)
+        except (OSError, ValueError):
+            continue
+        try:
+            specs[slide] = spec_from_attrs(attrs)
+        except ValueError:
+            specs[slide] = None
+    if not any(v is not None for v in specs.values()):
+        return None
+    groups: dict[str, list[str]] = {}
+    for slide, spec in specs.items():
+        key = "none" if spec is None else json.dumps(_flat(spec, mag), sort_keys=True, default=str)
+        groups.setdefault(key, []).append(slide)
+    ranked = sorted(groups.values(), key=len, reverse=True)
+    if len(ranked) == 1:
+        return specs[ranked[0][0]]
+    if len(ranked[0]) == len(ranked[1]) or specs[ranked[0][0]] is None:
+        sizes = ", ".join(f"{len(g)} like {g[0]}" for g in ranked)
+        raise SpecMismatchError(f"{what} mix feature specs with no majority ({sizes}); "
+                                "extract every slide with one encoder and recipe")
+    ref = specs[ranked[0][0]]
+    odd = sorted(s for g in ranked[1:] for s in g)
+    shown = []
+    for slide in odd[:5]:
+        d = ["records no feature spec"] if specs[slide] is None else \
+            differences(ref, specs[slide], mag, other="bag", this="cohort")
+        shown.append(f"{slide} ({'; '.join(d)})")
+    raise SpecMismatchError(
+        f"feature spec mismatch: {len(odd)} of {len(specs)} {what} were not made like the other {len(ranked[0])}: "
+        f"{', '.join(shown)}{' …' if len(odd) > 5 else ''}; re-extract or remove the odd bag(s)")
 
 
 def describe(spec: Mapping, mag: str | None = None) -> list[tuple[str, str]]:

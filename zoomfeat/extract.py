@@ -163,9 +163,19 @@ def region_loader(ds: RegionDataset, opts: ExtractOptions, device: torch.device)
 
 
 def _batches(loader, desc: str, progress: bool):
+    """The loader's batches; its worker processes are stopped as soon as the loop ends or fails. A failing slide's
+    iterator would otherwise live on in the traceback, be inherited by the next slide's forked workers and print
+    "can only test a child process" tracebacks from their ``__del__``."""
     from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress or len(loader) < 2)
+    it = iter(loader)
+    try:
+        yield from tqdm(it, total=len(loader), desc=desc, unit="batch", leave=False,
+                        disable=not progress or len(loader) < 2)
+    finally:
+        stop = getattr(it, "_shutdown_workers", None)  # torch's own clean-up of a multi-process iterator
+        if stop is not None:
+            stop()
 
 
 # ------------------------------------------------------------------------------------------------ one slide
@@ -376,6 +386,7 @@ def extract_slide(
 
     opts = opts or ExtractOptions()
     sid = slide_id(slide)  # names outputs; the coordinate file's own name (checked on read) only seeds the noise
+    inputs = input_record(slide, coords_file)  # what this bag is made from, taken before any pixel is read
     plan = plan_reads(grid, opts, getattr(encoder, "ssl_encoder", None) is not None, sid)
     ds = RegionDataset(open_slide(slide, mpp=opts.mpp, mpp_csv=opts.mpp_csv, require_mpp=False), plan.parts,
                        plan.out_px)
@@ -384,7 +395,7 @@ def extract_slide(
         mpp0 = grid.mpp_level0 if grid.mpp_level0 is not None else ds.wsi.mpp
     finally:
         ds.wsi.close()
-    attrs = bag_attrs(encoder, opts, grid, plan, sid, mpp0, coords_file, signature)
+    attrs = {**bag_attrs(encoder, opts, grid, plan, sid, mpp0, coords_file, signature), **inputs}
     write_slide_bag(out_path, plan, feats, f5, attrs, sid, coords_file, opts.clam_pt)
     return {"n_20x": int(len(plan.coords)), "n_5x": int(0 if plan.c5 is None else len(plan.c5)), **timing}
 
@@ -406,15 +417,37 @@ def clam_pt_path(bag: str | os.PathLike) -> Path:
     return output_path(Path(bag).parent / "pt_files", Path(bag).stem, ".pt")
 
 
-def bag_done(path: Path, signature: str, clam_pt: bool = False) -> bool:
+class InputChangedError(ValueError):
+    """A coordinate file made from another version of its slide (the slide was replaced after tiling)."""
+
+
+def input_record(slide: str | os.PathLike, coords_file: str | os.PathLike | None) -> dict:
+    """What a bag is made from: the slide's :func:`~zoomfeat.io.file_fingerprint` and the coordinate file's sha256
+    (bag attributes ``slide_fingerprint`` and ``coords_sha256``)."""
+    from zoomfeat.io import file_fingerprint, sha256_file
+
+    rec = {"slide_fingerprint": file_fingerprint(slide)}
+    if coords_file is not None and Path(coords_file).is_file():
+        rec["coords_sha256"] = sha256_file(coords_file)
+    return rec
+
+
+def bag_done(path: Path, signature: str, clam_pt: bool = False, inputs: dict | None = None) -> bool:
     """A slide is done when its bag (written last) exists, opens and has the same settings signature, and, with
-    ``--clam-pt``, its ``.pt`` exists too (a bag from a run without ``--clam-pt`` is redone, not trusted)."""
+    ``--clam-pt``, its ``.pt`` exists too (a bag from a run without ``--clam-pt`` is redone, not trusted).
+
+    ``inputs`` (:func:`input_record` of the slide and coordinate file now): every value the bag recorded must be
+    the same, so a replaced slide or re-tiled coordinates redo the bag. A bag that records none (extracted before
+    zoomfeat recorded its inputs) is trusted, as before."""
     if not path.exists() or (clam_pt and not clam_pt_path(path).exists()):
         return False
     try:
-        return read_bag_attrs(path).get("extract_signature") == signature
+        attrs = read_bag_attrs(path)
     except (OSError, ValueError):
         return False
+    if attrs.get("extract_signature") != signature:
+        return False
+    return all(attrs.get(k) in (None, v) for k, v in (inputs or {}).items())
 
 
 def load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: ExtractOptions):
@@ -431,14 +464,17 @@ def load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: ExtractO
     else:
         from zoomfeat.slides.tiling import tile_slide
 
+        from zoomfeat.slides.tiling import coords_done
+
         tdir = out_dir / TILES_ON_THE_FLY
         cp = coords_path(tdir, sid)
-        if not cp.exists():
+        if not coords_done(tdir, slide):  # missing, or tiled from a slide since replaced: tile (again)
             kw = {"mpp": opts.mpp, "mpp_csv": opts.mpp_csv,
                   "scales": (0, 2) if "5x" in opts.mags else (0,)}
             if opts.min_tissue is not None:
                 kw["min_tissue"] = opts.min_tissue
             cp = Path(tile_slide(slide, tdir, **kw))
+    check_coords_slide(cp, slide)
     grid = read_coords(cp, mpp=opts.mpp)
     if grid.attrs.get("format") != "zoomfeat" and opts.mpp is None:
         # CLAM records no resolution and TRIDENT only a magnification (mpp assumed 10/mag): use the slide's own
@@ -448,6 +484,18 @@ def load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: ExtractO
             if wsi.mpp is not None and np.isfinite(wsi.mpp):
                 grid = read_coords(cp, mpp=float(wsi.mpp))
     return grid, cp
+
+
+def check_coords_slide(coords_file: Path, slide: Path) -> None:
+    """Refuse (:class:`InputChangedError`, one line) a coordinate file whose recorded slide fingerprint is not the
+    slide's now: its tiles were found on other pixels."""
+    from zoomfeat.io import file_fingerprint
+    from zoomfeat.slides.tiling import recorded_fingerprint
+
+    rec = recorded_fingerprint(coords_file)
+    if rec is not None and rec != file_fingerprint(slide):
+        raise InputChangedError(f"{coords_file} was tiled from another version of {slide} (the slide changed since "
+                                "`zoomfeat tile`); re-run `zoomfeat tile` on it")
 
 
 def extract_cohort(
@@ -484,7 +532,10 @@ def extract_cohort(
     feat_dir.mkdir(parents=True, exist_ok=True)
 
     def is_done(slide: Path) -> bool:
-        return bag_done(bag_path(out_dir, tag, slide_id(slide)), sig, opts.clam_pt)
+        bag = bag_path(out_dir, tag, slide_id(slide))
+        if not bag_done(bag, sig, opts.clam_pt):
+            return False
+        return bag_done(bag, sig, opts.clam_pt, input_record(slide, current_coords(slide, tiles_dir, out_dir)))
 
     def process(slide: Path) -> dict:
         grid, cp = load_grid(slide, tiles_dir, out_dir, opts)
@@ -508,13 +559,33 @@ def extract_cohort(
     return report
 
 
+def current_coords(slide: Path, tiles_dir: Path | None, out_dir: Path) -> Path | None:
+    """The coordinate file extract would use for ``slide`` now (None: none yet)."""
+    from zoomfeat.slides.coords import coords_path, find_coords
+
+    if tiles_dir is None:
+        return coords_path(out_dir / TILES_ON_THE_FLY, slide_id(slide))
+    try:
+        return find_coords(tiles_dir, slide_id(slide))
+    except FileNotFoundError:
+        return None
+
+
 def _write_timings(report: CohortReport, feat_dir: Path, rank: int | None) -> None:
+    """Per-slide timings; a write error (full disk) is one line on stderr and the summary is still written."""
+    import sys
+
+    from zoomfeat.cohort import one_line_error
+    from zoomfeat.io import write_json_atomic
+
     rows = [{"slide": r.slide, "status": r.status, "seconds": round(r.seconds, 3), **r.info}
             for r in report.results if r.info]
+    path = feat_dir / ("timings.json" if rank is None else f"timings_rank{rank}.json")
     if rows:
-        from zoomfeat.io import write_json_atomic
-
-        write_json_atomic(feat_dir / ("timings.json" if rank is None else f"timings_rank{rank}.json"), rows)
+        try:
+            write_json_atomic(path, rows)
+        except OSError as exc:
+            print(f"zoomfeat: could not write {path}: {one_line_error(exc)}", file=sys.stderr)
 
 
 def merge_rank_summaries(feat_dir: str | os.PathLike, world: int, run_id: str | None = None) -> CohortReport | None:
@@ -551,4 +622,5 @@ def merge_rank_summaries(feat_dir: str | os.PathLike, world: int, run_id: str | 
 
 __all__ = ["ExtractOptions", "ExtractConfig", "load_extract_config", "extract_slide", "plan_reads", "encode_reads",
            "ssl_grids_5x", "bag_attrs", "write_slide_bag", "extract_cohort", "extract_signature",
-           "merge_rank_summaries", "load_grid", "parents_5x", "RegionDataset", "region_loader"]
+           "merge_rank_summaries", "load_grid", "parents_5x", "RegionDataset", "region_loader", "bag_done",
+           "input_record", "InputChangedError", "check_coords_slide", "current_coords"]

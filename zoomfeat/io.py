@@ -83,6 +83,24 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+#: bytes read from each end of a slide by :func:`file_fingerprint`
+FINGERPRINT_CHUNK = 1 << 20
+
+
+def file_fingerprint(path: str | os.PathLike, chunk: int = FINGERPRINT_CHUNK) -> str:
+    """What an input slide *is*, cheaply: ``"{size}:{sha256 of size + first and last MiB}"``. A slide replaced by
+    another one (or re-scanned) changes it; a copy or ``touch`` does not (mtime is not used). An edit of the
+    middle bytes that keeps the size is not seen (WSI headers and tile tables sit at the ends)."""
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(chunk))
+        if size > chunk:
+            fh.seek(max(chunk, size - chunk))
+            h.update(fh.read(chunk))
+    return f"{size}:{h.hexdigest()}"
+
+
 class SlideLock:
     """An exclusive per-slide lock on ``<name>.lock`` (the ``filelock`` library: a kernel ``flock``).
 

@@ -364,6 +364,22 @@ def _encoders(spec: SweepSpec, ldm, ssl_weights, registry, custom_model):
     return ssl, base
 
 
+def encoder_identity(enc) -> dict | None:
+    """What makes an encoder's features what they are: its recorded config and weights hash (the hash of its
+    parameters when it records none, e.g. a plugin or a ``--custom-model`` built in code)."""
+    if enc is None:
+        return None
+    sha = getattr(enc, "weights_sha256", None)
+    model = getattr(enc, "model", None)
+    from torch import nn
+
+    if sha is None and isinstance(model, nn.Module):
+        from zoomfeat.weights import state_dict_sha256
+
+        sha = state_dict_sha256(model)
+    return {"config": enc.full_config(), "weights_sha256": sha}
+
+
 def compute_means(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm, spec: SweepSpec, model_sha: str | None,
                   ssl_encoder, baselines: dict, progress: bool = True) -> tuple[dict, list[dict]]:
     """Slide means for every slide (cached per slide); per-slide failures are collected, the cohort continues."""
@@ -420,7 +436,10 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
     if bad:
         raise ValueError(f"blocks must be in 0..{max(chans)}, got {bad}")
     ssl, base = _encoders(spec, ldm, ssl_weights, registry, custom_model)
-    model_key = sha256_file(weights) + ("" if ema else ":online")  # the per-slide cache is keyed by the model
+    # the per-slide cache is keyed by every weight that shapes a feature: the model, the SSL encoder, the baselines
+    model_key = json.dumps({"ldm": sha256_file(weights) + ("" if ema else ":online"), "ssl": encoder_identity(ssl),
+                            "baselines": {n: encoder_identity(e) for n, e in base.items()}},
+                           sort_keys=True, default=str)
     means, failed = compute_means(slide_list, Path(tiles), out / "cache", ldm, spec, model_key, ssl, base,
                                   progress)
     df, targets = load_probe_labels(labels, list(means), spec.tasks)

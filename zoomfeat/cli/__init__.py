@@ -45,6 +45,11 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line (a multi-line message, e.g. torch's state-dict mismatch, is joined)."""
+    return " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -63,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     apply_threads(args)
     try:
         rc = args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # OSError: read-only / full / missing paths
         if os.environ.get("ZOOMFEAT_DEBUG"):
             raise
-        print(f"zoomfeat {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"zoomfeat {args.verb}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     return int(rc or 0)
 

@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from zoomfeat.cohort import CohortReport, SlideResult, one_line_error, resolve_slides, run_cohort, slide_id
-from zoomfeat.io import remove_dead_temps
+from zoomfeat.io import file_fingerprint, remove_dead_temps
 from zoomfeat.mags import BASE_MPP, MAG_LABELS, N_SCALES, mag_to_index
 from zoomfeat.slides import grid as G
 from zoomfeat.slides.coords import (
@@ -176,6 +176,7 @@ def tile_slide(
     out_dir = Path(out_dir)
     scales = parse_scales(scales)
     sid = slide_id(path)
+    fingerprint = file_fingerprint(path)  # of the bytes about to be read, recorded so a replaced slide is redone
     for final in (coords_path(out_dir, sid), qc_path(out_dir, sid), geojson_path(out_dir, sid)):
         remove_dead_temps(final)
     with open_slide(path, mpp=mpp, mpp_csv=mpp_csv, base_mpp=base_mpp) as wsi:
@@ -198,6 +199,7 @@ def tile_slide(
 
         file_attrs = {
             "slide_path": str(Path(path).resolve()),
+            "slide_fingerprint": fingerprint,
             "min_tissue": float(min_tissue),
             "tissue_threshold_saturation": float(tm.threshold),
             "thumb_scale_level0_px": float(tm.scale),
@@ -210,10 +212,33 @@ def tile_slide(
         return write_coords(coords_path(out_dir, sid), grid, scale_attrs, file_attrs)
 
 
+def coords_done(out_dir: str | os.PathLike, slide: str | os.PathLike) -> bool:
+    """A slide is tiled when its coordinate file exists and was made from this very slide: the file's recorded
+    ``slide_fingerprint`` (:func:`zoomfeat.io.file_fingerprint`) matches the slide now. A file that records none
+    (written before zoomfeat recorded it) is trusted, as before."""
+    cp = coords_path(out_dir, slide_id(slide))
+    if not cp.exists():
+        return False
+    rec = recorded_fingerprint(cp)
+    return rec is None or rec == file_fingerprint(slide)
+
+
+def recorded_fingerprint(coords_file: str | os.PathLike) -> str | None:
+    """The ``slide_fingerprint`` a zoomfeat coordinate file records (None: none recorded, or unreadable)."""
+    import h5py
+
+    try:
+        with h5py.File(coords_file, "r") as f:
+            v = f.attrs.get("slide_fingerprint")
+    except (OSError, ValueError):
+        return None
+    return None if v is None else (v.decode() if isinstance(v, bytes) else str(v))
+
+
 def _tile_one(slide: str, out_dir: str, kwargs: dict) -> SlideResult:
     """Worker entry for parallel tiling: the same run_cohort semantics (lock, skip, error capture) per slide."""
     rep = run_cohort(
-        [slide], lambda p: _process(p, out_dir, kwargs), lambda p: coords_path(out_dir, slide_id(p)).exists(),
+        [slide], lambda p: _process(p, out_dir, kwargs), lambda p: coords_done(out_dir, p),
         lock_dir=Path(out_dir) / ".locks", desc="tile", progress=False, sweep=False,
     )
     return rep.results[0]
@@ -261,7 +286,7 @@ def tile_cohort(
         )
     if workers <= 1 or len(paths) <= 1:
         report = run_cohort(
-            paths, lambda p: _process(p, out_dir, kwargs), lambda p: coords_path(out_dir, slide_id(p)).exists(),
+            paths, lambda p: _process(p, out_dir, kwargs), lambda p: coords_done(out_dir, p),
             lock_dir=out_dir / ".locks", desc="tile", progress=progress,
         )
     else:
@@ -329,5 +354,5 @@ def iter_tiles(wsi, grid: TileGrid, k: int = 0, out_px: int | None = None) -> It
 
 __all__ = [
     "DEFAULT_SCALES", "DEFAULT_MIN_TISSUE", "NoTissueError", "SlideTooSmallError", "parse_scales", "build_grid",
-    "tile_slide", "tile_cohort", "iter_tiles", "MAG_LABELS",
+    "tile_slide", "tile_cohort", "iter_tiles", "MAG_LABELS", "coords_done", "recorded_fingerprint",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -14,9 +15,20 @@ from zoomfeat.viewer.render import css_gradient
 GALLERY_K = 8
 
 
+#: characters that could end a <script> element, open an HTML comment or CDATA state, or end a JS line
+_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
 def script_json(obj: Any) -> str:
-    """JSON safe inside a <script> element."""
-    return json.dumps(obj, separators=(",", ":"), default=_default).replace("</", "<\\/")
+    """JSON safe inside a <script> element: ``<``, ``>``, ``&``, U+2028 and U+2029 become ``\\uXXXX`` escapes (a
+    label such as ``<!--<script>`` would otherwise switch the HTML parser into a state that swallows the page)."""
+    text = json.dumps(obj, separators=(",", ":"), default=_default)
+    return text.translate(str.maketrans(_SCRIPT_ESCAPES))
+
+
+def url_part(s: str) -> str:
+    """One URL path component (a slide id with ``#``, ``?``, ``%`` or ``/`` stays one component)."""
+    return quote(str(s), safe="")
 
 
 def _default(o: Any) -> Any:
@@ -82,8 +94,7 @@ def slide_page(res, sid: str, dzi: dict | None, size: tuple[int, int] | None, ru
              "ps": par[:, 2].round().astype(int), "n5": 0 if grid["coords_5x"] is None else len(grid["coords_5x"])}
     data = {"slide": sid, "dzi": dzi, "width": size[0] if size else None, "height": size[1] if size else None,
             "info": res.slide_row(sid), "runs": runs, "grid": g, "crops": crops, "k": GALLERY_K,
-            "overlays": {"tissue": f"../overlay/{sid}/tissue.png", "grid": f"../overlay/{sid}/grid.png",
-                         "regions": f"../overlay/{sid}/regions.png"}}
+            "overlays": {k: f"../overlay/{url_part(sid)}/{k}.png" for k in ("tissue", "grid", "regions")}}
     body = f"""
 <div id="summary"></div>
 <div class="toolbar">

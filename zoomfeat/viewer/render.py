@@ -19,6 +19,9 @@ MAX_SIDE = 4096
 GRID_RGBA = (30, 80, 230, 230)
 REGION_RGBA = (255, 140, 0, 240)
 TISSUE_RGBA = (40, 200, 60, 90)
+#: most level pixels one request (Deep Zoom tile, crop, thumbnail) may read from the slide: 2^25 px = 128 MiB RGBA.
+#: A slide without a pyramid would otherwise read its whole level 0 for a low-zoom tile or a large crop.
+MAX_READ_PX = 1 << 25
 
 
 def jet_lut() -> np.ndarray:
@@ -64,23 +67,43 @@ class SlideSource:
         cols, rows = self.dz.level_tiles[level]
         if not (0 <= col < cols and 0 <= row < rows):
             raise ValueError(f"no tile {col},{row} at level {level}")
+        ds = 2.0 ** (self.dz.level_count - 1 - level)  # this Deep Zoom level's downsample from level 0
+        k = ds / self.osr.level_downsamples[self.osr.get_best_level_for_downsample(ds)]  # read px per tile px
+        (dw, dh), t = self.dz.level_dimensions[level], DZ_TILE
+        span = [min((i + 1) * t + DZ_OVERLAP, n) - max(i * t - DZ_OVERLAP, 0) for i, n in ((col, dw), (row, dh))]
+        check_read(math.sqrt(span[0] * span[1]) * k, f"Deep Zoom tile {level}/{col}_{row}")
         img = self.dz.get_tile(level, (col, row)).convert("RGB")
         return encode(img, "JPEG", quality)
 
     def crop(self, x: float, y: float, size: float, px: int = 192) -> Image.Image:
         """The level-0 square (x, y, size) read from the best pyramid level and resized to ``px``."""
+        if not size > 0:
+            raise ValueError(f"crop size {size} must be positive")
         level = self.osr.get_best_level_for_downsample(max(size / px, 1.0))
         ds = self.osr.level_downsamples[level]
         side = max(1, int(math.ceil(size / ds)))
+        check_read(side, f"a crop of {size:g} px")
         img = self.osr.read_region((int(x), int(y)), level, (side, side))  # RGBA, transparent outside the slide
         img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img).convert("RGB")
         return img.resize((px, px), Image.Resampling.LANCZOS)
 
     def thumbnail(self, max_side: int = 1024) -> Image.Image:
+        """OpenSlide's thumbnail, which reads the whole best level: refused (ValueError) when that level has more
+        than MAX_READ_PX pixels (a large slide without a pyramid)."""
+        lvl = self.osr.get_best_level_for_downsample(max(self.width, self.height) / max_side)
+        w, h = self.osr.level_dimensions[lvl]
+        check_read(math.sqrt(float(w) * h), "a thumbnail")
         return self.osr.get_thumbnail((max_side, max_side)).convert("RGB")
 
     def close(self) -> None:
         self.osr.close()
+
+
+def check_read(side: float, what: str) -> None:
+    """ValueError when a square read of ``side`` level pixels exceeds :data:`MAX_READ_PX`."""
+    if side * side > MAX_READ_PX:
+        raise ValueError(f"{what} would read {int(side)}x{int(side)} px from the slide (more than {MAX_READ_PX} px; "
+                         "the slide has no pyramid level small enough)")
 
 
 def encode(img: Image.Image, fmt: str = "PNG", quality: int = 85) -> bytes:
@@ -159,7 +182,10 @@ def tissue_png(width: float, height: float, geojson: Path | None, slide: SlideSo
     elif slide is not None:
         from zoomfeat.slides.tissue import detect_tissue
 
-        th = np.asarray(slide.thumbnail(1024))
+        try:
+            th = np.asarray(slide.thumbnail(1024))
+        except ValueError:  # too large to read without a pyramid: an empty layer
+            return encode(img)
         tm = detect_tissue(th, scale=width / th.shape[1])
         m = Image.fromarray((tm.mask * 255).astype(np.uint8)).resize(img.size, Image.Resampling.NEAREST)
         fill = Image.new("RGBA", img.size, TISSUE_RGBA)

@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from zoomfeat.cohort import find_slide, label_slide_paths
+from zoomfeat.cohort import SlideIdError, check_slide_id, find_slide, label_slide_paths
 
 SKIP_DIRS = {"attention", "heatmaps", "wandb", "qupath", ".locks"}
 
@@ -89,6 +90,14 @@ class Attention:
         return (np.argsort(np.argsort(-self.score, kind="stable"), kind="stable") + 1).astype(int)
 
 
+def inside(root: str | os.PathLike, path: str | os.PathLike) -> Path | None:
+    """``path`` with every symlink resolved when it lies inside ``root`` (also resolved), else None: the viewer
+    reads, serves and exports only such files (a run folder received from someone else may name any file)."""
+    base = Path(os.path.realpath(root))
+    p = Path(os.path.realpath(path))
+    return p if p == base or base in p.parents else None
+
+
 def _load_yaml(path: Path) -> dict:
     with open(path) as fh:
         return yaml.safe_load(fh) or {}
@@ -143,7 +152,7 @@ def discover_runs(run_dir: str | os.PathLike) -> list[Run]:
         if "predictions.csv" not in filenames:
             continue
         leaf = Path(dirpath)
-        pred = pd.read_csv(leaf / "predictions.csv", dtype={"slide": str, "patient": str})
+        pred = safe_rows(pd.read_csv(leaf / "predictions.csv", dtype={"slide": str, "patient": str}), leaf)
         if pred.empty or "slide" not in pred.columns or "fold" not in pred.columns:
             continue  # not a `mil cv` / `compare` run (e.g. `mil predict` output: no out-of-fold models)
         cfg, entry = _run_config(leaf, root)
@@ -159,6 +168,26 @@ def discover_runs(run_dir: str | os.PathLike) -> list[Run]:
         raise FileNotFoundError(f"no predictions.csv under {root}: pass the output folder of `zoomfeat mil cv` "
                                 "or `zoomfeat compare`")
     return sorted(runs, key=lambda r: r.name)
+
+
+def safe_rows(pred: pd.DataFrame, leaf: Path) -> pd.DataFrame:
+    """Predictions whose slide id is a plain file-name stem (``zoomfeat.cohort.check_slide_id``): an id such as
+    ``../../x`` would name files outside the run (attention CSVs, exported pages), so its rows are dropped."""
+    if "slide" not in pred.columns:
+        return pred
+    ok = pred["slide"].map(lambda s: isinstance(s, str) and _safe_id(s))
+    if not ok.all():
+        warnings.warn(f"{leaf / 'predictions.csv'}: {int((~ok).sum())} row(s) with an unsafe slide id ignored "
+                      f"(e.g. {pred.loc[~ok, 'slide'].iloc[0]!r})", stacklevel=2)
+    return pred[ok].reset_index(drop=True)
+
+
+def _safe_id(sid: str) -> bool:
+    try:
+        check_slide_id(sid)
+    except SlideIdError:
+        return False
+    return True
 
 
 def _run_model(cfg: dict, rel: str) -> str:
@@ -186,12 +215,11 @@ def _bag_files(run: Run) -> dict[str, Path]:
 
 def fold_model(run: Run, fold: int, dim: int):
     """The head that scored fold ``fold``'s test slides, rebuilt exactly as ``mil.cv.run_folds`` built it."""
-    import torch
-
     from mil.cv import head_hparams
     from mil.data import load_standardizer
     from mil.models import build_model
     from mil.tasks import make_task
+    from zoomfeat.weights import torch_load_tensors
 
     ckpt = run.path / f"fold{fold}" / "best.pt"
     if not ckpt.exists():
@@ -199,7 +227,7 @@ def fold_model(run: Run, fold: int, dim: int):
     _, hp = head_hparams(run.model, run.mag, dim, dict(run.cfg.get("hparams") or {}))  # as mil cv built the head
     task = make_task(run.task, n_classes=max(run.n_classes, 2), **hp)
     net = build_model(run.model, dim, task.n_out, **hp)
-    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    net.load_state_dict(torch_load_tensors(ckpt))  # a pickled best.pt: UnsafeCheckpointError (no attention)
     return net.eval(), task, load_standardizer(ckpt.parent / "standardize.npz")
 
 
@@ -507,7 +535,7 @@ def find_generated(generated: str | os.PathLike | None, root: Path) -> list[Gene
             continue
         for pattern in ["/".join(["*"] * d + ["generation.json"]) for d in range(depth + 1)]:
             for g in sorted(base.glob(pattern)):
-                if g.resolve() in seen or SKIP_DIRS & set(g.parts):
+                if g.resolve() in seen or SKIP_DIRS & set(g.parts) or inside(base, g) is None:
                     continue
                 seen.add(g.resolve())
                 out.append(_generated(g, root))
@@ -516,8 +544,22 @@ def find_generated(generated: str | os.PathLike | None, root: Path) -> list[Gene
 
 def _generated(g: Path, root: Path) -> Generated:
     meta = json.loads(g.read_text())
-    imgs = [g.parent / f for f in meta.get("files", []) if (g.parent / f).is_file()]
+    # only files that resolve inside the generation folder: `"files": ["../../etc/passwd"]` or a symlink out of it
+    # names a file the viewer must never serve or export
+    imgs = [g.parent / f for f in meta.get("files", []) if isinstance(f, str)
+            and inside(g.parent, g.parent / f) is not None and (g.parent / f).is_file()]
     ssl = resolve_path(meta.get("ssl"), [g.parent, root]) if meta.get("ssl") else None
     side = ssl.with_suffix(".region.json") if ssl is not None else None
-    region = json.loads(side.read_text()) if side is not None and side.is_file() else None
+    region = _region_record(side) if side is not None and side.suffix == ".json" and side.is_file() else None
     return Generated(g.parent, meta, imgs, region)
+
+
+def _region_record(side: Path) -> dict | None:
+    """The ``.region.json`` sidecar of an SSL grid (it may lie anywhere the generation named): only its slide id and
+    three numbers are kept, so no other content of whatever file it names reaches a page."""
+    try:
+        rec = json.loads(side.read_text())
+        out = {"slide": str(rec["slide"]), **{k: float(rec[k]) for k in ("x", "y", "size_l0")}}
+    except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError):
+        return None
+    return {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in out.items()}

@@ -10,9 +10,20 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from zoomfeat.viewer import pages
+from zoomfeat.viewer.results import inside
 from zoomfeat.viewer.site import NotFound, Site, parent_region, static_root
 
 HOST = "127.0.0.1"
+
+
+def host_allowed(host: str | None, port: int) -> bool:
+    """Whether a request's ``Host`` header names this server: 127.0.0.1, localhost or [::1] with its port (the
+    port may be left out only when it is 80). Anything else, a missing Host included, is refused (421)."""
+    if not host:
+        return False
+    names = ("127.0.0.1", "localhost", "[::1]")
+    ok = {f"{n}:{port}" for n in names} | (set(names) if int(port) == 80 else set())
+    return host.strip().lower() in ok
 
 
 def make_handler(site: Site, quiet: bool = True):
@@ -21,6 +32,15 @@ def make_handler(site: Site, quiet: bool = True):
 
         def do_GET(self):  # noqa: N802 - http.server's name
             path = unquote(urlsplit(self.path).path)
+            if not host_allowed(self.headers.get("Host"), self.server.server_address[1]):
+                # DNS rebinding: a web page on evil.example resolving to 127.0.0.1 sends its own Host
+                body = b"misdirected request: Host must be 127.0.0.1, localhost or [::1] with this server's port"
+                self.send_response(421)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             try:
                 body, ctype = site.get(path)
                 code = 200
@@ -71,6 +91,8 @@ def export_site(results, out: str | Path, max_side: int = 8192, crop_limit: int 
 
     def put(rel: str, data: bytes | None = None) -> None:
         p = out / rel
+        if ".." in rel.split("/") or inside(out, p.parent) is None:  # never write outside the site folder
+            raise NotFound(rel)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data if data is not None else site.get(rel)[0])
 
@@ -82,7 +104,10 @@ def export_site(results, out: str | Path, max_side: int = 8192, crop_limit: int 
         put(e["url"])
     for g in site.generated_entries():
         for u in g["images"] + ([g["region"]["url"]] if g["region"] else []):
-            put(u)
+            try:
+                put(u)
+            except NotFound:  # e.g. a region larger than a request may read: the page shows it missing
+                pass
     crops: set[tuple[str, int, int, int]] = set()
     for i in range(len(results.runs)):
         data = site.gallery_data(i)

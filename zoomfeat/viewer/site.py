@@ -15,6 +15,7 @@ import numpy as np
 from zoomfeat.viewer import pages
 from zoomfeat.viewer.render import (GRID_RGBA, REGION_RGBA, SlideSource, boxes_png, encode, heatmap_png,
                                     tissue_png)
+from zoomfeat.viewer.results import inside
 
 CROP_PX = 192
 FILE_SUFFIXES = {".png", ".md", ".csv", ".txt", ".json", ".jpg", ".jpeg"}
@@ -65,7 +66,8 @@ class Site:
             if sid not in run.slides:
                 continue
             att = self.res.attention(run.name, sid)
-            rec = {"i": i, **run.meta(), "heat": f"../overlay/{sid}/heat/{i}.png" if att is not None else None}
+            heat = f"../overlay/{pages.url_part(sid)}/heat/{i}.png" if att is not None else None
+            rec = {"i": i, **run.meta(), "heat": heat}
             if att is not None:
                 rec.update(pages.attention_payload(att))
             out.append(rec)
@@ -101,9 +103,10 @@ class Site:
         if m:
             src = self._src_or_404(self._slide(m.group(1)))
             x, y, s = (int(m.group(k)) for k in (2, 3, 4))
-            if not (0 < s <= 65536):
-                raise NotFound("crop size out of range")
-            return encode(src.crop(x, y, s, CROP_PX), "JPEG", 85), "image/jpeg"
+            try:
+                return encode(src.crop(x, y, s, CROP_PX), "JPEG", 85), "image/jpeg"
+            except ValueError as exc:  # a size of 0, or one that would read more than MAX_READ_PX pixels
+                raise NotFound(str(exc)) from exc
         if parts[0] == "files":
             return self._file("/".join(parts[1:]))
         if parts[0] == "gen" and len(parts) == 3:
@@ -124,9 +127,8 @@ class Site:
         return p.read_bytes(), mimetypes.guess_type(p.name)[0] or "application/octet-stream"
 
     def _file(self, rel: str) -> tuple[bytes, str]:
-        root = self.res.root.resolve()
-        p = (root / rel).resolve()
-        if root not in p.parents or not p.is_file() or p.suffix.lower() not in FILE_SUFFIXES:
+        p = inside(self.res.root, self.res.root / rel)
+        if p is None or not p.is_file() or p.suffix.lower() not in FILE_SUFFIXES:
             raise NotFound(rel)
         ctype = mimetypes.guess_type(p.name)[0] or "text/plain"
         return p.read_bytes(), ctype + ("; charset=utf-8" if ctype.startswith("text/") else "")
@@ -138,9 +140,12 @@ class Site:
         if name == "region.jpg" and g.region:
             r = g.region
             src = self._src_or_404(self._slide(str(r["slide"])))
-            return encode(src.crop(r["x"], r["y"], r["size_l0"], 256), "JPEG", 90), "image/jpeg"
-        for p in g.images:
-            if p.name == name:
+            try:
+                return encode(src.crop(r["x"], r["y"], r["size_l0"], 256), "JPEG", 90), "image/jpeg"
+            except ValueError as exc:  # a region too large to read (MAX_READ_PX)
+                raise NotFound(str(exc)) from exc
+        for p in g.images:  # find_generated kept only images that resolve inside their generation folder
+            if p.name == name and inside(g.path, p) is not None:
                 return p.read_bytes(), "image/png"
         raise NotFound(name)
 
@@ -148,6 +153,8 @@ class Site:
     def table_entries(self) -> list[dict]:
         out = []
         for p in self.res.tables():
+            if inside(self.res.root, p) is None:  # a symlink out of the run folder is neither read nor listed
+                continue
             rel = p.relative_to(self.res.root).as_posix()
             entry = {"name": rel, "url": f"files/{rel}", "kind": "image" if p.suffix == ".png" else "text"}
             if entry["kind"] == "text":
