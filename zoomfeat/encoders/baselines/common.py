@@ -188,13 +188,17 @@ def normalized_state_dict(spec: BaselineSpec, sd: dict) -> dict:
 
 def load_checkpoint(spec: BaselineSpec, weights: str | os.PathLike, depth: int | None) -> tuple[nn.Module, Path]:
     """Build ``spec`` at ``depth`` with the weights of a file or folder: strict key + shape match under the
-    checkpoint's names first (one-line :class:`~zoomfeat.weights.WeightsMismatchError`), then a meta-device load."""
+    checkpoint's names first (one-line :class:`~zoomfeat.weights.WeightsMismatchError`), then a meta-device load.
+    A state dict saved under the installed library's own names (e.g. by transformers 5) is accepted too."""
     wf = weights_file(spec, weights)
     folder = Path(weights) if Path(weights).is_dir() else None
     sd = normalized_state_dict(spec, load_state_dict_file(wf))
     with torch.device("meta"):
         skeleton = spec.build(depth, folder)
     expected, persistent = checkpoint_shapes(spec, skeleton)
+    native = {k for k, _ in skeleton.named_buffers()} | set(skeleton.state_dict())
+    if spec.to_checkpoint and sd and set(sd) <= native and not set(sd) <= set(expected):
+        sd = {spec.ckpt_name(k): v for k, v in sd.items()}  # saved under the installed library's own names
     check_state_dict(expected, sd, what=f"{spec.name} weights {wf}", optional=lambda k: k not in persistent)
     sd = {spec.model_name(k): v for k, v in sd.items() if k in persistent}
     return load_into_meta_built(lambda: spec.build(depth, folder), sd), wf
