@@ -241,7 +241,8 @@ def build_baseline(spec: BaselineSpec, weights: str | os.PathLike | None = None,
     return Encoder(name=name or spec.name, model=model, transforms=spec.transform, dim=spec.dim,
                    precision=normalize_precision(precision, spec.precision), weights_sha256=sha, weights_path=wpath,
                    forward_fn=spec.forward,
-                   config={"arch": spec.arch, "output_rule": spec.output_rule, "depth": depth,
+                   config={"arch": spec.arch, "output_rule": spec.output_rule, "feature_token": spec.output_rule,
+                           "depth": depth,
                            "baseline": spec.name, "parity": "TRIDENT a91fa84", "random_init": weights is None})
 
 
