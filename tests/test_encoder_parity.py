@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from tests.conftest import DATA
 from zoomfeat.encoders import create_encoder
 from zoomfeat.encoders.baselines import SPECS, full_size_listing
-from zoomfeat.encoders.baselines.common import checkpoint_shapes
+from zoomfeat.encoders.baselines.common import checkpoint_shapes, checkpoint_state_dict
 from zoomfeat.weights import WeightsMismatchError
 
 REL_TOL = 1e-4
@@ -164,3 +164,17 @@ def test_uni_alias_builds_uni_v1_and_records_its_name(tmp_path: Path):
     assert (a.name, b.name) == ("uni", "uni_v1") and a.dim == b.dim == 1024 and a.precision == "fp16"
     assert a.weights_sha256 == b.weights_sha256 and a.full_config()["depth"] == 1
     assert a.full_config()["resize_backend"] == "PIL"
+
+
+@pytest.mark.parametrize("names", ["checkpoint", "native"])
+def test_random_init_reduced_phikon_round_trips_through_a_weights_file(tmp_path: Path, names: str):
+    """What other tests do to get a small baseline weights file: save a ``--depth`` random-init model (under the
+    checkpoint's transformers-4 names, or the installed library's own) and load it back bit for bit."""
+    a = create_encoder("phikon", random_init=True, depth=1)
+    sd = checkpoint_state_dict(SPECS["phikon"], a.model) if names == "checkpoint" else a.model.state_dict()
+    assert ("encoder.layer.0.attention.attention.query.weight" in sd) == (names == "checkpoint")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "model.safetensors"))
+    b = create_encoder("phikon", weights=tmp_path, depth=1)  # a folder: model.safetensors
+    x = torch.randint(0, 256, (2, 256, 256, 3), dtype=torch.uint8)
+    torch.testing.assert_close(b.encode(x), a.encode(x), rtol=0, atol=0)
+    assert b.weights_path == str(tmp_path / "model.safetensors")

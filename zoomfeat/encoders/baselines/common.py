@@ -149,6 +149,12 @@ def checkpoint_shapes(spec: BaselineSpec, model: nn.Module) -> tuple[dict[str, t
     return shapes, set(persistent)
 
 
+def checkpoint_state_dict(spec: BaselineSpec, model: nn.Module) -> dict[str, torch.Tensor]:
+    """A built model's state dict under the checkpoint's names (what the real weights files use): save it to get a
+    weights file the encoder loads, e.g. of a small ``--depth`` random-init variant for tests."""
+    return {spec.ckpt_name(k): v for k, v in model.state_dict().items()}
+
+
 def full_size_listing(spec: BaselineSpec, depth: int | None = None) -> dict[str, tuple]:
     """The checkpoint keys and shapes the builder expects (built on the meta device: no memory, no init)."""
     with torch.device("meta"):
@@ -302,5 +308,6 @@ def timm_model(name: str, depth: int | None, **kwargs: Any) -> nn.Module:
 
 
 __all__ = ["BaselineSpec", "BaselineOptions", "TridentTransform", "build_baseline", "checkpoint_shapes",
+           "checkpoint_state_dict",
            "full_size_listing", "load_checkpoint", "weights_file", "registry_info", "timm_model", "forward_model",
            "hf_cls", "uint8_nhwc", "PRECISION_NAMES"]
