@@ -178,3 +178,22 @@ def test_random_init_reduced_phikon_round_trips_through_a_weights_file(tmp_path:
     x = torch.randint(0, 256, (2, 256, 256, 3), dtype=torch.uint8)
     torch.testing.assert_close(b.encode(x), a.encode(x), rtol=0, atol=0)
     assert b.weights_path == str(tmp_path / "model.safetensors")
+
+
+def test_trident_transform_takes_every_tile_form():
+    """uint8 NHWC numpy, uint8 NCHW torch and float [0, 1] tiles give the same normalised batch; float tiles are
+    rounded to uint8 before the PIL resize; non-square tiles are resized on their shorter side, then cropped."""
+    from zoomfeat.encoders.baselines.common import TridentTransform
+
+    t = TridentTransform(resize=224, crop=224, interpolation="bicubic")
+    u8 = np.random.default_rng(0).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
+    ref = t(u8)
+    assert ref.shape == (2, 3, 224, 224) and ref.dtype == torch.float32
+    chw = torch.from_numpy(u8).permute(0, 3, 1, 2)
+    torch.testing.assert_close(t(chw), ref, rtol=0, atol=0)
+    torch.testing.assert_close(t(chw.float() / 255), ref, rtol=0, atol=0)
+    torch.testing.assert_close(t(u8[0]), ref[:1], rtol=0, atol=0)
+    assert t.resize_crop(np.zeros((1, 256, 320, 3), np.uint8)).shape == (1, 224, 224, 3)
+    assert TridentTransform(resize=224).resize_crop(np.zeros((1, 256, 320, 3), np.uint8)).shape == (1, 224, 280, 3)
+    with pytest.raises(ValueError, match="images must be"):
+        t(np.zeros((2, 5, 5), np.uint8)[None, None])
