@@ -197,3 +197,21 @@ def test_trident_transform_takes_every_tile_form():
     assert TridentTransform(resize=224).resize_crop(np.zeros((1, 256, 320, 3), np.uint8)).shape == (1, 224, 280, 3)
     with pytest.raises(ValueError, match="images must be"):
         t(np.zeros((2, 5, 5), np.uint8)[None, None])
+
+
+def test_conch_checkpoint_with_another_position_grid_is_resampled(tmp_path: Path):
+    """A CONCH v1.5 checkpoint whose ``trunk.pos_embed`` holds a 32×32 grid loads (resampled to 14×14 at load time,
+    as TRIDENT does); any other mis-shaped tensor is still refused."""
+    from timm.layers import resample_abs_pos_embed
+
+    a = create_encoder("conch_v15", random_init=True, depth=1)
+    sd = dict(a.model.state_dict())
+    big = torch.randn(1, 1 + 32 * 32, 1024)
+    save_file({**sd, "trunk.pos_embed": big}, str(tmp_path / "c.safetensors"))
+    b = create_encoder("conch_v15", weights=tmp_path / "c.safetensors", depth=1)
+    want = resample_abs_pos_embed(big, new_size=[14, 14], num_prefix_tokens=1, interpolation="bilinear",
+                                  antialias=False)
+    torch.testing.assert_close(b.model.trunk.pos_embed.detach(), want, rtol=0, atol=0)
+    save_file({**sd, "ln_contrast.weight": torch.ones(512)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(WeightsMismatchError, match="1 mis-shaped"):
+        create_encoder("conch_v15", weights=tmp_path / "bad.safetensors", depth=1)

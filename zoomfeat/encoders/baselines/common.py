@@ -114,7 +114,8 @@ def hf_cls(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class BaselineSpec:
     """One TRIDENT-parity encoder: how to build it (``build(depth, folder)``: ``depth=None`` = full size, ``folder``
     = the user's weights folder, for Hugging Face ``config.json``), its output rule, transform, default precision,
-    checkpoint conventions and what ``zoomfeat encoders`` lists about it (``info``)."""
+    checkpoint conventions (``adapt``: a state-dict fix-up TRIDENT applies at load time, e.g. resampling a position
+    table) and what ``zoomfeat encoders`` lists about it (``info``)."""
 
     name: str
     dim: int
@@ -129,6 +130,7 @@ class BaselineSpec:
     strip_prefixes: tuple[str, ...] = ("module.", "model.")
     to_checkpoint: Callable[[str], str] | None = None
     to_model: Callable[[str], str] | None = None
+    adapt: Callable[[dict], dict] | None = None
     info: dict = field(default_factory=dict)
 
     def ckpt_name(self, key: str) -> str:
@@ -199,6 +201,7 @@ def load_checkpoint(spec: BaselineSpec, weights: str | os.PathLike, depth: int |
     wf = weights_file(spec, weights)
     folder = Path(weights) if Path(weights).is_dir() else None
     sd = normalized_state_dict(spec, load_state_dict_file(wf))
+    sd = spec.adapt(sd) if spec.adapt else sd
     with torch.device("meta"):
         skeleton = spec.build(depth, folder)
     expected, persistent = checkpoint_shapes(spec, skeleton)

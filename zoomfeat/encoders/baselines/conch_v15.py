@@ -21,6 +21,7 @@ from zoomfeat.encoders.baselines.common import (BaselineOptions, BaselineSpec, T
 from zoomfeat.encoders.registry import register_encoder
 
 POS_OFFSET = 0.1  # DINO's offset against floating-point error in the interpolation scale factor
+GRID = 14  # the trunk's position grid (img_size 224 / patch 16)
 
 
 def dino_pos_embed(pos_embed: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -92,6 +93,19 @@ class ConchVisionTower(nn.Module):
         return self.ln_contrast(self.attn_pool_contrast(tokens)[:, 0])
 
 
+def resample_checkpoint_pos_embed(sd: dict) -> dict:
+    """A checkpoint whose ``trunk.pos_embed`` holds another grid than 14×14 is resampled to 14×14 at load time, as
+    TRIDENT does (timm ``resample_abs_pos_embed``, bilinear, no antialias, class entry kept)."""
+    pe = sd.get("trunk.pos_embed")
+    if pe is None or pe.ndim != 3 or pe.shape[1] == 1 + GRID * GRID:
+        return sd
+    from timm.layers import resample_abs_pos_embed
+
+    new = resample_abs_pos_embed(pe.float(), new_size=[GRID, GRID], num_prefix_tokens=1, interpolation="bilinear",
+                                 antialias=False)
+    return {**sd, "trunk.pos_embed": new.to(pe.dtype)}
+
+
 def build_conch_v15_model(depth: int | None = None, folder: Path | None = None) -> nn.Module:
     return ConchVisionTower(depth)
 
@@ -101,7 +115,7 @@ SPEC = BaselineSpec(
     transform=TridentTransform(resize=448, crop=448, interpolation="bilinear"), precision="fp16",
     arch="CONCH v1.5 vision tower: timm ViT-L/16 trunk (LayerScale 1.0, DINO pos-embed interpolation) + "
          "attentional pooler + LayerNorm", output_rule="attentional pooler (1 query) → ln_contrast",
-    files=("pytorch_model_vision.bin",),
+    files=("pytorch_model_vision.bin",), adapt=resample_checkpoint_pos_embed,
     info={"scale": "20x (0.5 um/px), 512-px tiles resized to 448 (TRIDENT default)",
           "license": "CC-BY-NC-ND-4.0, gated (accept terms on HF)",
           "source": "HF MahmoodLab/conchv1_5: pytorch_model_vision.bin"})
