@@ -92,6 +92,10 @@ def test_reduced_encoder_matches_trident(folder: Path, tmp_path: Path):
     print(f"\nPARITY {cfg['encoder']}: max abs {abs_err:.3g}, max rel {rel_err:.3g}, dim {enc.dim}, "
           f"depth {reduced_depth(cfg)}")
     assert rel_err <= REL_TOL, f"{cfg['encoder']}: max rel error {rel_err:.3g} (max abs {abs_err:.3g})"
+    # and well below what the fixture says a wrong resize interpolation would move (resnet50: ~1e-4 absolute)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    swap = (manifest.get(f"sensitivity_{cfg.get('set')}_set") or {}).get("other_interpolation_maxdiff") or 0.0
+    assert swap == 0.0 or abs_err < 0.1 * swap, f"{cfg['encoder']}: max abs {abs_err:.3g} vs swap {swap:.3g}"
     assert enc.weights_sha256 and len(enc.weights_sha256) == 64
     assert enc.full_config()["interpolation"] == cfg["transform"][0]["interpolation"]
 
