@@ -194,7 +194,8 @@ def normalized_state_dict(spec: BaselineSpec, sd: dict) -> dict:
     return {k: v for k, v in sd.items() if not k.startswith(drop)}
 
 
-def load_checkpoint(spec: BaselineSpec, weights: str | os.PathLike, depth: int | None) -> tuple[nn.Module, Path]:
+def load_checkpoint(spec: BaselineSpec, weights: str | os.PathLike, depth: int | None,
+                    name: str | None = None) -> tuple[nn.Module, Path]:
     """Build ``spec`` at ``depth`` with the weights of a file or folder: strict key + shape match under the
     checkpoint's names first (one-line :class:`~zoomfeat.weights.WeightsMismatchError`), then a meta-device load.
     A state dict saved under the installed library's own names (e.g. by transformers 5) is accepted too."""
@@ -208,7 +209,7 @@ def load_checkpoint(spec: BaselineSpec, weights: str | os.PathLike, depth: int |
     native = {k for k, _ in skeleton.named_buffers()} | set(skeleton.state_dict())
     if spec.to_checkpoint and sd and set(sd) <= native and not set(sd) <= set(expected):
         sd = {spec.ckpt_name(k): v for k, v in sd.items()}  # saved under the installed library's own names
-    check_state_dict(expected, sd, what=f"{spec.name} weights {wf}", optional=lambda k: k not in persistent)
+    check_state_dict(expected, sd, what=f"{name or spec.name} weights {wf}", optional=lambda k: k not in persistent)
     sd = {spec.model_name(k): v for k, v in sd.items() if k in persistent}
     return load_into_meta_built(lambda: spec.build(depth, folder), sd), wf
 
@@ -237,7 +238,7 @@ def build_baseline(spec: BaselineSpec, weights: str | os.PathLike | None = None,
         raise ValueError(f"{spec.name}: depth must be a positive number of blocks, got {depth}")
     depth = None if depth is None else int(depth)
     if weights is not None:
-        model, wf = load_checkpoint(spec, weights, depth)
+        model, wf = load_checkpoint(spec, weights, depth, name)
         sha, wpath = sha256_file(wf), str(wf)
     elif random_init:
         with torch.random.fork_rng(devices=[]):
