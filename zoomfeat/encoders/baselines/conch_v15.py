@@ -80,7 +80,8 @@ class AttentionalPooler(nn.Module):
 
 
 class ConchVisionTower(nn.Module):
-    """trunk.forward_features (all tokens after the final norm) → attentional pooler → ``ln_contrast`` → [B, 768]."""
+    """trunk.forward_features (all tokens after the final norm) → attentional pooler → ``ln_contrast``
+    → [B, 768]."""
 
     def __init__(self, depth: int | None = None) -> None:
         super().__init__()

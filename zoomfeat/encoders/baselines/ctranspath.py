@@ -23,9 +23,9 @@ FULL_DEPTHS = (2, 2, 6, 2)
 
 
 class ConvStem(nn.Module):
-    """CTransPath's patch embedding: conv3×3/s2 3→e/8 + BN + ReLU, conv3×3/s2 e/8→e/4 + BN + ReLU, conv1×1 e/4→e,
-    then LayerNorm; NHWC output (timm 1.x Swin's layout). Keys ``proj.{0,1,3,4,6}`` and ``norm`` as in the
-    checkpoint."""
+    """CTransPath's patch embedding: conv3×3/s2 3→e/8 + BN + ReLU, conv3×3/s2 e/8→e/4 + BN + ReLU,
+    conv1×1 e/4→e, then LayerNorm; NHWC output (timm 1.x Swin's layout). Keys ``proj.{0,1,3,4,6}`` and ``norm``
+    as in the checkpoint."""
 
     def __init__(self, img_size: int = 224, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96,
                  norm_layer: type | None = None, strict_img_size: bool = True, output_fmt: str = "NHWC",

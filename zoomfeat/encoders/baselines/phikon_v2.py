@@ -45,8 +45,8 @@ HF5_RENAMES = KeyRenames([
 SPEC = BaselineSpec(
     name="phikon_v2", dim=1024, build=build_phikon_v2_model, forward=hf_cls,
     transform=TridentTransform(resize=224, crop=224, interpolation="bilinear"), precision="fp32",
-    arch="transformers Dinov2Model ViT-L/16 (24 layers)", output_rule="last_hidden_state[:, 0]", to_checkpoint=HF5_RENAMES.to_checkpoint,
-    to_model=HF5_RENAMES.to_model,
+    arch="transformers Dinov2Model ViT-L/16 (24 layers)", output_rule="last_hidden_state[:, 0]",
+    to_checkpoint=HF5_RENAMES.to_checkpoint, to_model=HF5_RENAMES.to_model,
     strip_prefixes=("module.", "model.", "dinov2."),
     info={"scale": "20x (0.5 um/px), 224-px tiles", "license": "Owkin non-commercial licence",
           "source": "HF owkin/phikon-v2: folder (config.json + model.safetensors)"})
