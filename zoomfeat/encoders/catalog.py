@@ -13,10 +13,13 @@ COLUMNS = ("name", "dim", "input", "scale", "precision", "needs weights", "licen
 FORMATS = ("md", "csv", "table")
 
 
-def encoder_rows() -> list[dict[str, str]]:
-    """One row per registered encoder, in registration order (aliases name their target)."""
+def encoder_rows(builtin_only: bool = False) -> list[dict[str, str]]:
+    """One row per registered encoder, in registration order (aliases name their target); ``builtin_only``: only
+    zoomfeat's own (not plugins or encoders registered by user code)."""
     rows = []
     for name, entry in encoder_entries().items():
+        if builtin_only and not getattr(entry.build, "__module__", "").startswith("zoomfeat."):
+            continue
         info = entry.info
         alias = f" (alias of {info['alias_of']})" if info.get("alias_of") else ""
         rows.append({"name": name + alias, "dim": str(info.get("dim", "-")), "input": str(info.get("input", "-")),
