@@ -86,3 +86,30 @@ def load_into_meta_built(build: Callable[[], nn.Module], state_dict: dict[str, t
         model = build()
         model.load_state_dict(state_dict, strict=True)
     return model
+
+
+class WeightsMismatchError(ValueError, RuntimeError):
+    """A checkpoint whose keys or shapes do not match the model (one line; a ``RuntimeError`` too, like torch's)."""
+
+
+def _first(items: list, n: int = 4) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (", …" if len(items) > n else "")
+
+
+def check_state_dict(expected: dict[str, tuple], state_dict: dict, what: str = "checkpoint",
+                     optional: Callable[[str], bool] | None = None) -> None:
+    """Strict key + shape match of ``state_dict`` against ``expected`` (key → shape) before any loading, as ONE
+    line naming the first missing / unexpected / mis-shaped keys and their counts (not torch's wall of text).
+    ``optional(key)``: keys that may be absent from the file (derived buffers such as Swin's ``attn_mask``)."""
+    optional = optional or (lambda k: False)
+    missing = [k for k in expected if k not in state_dict and not optional(k)]
+    unexpected = [k for k in state_dict if k not in expected]
+    shaped = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k])}" for k in expected
+              if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])]
+    if not (missing or unexpected or shaped):
+        return
+    parts = [f"{len(v)} {label} ({_first(v)})" for label, v in
+             (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)) if v]
+    raise WeightsMismatchError(f"{what} does not match the model ({len(expected)} keys expected): "
+                               + "; ".join(parts))

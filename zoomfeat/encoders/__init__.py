@@ -1,8 +1,10 @@
 """Tile encoders behind one registry: ``create_encoder(name, weights=None, **kw)``, with weights from a local registry.
 
 Every encoder follows one protocol (:class:`TileEncoder`: ``encode(images, ctx)`` with a :class:`TileContext`) and
-registers itself with ``@register_encoder`` (see :mod:`zoomfeat.encoders.registry`). Built-ins: ``zoomldm``,
-``uni``, ``phikon``, ``tiny-vit``, ``custom``. Weights are local files only (never a hub download);
+registers itself with ``@register_encoder`` (see :mod:`zoomfeat.encoders.registry`). Built-ins: ``zoomldm``, the
+TRIDENT-parity baselines of :mod:`zoomfeat.encoders.baselines` (``uni_v1`` = ``uni``, ``uni_v2``, ``phikon``,
+``phikon_v2``, ``ctranspath``, ``virchow2``, ``hoptimus0``, ``hoptimus1``, ``gigapath``, ``resnet50``,
+``conch_v15``), ``tiny-vit``, ``custom``. Weights are local files only (never a hub download);
 ``configs/encoders/weights.yaml`` maps encoder name → path and is overridable per call / on the CLI.
 """
 
@@ -17,6 +19,6 @@ from zoomfeat.encoders.registry import (DEFAULT_REGISTRY, EncoderEntry, build_fr
                                         unregister_encoder)
 
 # the built-ins register themselves on import (torch is imported, no weights are loaded); order = --help order
-from zoomfeat.encoders import zoomldm, uni, phikon, tiny, custom  # noqa: E402,F401  isort: skip
+from zoomfeat.encoders import zoomldm, baselines, uni, phikon, tiny, custom  # noqa: E402,F401  isort: skip
 
 load_plugins()  # third-party encoders: entry points of group zoomfeat.encoders and $ZOOMFEAT_PLUGINS

@@ -50,7 +50,9 @@ class CustomOptions(EncoderOptions):
         return {"model": (spec.get("recipe") or {}).get("arch")}  # its precision is the model's own
 
 
-@register_encoder("custom", options=CustomOptions)
+@register_encoder("custom", options=CustomOptions, info={
+    "dim": "inferred (or --dim)", "input": "yours (default 224 px resize, ImageNet norm)", "scale": "yours",
+    "precision": "fp32", "license": "yours", "source": "your module / factory"})
 def create_custom(model: nn.Module | str | Callable[[], nn.Module] | None = None, weights: str | os.PathLike | None = None,
                   transforms: Callable[..., torch.Tensor] | None = None, dim: int | None = None,
                   encoder_name: str = "custom", precision: str = "fp32", input_size: int = 224,

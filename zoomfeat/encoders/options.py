@@ -50,7 +50,7 @@ class EncoderOptions:
         None, "YAML/JSON encoder → path registry (default configs/encoders/weights.yaml or "
               "$ZOOMFEAT_WEIGHTS_REGISTRY)")
     precision: str | None = option(
-        None, "autocast dtype (default per encoder: zoomldm/uni fp16, phikon fp32); bf16 also autocasts on CPU, "
+        None, "autocast dtype (default per encoder: `zoomfeat encoders` lists it); bf16 also autocasts on CPU, "
               "fp16 runs as fp32 there; the ZoomLDM VQ always runs in fp32 (docs/gpu.md)",
         choices=("fp32", "fp16", "bf16"))
 

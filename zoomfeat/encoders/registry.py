@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +32,9 @@ class EncoderEntry:
     build: Callable[..., Any]
     needs_weights: bool = False
     options: type = EncoderOptions
+    #: What ``zoomfeat encoders`` lists without building the model: ``dim``, ``input``, ``scale``, ``precision``,
+    #: ``license``, ``source`` (free text; absent keys show as "-"), ``alias_of`` for an alias.
+    info: dict = field(default_factory=dict, compare=False)
 
     @property
     def summary(self) -> str:
@@ -42,17 +45,19 @@ class EncoderEntry:
 _REGISTRY: dict[str, EncoderEntry] = {}
 
 
-def register_encoder(name: str, needs_weights: bool = False, options: type = EncoderOptions):
+def register_encoder(name: str, needs_weights: bool = False, options: type = EncoderOptions,
+                     info: dict | None = None):
     """Class/function decorator: register ``name`` → the decorated builder (called as ``build(weights=…, **kw)``,
     ``weights`` only when there is one). A class gets ``name`` as its ``name`` attribute. ``options``: an
-    :class:`EncoderOptions` subclass whose fields become the encoder's CLI flags and YAML keys."""
+    :class:`EncoderOptions` subclass whose fields become the encoder's CLI flags and YAML keys; ``info``: what
+    ``zoomfeat encoders`` lists for it (see :attr:`EncoderEntry.info`)."""
     if not (isinstance(options, type) and issubclass(options, EncoderOptions)):
         raise TypeError(f"options of encoder {name!r} must subclass EncoderOptions")
 
     def wrap(obj):
         if isinstance(obj, type) and not getattr(obj, "name", None):
             obj.name = name
-        _REGISTRY[name] = EncoderEntry(name, obj, bool(needs_weights), options)
+        _REGISTRY[name] = EncoderEntry(name, obj, bool(needs_weights), options, dict(info or {}))
         return obj
 
     return wrap

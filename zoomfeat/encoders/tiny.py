@@ -44,7 +44,9 @@ class TinyViTOptions(EncoderOptions):
         return kw
 
 
-@register_encoder("tiny-vit", options=TinyViTOptions)
+@register_encoder("tiny-vit", options=TinyViTOptions, info={
+    "dim": "48 (--dim)", "input": "64 px (resize, torch)", "scale": "any (tests, demo)", "precision": "fp32",
+    "license": "-", "source": "none: seeded random init (or a saved state dict)"})
 def create_tiny_vit(weights: str | os.PathLike | None = None, dim: int = 48, seed: int = 0, depth: int = 2,
                     input_size: int = 64, precision: str = "fp32") -> Encoder:
     """Small seeded random-init ViT (48-d; no weight file).

@@ -267,7 +267,11 @@ def ssl_encoder_for(ldm, name: str, weights=None, registry=None, precision: str 
     return create_encoder(name, weights=weights, registry=registry, **kw)
 
 
-@register_encoder(ZOOMLDM, needs_weights=True, options=ZoomLDMOptions)
+@register_encoder(ZOOMLDM, needs_weights=True, options=ZoomLDMOptions, info={
+    "dim": "sum of the chosen blocks' channels x len(t)", "input": "256 px (VQ-f4 latent 64x64)",
+    "scale": "20x tile, or 5x (1024-px region at 20x resized to 256)", "precision": "fp16 (VQ in fp32)",
+    "license": "see the ZoomLDM release (cvlab-stonybrook/ZoomLDM)",
+    "source": "released .ckpt + config.yaml, or a `zoomfeat convert` / training folder"})
 def create_zoomldm(weights: str | os.PathLike | None = None, blocks: Sequence[int] = DEFAULT_BLOCKS,
                    t: Sequence[int] = DEFAULT_T, conditioning: str = DEFAULT_CONDITIONING,
                    ssl_encoder: TileEncoder | str | None = None, ssl_weights: str | os.PathLike | None = None,
