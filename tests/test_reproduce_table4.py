@@ -81,10 +81,10 @@ def run(tmp_path_factory):
         f"extractions.planted={{encoder: {{name: {PLANTED}}}}}",
         "rows=" + str(_rows()).replace("'", ""),
         "extract={batch_size: 16, workers: 0, device: cpu}",
-        "sweep={blocks: [0, 1], t: [0, 100], conditioning: [none, uni], tiles_per_slide: 6, tune_fraction: 0.34,"
+        "sweep={blocks: [0, 1], t: [0, 100], conditioning: [none], tiles_per_slide: 4, tune_fraction: 0.34,"
         " n_folds: 2, n_repeats: 2}",
         "compare.n_folds=2", "compare.n_repeats=2", "compare.val_fraction=0",
-        "compare.hparams={embed_dim: 16, attn_dim: 8, dropout: 0.0, lr: 0.005, epochs: 12, min_epochs: 12,"
+        "compare.hparams={embed_dim: 16, attn_dim: 8, dropout: 0.0, lr: 0.005, epochs: 6, min_epochs: 6,"
         " patience: 50, min_val_slides: 99, standardize: true, progress: false, wandb: false}",
     ]
     yield root, overrides
