@@ -222,7 +222,7 @@ def stage_tile(slides: list[Path], out: Path, cfg: Table4Config, progress: bool)
 
     tcfg = from_dict(TilingConfig, cfg.tiling, "preset: tiling")
     report = tile_cohort([str(s) for s in slides], out / "tiles", workers=int(tcfg.workers), progress=progress,
-                         **tcfg.tile_kwargs())
+                         mpp=cfg.extract.get("mpp"), mpp_csv=cfg.extract.get("mpp_csv"), **tcfg.tile_kwargs())
     return {"stage": "tile", "exit_code": report.exit_code, "counts": report.counts(), "report": report}
 
 
