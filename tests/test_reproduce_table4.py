@@ -176,3 +176,19 @@ def test_preset_errors_name_the_key():
     from zoomfeat.reproduce import extraction_mags
 
     assert extraction_mags(cfg, "ctranspath") == "20x,5x" and extraction_mags(cfg, "uni") == "20x"
+
+
+def test_a_given_recipe_skips_the_sweep_and_keeps_every_labelled_slide(tmp_path):
+    from zoomfeat.reproduce import load_table4_config, stage_recipe
+
+    cfg = load_table4_config()
+    labels = tmp_path / "labels.csv"
+    labels.write_text("slide,patient,subtype,hrd\na,p1,IDC,1\n")
+    rec = tmp_path / "best_recipe.yaml"
+    rec.write_text("encoder:\n  name: zoomldm\n  blocks: [3]\n  t: [50]\n  conditioning: none\nmags: 20x,5x\n")
+    st = stage_recipe([], labels, tmp_path / "out", cfg, {}, rec, progress=False)
+    assert st["recipe"] == {"blocks": [3], "t": [50], "conditioning": "none"} and st["labels"] == labels
+    assert not (tmp_path / "out").exists()  # nothing was swept
+    rec.write_text("mags: 20x\n")
+    with pytest.raises(ValueError, match="no blocks, t, conditioning"):
+        stage_recipe([], labels, tmp_path / "out", cfg, {}, rec, progress=False)

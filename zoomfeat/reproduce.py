@@ -268,7 +268,8 @@ def sweep_recipe(slides: list[Path], labels: Path, out: Path, cfg: Table4Config,
     sig = signature({"spec": dataclasses.asdict(spec), "weights": str(weights), "labels": sha256_file(labels),
                      "tiles": files_state((out / "tiles" / "coords").glob("*.h5")), "ssl": kw.get("ssl_weights")})
     failed: list = []
-    if not is_current(probe, sig, "best_recipe.yaml", "split_patients.csv"):
+    reused = is_current(probe, sig, "best_recipe.yaml", "split_patients.csv")
+    if not reused:
         res = sweep([Path(s) for s in slides], out / "tiles", labels, weights, probe, spec,
                     ssl_weights=kw.get("ssl_weights"), registry=opts.weights_registry, progress=progress,
                     official_config=kw.get("config"), ema=kw.get("ema", True))
@@ -277,7 +278,8 @@ def sweep_recipe(slides: list[Path], labels: Path, out: Path, cfg: Table4Config,
     enc = load_yaml(probe / "best_recipe.yaml")["encoder"]
     report_labels = report_patients_labels(labels, probe / "split_patients.csv", out / "labels_report.csv")
     return {"stage": "recipe", "exit_code": 3 if failed else 0, "recipe": {k: enc[k] for k in RECIPE_KEYS},
-            "labels": report_labels, "note": f"swept ({probe / 'best_recipe.yaml'})", "failed": failed}
+            "labels": report_labels, "failed": failed,
+            "note": f"{'sweep up to date' if reused else 'swept'}: {probe / 'best_recipe.yaml'}"}
 
 
 def report_patients_labels(labels: Path, split_csv: Path, dest: Path) -> Path:
