@@ -20,7 +20,9 @@ from zoomfeat.cli import main
 #   "uni": ({"name": "uni_v1", "depth": 1}, {"random_init": True, "depth": 1}),
 #   "phikon": ({"name": "phikon", "depth": 1}, {"random_init": True, "depth": 1}),
 #   "ctranspath": ({"name": "ctranspath", "depth": 1}, {"random_init": True, "depth": 1}),
-# (drop weights_key there: the registry entry is then found under the encoder's own name).
+# Nothing else changes: write_weights saves each reduced random-init model's state dict as safetensors, the registry
+# names it under the extraction's key and the override's weights_key points the extraction at it (strict loading of
+# that file is then part of the test). Expect the test to take longer (ViT-L/16 with one block is ≈ 5 GFLOP a tile).
 SUBSTITUTES = {  # extraction → (encoder mapping of the preset, create_encoder kwargs of the weights the test writes)
     "uni": ({"name": "tiny-vit"}, {"seed": 11}),
     "phikon": ({"name": "tiny-vit"}, {"seed": 12}),
@@ -81,7 +83,8 @@ def run(tmp_path_factory):
         f"extractions.planted={{encoder: {{name: {PLANTED}}}}}",
         "rows=" + str(_rows()).replace("'", ""),
         "extract={batch_size: 16, workers: 0, device: cpu}",
-        "sweep={blocks: [0, 1], t: [0, 100], conditioning: [none], tiles_per_slide: 4, tune_fraction: 0.34,"
+        "sweep={blocks: [0, 1], t: [0, 100], conditioning: [none], mags: [20x+5x], tiles_per_slide: 4,"
+        " tune_fraction: 0.34,"
         " n_folds: 2, n_repeats: 2}",
         "compare.n_folds=2", "compare.n_repeats=2", "compare.val_fraction=0",
         "compare.hparams={embed_dim: 16, attn_dim: 8, dropout: 0.0, lr: 0.005, epochs: 6, min_epochs: 6,"
