@@ -167,11 +167,15 @@ def check_weights(cfg: Table4Config, registry) -> dict[str, Any]:
     for key, ex in cfg.extractions.items():
         opts = encoder_options(key, ex, registry)
         kw = opts.builder_kwargs()
-        if get_encoder(opts.name).needs_weights and not kw.get("random_init"):
-            resolve_weights(opts.name, opts.weights, opts.weights_registry)
-        ssl = kw.get("ssl_encoder")
-        if isinstance(ssl, str) and get_encoder(ssl).needs_weights and not kw.get("ssl_kwargs"):
-            resolve_weights(ssl, kw.get("ssl_weights"), opts.weights_registry)
+        try:
+            if get_encoder(opts.name).needs_weights and not kw.get("random_init"):
+                resolve_weights(opts.name, opts.weights, opts.weights_registry)
+            ssl = kw.get("ssl_encoder")
+            if isinstance(ssl, str) and get_encoder(ssl).needs_weights and not kw.get("ssl_kwargs"):
+                resolve_weights(ssl, kw.get("ssl_weights"), opts.weights_registry)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"extraction {key!r}: {exc} (here: --weights-registry YAML, or the override "
+                                    f"extractions.{key}.encoder.weights=PATH)") from None
         out[key] = opts
     return out
 
