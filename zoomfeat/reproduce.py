@@ -334,28 +334,31 @@ def stage_extract(slides: list[Path], out: Path, cfg: Table4Config, registry, re
     return {"stage": "extract", "exit_code": code, "counts": counts}
 
 
-def compare_config(cfg: Table4Config, labels: Path, out: Path) -> dict:
-    """The ``zoomfeat compare`` config of the table: one entry per row, the preset's tasks and reference."""
+def compare_config(cfg: Table4Config, labels: Path, out: Path, progress: bool = True) -> dict:
+    """The ``zoomfeat compare`` config of the table: one entry per row, the preset's tasks and reference
+    (``progress=False`` also silences the heads' epoch bars)."""
     from zoomfeat.bags import bag_path
 
     entries = [{"name": r["key"], "bags": str(bag_path(out / "features", r["extraction"], "x").parent),
                 "mag": r.get("mag", "20x")} for r in cfg.rows]
     tasks = [{"name": t["name"], "task": t["task"], "target": t["target"]} for t in cfg.tasks]
-    return {**cfg.compare, "labels": str(labels), "encoders": entries, "tasks": tasks,
+    hparams = {**(cfg.compare.get("hparams") or {}), **({} if progress else {"progress": False})}
+    return {**cfg.compare, "labels": str(labels), "encoders": entries, "tasks": tasks, "hparams": hparams,
             "reference": cfg.reference or cfg.rows[0]["key"]}
 
 
-def stage_compare(cfg: Table4Config, labels: Path, out: Path) -> dict:
+def stage_compare(cfg: Table4Config, labels: Path, out: Path, progress: bool = True) -> dict:
     """ABMIL on identical repeated splits for every row (skipped when settings, labels and bags are unchanged)."""
     import pandas as pd
 
     from mil.compare import compare
     from zoomfeat.io import sha256_file
 
-    ccfg = compare_config(cfg, labels, out)
+    ccfg = compare_config(cfg, labels, out, progress)
     folder = out / "compare"
     bags = [p for e in ccfg["encoders"] for p in Path(e["bags"]).glob("*.h5")]
-    sig = signature({"config": ccfg, "labels": sha256_file(labels), "bags": files_state(bags)})
+    quiet = {**ccfg, "hparams": {k: v for k, v in ccfg["hparams"].items() if k != "progress"}}  # bars: not results
+    sig = signature({"config": quiet, "labels": sha256_file(labels), "bags": files_state(bags)})
     if is_current(folder, sig, "compare.csv"):
         return {"stage": "compare", "exit_code": 0, "table": pd.read_csv(folder / "compare.csv"), "note": "up to date"}
     table = compare(ccfg, folder)
@@ -491,7 +494,7 @@ def reproduce_table4(slides, labels: str | os.PathLike, out: str | os.PathLike,
         return _stopped(stages, out, "extract", echo)
     echo(f"[4/{N_STAGES}] compare: {len(cfg.rows)} rows × {len(cfg.tasks)} tasks on the same splits → "
          f"{out / 'compare'}")
-    st = stage_compare(cfg, cmp_labels, out)
+    st = stage_compare(cfg, cmp_labels, out, progress)
     stages.append(st)
     echo(f"      compare: {st['note']} ({clock()})")
     table = build_table(st["table"], cfg, published)
