@@ -195,3 +195,21 @@ def test_a_given_recipe_skips_the_sweep_and_keeps_every_labelled_slide(tmp_path)
     rec.write_text("mags: 20x\n")
     with pytest.raises(ValueError, match="no blocks, t, conditioning"):
         stage_recipe([], labels, tmp_path / "out", cfg, {}, rec, progress=False)
+
+
+def test_a_stage_in_which_every_slide_fails_stops_the_run_with_exit_2(run, tmp_path, capsys):
+    import shutil
+
+    from tests.conftest import SLIDES
+
+    root, overrides = run
+    (tmp_path / "slides").mkdir()
+    shutil.copy(SLIDES / "unopenable.tiff", tmp_path / "slides" / "bad.tiff")
+    (tmp_path / "labels.csv").write_text("slide,patient,subtype,hrd\nbad,p1,IDC,1\n")
+    argv = ["reproduce", "table4", "--slides", str(tmp_path / "slides"), "--labels", str(tmp_path / "labels.csv"),
+            "--weights-registry", str(root / "weights.yaml"), "--out", str(tmp_path / "out"), "--no-progress",
+            *overrides]
+    assert main(argv) == 2
+    text = capsys.readouterr().out
+    assert "[1/5] tile" in text and "every slide failed in stage tile" in text and "[2/5]" not in text
+    assert "bad" in (tmp_path / "out" / "tiles" / "summary.csv").read_text()
