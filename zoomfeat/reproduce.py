@@ -227,7 +227,16 @@ def stage_tile(slides: list[Path], out: Path, cfg: Table4Config, progress: bool)
     tcfg = from_dict(TilingConfig, cfg.tiling, "preset: tiling")
     report = tile_cohort([str(s) for s in slides], out / "tiles", workers=int(tcfg.workers), progress=progress,
                          mpp=cfg.extract.get("mpp"), mpp_csv=cfg.extract.get("mpp_csv"), **tcfg.tile_kwargs())
-    return {"stage": "tile", "exit_code": report.exit_code, "counts": report.counts(), "report": report}
+    return {"stage": "tile", "exit_code": stage_code(report), "counts": report.counts(), "report": report}
+
+
+def stage_code(report) -> int:
+    """A cohort stage's exit code for the run: 2 when no slide has its output (done now or before), 3 when some
+    slides failed or stayed locked, else 0. (Unlike a single verb's code, a rerun in which only the slides that
+    failed before fail again is partial, not a total failure: the others were skipped because they are done.)"""
+    if not any(r.status in ("done", "skipped") for r in report.results):
+        return 2
+    return 3 if report.failed or report.locked else 0
 
 
 def sweep_spec(cfg: Table4Config, ssl_encoder: str | None):
@@ -326,7 +335,7 @@ def stage_extract(slides: list[Path], out: Path, cfg: Table4Config, registry, re
         report = extract_cohort([str(s) for s in slides], encoder, ecfg.out, tiles_dir=ecfg.tiles, opts=ecfg)
         del encoder
         gc.collect()
-        codes.append(report.exit_code)
+        codes.append(stage_code(report))
         counts[key] = report.counts()
         echo(f"      extract {key} ({ecfg.encoder.name}, {','.join(ecfg.mags)}): " + _counts(report.counts())
              + "".join(f"\n        FAILED {r.slide}: {r.error}" for r in report.failed))
