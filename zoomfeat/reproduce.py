@@ -467,7 +467,7 @@ def reproduce_table4(slides, labels: str | os.PathLike, out: str | os.PathLike,
                      overrides: list[str] | None = None, recipe: str | os.PathLike | None = None,
                      progress: bool = True, echo: Callable[[str], None] = print) -> Table4Result:
     """Run every stage (module docstring) into ``out``; a rerun resumes. Bad input (preset, labels, missing
-    weights) raises a one-line error before any slide is touched; a stage in which every slide failed stops the
+    weights) raises a one-line error before any slide is touched; a stage that no slide got through stops the
     run (exit code 2)."""
     from zoomfeat.config import save_yaml, to_dict
 

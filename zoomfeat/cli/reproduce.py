@@ -19,7 +19,7 @@ def register(subparsers) -> None:
             "paired Δ vs UNI 20x, corrected CIs and Holm p (OUT/table4.md, OUT/table4.csv). Rows, encoders, "
             "options and published values are data: the preset configs/reproduce/table4.yaml (--preset, "
             "key=value overrides). Finished work is reused on a rerun. Exit codes: 0 done, 3 some slides "
-            "failed, 2 bad input or every slide of a stage failed."),
+            "failed, 2 bad input or no slide got through a stage."),
     )
     t.add_argument("--slides", required=True, help="slide folder, slide file or CSV with a 'slide' column")
     t.add_argument("--labels", required=True, help="CSV: slide, patient and the preset's task columns "
