@@ -227,7 +227,9 @@ def stage_tile(slides: list[Path], out: Path, cfg: Table4Config, progress: bool)
     tcfg = from_dict(TilingConfig, cfg.tiling, "preset: tiling")
     report = tile_cohort([str(s) for s in slides], out / "tiles", workers=int(tcfg.workers), progress=progress,
                          mpp=cfg.extract.get("mpp"), mpp_csv=cfg.extract.get("mpp_csv"), **tcfg.tile_kwargs())
-    return {"stage": "tile", "exit_code": stage_code(report), "counts": report.counts(), "report": report}
+    ok = {r.slide for r in report.results if r.status in ("done", "skipped")}
+    return {"stage": "tile", "exit_code": stage_code(report), "counts": report.counts(), "report": report,
+            "slides": [s for s in slides if s.stem in ok]}
 
 
 def stage_code(report) -> int:
@@ -485,9 +487,11 @@ def reproduce_table4(slides, labels: str | os.PathLike, out: str | os.PathLike,
     clock = _Clock()
     st = stage_tile(todo, out, cfg, progress)
     stages.append(st)
-    echo(f"[1/{N_STAGES}] tile: {len(todo)} labelled slides → {out / 'tiles'} ({_counts(st['counts'])}; {clock()})")
+    echo(f"[1/{N_STAGES}] tile: {len(todo)} labelled slides → {out / 'tiles'} ({_counts(st['counts'])}; {clock()})"
+         + "".join(f"\n        FAILED {r.slide}: {r.error}" for r in st["report"].failed))
     if st["exit_code"] == 2:
         return _stopped(stages, out, "tile", echo)
+    todo = st["slides"]  # a slide that failed tiling goes no further in this run (a rerun retries it)
     st = stage_recipe(todo, labels, out, cfg, opts, recipe, progress)
     stages.append(st)
     echo(f"[2/{N_STAGES}] recipe: {st['recipe'] or '—'} ({st['note']}; {clock()}); comparison labels: "
