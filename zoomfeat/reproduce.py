@@ -494,8 +494,8 @@ def reproduce_table4(slides, labels: str | os.PathLike, out: str | os.PathLike,
     todo = st["slides"]  # a slide that failed tiling goes no further in this run (a rerun retries it)
     st = stage_recipe(todo, labels, out, cfg, opts, recipe, progress)
     stages.append(st)
-    echo(f"[2/{N_STAGES}] recipe: {st['recipe'] or '—'} ({st['note']}; {clock()}); comparison labels: "
-         f"{st['labels']}")
+    shown = ", ".join(f"{k} {v}" for k, v in st["recipe"].items()) or "—"
+    echo(f"[2/{N_STAGES}] recipe: {shown} ({st['note']}; {clock()}); comparison labels: {st['labels']}")
     cmp_labels, rec = Path(st["labels"]), st["recipe"]
     ex_slides = labelled_slides(todo, cmp_labels) if cmp_labels != labels else todo
     echo(f"[3/{N_STAGES}] extract: {len(cfg.extractions)} extraction(s) × {len(ex_slides)} slides → "
