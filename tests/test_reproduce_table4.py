@@ -166,6 +166,14 @@ def test_missing_weights_fail_in_one_line_before_any_slide_is_touched(run, capsy
     err = capsys.readouterr().err
     assert rc == 2 and "no 'uni' entry in the weights registry" in err and len(err.strip().splitlines()) == 1
     assert not (root / "out_missing").exists()
+    # a labels table without a task's column: one line, nothing written either
+    pd.read_csv(root / "labels.csv").drop(columns="hrd").to_csv(root / "labels_no_hrd.csv", index=False)
+    argv = _argv(root, overrides, out="out_missing")
+    argv[argv.index("--labels") + 1] = str(root / "labels_no_hrd.csv")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "has no column(s) ['hrd']" in err and len(err.strip().splitlines()) == 1
+    assert not (root / "out_missing").exists()
 
 
 def test_preset_errors_name_the_key():

@@ -201,18 +201,24 @@ def mark_current(folder: Path, sig: str) -> None:
     write_text_atomic(folder / SIGNATURE, sig + "\n")
 
 
-def labelled_slides(slides, labels: str | os.PathLike) -> list[Path]:
-    """The slides (folder, file or CSV) that the labels table names; an error when it names none of them."""
+def labelled_slides(slides, labels: str | os.PathLike, columns: tuple[str, ...] = ()) -> list[Path]:
+    """The slides (folder, file or CSV) that the labels table names; an error when it names none of them or lacks
+    one of ``columns`` (the tasks' targets)."""
     import pandas as pd
 
     from zoomfeat.cohort import resolve_slides, slide_id
 
+    if not Path(labels).is_file():
+        raise FileNotFoundError(f"labels CSV not found: {labels}")
+    df = pd.read_csv(labels, dtype={"slide": str})
+    missing = [c for c in ("slide", *columns) if c not in df.columns]
+    if missing:
+        raise ValueError(f"labels CSV {labels} has no column(s) {missing} (it has {list(df.columns)}); the preset's "
+                         "tasks read " + ", ".join(columns))
     found = resolve_slides(slides)
     if not found:
         raise FileNotFoundError(f"no slides found in {slides}")
-    wanted = set(pd.read_csv(labels, dtype={"slide": str})["slide"].astype(str)) if Path(labels).is_file() else None
-    if wanted is None:
-        raise FileNotFoundError(f"labels CSV not found: {labels}")
+    wanted = set(df["slide"].astype(str))
     mine = [s for s in found if slide_id(s) in wanted]
     if not mine:
         raise ValueError(f"the labels table {labels} names none of the {len(found)} slides in {slides}")
@@ -479,7 +485,7 @@ def reproduce_table4(slides, labels: str | os.PathLike, out: str | os.PathLike,
     if registry is not None and not Path(registry).is_file():
         raise FileNotFoundError(f"weights registry not found: {registry}")
     opts = check_weights(cfg, registry)
-    todo = labelled_slides(slides, labels)
+    todo = labelled_slides(slides, labels, tuple(dict.fromkeys(t["target"] for t in cfg.tasks)))
     out.mkdir(parents=True, exist_ok=True)
     save_yaml({**to_dict(cfg), "slides": str(slides), "labels": str(labels), "weights_registry": str(registry)},
               out / "config.yaml")
