@@ -293,7 +293,8 @@ def sweep_recipe(slides: list[Path], labels: Path, out: Path, cfg: Table4Config,
     if not reused:
         res = sweep([Path(s) for s in slides], out / "tiles", labels, weights, probe, spec,
                     ssl_weights=kw.get("ssl_weights"), registry=opts.weights_registry, progress=progress,
-                    official_config=kw.get("config"), ema=kw.get("ema", True))
+                    official_config=kw.get("config"), ema=kw.get("ema", True),
+                    device=cfg.extract.get("device") or "auto")
         failed = res["failed"]
         mark_current(probe, sig)
     enc = load_yaml(probe / "best_recipe.yaml")["encoder"]
