@@ -36,3 +36,22 @@ def test_guidance_benchmark_tiny(tmp_path, micro_ldm_dir):
     ag_update = (ag["gflop"] - 2 * u) / k
     assert 0.8 < (d + e2 + 2 * u) / ag_update < 1.2
     assert (d + u) / ag_update > 0.45
+
+
+def test_table4_cost_counts_flops_on_the_meta_device_and_sums_gpu_hours():
+    """benchmarks/table4_cost.py (docs/reproduce_table4.md): Phikon's ViT-B/16 FLOPs from shapes alone, and the
+    GPU-hours arithmetic of the extraction plan (20x for UNI / Phikon, 20x + 5x for CTransPath and ZoomLDM + UNI)."""
+    import pytest
+
+    from benchmarks.table4_cost import meta_vit_gflop, run_cost
+
+    assert meta_vit_gflop("phikon") == pytest.approx(35.13, rel=2e-3)  # ViT-B/16 at 224 px: 2 × 17.6 GMAC
+    g = {"uni": 100.0, "phikon": 10.0, "ctranspath": 5.0}
+    rows = {r["extraction"]: r for r in run_cost(g, zl=300.0, n_slides=36000, n20=1000, r5=0.1, missing=0.5,
+                                                 peak=1000.0, util=0.5)}
+    assert rows["UNI 20x"]["tflop_per_slide"] == 100.0  # 1000 tiles × 100 GFLOP
+    assert rows["CTransPath (20x + 5x)"]["tflop_per_slide"] == 5.5  # (1000 + 100) × 5 GFLOP
+    # ZoomLDM: 1000 × (300 + 100) + 100 regions × 300 + 100 × 16 × 0.5 children × 100 (UNI) = 510 TFLOP
+    zl = rows["ZoomLDM 20x + 5x, UNI-conditioned"]
+    assert zl["tflop_per_slide"] == 510.0
+    assert zl["gpu_hours_at_peak"] == 5.1 and zl["gpu_hours"] == 10.2  # 510 TFLOP × 36000 / 1 PFLOP/s; at 50 %

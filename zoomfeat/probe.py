@@ -414,9 +414,10 @@ def compute_means(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm, spe
 def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: str | os.PathLike,
           out: str | os.PathLike, spec: SweepSpec | None = None, ssl_weights=None, registry=None,
           custom_model: str | None = None, progress: bool = True, official_config: str | os.PathLike | None = None,
-          ema: bool = True) -> dict:
+          ema: bool = True, device: str = "cpu") -> dict:
     """Run the recipe sweep (see the module docstring); returns paths, the chosen recipe and its report row.
-    ``weights``: a ZoomLDM folder, or an official .ckpt (+ ``official_config``, ``ema``) as ``ZoomLDM.load``."""
+    ``weights``: a ZoomLDM folder, or an official .ckpt (+ ``official_config``, ``ema``) as ``ZoomLDM.load``.
+    ``device``: where the forwards run (``auto``: this rank's GPU if any; :func:`zoomfeat.precision.resolve_device`)."""
     import pandas as pd
 
     from zoomfeat.cohort import resolve_slides, slide_id
@@ -430,12 +431,17 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
     slide_list = resolve_slides(slides) if not isinstance(slides, (list, tuple)) else [Path(s) for s in slides]
     if not slide_list:
         raise FileNotFoundError(f"no slides found in {slides}")
-    ldm = ZoomLDM.load(weights, official_config, ema=ema).eval()
+    from zoomfeat.precision import resolve_device
+
+    dev = resolve_device(device)
+    ldm = ZoomLDM.load(weights, official_config, ema=ema).eval().to(dev)
     chans = block_channels(ldm.unet.config)
     bad = [b for b in spec.blocks if b not in chans]
     if bad:
         raise ValueError(f"blocks must be in 0..{max(chans)}, got {bad}")
     ssl, base = _encoders(spec, ldm, ssl_weights, registry, custom_model)
+    for enc in ([ssl] if ssl is not None else []) + list(base.values()):
+        enc.to(dev)
     # the per-slide cache is keyed by every weight that shapes a feature: the model, the SSL encoder, the baselines
     model_key = json.dumps({"ldm": sha256_file(weights) + ("" if ema else ":online"), "ssl": encoder_identity(ssl),
                             "baselines": {n: encoder_identity(e) for n, e in base.items()}},

@@ -15,7 +15,8 @@ import sys
 from zoomfeat import __version__
 
 #: Verb modules in the order they appear in --help (pipeline order).
-VERB_MODULES = ["slides", "ldm", "extract", "encoders", "probe", "mil", "predict", "train", "large", "view", "demo"]
+VERB_MODULES = ["slides", "ldm", "extract", "encoders", "probe", "mil", "reproduce", "predict", "train", "large", "view",
+                "demo"]
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:

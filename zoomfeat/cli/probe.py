@@ -59,6 +59,7 @@ def register(subparsers) -> None:
                         "k = round(1/F)); the rest only report it (default 0: choose and report on all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (this rank's GPU if any; default cpu)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=handler)
@@ -83,7 +84,7 @@ def handler(args) -> int:
                      ssl_encoder=args.ssl_encoder, seed=args.seed, batch_size=args.batch_size)
     res = sweep(args.slides, args.tiles, args.labels, args.weights, args.out, spec, ssl_weights=args.ssl_weights,
                 registry=args.weights_registry, custom_model=args.custom_model, progress=not args.no_progress,
-                official_config=args.official_config, ema=not args.online)
+                official_config=args.official_config, ema=not args.online, device=args.device)
     print_summary(res)
     return 3 if res["failed"] else 0
 
