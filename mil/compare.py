@@ -124,7 +124,7 @@ def compare(cfg: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
     compare_plot(primary.assign(encoder=_row_names(primary)), out / "compare.png",
                  title=f"{'/'.join(cfg['frameworks'])}: encoder comparison ({design})")
     forest_plot(primary.assign(encoder=_row_names(primary)), out / "compare_forest.png",
-                title=f"Δ vs reference, 95% CI (corrected resampled t, {design})")
+                title=f"Δ vs reference, unadjusted 95% CI (corrected resampled t, {design}); colour: Holm outcome")
     md = to_markdown(table, cfg)
     if failed:
         md += "\nTasks not run:\n\n" + "".join(f"- {n}: {r}\n" for n, r in failed)

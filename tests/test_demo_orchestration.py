@@ -160,3 +160,42 @@ def test_probe_highlights_and_paired_lines(tmp_path):
     p = paired_test(rep[rep["mag"] == "5x"]["score"].to_numpy(), rep[rep["mag"] == "20x"]["score"].to_numpy(), 0.25)
     assert any(ln.startswith(f"  paired (tiny-vit, architecture): 5x − 20x = {p['delta']:+.3f} ") for ln in paired)
     assert "independent cohort" in lines[-1]
+
+
+def _external_cli(fail_cv: bool):
+    calls = []
+
+    def run(argv, ok=(0,)):
+        argv = [str(a) for a in argv]
+        calls.append(argv)
+        if fail_cv and "--cv" in argv:
+            raise RuntimeError("demo step failed (exit 1): zoomfeat mil train ... --cv")
+        if argv[0] == "predict":
+            out = Path(argv[argv.index("--out") + 1])
+            out.mkdir(parents=True)
+            pd.DataFrame({"metric": ["auc"], "value": [0.9], "ci_low": [0.8], "ci_high": [1.0], "n_slides": [12],
+                          "n_patients": [10]}).to_csv(out / "metrics.csv", index=False)
+        return 0
+
+    return run, calls
+
+
+def test_external_step_names_the_real_reason_and_never_hides_a_cv_failure(tmp_path, capsys):
+    """Issue 23.5: only a cohort too small for k folds skips the CV estimate (saying why); any other CV failure
+    stops the demo instead of being reported as 'cross-validation impossible'."""
+    from zoomfeat.demo_external import external_validation
+
+    labels = tmp_path / "labels.csv"
+    _labels().assign(subtype=np.arange(N) % 2).to_csv(labels, index=False)  # 10 patients per class: 5 folds work
+    run, calls = _external_cli(fail_cv=True)
+    with pytest.raises(RuntimeError, match="--cv"):
+        external_validation(tmp_path, labels, tmp_path / "bags", run, folds=5)
+    assert len(calls) == 1 and "impossible" not in capsys.readouterr().out
+
+    small = tmp_path / "small.csv"
+    _labels().assign(subtype=[0] * 17 + [1] * 3).to_csv(small, index=False)  # 3 patients of class 1 for 5 folds
+    run, calls = _external_cli(fail_cv=False)
+    res = external_validation(tmp_path / "b", small, tmp_path / "bags", run, folds=5)
+    out = capsys.readouterr().out
+    assert "cross-validation impossible on this cohort (" in out and "n_folds=5" in out
+    assert "--cv" not in calls[0] and calls[0][:2] == ["mil", "train"] and res["auc"] == (0.9, 0.8, 1.0)

@@ -249,3 +249,18 @@ def test_verdict_names_the_reference_and_the_power_statement():
     assert f"|Δauc| ≥ {np.median(d):.3f} at 80% power" in line and f"{min(d):.3f}–{max(d):.3f}" in line
     md = to_markdown(table, {"n_folds": 5, "reference_note": "random-init tiny-vit"})
     assert "(random-init tiny-vit)" in md and "**Power:** " + line in md
+
+
+def test_forest_plot_says_its_bars_are_unadjusted_and_its_colours_holm(monkeypatch, tmp_path):
+    """Issue 23.5: a CI that misses 0 can be grey (Holm p_adj ≥ 0.05): the plot must say what it draws."""
+    import mil.plots as plots
+    from mil.compare import paired_statistics
+
+    noise = np.random.default_rng(4).normal(0, 0.05, (2, 10))
+    table = paired_statistics(_long_table({("subtype", "auc"): {"a": 0.04 + noise[0], "b": noise[1]}}),
+                              {"encoder": "ref", "framework": None})
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    plots.forest_plot(table[table["metric"] == "auc"], tmp_path / "f.png")
+    (ax,) = figs[0].axes
+    assert "unadjusted 95% CI" in ax.get_xlabel() and "Holm" in ax.get_xlabel()
