@@ -82,8 +82,8 @@ def detectable_delta(se: float, n_splits: int, power: float = 0.8, alpha: float 
     df = int(n_splits) - 1
     crit = stats.t.ppf(1 - alpha / 2, df)
 
-    def gap(nc: float) -> float:
-        return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)) - power
+    def gap(nc: float) -> float:  # the far tail is ~0 and scipy returns NaN for it at large nc
+        return float(stats.nct.sf(crit, df, nc) + np.nan_to_num(stats.nct.cdf(-crit, df, nc))) - power
 
     hi = 1.0
     while gap(hi) < 0 and hi < 256:  # bracket the root (nct is NaN for huge non-centralities)
