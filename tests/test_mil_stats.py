@@ -85,7 +85,8 @@ def test_compare_paired_statistics_find_planted_difference(bags, tmp_path):
     out = tmp_path / "cmp"
     rc = main(["compare", "--config", "configs/mil/compare.yaml", "--out", str(out), "--labels", str(labels),
                "--bags", f"noise={noise}:20x", "--bags", f"good={good}:20x", "--bags", f"good-again={good}:20x",
-               "--tasks", "subtype", "--reference", "noise", "--frameworks", "linear", "n_repeats=2", "n_folds=4"])
+               "--tasks", "subtype", "--reference", "noise", "--frameworks", "linear", "n_repeats=2", "n_folds=4",
+               "reference_note=random features, a floor"])
     assert rc == 0
     table = pd.read_csv(out / "compare.csv")
     assert {"delta", "delta_ci_low", "delta_ci_high", "p", "p_adj", "outcome", "framework"} <= set(table.columns)
@@ -99,7 +100,8 @@ def test_compare_paired_statistics_find_planted_difference(bags, tmp_path):
     folds = pd.read_csv(out / "compare_folds.csv")
     assert folds.groupby(["encoder", "metric"]).size().eq(8).all()  # per-split values, 2 repeats × 4 folds
     md = (out / "compare.md").read_text()
-    assert "| good | " in md and "win" in md and "Verdict:" in md
+    assert "| good | " in md and "win" in md and "Verdict:" in md and "**Power:** with the observed" in md
+    assert "Reference: **noise/linear** (random features, a floor)" in md and "(random features, a floor) (2 comp" in md
     assert (out / "compare_forest.png").stat().st_size > 1000
 
     from mil.compare import verdict
