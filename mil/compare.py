@@ -8,8 +8,10 @@ and each task's split table is made once (``splits_{task}.csv``, reused; or give
 Statistics (:mod:`mil.stats`): each row's CI comes from its per-split scores (corrected resampled t-test); each
 row is compared with a reference row on the same splits: per-split Δ, mean Δ with its corrected CI and p, and
 Holm-adjusted p over ONE family: every comparison of the primary metric in the table, all rows × tasks with AUC
-and c-index together (the count the verdict names; each secondary metric is its own family). ``compare.md`` marks rows win / tie / loss (Holm p < 0.05), ``compare_forest.png`` plots Δ with CIs,
-:func:`verdict` turns the table into one sentence.
+and c-index together (the count the verdict names; each secondary metric is its own family). ``compare.md`` marks
+rows win / tie / loss (Holm p < 0.05) and ends with the verdict and a power line (:func:`power_statement`),
+``compare_forest.png`` plots Δ with its unadjusted CI coloured by the Holm outcome, :func:`verdict` turns the table
+into one sentence.
 """
 
 from __future__ import annotations

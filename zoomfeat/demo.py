@@ -238,8 +238,9 @@ def probe_highlights(probe: Path) -> list[str]:
     ratio = 1 / (int(json.loads((probe / "probe_summary.json").read_text())["spec"]["n_folds"]) - 1)  # n_test/n_train
     paired = paired_lines(pd.read_csv(probe / "probe_scores.csv"), ratio)
     if any(", architecture)" in p for p in paired):
-        paired.append("  (architecture rows: the block was chosen on this cohort, so they are selection-biased; the "
-                      "evidence for the control is its confirmation on an independent cohort, docs/feature_evidence.md)")
+        paired.append("  (architecture rows: the block was chosen on this cohort, so they are selection-biased; "
+                      "the evidence for the control is its confirmation on an independent cohort, "
+                      "docs/feature_evidence.md)")
     return lines + paired
 
 
