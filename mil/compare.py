@@ -7,9 +7,11 @@ and each task's split table is made once (``splits_{task}.csv``, reused; or give
 
 Statistics (:mod:`mil.stats`): each row's CI comes from its per-split scores (corrected resampled t-test); each
 row is compared with a reference row on the same splits: per-split Δ, mean Δ with its corrected CI and p, and
-Holm-adjusted p over every comparison of the primary metric in the table (each secondary metric is its own
-family). ``compare.md`` marks rows win / tie / loss (Holm p < 0.05), ``compare_forest.png`` plots Δ with CIs,
-:func:`verdict` turns the table into one sentence.
+Holm-adjusted p over ONE family: every comparison of the primary metric in the table, all rows × tasks with AUC
+and c-index together (the count the verdict names; each secondary metric is its own family). ``compare.md`` marks
+rows win / tie / loss (Holm p < 0.05) and ends with the verdict and a power line (:func:`power_statement`),
+``compare_forest.png`` plots Δ with its unadjusted CI coloured by the Holm outcome, :func:`verdict` turns the table
+into one sentence.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class CompareConfig(CVConfig):
     n_repeats: int = 3
     frameworks: list | None = None  # linear | abmil | transmil | twobranch (default: [model])
     reference: str | None = None  # NAME or NAME/FRAMEWORK (default: the first entry)
+    reference_note: str | None = None  # what the reference is (e.g. "random-init tiny-vit"): in compare.md / verdict
 
 
 TASK_DEFAULTS = {
@@ -126,7 +129,7 @@ def compare(cfg: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
     compare_plot(primary.assign(encoder=_row_names(primary)), out / "compare.png",
                  title=f"{'/'.join(cfg['frameworks'])}: encoder comparison ({design})")
     forest_plot(primary.assign(encoder=_row_names(primary)), out / "compare_forest.png",
-                title=f"Δ vs reference, 95% CI (corrected resampled t, {design})")
+                title=f"Δ vs reference, unadjusted 95% CI (corrected resampled t, {design}); colour: Holm outcome")
     md = to_markdown(table, cfg)
     if failed:
         md += "\nTasks not run:\n\n" + "".join(f"- {n}: {r}\n" for n, r in failed)
@@ -272,8 +275,9 @@ def paired_statistics(table: pd.DataFrame, reference: dict) -> pd.DataFrame:
                        "value": float(f.loc[k, "value"]), "delta": float(d.loc[k])} for k in f.index]
     table = pd.concat([table.drop(columns="_folds"), pd.DataFrame(stats, index=table.index)], axis=1)
     table["p_adj"] = np.nan
-    for metric, g in table.groupby("metric"):  # one Holm family per metric (the primary one is the table's)
-        table.loc[g.index, "p_adj"] = holm(g["p"].to_numpy(float))
+    family = table["metric"].where(~table["metric"].isin(PRIMARY), "primary")
+    for _, g in table.groupby(family):  # ONE Holm family: the primary metric (AUC / c-index) of every row × task;
+        table.loc[g.index, "p_adj"] = holm(g["p"].to_numpy(float))  # each secondary metric is its own family
     table["outcome"] = [("ref" if r.is_reference else outcome(r.delta, r.p_adj)) for r in table.itertuples()]
     table.attrs["folds"] = pd.DataFrame(fold_rows)
     return table
@@ -295,9 +299,11 @@ def to_markdown(table: pd.DataFrame, cfg: dict) -> str:
     fws = "/".join(dict.fromkeys(table["framework"]))
     lines = [f"# Encoder comparison — {fws}, {cfg.get('n_repeats', 1)} × {cfg.get('n_folds')}-fold patient-level "
              f"CV (same splits for every row), seed {cfg.get('seed')}", "",
-             f"Reference: **{', '.join(dict.fromkeys(table['reference']))}**. Mean over fold models [95% CI, corrected resampled "
-             "t-test]; Δ = paired per-split difference to the reference [95% CI]; p_adj: Holm over the table; "
-             "win / loss: p_adj < 0.05.", ""]
+             f"Reference: **{', '.join(dict.fromkeys(table['reference']))}**"
+             + (f" ({cfg['reference_note']})" if cfg.get("reference_note") else "")
+             + ". Mean over fold models [95% CI, corrected resampled t-test]; Δ = paired per-split difference to the "
+             f"reference [95% CI]; p_adj: Holm over one family, the table's {family_size(table)} primary-metric "
+             "comparisons (every row × task, AUC and c-index together); win / loss: p_adj < 0.05.", ""]
     for t in tasks:
         g = prim[prim["task"] == t]
         lines += [f"## {t} ({g['metric'].iloc[0]})", "", "| row | mean [95% CI] | Δ [95% CI] | p_adj | outcome |",
@@ -313,12 +319,37 @@ def to_markdown(table: pd.DataFrame, cfg: dict) -> str:
     for r in table.assign(row=_row_names(table)).itertuples():
         lines.append(f"| {r.row} | {r.task} | {r.metric} | {_fmt(r.mean)} ± {_fmt(r.std)} | "
                      f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] | {_fmt(r.delta, True)} | {_p(r.p_adj)} | {r.outcome} |")
-    return "\n".join(lines) + "\n\n**Verdict:** " + verdict(table) + "\n"
+    return ("\n".join(lines) + "\n\n**Verdict:** " + verdict(table, note=cfg.get("reference_note")) + "\n\n**Power:** "
+            + power_statement(table) + "\n")
 
 
-def verdict(table: pd.DataFrame, alpha: float = 0.05) -> str:
+def family_size(table: pd.DataFrame) -> int:
+    """The Holm family's size: comparisons of the primary metric (every row × task) with a p-value."""
+    return int(np.isfinite(table.loc[table["metric"].isin(PRIMARY), "p"].to_numpy(float)).sum())
+
+
+def power_statement(table: pd.DataFrame, power: float = 0.8, alpha: float = 0.05, metric: str = "auc") -> str:
+    """One line: the smallest Δ``metric`` the table's splits could detect at ``power`` (two-sided ``alpha``,
+    unadjusted), from each comparison's observed per-split variance (the corrected standard error behind its Δ CI;
+    :func:`mil.stats.detectable_delta`): the median over the comparisons and their range."""
+    from mil.stats import detectable_delta, se_from_ci
+
+    rows = table[(table["metric"] == metric) & ~table["is_reference"].astype(bool)]
+    d = np.array([detectable_delta(se_from_ci(r.delta_ci_low, r.delta_ci_high, int(r.n_folds)), int(r.n_folds),
+                                   power, alpha) for r in rows.itertuples()], dtype=float)
+    d = d[np.isfinite(d)]
+    if not len(d):
+        return f"no Δ{metric} comparison to size."
+    return (f"with the observed fold variance these splits detect |Δ{metric}| ≥ {np.median(d):.3f} at "
+            f"{power:.0%} power (median over {len(d)} comparison{'s' if len(d) != 1 else ''}, range "
+            f"{d.min():.3f}–{d.max():.3f}; two-sided α = {alpha}, corrected t, before Holm): a smaller difference "
+            "can be missed, so 'no difference' does not mean 'equal'.")
+
+
+def verdict(table: pd.DataFrame, alpha: float = 0.05, note: str | None = None) -> str:
     """One sentence from the statistics of a compare table (primary metric): per task, the rows that beat or
-    lose to the reference at Holm-adjusted p < ``alpha``, else the largest |Δ| and why it is not a difference."""
+    lose to the reference at Holm-adjusted p < ``alpha``, else the largest |Δ| and why it is not a difference.
+    The count it names is the Holm family (:func:`family_size`); ``note`` says what the reference is."""
     prim = table[table["metric"].isin(PRIMARY)].assign(row=lambda t: _row_names(t))
     parts = []
     for task, g in prim.groupby("task", sort=False):
@@ -336,7 +367,8 @@ def verdict(table: pd.DataFrame, alpha: float = 0.05) -> str:
                          f"[{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}], p_adj {_p(r['p_adj'])})")
     refs = list(dict.fromkeys(table["reference"]))
     ref = refs[0] if len(refs) == 1 else f"{refs[0].split('/')[0]} (within each framework)"
-    n = int((~prim["is_reference"]).sum())
+    ref += f" ({note})" if note else ""
+    n = family_size(table)
     if not parts:
         return f"Nothing to compare against {ref}: the table has no other row."
     return (f"Against {ref} ({n} comparison{'s' if n != 1 else ''}, Holm-adjusted α = {alpha}): "

@@ -61,12 +61,17 @@ def load_model(path: str | os.PathLike) -> Predictor:
                                 "write one with `zoomfeat mil train`)")
     meta = json.loads((path / META).read_text())
     head, task = meta["model"], meta["task"]
-    net = build_model(head["name"], int(head["in_dim"]), int(head["n_out"]), **head.get("kwargs", {}))
+    # a pickle in disguise is one line (load_state_dict_file), not a traceback
+    weights, kwargs = load_state_dict_file(path / WEIGHTS), dict(head.get("kwargs", {}))
+    if head["name"] == "abmil" and "embed_dim" not in kwargs:  # saved before ABMIL's width followed in_dim
+        kwargs.update(embed_dim=int(weights["fc.0.weight"].shape[0]),
+                      attn_dim=int(weights["attention.a.0.weight"].shape[0]))
+    net = build_model(head["name"], int(head["in_dim"]), int(head["n_out"]), **kwargs)
     if task["name"] in CLASSIFICATION and len(task.get("classes") or []) != int(head["n_out"]):
         raise ValueError(f"{path / META}: task.classes names {len(task.get('classes') or [])} class(es) but the head "
                          f"has {int(head['n_out'])} outputs; the model folder is inconsistent (re-run `zoomfeat mil "
                          "train`)")
-    net.load_state_dict(load_state_dict_file(path / WEIGHTS), strict=True)  # a pickle in disguise: one line
+    net.load_state_dict(weights, strict=True)
     hp = {k: task[k] for k in TASK_HP if k in task}
     return Predictor([net.eval()], task["name"], list(task["classes"]), meta["mag"], meta["feature_spec"], hp,
                      int(head["in_dim"]), str(path), "model", meta, [load_standardizer(path / "standardize.npz")])

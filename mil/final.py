@@ -201,7 +201,8 @@ def train_final(cfg: dict | FinalConfig, out_dir: str | os.PathLike, run_cv: boo
     meta = {"format": MODEL_FORMAT, "toolkit_version": __version__,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": {"name": str(cfg["model"]).lower(), "in_dim": int(cohort.dim), "n_out": int(task.n_out),
-                      "kwargs": _jsonable(model_kwargs(str(cfg["model"]).lower(), model_hp))},
+                      "kwargs": _jsonable({**model_kwargs(str(cfg["model"]).lower(), model_hp),
+                                           **getattr(net, "sizes", {})})},
             "task": _task_meta(cohort, cfg, task), "mag": cfg["mag"], "seed": int(cfg["seed"]),
             "feature_spec": spec, "training": _training_meta(cohort, tr, va, info, how, cfg), "cv": cv,
             "standardize": info.get("norm") is not None}

@@ -111,8 +111,9 @@ def compare_plot(table: pd.DataFrame, path: str | os.PathLike, title: str = "") 
 
 
 def forest_plot(table: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
-    """One panel per task: each non-reference row's mean Δ to the reference with its 95% CI (green: win, red:
-    loss, grey: tie at Holm-adjusted p < 0.05), a line at Δ = 0."""
+    """One panel per task: each non-reference row's mean Δ to the reference with its unadjusted 95% CI (green:
+    win, red: loss, grey: tie at Holm-adjusted p < 0.05, so a CI that misses 0 can still be grey), a line at Δ = 0;
+    the plot says both on its axis label."""
     plt = _plt()
     tasks = list(dict.fromkeys(table["task"]))
     rows = table[~table["is_reference"].astype(bool)]
@@ -130,7 +131,7 @@ def forest_plot(table: pd.DataFrame, path: str | os.PathLike, title: str = "") -
         ax.set_yticks(y, list(g["encoder"]))
         metric = table[table["task"] == task]["metric"].iloc[0]
         ref = table["reference"].iloc[0] if "reference" in table else "reference"
-        ax.set(xlabel=f"Δ {metric} vs {ref}", title=task)
+        ax.set(xlabel=f"Δ {metric} vs {ref}\nbars: unadjusted 95% CI; colour: Holm p_adj < 0.05", title=task)
     fig.suptitle(title or "paired differences to the reference", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -82,7 +82,8 @@ def linear_probe_scores(X: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndar
 
 def corrected_ci(scores: np.ndarray, test_over_train: float, level: float = 0.95) -> tuple[float, float, float, float]:
     """(mean, std, ci_low, ci_high) of per-split scores with the Nadeau–Bengio corrected variance
-    (:func:`mil.stats.corrected_ttest`, the same test ``compare`` uses)."""
+    (:func:`mil.stats.corrected_ttest`, the same test ``compare`` uses), the CI clipped to the metrics' range [0, 1]
+    (AUC, c-index; as ``mil cv`` clips its summary)."""
     from mil.stats import corrected_ttest
 
     s = np.asarray(scores, float)
@@ -90,7 +91,8 @@ def corrected_ci(scores: np.ndarray, test_over_train: float, level: float = 0.95
     if len(s) == 0:
         return (float("nan"),) * 4
     r = corrected_ttest(s, test_over_train, level)
-    return r["mean"], float(s.std(ddof=1)) if len(s) > 1 else 0.0, r["ci_low"], r["ci_high"]
+    lo, hi = np.clip([r["ci_low"], r["ci_high"]], 0.0, 1.0)
+    return r["mean"], float(s.std(ddof=1)) if len(s) > 1 else 0.0, float(lo), float(hi)
 
 
 def paired_test(a: np.ndarray, b: np.ndarray, test_over_train: float) -> dict:

@@ -68,3 +68,33 @@ def outcome(delta: float, p_adj: float, alpha: float = 0.05) -> str:
     if not np.isfinite(p_adj) or p_adj >= alpha:
         return "tie"
     return "win" if delta > 0 else "loss"
+
+
+def detectable_delta(se: float, n_splits: int, power: float = 0.8, alpha: float = 0.05) -> float:
+    """Smallest true mean Δ a two-sided corrected t-test (df = J − 1, standard error ``se`` = the corrected
+    sqrt((1/J + n_test/n_train) · s²) of :func:`corrected_ttest`) rejects with probability ``power`` at ``alpha``:
+    the non-centrality δ/se solving P(|T'| > t_{1−α/2}) = power for T' ~ noncentral t (scipy ``nct``). NaN when
+    ``se`` is not finite or there are fewer than two splits."""
+    from scipy import optimize, stats
+
+    if not (np.isfinite(se) and n_splits >= 2):
+        return float("nan")
+    df = int(n_splits) - 1
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def gap(nc: float) -> float:  # the far tail is ~0 and scipy returns NaN for it at large nc
+        return float(stats.nct.sf(crit, df, nc) + np.nan_to_num(stats.nct.cdf(-crit, df, nc))) - power
+
+    hi = 1.0
+    while gap(hi) < 0 and hi < 256:  # bracket the root (nct is NaN for huge non-centralities)
+        hi *= 2
+    return float(optimize.brentq(gap, 0.0, hi) * se)
+
+
+def se_from_ci(ci_low: float, ci_high: float, n_splits: int, level: float = 0.95) -> float:
+    """The corrected standard error behind a :func:`corrected_ttest` interval (its half-width / t quantile)."""
+    from scipy import stats
+
+    if n_splits < 2:
+        return float("nan")
+    return float((ci_high - ci_low) / (2 * stats.t.ppf(0.5 + level / 2, int(n_splits) - 1)))

@@ -199,3 +199,21 @@ def test_zoomldm_spec_round_trip_rebuilds_the_encoder(trained, tmp_path):
         encoder_for_model({**spec, "recipe": {**spec["recipe"], "image_size": 256}}, weights=ckpt)
     with pytest.raises(SpecMismatchError, match="weights sha256"):
         encoder_for_model({**spec, "weights_sha256": "0" * 64}, weights=ckpt)
+
+
+def test_model_saved_before_abmil_width_followed_in_dim_still_loads(trained, tmp_path):
+    """A model folder whose kwargs lack the ABMIL sizes (written before issue 23.4's width rule) is rebuilt at the
+    sizes its weights have; new folders record the resolved sizes."""
+    import json
+    import shutil
+
+    from mil.deploy import load_model
+
+    meta = json.loads((trained["model"] / "model.json").read_text())
+    assert {"embed_dim": 16, "attn_dim": 8}.items() <= meta["model"]["kwargs"].items()
+    old = tmp_path / "old_model"
+    shutil.copytree(trained["model"], old)
+    meta["model"]["kwargs"] = {k: v for k, v in meta["model"]["kwargs"].items() if k not in ("embed_dim", "attn_dim")}
+    (old / "model.json").write_text(json.dumps(meta))
+    net = load_model(old).nets[0]
+    assert net.fc[0].out_features == 16 and net.attention.a[0].out_features == 8

@@ -91,12 +91,18 @@ def test_cross_validate_is_reproducible_and_patient_level():
     assert pred.groupby("patient")["fold"].nunique().max() == 1
 
 
-def test_discrete_time_nll_head_trains():
-    bags, y, _ = survival_bags(60, D, seed=2)
-    df = mil.cross_validate(bags, y, model="abmil", task="survival", n_folds=2, seed=0, surv_loss="nll",
-                            n_bins=4, embed_dim=16, attn_dim=8, lr=3e-3, epochs=3, batch_size=8, progress=False,
-                            n_boot=20)
-    assert np.isfinite(df["c_index"]).all()
+def test_discrete_time_nll_head_learns_known_risk():
+    """Issue 23.5: not just a finite c-index — the NLL head ranks patients by the planted risk (oracle c-index
+    0.85; measured 0.77 / 0.76 / 0.77 per fold; a head that learns nothing scores ~0.5)."""
+    from scipy.stats import spearmanr
+
+    bags, y, risk = survival_bags(60, D, seed=2)
+    df = mil.cross_validate(bags, y, model="abmil", task="survival", n_folds=3, seed=0, surv_loss="nll",
+                            n_bins=4, embed_dim=16, attn_dim=8, lr=3e-3, epochs=20, batch_size=8, progress=False,
+                            wandb=False)
+    assert df["c_index"].mean() > 0.7 and df["c_index"].min() > 0.6, df["c_index"]
+    pred = df.predictions.assign(true=risk[[int(s[3:]) for s in df.predictions["slide"]]])
+    assert spearmanr(pred["risk"], pred["true"]).statistic > 0.4  # higher predicted risk = higher planted hazard
 
 
 def test_bootstrap_metrics_equal_sklearn():

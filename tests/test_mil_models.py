@@ -38,6 +38,9 @@ def test_abmil_defaults_are_clam_sizes():
     m = ABMIL(1024, 2)
     assert m.fc[0].out_features == 512 and m.attention.a[0].out_features == 256
     assert m.fc[2].p == 0.25 and m.attention.b is not None  # gated
+    narrow = ABMIL(48, 3)  # issue 23.4: never wider than its features (floor 64); explicit sizes still win
+    assert narrow.fc[0].out_features == 64 and narrow.attention.a[0].out_features == 32
+    assert narrow.sizes == {"embed_dim": 64, "attn_dim": 32} and ABMIL(48, 3, embed_dim=512).sizes["attn_dim"] == 256
     deep = ABMIL(64, 2, embed_dim=32, n_fc=3)
     assert sum(isinstance(l, torch.nn.Linear) for l in deep.fc) == 3
 

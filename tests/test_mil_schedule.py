@@ -92,17 +92,39 @@ def test_threads_never_exceed_available_cores(monkeypatch):
     assert "ZOOMFEAT_THREADS" not in os.environ or os.environ["ZOOMFEAT_THREADS"] == "2"
 
 
+def test_abmil_defaults_learn_a_tiny_demo_like_cohort_end_to_end(tmp_path):
+    """The fast default twin of the slow test below (issue 23.3): 24 synthetic 1024-px slides → tiles → random-init
+    tiny-vit bags (20x, 4–11 tiles each) → mil.cross_validate(..., model="abmil", n_folds=3) with its defaults.
+    Measured: AUC 0.872, balanced accuracy 0.722 (linear probe 0.928 / 0.778 on the same folds); with the old
+    512-wide head 0.802 / 0.667, without standardisation 0.796 / 0.574 — both fail here. About 25 s on 2 shared
+    cores (slides, tiles and extraction included)."""
+    from zoomfeat.bags import read_bag
+    from zoomfeat.cli import main
+    from zoomfeat.slides import make_cohort
+
+    c, t, f = tmp_path / "cohort", tmp_path / "tiles", tmp_path / "features"
+    make_cohort(c, n_slides=24, seed=0, sizes_20x=(1024,), progress=False)
+    assert main(["tile", str(c / "slides"), "--out", str(t), "--no-progress"]) == 0
+    assert main(["extract", str(c / "slides"), "--tiles", str(t), "--out", str(f), "--no-progress", "--workers", "0",
+                 "--encoder", "tiny-vit", "--mags", "20x"]) == 0
+    lab = pd.read_csv(c / "labels.csv", dtype={"slide": str})
+    bags = [read_bag(f / "features_tiny-vit" / f"{s}.h5", mag="20x") for s in lab["slide"]]
+    df = mil.cross_validate(bags, lab["subtype"].tolist(), groups=lab["patient"].tolist(), model="abmil",
+                            task="multiclass", n_folds=3, progress=False, wandb=False)
+    assert df["auc"].mean() >= 0.84 and df["balanced_accuracy"].mean() >= 0.65, df[["auc", "balanced_accuracy"]]
+
+
 @pytest.mark.slow
 def test_abmil_defaults_learn_the_demo_like_cohort(tmp_path):
-    """Issue 14 item 7 target, end to end: 60 synthetic slides → tiles → random-init tiny-vit bags (20x) →
-    mil.cross_validate(..., model="abmil", task="multiclass", n_folds=5) with its defaults (measured: AUC 0.958,
-    balanced accuracy 0.883; before standardisation and the small-cohort schedule: 0.942 / 0.851, and on 24 slides
-    0.933 / 0.800 vs 0.828 / 0.400)."""
+    """Issue 14 item 7 / issue 23.4 target, end to end on the demo's cohort (60 slides, the demo's sizes, seed 0) →
+    tiles → random-init tiny-vit bags (20x) → mil.cross_validate(..., model="abmil", task="multiclass", n_folds=5)
+    with its defaults, next to the linear probe on the same folds. Measured: ABMIL AUC 0.906, balanced accuracy
+    0.748; linear probe 0.893 / 0.764; the old 512-wide default head 0.876 / 0.711 (docs/mil.md)."""
     from zoomfeat.bags import read_bag
     from zoomfeat.cli import main
 
     c, t, f = tmp_path / "cohort", tmp_path / "tiles", tmp_path / "features"
-    assert main(["synth-cohort", "--out", str(c), "--n-slides", "60", "--seed", "0"]) == 0
+    assert main(["synth-cohort", "--out", str(c), "--n-slides", "60", "--seed", "0", "--sizes", "1792,2048,2304"]) == 0
     assert main(["tile", str(c / "slides"), "--out", str(t), "--no-progress"]) == 0
     assert main(["extract", str(c / "slides"), "--tiles", str(t), "--out", str(f), "--no-progress", "--workers", "0",
                  "--encoder", "tiny-vit", "--mags", "20x"]) == 0
@@ -110,4 +132,7 @@ def test_abmil_defaults_learn_the_demo_like_cohort(tmp_path):
     bags = [read_bag(f / "features_tiny-vit" / f"{s}.h5", mag="20x") for s in lab["slide"]]
     df = mil.cross_validate(bags, lab["subtype"].tolist(), groups=lab["patient"].tolist(), model="abmil",
                             task="multiclass", n_folds=5, progress=False)
-    assert df["auc"].mean() >= 0.90 and df["balanced_accuracy"].mean() >= 0.70, df[["auc", "balanced_accuracy"]]
+    assert df["auc"].mean() >= 0.89 and df["balanced_accuracy"].mean() >= 0.70, df[["auc", "balanced_accuracy"]]
+    lin = mil.cross_validate(bags, lab["subtype"].tolist(), groups=lab["patient"].tolist(), model="linear",
+                             task="multiclass", n_folds=5)
+    assert df["auc"].mean() >= lin["auc"].mean() - 0.01, (df["auc"].mean(), lin["auc"].mean())

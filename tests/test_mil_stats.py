@@ -85,7 +85,8 @@ def test_compare_paired_statistics_find_planted_difference(bags, tmp_path):
     out = tmp_path / "cmp"
     rc = main(["compare", "--config", "configs/mil/compare.yaml", "--out", str(out), "--labels", str(labels),
                "--bags", f"noise={noise}:20x", "--bags", f"good={good}:20x", "--bags", f"good-again={good}:20x",
-               "--tasks", "subtype", "--reference", "noise", "--frameworks", "linear", "n_repeats=2", "n_folds=4"])
+               "--tasks", "subtype", "--reference", "noise", "--frameworks", "linear", "n_repeats=2", "n_folds=4",
+               "reference_note=random features, a floor"])
     assert rc == 0
     table = pd.read_csv(out / "compare.csv")
     assert {"delta", "delta_ci_low", "delta_ci_high", "p", "p_adj", "outcome", "framework"} <= set(table.columns)
@@ -99,7 +100,8 @@ def test_compare_paired_statistics_find_planted_difference(bags, tmp_path):
     folds = pd.read_csv(out / "compare_folds.csv")
     assert folds.groupby(["encoder", "metric"]).size().eq(8).all()  # per-split values, 2 repeats × 4 folds
     md = (out / "compare.md").read_text()
-    assert "| good | " in md and "win" in md and "Verdict:" in md
+    assert "| good | " in md and "win" in md and "Verdict:" in md and "**Power:** with the observed" in md
+    assert "Reference: **noise/linear** (random features, a floor)" in md and "(random features, a floor) (2 comp" in md
     assert (out / "compare_forest.png").stat().st_size > 1000
 
     from mil.compare import verdict
@@ -169,3 +171,100 @@ def test_two_frameworks_share_splits_and_compare_within_framework(bags, tmp_path
     from mil.compare import verdict
 
     assert "within each framework" in verdict(table)
+
+
+def _long_table(shifts: dict) -> pd.DataFrame:
+    """A compare long table (rows with per-split ``_folds``) of a reference row and shifted rows per task/metric:
+    {(task, metric): {encoder: per-split delta}}; 2 repeats × 5 folds, 40 train / 10 test slides."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for (task, metric), encs in shifts.items():
+        base = rng.uniform(0.6, 0.8, 10)
+        for enc, d in {"ref": np.zeros(10), **encs}.items():
+            f = pd.DataFrame({"fold": range(10), "repeat": np.repeat([0, 1], 5), "n_train": 32, "n_val": 8,
+                              "n_test": 10, "value": base + d})
+            rows.append({"encoder": enc, "framework": "linear", "task": task, "metric": metric, "mean": f["value"].mean(),
+                         "std": f["value"].std(), "ci_low": 0.0, "ci_high": 1.0, "n_folds": 10, "n_slides": 50,
+                         "_folds": f})
+    return pd.DataFrame(rows)
+
+
+def test_holm_is_one_family_over_every_row_and_task_auc_and_c_index_together():
+    """Issue 23.1: two AUC and two c-index comparisons: per-metric Holm (2 + 2) and one family of 4 differ; the
+    table, compare.md and the verdict must all use the one family of 4."""
+    from mil.compare import family_size, paired_statistics, to_markdown, verdict
+    from mil.stats import split_ratio
+
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0, 0.04, (4, 10))
+    shifts = {("subtype", "auc"): {"a": 0.05 + noise[0], "b": 0.02 + noise[1]},
+              ("survival", "c_index"): {"a": 0.04 + noise[2], "b": 0.01 + noise[3]}}
+    table = paired_statistics(_long_table(shifts), {"encoder": "ref", "framework": None})
+    ratio = split_ratio([10] * 10, [40] * 10)
+    raw = {(t, e): corrected_ttest(d, ratio)["p"] for (t, _), encs in shifts.items() for e, d in encs.items()}
+    expect = dict(zip(raw, holm(list(raw.values()))))
+    per_metric = {**dict(zip(list(raw)[:2], holm(list(raw.values())[:2]))),
+                  **dict(zip(list(raw)[2:], holm(list(raw.values())[2:])))}
+    assert not np.allclose(list(expect.values()), list(per_metric.values()))  # the two definitions differ here
+    got = table[~table["is_reference"]].set_index(["task", "encoder"])["p_adj"]
+    for key, p in expect.items():
+        assert got.loc[key] == pytest.approx(p), key
+    assert family_size(table) == 4
+    assert "(4 comparisons, Holm-adjusted" in verdict(table)
+    assert "the table's 4 primary-metric comparisons" in to_markdown(table, {"n_folds": 5})
+
+
+def test_detectable_delta_by_hand():
+    """Issue 23.6: the smallest Δ detectable at 80% power (two-sided α 0.05) from the corrected standard error."""
+    from statsmodels.stats.power import TTestPower
+
+    from mil.stats import detectable_delta, se_from_ci
+
+    v = np.random.default_rng(2).normal(0.02, 0.05, 15)
+    s = v.std(ddof=1)
+    # ratio 0 is the plain one-sample t-test: statsmodels' effect size (in units of s) × s
+    es = TTestPower().solve_power(effect_size=None, nobs=15, alpha=0.05, power=0.8, alternative="two-sided")
+    assert detectable_delta(s / np.sqrt(15), 15) == pytest.approx(es * s, rel=1e-4)
+    se = np.sqrt((1 / 15 + 0.25) * s**2)  # corrected variance, 3 × 5-fold
+    d = detectable_delta(se, 15)
+    nc, crit = d / se, stats.t.ppf(0.975, 14)  # by hand: the power at d is 0.8
+    assert stats.nct.sf(crit, 14, nc) + stats.nct.cdf(-crit, 14, nc) == pytest.approx(0.8, abs=1e-6)
+    assert d == pytest.approx((crit + stats.t.ppf(0.8, 14)) * se, rel=0.02)  # the textbook approximation
+    r = corrected_ttest(v, 0.25)
+    assert se_from_ci(r["ci_low"], r["ci_high"], 15) == pytest.approx(se)
+    assert np.isnan(detectable_delta(float("nan"), 15)) and np.isnan(detectable_delta(0.1, 1))
+    for j in (2, 3, 4, 5, 6, 10, 15, 30):  # scipy's nct far tail is NaN at large non-centralities: still a number
+        assert np.isfinite(detectable_delta(0.1, j)), j
+
+
+def test_verdict_names_the_reference_and_the_power_statement():
+    """Issue 23.6 / 23.5: the verdict says what the reference is, compare.md carries the power line."""
+    from mil.compare import paired_statistics, power_statement, to_markdown, verdict
+    from mil.stats import detectable_delta, se_from_ci
+
+    noise = np.random.default_rng(3).normal(0, 0.05, (2, 10))
+    table = paired_statistics(_long_table({("subtype", "auc"): {"a": noise[0], "b": 0.01 + noise[1]}}),
+                              {"encoder": "ref", "framework": None})
+    v = verdict(table, note="random-init tiny-vit")
+    assert v.startswith("Against ref/linear (random-init tiny-vit) (2 comparisons")
+    rows = table[~table["is_reference"]]
+    d = [detectable_delta(se_from_ci(r.delta_ci_low, r.delta_ci_high, 10), 10) for r in rows.itertuples()]
+    line = power_statement(table)
+    assert f"|Δauc| ≥ {np.median(d):.3f} at 80% power" in line and f"{min(d):.3f}–{max(d):.3f}" in line
+    md = to_markdown(table, {"n_folds": 5, "reference_note": "random-init tiny-vit"})
+    assert "(random-init tiny-vit)" in md and "**Power:** " + line in md
+
+
+def test_forest_plot_says_its_bars_are_unadjusted_and_its_colours_holm(monkeypatch, tmp_path):
+    """Issue 23.5: a CI that misses 0 can be grey (Holm p_adj ≥ 0.05): the plot must say what it draws."""
+    import mil.plots as plots
+    from mil.compare import paired_statistics
+
+    noise = np.random.default_rng(4).normal(0, 0.05, (2, 10))
+    table = paired_statistics(_long_table({("subtype", "auc"): {"a": 0.04 + noise[0], "b": noise[1]}}),
+                              {"encoder": "ref", "framework": None})
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    plots.forest_plot(table[table["metric"] == "auc"], tmp_path / "f.png")
+    (ax,) = figs[0].axes
+    assert "unadjusted 95% CI" in ax.get_xlabel() and "Holm" in ax.get_xlabel()

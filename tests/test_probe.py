@@ -102,3 +102,18 @@ def test_tuning_split_and_report_rows_on_planted_means():
     assert {("tiny-vit", "", "", "a"), ("tiny-vit", "", "", "b")} <= cells
     assert next(r for r in rep if (r["block"], r["t"], r["task"], r["mag"]) == (0, 50, "b", "20x"))["mean"] > 0.9
     assert len(scores) == len(rep)
+
+
+def test_probe_summary_says_a_best_cell_without_tuning_split_is_optimistic(capsys):
+    """Issue 23.5: without --tune-fraction the printed best cell is the maximum of the grid on its own patients."""
+    from zoomfeat.cli.probe import print_summary
+
+    best = {"subset": "all", "task": "subtype", "mag": "20x", "block": 3, "t": 0, "alpha_bar": 1.0, "noise_pct": 0.0,
+            "conditioning": "none", "metric": "auc", "mean": 0.9, "ci_low": 0.8, "ci_high": 1.0}
+    res = {"best": best, "report": None, "failed": [], "probe_csv": "p.csv", "best_recipe": "r.yaml"}
+    print_summary(res)
+    assert "optimistic" in capsys.readouterr().out
+    print_summary({**res, "best": {**best, "subset": "tune"},
+                   "report": {"n_slides": 30, "metric": "auc", "mean": 0.8, "ci_low": 0.7, "ci_high": 0.9}})
+    out = capsys.readouterr().out
+    assert "optimistic" not in out and "30 held-out report slides" in out

@@ -64,3 +64,12 @@ def test_corrected_ci_by_hand():
     assert (lo, hi) == pytest.approx((s.mean() - half, s.mean() + half))
     same = paired_test(s, s, 0.25)
     assert same["delta"] == 0 and same["p"] == 1.0
+
+
+def test_corrected_ci_is_clipped_to_the_metric_range():
+    """Issue 23.5: AUCs near 1 with fold spread gave upper bounds such as 1.052; mil cv clips, so does the probe."""
+    s = np.array([1.0, 0.9, 1.0, 0.7, 1.0, 0.95])
+    m, sd, lo, hi = corrected_ci(s, 0.25)
+    half = stats.t.ppf(0.975, 5) * np.sqrt((1 / 6 + 0.25) * s.var(ddof=1))
+    assert s.mean() + half > 1 and hi == 1.0 and lo == pytest.approx(s.mean() - half)
+    assert corrected_ci(np.array([0.0, 0.1, 0.0, 0.3]), 0.25)[2] == 0.0

@@ -21,6 +21,12 @@ from zoomfeat.encoders.zoomldm import ZOOMLDM
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_MICRO = ROOT / "tests" / "data" / "zoomldm_official_micro"  # vendored; only for --skip-train
 
+#: The file every saved ZoomLDM folder holds (``zoomfeat.ldm.pipeline.CONFIG_FILE``; not imported: diffusers is slow).
+MODEL_CONFIG = "zoomldm_config.yaml"
+
+#: What the comparison's reference is (compare.md, the verdict): the numbers are gains over an untrained encoder.
+REFERENCE_NOTE = "random-init tiny-vit, an untrained encoder"
+
 #: The demo's sweep grid: small enough for the CPU budget, wide enough to show that the recipe matters.
 SWEEP = {"blocks": "0,3,6,9,12", "t": "0,50,200", "conditioning": "none,uni", "mags": "20x,5x,20x+5x",
          "tasks": "subtype,hrd,architecture", "tiles_per_slide": "32", "tune_fraction": "0.5"}
@@ -61,14 +67,19 @@ def _timed(name: str, fn, log: list):
 
 
 def _train(out: Path, slides: Path, train_steps: int, skip_train: bool, run_step: Steps) -> Path:
-    """The tiny ZoomLDM trained on the demo cohort (first stage, then UNet), or the micro fixture."""
+    """The tiny ZoomLDM trained on the demo cohort (first stage, then UNet), or — only with ``skip_train`` — the
+    micro fixture (random weights). A training step that writes no model stops the demo: falling back to random
+    weights would make the sweep and the verdict describe noise."""
     if not skip_train:
         run_dir = out / "train"
         run_step(["train", "--config", "configs/train/tiny.yaml", "--out", str(run_dir), "--max-steps", str(train_steps),
               "--set", f"dataset.build.slides={slides}", "--set", "dataset.build.max_per_scale=8", "--no-progress",
               *(["--resume"] if (run_dir / "checkpoints").exists() else [])])
-        if (run_dir / "model" / "zoomldm_config.json").exists() or any((run_dir / "model").glob("*")):
-            return run_dir / "model"
+        if not (run_dir / "model" / MODEL_CONFIG).is_file():
+            raise RuntimeError(f"demo: training exited 0 but wrote no model ({run_dir / 'model' / MODEL_CONFIG} is "
+                               "missing); the demo stops rather than go on with random weights (rerun it, or pass "
+                               "--skip-train to use the random micro fixture on purpose)")
+        return run_dir / "model"
     model_dir = out / "model_fixture"
     if not model_dir.exists():
         run_step(["convert", str(FIXTURE_MICRO / "weights.ckpt"), str(FIXTURE_MICRO / "config.yaml"), str(model_dir)])
@@ -144,7 +155,8 @@ def run_demo(execute: Callable[[list[str]], int | None], out: str | Path = "demo
     bags = [f"{ZOOMLDM}-uni-20x={uni}:20x", f"{ZOOMLDM}-uni-20x+5x={uni}:20x+5x", f"{ZOOMLDM}-none-20x={none}:20x",
             f"{ZOOMLDM}-none-20x+5x={none}:20x+5x", f"baseline-tinyvit={feats / 'features_tiny-vit'}:20x"]
     argv = ["compare", "--config", "configs/mil/demo_compare.yaml", "--out", str(cmp_root), "--labels",
-            str(report_labels), "--frameworks", "linear,abmil", "--reference", "baseline-tinyvit"]
+            str(report_labels), "--frameworks", "linear,abmil", "--reference", "baseline-tinyvit",
+            f"reference_note={REFERENCE_NOTE}"]
     for b in bags:
         argv += ["--bags", b]
     run_step([*argv, f"n_folds={folds}"])
@@ -161,7 +173,8 @@ def run_demo(execute: Callable[[list[str]], int | None], out: str | Path = "demo
 
     realism = _timed("real vs generated patches (zoomfeat.generate.realism)",
                      lambda: realism_report(model_dir, resolve_slides(slides), tiles, gen, n=64), log)
-    _summary(out, probe, cmp_root, realism, format_report, log, time.perf_counter() - t_start, _cpu() - c_start)
+    _summary(out, probe, cmp_root, realism, format_report, log, time.perf_counter() - t_start, _cpu() - c_start,
+             n_slides=None if skip_train else n_slides)
     print(f"\nLook at the results (slides, attention heatmaps, generated patches; 127.0.0.1 only):\n"
           f"  zoomfeat view {out}")
     return cmp_root
@@ -210,7 +223,7 @@ def probe_highlights(probe: Path) -> list[str]:
     rows = pd.read_csv(probe / "probe.csv")
     tune = rows[(rows["encoder"] == ZOOMLDM) & (rows["subset"].isin(["tune", "all"]))]
     lines = ["Recipe sweep (linear probe, repeated patient-level CV) — best ZoomLDM cell per task and mag on the "
-             "tuning patients:"]
+             "tuning patients (selection-biased: the maximum over the grid on the patients that chose it):"]
     for (task, mag), g in tune.groupby(["task", "mag"], sort=False):
         b = g.loc[g["mean"].idxmax()]
         lines.append(f"  {task:<13} {mag:<7} {b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]  block {int(b['block'])}, "
@@ -223,7 +236,12 @@ def probe_highlights(probe: Path) -> list[str]:
             lines.append(f"  {r['encoder']:<9} {_cell(r):<22} {r['task']:<13} {r['mag']:<7} {r['metric']} "
                          f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
     ratio = 1 / (int(json.loads((probe / "probe_summary.json").read_text())["spec"]["n_folds"]) - 1)  # n_test/n_train
-    return lines + paired_lines(pd.read_csv(probe / "probe_scores.csv"), ratio)
+    paired = paired_lines(pd.read_csv(probe / "probe_scores.csv"), ratio)
+    if any(", architecture)" in p for p in paired):
+        paired.append("  (architecture rows: the block was chosen on this cohort, so they are selection-biased; "
+                      "the evidence for the control is its confirmation on an independent cohort, "
+                      "docs/feature_evidence.md)")
+    return lines + paired
 
 
 def paired_lines(sc, ratio: float) -> list[str]:
@@ -247,21 +265,36 @@ def paired_lines(sc, ratio: float) -> list[str]:
     return lines
 
 
+def encoder_note(n_slides: int | None) -> str:
+    """What the report patients have and have not seen (issue 23.6)."""
+    if n_slides is None:
+        return ("Encoder: the random micro fixture (--skip-train): ZoomLDM features carry no trained signal.")
+    return (f"Encoder: the tiny ZoomLDM was trained (without labels) on all {n_slides} slides, so the report patients "
+            "are unseen by the recipe choice and the heads but not by the encoder.")
+
+
+def verdict_lines(cmp_root: Path) -> list[str]:
+    """The verdict from compare.csv (its Holm family size, what the reference is) and the power statement."""
+    import pandas as pd
+
+    from mil.compare import power_statement, verdict
+
+    table = pd.read_csv(cmp_root / "compare.csv")
+    return ["Verdict (computed from the paired statistics above): " + verdict(table, note=REFERENCE_NOTE),
+            "Power: " + power_statement(table)]
+
+
 def _summary(out: Path, probe: Path, cmp_root: Path, realism: dict, format_report, log: list, wall: float,
-             cpu: float) -> None:
+             cpu: float, n_slides: int | None = None) -> None:
     print("\n" + "=" * 100)
     print(f"zoomfeat demo finished in {wall:.0f} s wall, {cpu:.0f} s CPU\n")
+    print(encoder_note(n_slides) + "\n")
     print("\n".join(probe_highlights(probe)))
     print(f"  heatmaps: {probe}/heatmap_*.png   recipe: {probe / 'best_recipe.yaml'}\n")
     table_md = cmp_root / "compare.md"
     if table_md.exists():
-        import pandas as pd
-
-        from mil.compare import verdict
-
         print(table_md.read_text())
-        print("Verdict (computed from the paired statistics above): "
-              + verdict(pd.read_csv(cmp_root / "compare.csv")) + "\n")
+        print("\n".join(verdict_lines(cmp_root)) + "\n")
     print(format_report(realism))
     print("\nOutputs:")
     for name, path in [("synthetic cohort + labels", out / "cohort"), ("coordinate files, QC PNGs", out / "tiles"),

@@ -13,6 +13,21 @@ from pathlib import Path
 from zoomfeat.demo import Steps
 
 
+def cv_impossible(labels: str | Path, folds: int, val_fraction: float = 0.2) -> str | None:
+    """Why ``mil train --cv`` cannot split the labelled cohort into ``folds`` patient-level folds with inner
+    validation splits (``mil.splits.make_splits``' own message), or None when it can."""
+    import pandas as pd
+
+    from mil.splits import make_splits
+
+    df = pd.read_csv(labels, dtype={"slide": str, "patient": str}).dropna(subset=["subtype"])
+    try:
+        make_splits(df["slide"], df["patient"], df["subtype"].astype(str), n_folds=folds, val_fraction=val_fraction)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def external_validation(out: str | Path, labels: str | Path, bags: str | Path, run_step: Steps,
                         n_slides: int = 12, seed: int = 1, folds: int = 5) -> dict:
     """Train MODEL on (labels, bags), predict an external synthetic cohort (``seed``) from its slides; returns the
@@ -23,11 +38,13 @@ def external_validation(out: str | Path, labels: str | Path, bags: str | Path, r
     model = out / "subtype_model"
     train = ["mil", "train", "--config", "mil/demo_final.yaml", "--out", model, f"labels={labels}", f"bags={bags}",
              f"n_folds={folds}"]
-    try:
-        run_step([*train, "--cv"])
-    except RuntimeError:  # a cohort too small for k folds with inner splits (as `compare` skips such a task)
-        print("  cross-validation impossible on this cohort: training the final model without a CV estimate")
+    reason = cv_impossible(labels, folds)
+    if reason:  # a cohort too small for k folds with inner splits (as `compare` skips such a task)
+        print(f"  cross-validation impossible on this cohort ({reason}): training the final model without a CV "
+              "estimate")
         run_step(train)
+    else:  # any other failure of the CV run stops the demo with its own error
+        run_step([*train, "--cv"])
     ext = out / "external"
     ext_labels = ext / "cohort" / "labels.csv"
     if not ext_labels.exists():

@@ -16,6 +16,13 @@ def instance_mlp(in_dim: int, embed_dim: int, n_layers: int = 1, dropout: float 
     return nn.Sequential(*layers)
 
 
+def default_width(in_dim: int) -> int:
+    """ABMIL's default instance width: CLAM's 512 for wide features, never wider than the features themselves (floor
+    64): 1024-d UNI → 512 (CLAM), 48-d tiny-vit → 64. A 512-wide projection of 48-d features lost to a linear probe
+    on the demo's cohorts (issue 23.4; docs/mil.md "Heads that learn on small cohorts")."""
+    return min(512, max(64, int(in_dim)))
+
+
 class GatedAttention(nn.Module):
     """a_k = softmax_k( wᵀ(tanh(V h_k) ⊙ sigm(U h_k)) ) over the valid instances of each bag (CLAM ``Attn_Net_Gated``)."""
 
@@ -41,7 +48,8 @@ class GatedAttention(nn.Module):
 
 
 class ABMIL(nn.Module):
-    """Gated ABMIL: instance MLP (fc 512, dropout 0.25) → gated attention (256) → weighted mean → Linear.
+    """Gated ABMIL: instance MLP (fc :func:`default_width` — 512 for ≥ 512-d features —, dropout 0.25) → gated
+    attention (half that width) → weighted mean → Linear.
 
     This is CLAM-SB with ``--no_inst_cluster``, the usual "ABMIL" baseline. ``forward`` returns a dict with
     ``logits`` [B, n_out], ``attention`` [B, N] (softmax weights, 0 on padding), ``scores`` [B, N] (raw
@@ -52,13 +60,16 @@ class ABMIL(nn.Module):
         self,
         in_dim: int,
         n_out: int,
-        embed_dim: int = 512,
-        attn_dim: int = 256,
+        embed_dim: int | None = None,
+        attn_dim: int | None = None,
         dropout: float = 0.25,
         n_fc: int = 1,
         gated: bool = True,
     ):
         super().__init__()
+        embed_dim = int(embed_dim or default_width(in_dim))
+        attn_dim = int(attn_dim or embed_dim // 2)
+        self.sizes = {"embed_dim": embed_dim, "attn_dim": attn_dim}  # resolved: saved with a model (mil train)
         self.fc = instance_mlp(in_dim, embed_dim, n_fc, dropout)
         self.attention = GatedAttention(embed_dim, attn_dim, dropout, gated)
         self.classifier = nn.Linear(embed_dim, n_out)

@@ -94,6 +94,9 @@ def print_summary(res: dict) -> None:
     print(f"best recipe ({b['subset']} patients, {b['task']}, {b['mag']}): block {b['block']}, t = {b['t']} "
           f"(ᾱ = {b['alpha_bar']:.3f}, {b['noise_pct']:.1f}% noise), conditioning {b['conditioning']}: "
           f"{b['metric']} {b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]")
+    if b["subset"] != "tune":
+        print("  optimistic: this cell was chosen and scored on the same patients (the best of the grid); "
+              "--tune-fraction F reports the chosen recipe on patients the choice never saw")
     r = res.get("report")
     if r:
         print(f"  on {r['n_slides']} held-out report slides: {r['metric']} {r['mean']:.3f} "
