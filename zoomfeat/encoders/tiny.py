@@ -59,6 +59,6 @@ def create_tiny_vit(weights: str | os.PathLike | None = None, dim: int = 48, see
     else:
         sha = state_dict_sha256(model)
     return ModelEncoder(name="tiny-vit", model=model, transforms=TileTransform(size=input_size), dim=dim,
-                   precision=precision, weights_sha256=sha, weights_path=str(weights) if weights else None,
-                   config={"arch": "timm VisionTransformer", "depth": depth, "seed": seed,
-                           "feature_token": "cls", "random_init": weights is None})
+                        precision=precision, weights_sha256=sha, weights_path=str(weights) if weights else None,
+                        config={"arch": "timm VisionTransformer", "depth": depth, "seed": seed,
+                                "feature_token": "cls", "random_init": weights is None})

@@ -247,13 +247,14 @@ def build_baseline(spec: BaselineSpec, weights: str | os.PathLike | None = None,
         sha, wpath = state_dict_sha256(model), None
     else:
         raise FileNotFoundError(f"{spec.name} needs local weights ({spec.info.get('source', 'a state dict file')}):"
-                                f" pass --weights or set '{name or spec.name}' in configs/encoders/weights.yaml")
+                                f" pass --weights or set '{name or spec.name}' in your weights registry "
+                                f"($ZOOMFEAT_WEIGHTS_REGISTRY / --weights-registry)")
     return ModelEncoder(name=name or spec.name, model=model, transforms=spec.transform, dim=spec.dim,
-                   precision=normalize_precision(precision, spec.precision), weights_sha256=sha, weights_path=wpath,
-                   forward_fn=spec.forward,
-                   config={"arch": spec.arch, "output_rule": spec.output_rule, "feature_token": spec.output_rule,
-                           "depth": depth,
-                           "baseline": spec.name, "parity": "TRIDENT a91fa84", "random_init": weights is None})
+                        precision=normalize_precision(precision, spec.precision), weights_sha256=sha,
+                        weights_path=wpath, forward_fn=spec.forward,
+                        config={"arch": spec.arch, "output_rule": spec.output_rule, "feature_token": spec.output_rule,
+                                "depth": depth,
+                                "baseline": spec.name, "parity": "TRIDENT a91fa84", "random_init": weights is None})
 
 
 def registry_info(spec: BaselineSpec, **extra: Any) -> dict:
