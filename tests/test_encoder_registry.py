@@ -285,3 +285,7 @@ def test_plugins_load_on_first_registry_lookup(tmp_path, monkeypatch):
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "x"  # imported exactly once
+    # a broken plugin met first in a verb's handler (`zoomfeat encoders` looks the registry up there): one line, exit 2
+    bad = subprocess.run([sys.executable, "-m", "zoomfeat", "encoders"], capture_output=True, text=True, timeout=300,
+                         env={**env, "ZOOMFEAT_PLUGINS": "no_such_module_xyz"})
+    assert bad.returncode == 2 and "no_such_module_xyz" in bad.stderr and len(bad.stderr.splitlines()) == 1
