@@ -180,7 +180,7 @@ def bench_pipeline(slide: Path, tiles_dir: Path, device, workers: int, batch: in
 
 
 def bench_full_throughput(ldm, device, batches=(1, 2, 4)) -> dict:
-    from zoomfeat.encoders.base import Encoder, TileTransform
+    from zoomfeat.encoders.base import ModelEncoder, TileTransform
     from zoomfeat.encoders.uni import build_uni_model
     from zoomfeat.encoders.zoomldm import ZoomLDMEncoder
     from zoomfeat.encoders import TileContext
@@ -190,7 +190,7 @@ def bench_full_throughput(ldm, device, batches=(1, 2, 4)) -> dict:
     with torch.device("meta"):
         uni = build_uni_model()
     fast_random(uni)
-    uenc = Encoder("uni", uni.to(device), TileTransform(224), 1024, precision="fp16")
+    uenc = ModelEncoder("uni", uni.to(device), TileTransform(224), 1024, precision="fp16")
     rng = torch.Generator().manual_seed(0)
     tile = lambda b: torch.randint(0, 256, (b, 256, 256, 3), generator=rng, dtype=torch.uint8)
     zenc.encode(tile(1), TileContext(seeds=[0]))  # warm-up

@@ -150,7 +150,7 @@ class Run:
 
 def build_models(run: Run) -> None:
     """ZoomLDM (full size or micro), its encoder for conditioning on given SSL grids, and UNI (or tiny-vit)."""
-    from zoomfeat.encoders.base import Encoder, TileTransform
+    from zoomfeat.encoders.base import ModelEncoder, TileTransform
     from zoomfeat.encoders.tiny import create_tiny_vit
     from zoomfeat.encoders.zoomldm import ZoomLDMEncoder
 
@@ -168,7 +168,7 @@ def build_models(run: Run) -> None:
         with torch.device("meta"):
             vit = build_uni_model()
         fast_random(vit)
-        uni = Encoder("uni", vit, TileTransform(224), UNI_DIM, precision="bf16")
+        uni = ModelEncoder("uni", vit, TileTransform(224), UNI_DIM, precision="bf16")
         run.results["models"] = {"zoomldm": "configs/ldm/zoomldm_brca.yaml, random weights",
                                  "uni": "ViT-L/16 (UNI architecture), random weights"}
     ldm.to(run.device).eval()

@@ -31,8 +31,10 @@ from zoomfeat.tracking import WandbRun
 
 
 @dataclass
-class TrainConfig:
-    """Trainer hyperparameters (the model's own live in the head's constructor). Defaults follow CLAM."""
+class HeadTrainConfig:
+    """Trainer hyperparameters of a MIL head (the model's own live in the head's constructor). Defaults follow CLAM.
+
+    Not to be confused with :class:`zoomfeat.train.config.TrainConfig`, the ZoomLDM training config."""
 
     lr: float = 2e-4
     weight_decay: float = 1e-5
@@ -56,7 +58,7 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_hparams(cls, hparams: dict) -> "TrainConfig":
+    def from_hparams(cls, hparams: dict) -> "HeadTrainConfig":
         names = {f.name for f in fields(cls)} - {"extra"}
         known = {k: _coerce(k, v) for k, v in hparams.items() if k in names}
         return cls(**known, extra={k: v for k, v in hparams.items() if k not in names})
@@ -70,6 +72,11 @@ class TrainConfig:
 _FLOATS = {"lr", "weight_decay", "grad_clip"}
 _INTS = {"epochs", "patience", "min_epochs", "batch_size", "max_instances", "num_workers", "smooth",
          "min_val_slides", "threads"}
+
+
+#: Transitional name, only until ``mil/cv.py`` (edited on a parallel branch) imports :class:`HeadTrainConfig`;
+#: no public doc promised ``mil.trainer.TrainConfig``, so this line goes at merge.
+TrainConfig = HeadTrainConfig
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -170,7 +177,7 @@ def predict(model: torch.nn.Module, task, dataset: BagDataset, batch_size: int =
             "loss": float(task.loss(lg, y)), "attention": atts if attention else None}
 
 
-def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagDataset | None, cfg: TrainConfig,
+def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagDataset | None, cfg: HeadTrainConfig,
                 seed: int = 0, ckpt_path: str | os.PathLike | None = None, name: str = "fold",
                 log_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train with AdamW. With a validation set: keep the weights of the epoch with the lowest moving-average

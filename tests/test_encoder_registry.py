@@ -197,3 +197,95 @@ def test_plugin_module_adds_an_encoder_to_the_zoomfeat_command(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "zoomfeat", "extract", "--help"], capture_output=True, text=True,
                          env={**env, "ZOOMFEAT_PLUGINS": "no_such_module_xyz"}, timeout=300)
     assert bad.returncode == 2 and "no_such_module_xyz" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+def _verbs_with_flags(parser, path=()):
+    """(verb path, option strings) of every parser and sub-parser of the `zoomfeat` command."""
+    import argparse
+
+    flags = {o for a in parser._actions for o in a.option_strings}
+    yield path, flags
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for name, sub in a.choices.items():
+                yield from _verbs_with_flags(sub, (*path, name))
+
+
+def test_every_verb_that_takes_weights_offers_weights_registry():
+    """Issue 26.5: a verb that takes encoder weights (--weights / --ssl-weights / --encoder-weights) also takes the
+    user's registry file, under the one name --weights-registry."""
+    from zoomfeat.cli import build_parser
+
+    weights_flags = {"--weights", "--ssl-weights", "--encoder-weights"}
+    takers = {" ".join(path): flags for path, flags in _verbs_with_flags(build_parser()) if flags & weights_flags}
+    assert {"extract", "predict", "generate", "build-dataset", "probe"} <= set(takers)
+    missing = sorted(v for v, flags in takers.items() if "--weights-registry" not in flags)
+    assert not missing, f"verbs taking weights without --weights-registry: {missing}"
+
+
+def test_user_weights_registry_paths_resolve_beside_the_file(tmp_path, monkeypatch):
+    """$ZOOMFEAT_WEIGHTS_REGISTRY / --weights-registry name the user's file; its relative paths resolve beside that
+    file (not in the package, not in the working directory); the packaged file is only an example."""
+    from zoomfeat.encoders import DEFAULT_REGISTRY, load_weights_registry, resolve_weights
+
+    user = tmp_path / "lab" / "weights.yaml"
+    (user.parent / "w").mkdir(parents=True)
+    (user.parent / "w" / "uni.bin").write_bytes(b"x")
+    user.write_text("uni: w/uni.bin\nphikon: w/missing\n")
+    monkeypatch.chdir(tmp_path)  # a different folder than the registry's
+    monkeypatch.setenv("ZOOMFEAT_WEIGHTS_REGISTRY", str(user))
+    assert resolve_weights("uni") == user.parent / "w" / "uni.bin"
+    assert "EXAMPLE" in DEFAULT_REGISTRY.read_text().splitlines()[0]
+    assert all(v is None for v in __import__("yaml").safe_load(DEFAULT_REGISTRY.read_text()).values())
+    monkeypatch.delenv("ZOOMFEAT_WEIGHTS_REGISTRY")
+    assert load_weights_registry() == {}  # the packaged example maps nothing
+    with pytest.raises(FileNotFoundError, match="copy of the example") as err:
+        resolve_weights("uni")
+    assert "ZOOMFEAT_WEIGHTS_REGISTRY" in str(err.value)
+
+
+def test_cli_weights_registry_flag_reaches_the_encoder(tmp_path, monkeypatch, capsys):
+    """`zoomfeat extract --weights-registry USER.yaml`: the registry's relative path is resolved beside the file and
+    checked before any slide is read (exit 2, one line naming that path)."""
+    monkeypatch.delenv("ZOOMFEAT_WEIGHTS_REGISTRY", raising=False)
+    user = tmp_path / "lab" / "weights.yaml"
+    user.parent.mkdir()
+    user.write_text("uni: w/uni_missing.bin\n")
+    monkeypatch.chdir(tmp_path)
+    rc = main(["extract", str(CMU), "--encoder", "uni", "--weights-registry", str(user), "--out", str(tmp_path / "o"),
+               "--mags", "20x", "--workers", "0", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and str(user.parent / "w" / "uni_missing.bin") in err[0]
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.h5"))
+
+
+def test_plugins_load_on_first_registry_lookup(tmp_path, monkeypatch):
+    """Issue 26.4: importing zoomfeat.encoders scans no plugins; the first registry lookup does, once."""
+    import subprocess
+    import sys
+
+    (tmp_path / "lazy_plugin.py").write_text(
+        "import os\nopen(os.environ['MARK'], 'a').write('x')\n"
+        "from zoomfeat.encoders import TileEncoder, register_encoder\n\n\n"
+        "@register_encoder('lazy-plugin')\nclass Lazy(TileEncoder):\n    '''A plugin.'''\n\n    dim = 1\n")
+    mark = tmp_path / "mark"
+    code = ("import os, zoomfeat.encoders as e\n"
+            "assert not os.path.exists(os.environ['MARK']), 'plugin imported at import time'\n"
+            "assert 'lazy-plugin' in e.encoder_entries()\n"
+            "e.get_encoder('lazy-plugin'); e.encoder_entries()\n"
+            "import warnings\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    assert e.Encoder is e.ModelEncoder and w and w[0].category is DeprecationWarning\n"
+            "print(open(os.environ['MARK']).read())\n")
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "ZOOMFEAT_PLUGINS": "lazy_plugin", "MARK": str(mark), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "x"  # imported exactly once
+    # a broken plugin met first in a verb's handler (`zoomfeat encoders` looks the registry up there): one line, exit 2
+    bad = subprocess.run([sys.executable, "-m", "zoomfeat", "encoders"], capture_output=True, text=True, timeout=300,
+                         env={**env, "ZOOMFEAT_PLUGINS": "no_such_module_xyz"})
+    assert bad.returncode == 2 and "no_such_module_xyz" in bad.stderr and len(bad.stderr.splitlines()) == 1

@@ -13,7 +13,7 @@ from mil.data import BagDataset, Cohort
 from mil.models import build_model
 from mil.synthetic import concept_bags, survival_bags
 from mil.tasks import ClassificationTask, c_index, classification_metrics
-from mil.trainer import TrainConfig, predict, seed_everything, train_model
+from mil.trainer import HeadTrainConfig, predict, seed_everything, train_model
 
 D = 16
 
@@ -48,7 +48,7 @@ def test_head_learns_concept_presence_not_frequency(head):
     seed_everything(0)
     net = build_model(head, D, 2, **HEADS[head])
     task = ClassificationTask(2).fit(train[1])
-    cfg = TrainConfig(lr=2e-3, epochs=10, patience=4, batch_size=16, progress=False, wandb=False)
+    cfg = HeadTrainConfig(lr=2e-3, epochs=10, patience=4, batch_size=16, progress=False, wandb=False)
     train_model(net, task, BagDataset(_cohort(*train), cache=True), BagDataset(_cohort(*val), cache=True), cfg)
     res = predict(net, task, BagDataset(_cohort(*test)), batch_size=1, attention=True)
     auc = roc_auc_score(test[1], res["pred"][:, 1])

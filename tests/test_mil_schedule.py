@@ -54,13 +54,13 @@ def test_badly_scaled_features_still_learn_and_schedule_is_reported(tmp_path):
 
 def test_early_stopping_reads_smoothed_validation_loss():
     from mil.tasks import ClassificationTask
-    from mil.trainer import TrainConfig, train_model
+    from mil.trainer import HeadTrainConfig, train_model
 
     bags, y = concept_bags(60, D, size=(10, 20), strength=5.0, seed=4)
     ids = [str(i) for i in range(60)]
     c = Cohort(ids, bags, y, ids, "binary", [0, 1], D)
     net = mil.build_model("abmil", D, 2, embed_dim=16, attn_dim=8)
-    cfg = TrainConfig(lr=1e-3, epochs=12, patience=2, min_epochs=8, smooth=3, batch_size=8, progress=False,
+    cfg = HeadTrainConfig(lr=1e-3, epochs=12, patience=2, min_epochs=8, smooth=3, batch_size=8, progress=False,
                       wandb=False)
     info = train_model(net, ClassificationTask(2).fit(y[:40]), BagDataset(c.subset(range(40)), cache=True),
                        BagDataset(c.subset(range(40, 60)), cache=True), cfg)

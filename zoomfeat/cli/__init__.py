@@ -51,6 +51,14 @@ def one_line(exc: BaseException) -> str:
     return " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip()) or type(exc).__name__
 
 
+def is_plugin_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``$ZOOMFEAT_PLUGINS`` module that does not import (reported in one line, exit 2, unless
+    ``ZOOMFEAT_DEBUG`` asks for the traceback)."""
+    registry = sys.modules.get("zoomfeat.encoders.registry")  # imported if it raised the error
+    return (not os.environ.get("ZOOMFEAT_DEBUG") and registry is not None
+            and isinstance(exc, registry.PluginImportError))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -58,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser(verb)
     except ImportError as exc:  # a module named in $ZOOMFEAT_PLUGINS that does not import
-        registry = sys.modules.get("zoomfeat.encoders.registry")  # imported if it raised the error
-        if os.environ.get("ZOOMFEAT_DEBUG") or registry is None or not isinstance(exc, registry.PluginImportError):
+        if not is_plugin_error(exc):
             raise
         print(f"zoomfeat: error: {exc}", file=sys.stderr)
         return 2
@@ -69,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     apply_threads(args)
     try:
         rc = args.func(args)
+    except ImportError as exc:  # plugins load on the first registry lookup, which may come in the handler
+        if not is_plugin_error(exc):
+            raise
+        print(f"zoomfeat {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, KeyError, RuntimeError) as exc:  # OSError: read-only / full / missing paths
         if os.environ.get("ZOOMFEAT_DEBUG"):
             raise

@@ -1,7 +1,18 @@
-"""Options shared by every verb that loads ZoomLDM, so each one accepts the same model arguments: a saved folder
-(``zoomfeat convert`` / training), or an official ``weights.ckpt`` with its ``config.yaml``."""
+"""Options shared by verbs, so each one accepts the same arguments: the ZoomLDM model (a saved folder from
+``zoomfeat convert`` / training, or an official ``weights.ckpt`` with its ``config.yaml``) and the user's weights
+registry of every verb that takes encoder weights."""
 
 from __future__ import annotations
+
+#: One help text for ``--weights-registry`` on every verb that takes encoder weights.
+WEIGHTS_REGISTRY_HELP = ("your YAML encoder → local weights path registry, relative paths resolved beside it "
+                         "(default: $ZOOMFEAT_WEIGHTS_REGISTRY; the packaged configs/encoders/weights.yaml is an "
+                         "empty example to copy)")
+
+
+def add_weights_registry_arg(p) -> None:
+    """``--weights-registry PATH`` on parser/group ``p`` (dest ``weights_registry``)."""
+    p.add_argument("--weights-registry", default=None, metavar="YAML", help=WEIGHTS_REGISTRY_HELP)
 
 
 def add_model_args(p, flag: str = "--model", required: bool = True, help: str | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoomfeat.cli.common import add_model_args, load_model_from_args
+from zoomfeat.cli.common import add_model_args, add_weights_registry_arg, load_model_from_args
 
 
 def register(subparsers) -> None:
@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     src.add_argument("--image", help="an RGB image of the region to condition on (needs --encoder)")
     g.add_argument("--encoder", default="uni", help="encoder for --image (default: uni)")
     g.add_argument("--encoder-weights", default=None, help="weights for --encoder (default: weights registry)")
+    add_weights_registry_arg(g)
     g.add_argument("--mag", default="20x", help="magnification: index 0..7 or label like 5x (default 20x)")
     g.add_argument("--n", type=int, default=8, help="number of patches (default 8)")
     g.add_argument("--out", required=True, help="output folder for sample_XXX.png and grid.png")
@@ -88,7 +89,7 @@ def _generate(args: argparse.Namespace) -> int:
 
         from zoomfeat.encoders import create_encoder
 
-        enc = create_encoder(args.encoder, weights=args.encoder_weights)
+        enc = create_encoder(args.encoder, weights=args.encoder_weights, registry=args.weights_registry)
         if enc.dim != model.ssl_dim:
             raise ValueError(f"encoder {args.encoder} gives {enc.dim}-d tokens; the model expects {model.ssl_dim}")
         image = np.asarray(Image.open(args.image).convert("RGB"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from zoomfeat.cli.common import add_weights_registry_arg
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -23,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--official-config", default=None,
                    help="zoomldm given as an official .ckpt: its config.yaml (default: the config.yaml beside it)")
     p.add_argument("--ssl-weights", default=None, help="zoomldm: weights of the conditioning SSL encoder")
-    p.add_argument("--weights-registry", default=None, help="YAML encoder → path registry")
+    add_weights_registry_arg(p)
     p.add_argument("--tiles", default=None, help="reuse a `zoomfeat tile` folder (default: tile into OUT/tiles)")
     p.add_argument("--mpp", type=float, default=None, help="force the level-0 µm/px of every slide")
     p.add_argument("--mpp-csv", default=None, help="CSV slide,mpp overriding slide metadata")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from zoomfeat.cli.common import add_weights_registry_arg
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("reproduce", help="reproduce a published result end to end (table4)",
@@ -24,9 +26,7 @@ def register(subparsers) -> None:
     t.add_argument("--slides", required=True, help="slide folder, slide file or CSV with a 'slide' column")
     t.add_argument("--labels", required=True, help="CSV: slide, patient and the preset's task columns "
                                                    "(default: subtype = IDC/ILC, hrd = 0/1; empty = not used)")
-    t.add_argument("--weights-registry", default=None,
-                   help="YAML encoder → local weights path (uni, phikon, ctranspath, zoomldm, …; default "
-                        "configs/encoders/weights.yaml or $ZOOMFEAT_WEIGHTS_REGISTRY)")
+    add_weights_registry_arg(t)
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--preset", default=None, help="preset YAML (default: configs/reproduce/table4.yaml)")
     t.add_argument("--recipe", default=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoomfeat.cli.common import add_model_args
+from zoomfeat.cli.common import add_model_args, add_weights_registry_arg
 from zoomfeat.train.config import BuildConfig
 
 
@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("slides", metavar="SLIDES", help="slide folder, slide file or CSV with a 'slide' column")
     p.add_argument("--out", required=True, help="dataset folder (shards/, index.csv, meta.json)")
     p.add_argument("--ssl-encoder", required=True, help="SSL tile encoder name (uni, phikon, tiny-vit, custom, ...)")
-    p.add_argument("--ssl-weights", default=None, help="weights file of the SSL encoder")
+    p.add_argument("--ssl-weights", default=None, help="weights file of the SSL encoder (default: weights registry)")
+    add_weights_registry_arg(p)
     p.add_argument("--ssl-dim", type=int, default=None, help="output width (tiny-vit only; default: the model's ssl dim)")
     add_model_args(p, required=False, help="ZoomLDM whose VQ encodes the latents: a folder (zoomfeat convert / "
                                            "train) or an official weights.ckpt")
@@ -99,7 +100,8 @@ def build_dataset_cmd(args: argparse.Namespace) -> int:
     kw = {}
     if args.ssl_encoder == "tiny-vit":
         kw = {"dim": args.ssl_dim or ldm.ssl_dim, "seed": args.seed}
-    encoder = create_encoder(args.ssl_encoder, weights=args.ssl_weights, **kw).to(device)
+    encoder = create_encoder(args.ssl_encoder, weights=args.ssl_weights, registry=args.weights_registry,
+                             **kw).to(device)
     if encoder.dim != ldm.ssl_dim:
         raise ValueError(f"SSL encoder {encoder.name} gives {encoder.dim}-d embeddings but the model's Summarizer "
                          f"expects {ldm.ssl_dim}")

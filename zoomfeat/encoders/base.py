@@ -144,7 +144,7 @@ class TileEncoder:
 
 
 @dataclass
-class Encoder(TileEncoder):
+class ModelEncoder(TileEncoder):
     """A model-wrapping tile encoder: ``encode(images) -> [B, dim]`` float32 (the context is not used).
 
     ``model`` maps transformed images to features through ``forward_fn`` (default: ``model(x)``); ``precision``

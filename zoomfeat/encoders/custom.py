@@ -1,4 +1,4 @@
-"""``custom``: any ``nn.Module`` (or an importable ``"package.module:factory"``) plus transforms as an Encoder."""
+"""``custom``: any ``nn.Module`` (or an importable ``"package.module:factory"``) plus transforms as a ModelEncoder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from zoomfeat.encoders.base import Encoder, TileTransform, infer_dim
+from zoomfeat.encoders.base import ModelEncoder, TileTransform, infer_dim
 from zoomfeat.weights import load_state_dict_file, state_dict_sha256
 from zoomfeat.encoders.options import EncoderOptions, option
 from zoomfeat.encoders.registry import register_encoder
@@ -56,7 +56,7 @@ class CustomOptions(EncoderOptions):
 def create_custom(model: nn.Module | str | Callable[[], nn.Module] | None = None, weights: str | os.PathLike | None = None,
                   transforms: Callable[..., torch.Tensor] | None = None, dim: int | None = None,
                   encoder_name: str = "custom", precision: str = "fp32", input_size: int = 224,
-                  forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> Encoder:
+                  forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> ModelEncoder:
     """Any nn.Module (or 'package.module:factory') as an encoder.
 
     ``transforms(images, device) -> [B,3,H,W]`` defaults to resize + ImageNet normalisation;
@@ -71,6 +71,6 @@ def create_custom(model: nn.Module | str | Callable[[], nn.Module] | None = None
     if dim is None:
         dim = infer_dim(m, tf, forward_fn, size=input_size if isinstance(tf, TileTransform) else 64)
     sha = sha256_file(weights) if weights is not None else state_dict_sha256(m)
-    return Encoder(name=encoder_name, model=m, transforms=tf, dim=int(dim), precision=precision, weights_sha256=sha,
-                   forward_fn=forward_fn, weights_path=str(weights) if weights else None,
-                   config={"arch": model if isinstance(model, str) else type(m).__name__})
+    return ModelEncoder(name=encoder_name, model=m, transforms=tf, dim=int(dim), precision=precision,
+                        weights_sha256=sha, forward_fn=forward_fn, weights_path=str(weights) if weights else None,
+                        config={"arch": model if isinstance(model, str) else type(m).__name__})

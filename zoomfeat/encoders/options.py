@@ -47,8 +47,8 @@ class EncoderOptions:
     name: str | None = option(None, "encoder (required here or in --config)", flag="--encoder")
     weights: str | None = option(None, "encoder weights (file or folder); default: from the registry")
     weights_registry: str | None = option(
-        None, "YAML/JSON encoder → path registry (default configs/encoders/weights.yaml or "
-              "$ZOOMFEAT_WEIGHTS_REGISTRY)")
+        None, "your YAML encoder → local weights path registry, relative paths resolved beside it (default: "
+              "$ZOOMFEAT_WEIGHTS_REGISTRY; the packaged configs/encoders/weights.yaml is an empty example to copy)")
     precision: str | None = option(
         None, "autocast dtype (default per encoder: `zoomfeat encoders` lists it); bf16 also autocasts on CPU, "
               "fp16 runs as fp32 there; the ZoomLDM VQ always runs in fp32 (docs/gpu.md)",

@@ -17,7 +17,8 @@ from typing import Any, Callable
 from zoomfeat.config import CONFIG_DIR
 from zoomfeat.encoders.options import EncoderOptions
 
-#: The default weights registry (encoder name → local path); ZOOMFEAT_WEIGHTS_REGISTRY points elsewhere.
+#: The packaged EXAMPLE weights registry (every entry empty; read when no user registry is named). Users keep their
+#: own file, named by ``$ZOOMFEAT_WEIGHTS_REGISTRY`` or ``--weights-registry``; its relative paths resolve beside it.
 DEFAULT_REGISTRY = CONFIG_DIR / "encoders" / "weights.yaml"
 
 #: Keywords that hand a built model over, so no weights file is needed (and random_init, for tests).
@@ -43,6 +44,20 @@ class EncoderEntry:
 
 
 _REGISTRY: dict[str, EncoderEntry] = {}
+_PLUGINS = {"loaded": False}  # third-party encoders are imported on the first lookup (see load_plugins)
+
+
+def _ensure_plugins() -> None:
+    """Load the plugins once, on the first registry lookup (a failing $ZOOMFEAT_PLUGINS module fails every lookup
+    until it imports, so the CLI reports it however it got there)."""
+    if _PLUGINS["loaded"]:
+        return
+    _PLUGINS["loaded"] = True  # set first: a plugin may look the registry up while it registers
+    try:
+        load_plugins()
+    except BaseException:
+        _PLUGINS["loaded"] = False
+        raise
 
 
 def register_encoder(name: str, needs_weights: bool = False, options: type = EncoderOptions,
@@ -65,17 +80,19 @@ def register_encoder(name: str, needs_weights: bool = False, options: type = Enc
 
 def unregister_encoder(name: str) -> None:
     """Remove ``name`` from the registry (tests, plugins replacing an entry)."""
-    get_encoder(name)
+    get_encoder(name)  # loads the plugins first, so a plugin's entry can be removed
     del _REGISTRY[name]
 
 
 def encoder_entries() -> dict[str, EncoderEntry]:
-    """Every registered encoder, in registration order (built-ins first)."""
+    """Every registered encoder, in registration order (built-ins first, then plugins)."""
+    _ensure_plugins()
     return dict(_REGISTRY)
 
 
 def get_encoder(name: str) -> EncoderEntry:
     """The entry of ``name``; a one-line ``ValueError`` naming the choices otherwise."""
+    _ensure_plugins()
     if name not in _REGISTRY:
         raise ValueError(f"unknown encoder {name!r}; choose from {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
@@ -93,7 +110,9 @@ def load_plugins() -> list[str]:
     """Import the modules that register third-party encoders, so the ``zoomfeat`` command lists them too: every
     entry point of :data:`PLUGIN_GROUP` and every module named in ``$ZOOMFEAT_PLUGINS`` (comma-separated, e.g.
     ``ZOOMFEAT_PLUGINS=my_lab.encoders``). A named module that fails to import is an error; a broken installed
-    plugin only warns, so one bad package cannot take the CLI down. Returns the modules loaded."""
+    plugin only warns, so one bad package cannot take the CLI down. Returns the modules loaded. Called once, lazily,
+    by the first registry lookup (:func:`get_encoder`, :func:`encoder_entries`, :func:`create_encoder`), not at
+    import of :mod:`zoomfeat.encoders`."""
     import importlib
     import warnings
     from importlib.metadata import entry_points
@@ -140,6 +159,16 @@ def load_weights_registry(path: str | os.PathLike | None = None) -> dict[str, Pa
     return out
 
 
+def _registry_name(registry: str | os.PathLike | dict | None) -> str:
+    """The weights registry a message should name: the user's, never the packaged example as a place to write."""
+    if isinstance(registry, dict):
+        return "the weights registry"
+    if registry is not None or "ZOOMFEAT_WEIGHTS_REGISTRY" in os.environ:
+        return f"your weights registry ({registry or os.environ['ZOOMFEAT_WEIGHTS_REGISTRY']})"
+    return (f"your own weights registry (a copy of the example {DEFAULT_REGISTRY}) and point "
+            f"$ZOOMFEAT_WEIGHTS_REGISTRY or --weights-registry at it")
+
+
 def resolve_weights(name: str, weights: str | os.PathLike | None = None,
                     registry: str | os.PathLike | dict | None = None, required: bool = True) -> Path | None:
     """The weights path for ``name``: the explicit one, else the registry's; checked to exist *before* any work."""
@@ -150,7 +179,7 @@ def resolve_weights(name: str, weights: str | os.PathLike | None = None,
             if required:
                 raise FileNotFoundError(
                     f"no weights for encoder {name!r}: pass --weights PATH (or --ssl-weights for conditioning) or "
-                    f"add '{name}: /path' to the weights registry ({registry or DEFAULT_REGISTRY})")
+                    f"add '{name}: /path' to {_registry_name(registry)}")
             return None
     w = Path(weights)
     if not w.exists():

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from zoomfeat.encoders.base import Encoder, TileTransform
+from zoomfeat.encoders.base import ModelEncoder, TileTransform
 from zoomfeat.weights import load_state_dict_file, state_dict_sha256
 from zoomfeat.encoders.options import EncoderOptions, option
 from zoomfeat.encoders.registry import register_encoder
@@ -48,7 +48,7 @@ class TinyViTOptions(EncoderOptions):
     "dim": "48 (--dim)", "input": "64 px (resize, torch)", "scale": "any (tests, demo)", "precision": "fp32",
     "license": "-", "source": "none: seeded random init (or a saved state dict)"})
 def create_tiny_vit(weights: str | os.PathLike | None = None, dim: int = 48, seed: int = 0, depth: int = 2,
-                    input_size: int = 64, precision: str = "fp32") -> Encoder:
+                    input_size: int = 64, precision: str = "fp32") -> ModelEncoder:
     """Small seeded random-init ViT (48-d; no weight file).
 
     Random init from ``seed`` or a saved state dict (``strict=True``); ImageNet normalisation at 64 px."""
@@ -58,7 +58,7 @@ def create_tiny_vit(weights: str | os.PathLike | None = None, dim: int = 48, see
         sha = sha256_file(weights)
     else:
         sha = state_dict_sha256(model)
-    return Encoder(name="tiny-vit", model=model, transforms=TileTransform(size=input_size), dim=dim,
-                   precision=precision, weights_sha256=sha, weights_path=str(weights) if weights else None,
-                   config={"arch": "timm VisionTransformer", "depth": depth, "seed": seed,
-                           "feature_token": "cls", "random_init": weights is None})
+    return ModelEncoder(name="tiny-vit", model=model, transforms=TileTransform(size=input_size), dim=dim,
+                        precision=precision, weights_sha256=sha, weights_path=str(weights) if weights else None,
+                        config={"arch": "timm VisionTransformer", "depth": depth, "seed": seed,
+                                "feature_token": "cls", "random_init": weights is None})

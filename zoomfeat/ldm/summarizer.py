@@ -41,7 +41,7 @@ class EncoderBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class Encoder(nn.Module):
+class SummarizerEncoder(nn.Module):
     """torchvision ``vision_transformer.Encoder`` layout: learned positions, N pre-LN blocks, final LN (eps 1e-6)."""
 
     def __init__(self, seq_length: int, num_layers: int, num_heads: int, hidden_dim: int, mlp_dim: int):
@@ -96,7 +96,7 @@ class Summarizer(ModelMixin, ConfigMixin):
         self.mag_embedding = nn.Embedding(mag_levels, hidden_channels)
         self.dim_reduce = nn.Linear(input_channels, hidden_channels)
         self.pad_token = nn.Parameter(torch.randn(1, 1, hidden_channels))
-        self.encoder = Encoder(seq_length + 1, num_layers, num_heads, hidden_channels, vit_mlp_dim)
+        self.encoder = SummarizerEncoder(seq_length + 1, num_layers, num_heads, hidden_channels, vit_mlp_dim)
         self.final_proj = nn.Linear(hidden_channels, output_channels)
         self.layer_norm = nn.LayerNorm(output_channels, eps=1e-5)
 

@@ -299,7 +299,7 @@ def build_dataset(
 ) -> BuildReport:
     """Build (or resume) a multi-scale training set from ``slides`` (folder, file, CSV or list).
 
-    ``ssl_encoder`` is a ``zoomfeat.encoders`` Encoder; ``vq`` a diffusers VQModel (or anything whose
+    ``ssl_encoder`` is a ``zoomfeat.encoders`` TileEncoder; ``vq`` a diffusers VQModel (or anything whose
     ``encode(x).latents`` / ``encode(x)`` gives pre-quantisation latents of images in [-1, 1]). Per-slide
     failures are reported and the cohort continues; a rerun only builds the missing shards.
     """

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoomfeat.encoders.base import IMAGENET_MEAN, IMAGENET_STD, Encoder, to_float_images
+from zoomfeat.encoders.base import IMAGENET_MEAN, IMAGENET_STD, ModelEncoder, to_float_images
 from zoomfeat.encoders.options import RandomInitOptions, option
 from zoomfeat.io import sha256_file
 from zoomfeat.precision import normalize_precision
@@ -232,8 +232,8 @@ class BaselineOptions(RandomInitOptions):
 
 
 def build_baseline(spec: BaselineSpec, weights: str | os.PathLike | None = None, precision: str | None = None,
-                   random_init: bool = False, depth: int | None = None, name: str | None = None) -> Encoder:
-    """The :class:`Encoder` of ``spec``: weights from a file or folder (strict), or ``random_init`` (tests)."""
+                   random_init: bool = False, depth: int | None = None, name: str | None = None) -> ModelEncoder:
+    """The :class:`ModelEncoder` of ``spec``: weights from a file or folder (strict), or ``random_init`` (tests)."""
     if depth is not None and int(depth) < 1:
         raise ValueError(f"{spec.name}: depth must be a positive number of blocks, got {depth}")
     depth = None if depth is None else int(depth)
@@ -247,13 +247,14 @@ def build_baseline(spec: BaselineSpec, weights: str | os.PathLike | None = None,
         sha, wpath = state_dict_sha256(model), None
     else:
         raise FileNotFoundError(f"{spec.name} needs local weights ({spec.info.get('source', 'a state dict file')}):"
-                                f" pass --weights or set '{name or spec.name}' in configs/encoders/weights.yaml")
-    return Encoder(name=name or spec.name, model=model, transforms=spec.transform, dim=spec.dim,
-                   precision=normalize_precision(precision, spec.precision), weights_sha256=sha, weights_path=wpath,
-                   forward_fn=spec.forward,
-                   config={"arch": spec.arch, "output_rule": spec.output_rule, "feature_token": spec.output_rule,
-                           "depth": depth,
-                           "baseline": spec.name, "parity": "TRIDENT a91fa84", "random_init": weights is None})
+                                f" pass --weights or set '{name or spec.name}' in your weights registry "
+                                f"($ZOOMFEAT_WEIGHTS_REGISTRY / --weights-registry)")
+    return ModelEncoder(name=name or spec.name, model=model, transforms=spec.transform, dim=spec.dim,
+                        precision=normalize_precision(precision, spec.precision), weights_sha256=sha,
+                        weights_path=wpath, forward_fn=spec.forward,
+                        config={"arch": spec.arch, "output_rule": spec.output_rule, "feature_token": spec.output_rule,
+                                "depth": depth,
+                                "baseline": spec.name, "parity": "TRIDENT a91fa84", "random_init": weights is None})
 
 
 def registry_info(spec: BaselineSpec, **extra: Any) -> dict:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoomfeat.encoders.base import Encoder
+from zoomfeat.encoders.base import ModelEncoder
 from zoomfeat.encoders.baselines.common import (BaselineOptions, BaselineSpec, TridentTransform, build_baseline,
                                                 registry_info)
 from zoomfeat.encoders.registry import register_encoder
@@ -124,6 +124,6 @@ SPEC = BaselineSpec(
 
 @register_encoder("conch_v15", needs_weights=True, options=BaselineOptions, info=registry_info(SPEC))
 def create_conch_v15(weights: str | os.PathLike | None = None, precision: str | None = None,
-                     random_init: bool = False, depth: int | None = None) -> Encoder:
+                     random_init: bool = False, depth: int | None = None) -> ModelEncoder:
     """CONCH v1.5 vision tower (ViT-L/16 at 448 px + attentional pooler, 768-d, TRIDENT parity); fp16 autocast."""
     return build_baseline(SPEC, weights, precision, random_init, depth)

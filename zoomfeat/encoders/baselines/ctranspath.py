@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoomfeat.encoders.base import Encoder
+from zoomfeat.encoders.base import ModelEncoder
 from zoomfeat.encoders.baselines.common import (BaselineOptions, BaselineSpec, TridentTransform, build_baseline,
                                                 registry_info)
 from zoomfeat.encoders.registry import register_encoder
@@ -83,7 +83,7 @@ SPEC = BaselineSpec(
 
 @register_encoder("ctranspath", needs_weights=True, options=BaselineOptions, info=registry_info(SPEC))
 def create_ctranspath(weights: str | os.PathLike | None = None, precision: str | None = None,
-                      random_init: bool = False, depth: int | None = None) -> Encoder:
+                      random_init: bool = False, depth: int | None = None) -> ModelEncoder:
     """CTransPath (Swin-T + ConvStem, 768-d, TRIDENT parity): ``ctranspath.pth``, with or without ``attn_mask``;
     fp32."""
     return build_baseline(SPEC, weights, precision, random_init, depth)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from zoomfeat.encoders.base import Encoder
+from zoomfeat.encoders.base import ModelEncoder
 from zoomfeat.encoders.baselines.common import (BaselineOptions, BaselineSpec, TridentTransform, build_baseline,
                                                 registry_info, timm_model)
 from zoomfeat.encoders.registry import register_encoder
@@ -34,6 +34,6 @@ SPEC = BaselineSpec(
 
 @register_encoder("hoptimus0", needs_weights=True, options=BaselineOptions, info=registry_info(SPEC))
 def create_hoptimus0(weights: str | os.PathLike | None = None, precision: str | None = None,
-                     random_init: bool = False, depth: int | None = None) -> Encoder:
+                     random_init: bool = False, depth: int | None = None) -> ModelEncoder:
     """H-optimus-0 (ViT-g/14 reg4, 1536-d, TRIDENT parity); fp16 autocast."""
     return build_baseline(SPEC, weights, precision, random_init, depth)

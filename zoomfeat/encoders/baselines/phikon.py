@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from zoomfeat.encoders.base import Encoder
+from zoomfeat.encoders.base import ModelEncoder
 from zoomfeat.encoders.baselines.common import (BaselineOptions, BaselineSpec, TridentTransform, build_baseline,
                                                 KeyRenames, hf_cls, registry_info, transformers_major)
 from zoomfeat.encoders.registry import register_encoder
@@ -60,7 +60,7 @@ SPEC = BaselineSpec(
 
 @register_encoder("phikon", needs_weights=True, options=BaselineOptions, info=registry_info(SPEC))
 def create_phikon(weights: str | os.PathLike | None = None, precision: str | None = None, random_init: bool = False,
-                  depth: int | None = None) -> Encoder:
+                  depth: int | None = None) -> ModelEncoder:
     """Phikon (ViT-B/16, 768-d, TRIDENT parity): a Hugging Face folder or a state dict file (``vit.`` prefix and
     pooler tolerated), strict; fp32."""
     return build_baseline(SPEC, weights, precision, random_init, depth)

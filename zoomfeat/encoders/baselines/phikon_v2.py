@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from zoomfeat.encoders.base import Encoder
+from zoomfeat.encoders.base import ModelEncoder
 from zoomfeat.encoders.baselines.common import (BaselineOptions, BaselineSpec, TridentTransform, build_baseline,
                                                 KeyRenames, hf_cls, registry_info, transformers_major)
 from zoomfeat.encoders.registry import register_encoder
@@ -54,6 +54,6 @@ SPEC = BaselineSpec(
 
 @register_encoder("phikon_v2", needs_weights=True, options=BaselineOptions, info=registry_info(SPEC))
 def create_phikon_v2(weights: str | os.PathLike | None = None, precision: str | None = None,
-                     random_init: bool = False, depth: int | None = None) -> Encoder:
+                     random_init: bool = False, depth: int | None = None) -> ModelEncoder:
     """Phikon-v2 (DINOv2 ViT-L/16, 1024-d, TRIDENT parity): a Hugging Face folder or a state dict file; fp32."""
     return build_baseline(SPEC, weights, precision, random_init, depth)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoomfeat.encoders.base import Encoder
+from zoomfeat.encoders.base import ModelEncoder
 from zoomfeat.encoders.baselines.common import (BaselineOptions, BaselineSpec, TridentTransform, build_baseline,
                                                 registry_info)
 from zoomfeat.encoders.registry import register_encoder
@@ -42,7 +42,7 @@ SPEC = BaselineSpec(
 
 @register_encoder("resnet50", needs_weights=True, options=BaselineOptions, info=registry_info(SPEC))
 def create_resnet50(weights: str | os.PathLike | None = None, precision: str | None = None,
-                    random_init: bool = False, depth: int | None = None) -> Encoder:
+                    random_init: bool = False, depth: int | None = None) -> ModelEncoder:
     """CLAM's ResNet-50 truncated after layer3 (1024-d, TRIDENT parity); fp32. Extra keys (layer4, fc) of a full
     ImageNet checkpoint are dropped."""
     return build_baseline(SPEC, weights, precision, random_init, depth)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from zoomfeat.encoders.base import Encoder
+from zoomfeat.encoders.base import ModelEncoder
 from zoomfeat.encoders.baselines.common import (BaselineOptions, BaselineSpec, TridentTransform, build_baseline,
                                                 registry_info, timm_model)
 from zoomfeat.encoders.registry import register_encoder
@@ -32,13 +32,13 @@ SPEC = BaselineSpec(
 
 @register_encoder("uni_v1", needs_weights=True, options=BaselineOptions, info=registry_info(SPEC))
 def create_uni_v1(weights: str | os.PathLike | None = None, precision: str | None = None, random_init: bool = False,
-                  depth: int | None = None) -> Encoder:
+                  depth: int | None = None) -> ModelEncoder:
     """UNI v1 (ViT-L/16, 1024-d, TRIDENT parity): ``pytorch_model.bin`` (or its folder), strict; fp16 autocast."""
     return build_baseline(SPEC, weights, precision, random_init, depth)
 
 
 @register_encoder("uni", needs_weights=True, options=BaselineOptions, info=registry_info(SPEC, alias_of="uni_v1"))
 def create_uni(weights: str | os.PathLike | None = None, precision: str | None = None, random_init: bool = False,
-               depth: int | None = None) -> Encoder:
+               depth: int | None = None) -> ModelEncoder:
     """UNI v1 under its short name (alias of ``uni_v1``: same builder; bags record the name ``uni``)."""
     return build_baseline(SPEC, weights, precision, random_init, depth, name="uni")

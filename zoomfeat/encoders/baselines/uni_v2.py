@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoomfeat.encoders.base import Encoder
+from zoomfeat.encoders.base import ModelEncoder
 from zoomfeat.encoders.baselines.common import (BaselineOptions, BaselineSpec, TridentTransform, build_baseline,
                                                 registry_info, timm_model)
 from zoomfeat.encoders.registry import register_encoder
@@ -35,6 +35,6 @@ SPEC = BaselineSpec(
 
 @register_encoder("uni_v2", needs_weights=True, options=BaselineOptions, info=registry_info(SPEC))
 def create_uni_v2(weights: str | os.PathLike | None = None, precision: str | None = None, random_init: bool = False,
-                  depth: int | None = None) -> Encoder:
+                  depth: int | None = None) -> ModelEncoder:
     """UNI2-h (ViT-g/14, 1536-d, TRIDENT parity): ``pytorch_model.bin`` (or its folder), strict; bf16 autocast."""
     return build_baseline(SPEC, weights, precision, random_init, depth)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoomfeat.encoders.base import Encoder
+from zoomfeat.encoders.base import ModelEncoder
 from zoomfeat.encoders.baselines.common import (BaselineOptions, BaselineSpec, TridentTransform, build_baseline,
                                                 registry_info, timm_model)
 from zoomfeat.encoders.registry import register_encoder
@@ -43,6 +43,6 @@ SPEC = BaselineSpec(
 
 @register_encoder("virchow2", needs_weights=True, options=BaselineOptions, info=registry_info(SPEC))
 def create_virchow2(weights: str | os.PathLike | None = None, precision: str | None = None,
-                    random_init: bool = False, depth: int | None = None) -> Encoder:
+                    random_init: bool = False, depth: int | None = None) -> ModelEncoder:
     """Virchow2 (ViT-H/14, 2560-d = class token + mean patch token, TRIDENT parity); fp16 autocast."""
     return build_baseline(SPEC, weights, precision, random_init, depth)
