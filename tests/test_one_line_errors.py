@@ -149,3 +149,16 @@ def test_workers_2_failing_slide_prints_no_dataloader_noise(slides, tmp_path):
     assert r.returncode == 3, r.stderr
     assert "FAILED syn0" in r.stdout
     assert "Traceback" not in r.stderr and "can only test a child process" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("verb", [["mil", "cv"], ["tile", "SLIDES", "--out", "OUT"], ["compare", "--out", "OUT"]])
+def test_yaml_syntax_error_in_a_config_is_one_line(tmp_path, capsys, verb):
+    """A YAML syntax error in ``--config`` used to be a ``yaml.parser.ParserError`` traceback, exit 1, in every verb
+    that takes a config (found by the issue-25 re-trial); now one line naming the file, exit 2."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("labels: [\n")
+    (tmp_path / "slides").mkdir()
+    args = [{"SLIDES": str(tmp_path / "slides"), "OUT": str(tmp_path / "out")}.get(a, a) for a in verb]
+    assert main([*args, "--config", str(bad)]) == 2
+    err = _err_line(capsys)
+    assert "bad.yaml" in err and "line 2" in err
