@@ -99,6 +99,34 @@ def test_predict_ensemble_with_pickled_best_pt(model, tmp_path, capsys):
     assert "refusing to load" in _err_line(capsys)
 
 
+@pytest.mark.parametrize("card", ["[1]", "{}", "{", '{"model": {"name": "abmil"}, "task": {"name": "binary"}}'])
+def test_predict_broken_model_card_is_one_line_naming_it(model, tmp_path, capsys, card):
+    """A ``model.json`` that is a list was a ``TypeError`` traceback (exit 1); ``{}`` said only ``'model'`` and broken
+    JSON did not name the file (issue-25 re-trial). Now one line naming model.json, exit 2."""
+    m = _copy_model(model, tmp_path / "m")
+    (m / "model.json").write_text(card)
+    capsys.readouterr()
+    assert main(["mil", "predict", str(m), "--bags", str(model["bags"]), "--out", str(tmp_path / "p")]) == 2
+    assert "model.json: not a zoomfeat model card" in _err_line(capsys)
+
+
+@pytest.mark.parametrize("kind", ["object", "junk"])
+def test_predict_pickled_standardizer_is_one_line_naming_it(model, tmp_path, capsys, kind):
+    """A ``standardize.npz`` holding an object array, or not an .npz at all (numpy then advises ``allow_pickle``),
+    is refused in one line naming the file, exit 2."""
+    import numpy as np
+
+    m = _copy_model(model, tmp_path / "m")
+    if kind == "object":
+        np.savez(m / "standardize.npz", mean=np.array([Evil()], dtype=object), std=np.ones(8))
+    else:
+        (m / "standardize.npz").write_bytes(pickle.dumps(Evil()))
+    capsys.readouterr()
+    assert main(["mil", "predict", str(m), "--bags", str(model["bags"]), "--out", str(tmp_path / "p")]) == 2
+    err = _err_line(capsys)
+    assert "standardize.npz: not a standardizer" in err and "unsafely" not in err
+
+
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory):
     """Two small slides, tiled; then syn0's level-0 tile data is overwritten (its thumbnail still reads, so it tiles,
