@@ -99,6 +99,18 @@ def test_predict_ensemble_with_pickled_best_pt(model, tmp_path, capsys):
     assert "refusing to load" in _err_line(capsys)
 
 
+def test_yaml_syntax_error_in_the_weights_registry_names_it(tmp_path, capsys):
+    """The weights registry was parsed from a string, so its YAML error said ``in "<unicode string>"``."""
+    bad = tmp_path / "registry.yaml"
+    bad.write_text("phikon: [\n")
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "slides" / "s.tiff").write_bytes(b"never read: the registry is read first")
+    assert main(["extract", str(tmp_path / "slides"), "--out", str(tmp_path / "out"), "--encoder", "phikon",
+                 "--weights-registry", str(bad), "--no-progress"]) == 2
+    err = _err_line(capsys)
+    assert "registry.yaml" in err and "line 2" in err
+
+
 @pytest.mark.parametrize("card", ["[1]", "{}", "{", '{"model": {"name": "abmil"}, "task": {"name": "binary"}}'])
 def test_predict_broken_model_card_is_one_line_naming_it(model, tmp_path, capsys, card):
     """A ``model.json`` that is a list was a ``TypeError`` traceback (exit 1); ``{}`` said only ``'model'`` and broken
