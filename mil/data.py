@@ -302,8 +302,16 @@ def load_standardizer(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray] 
     path = Path(path)
     if not path.is_file():
         return None
-    with np.load(path) as z:
-        return np.asarray(z["mean"], np.float32), np.asarray(z["std"], np.float32)
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # np.load would take it for a pickle and advise allow_pickle
+        raise ValueError(f"{path}: not a standardizer (.npz with float arrays 'mean' and 'std'): not an .npz archive")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return np.asarray(z["mean"], np.float32), np.asarray(z["std"], np.float32)
+    except (ValueError, KeyError, EOFError) as exc:  # an object array (pickle), a missing array, a broken file
+        raise ValueError(f"{path}: not a standardizer (.npz with float arrays 'mean' and 'std'): "
+                         f"{type(exc).__name__}: {exc}") from exc
 
 
 def fit_standardizer(ds: BagDataset) -> tuple[np.ndarray, np.ndarray]:

@@ -50,6 +50,21 @@ class Predictor:
         return make_task(self.task, n_classes=max(self.n_classes, 2), **self.task_hp)
 
 
+def read_model_card(card: Path) -> dict:
+    """A model folder's ``model.json``, checked for what :func:`load_model` reads: anything else (broken JSON, a
+    list, a missing key) is one ValueError naming the file, not a ``TypeError`` traceback or a bare ``'model'``."""
+    try:
+        meta = json.loads(card.read_text())
+        head, task = meta["model"], meta["task"]
+        int(head["in_dim"]), int(head["n_out"]), str(head["name"]), str(task["name"]), meta["mag"]
+        if not isinstance(head.get("kwargs", {}), dict) or not isinstance(meta["feature_spec"], dict):
+            raise TypeError("'kwargs' and 'feature_spec' must be objects")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{card}: not a zoomfeat model card ({type(exc).__name__}: {exc}); re-run `zoomfeat mil "
+                         "train`") from exc
+    return meta
+
+
 def load_model(path: str | os.PathLike) -> Predictor:
     """A ``zoomfeat mil train`` folder → :class:`Predictor` (weights from safetensors, strict)."""
     from mil.final import META, WEIGHTS
@@ -59,7 +74,7 @@ def load_model(path: str | os.PathLike) -> Predictor:
     if not (path / META).is_file() or not (path / WEIGHTS).is_file():
         raise FileNotFoundError(f"{path}: not a model folder (needs {META} and {WEIGHTS}; "
                                 "write one with `zoomfeat mil train`)")
-    meta = json.loads((path / META).read_text())
+    meta = read_model_card(path / META)
     head, task = meta["model"], meta["task"]
     # a pickle in disguise is one line (load_state_dict_file), not a traceback
     weights, kwargs = load_state_dict_file(path / WEIGHTS), dict(head.get("kwargs", {}))

@@ -115,3 +115,37 @@ def test_bags_without_input_record_stay_valid(cohort):
             del f.attrs["slide_fingerprint"], f.attrs["coords_sha256"]
     assert _extract(root, out) == 0
     assert set(_status(bag_path(out, "tiny-vit", "x").parent).values()) == {"skipped"}
+
+
+def test_probe_cache_notices_a_replaced_slide(cohort, monkeypatch):
+    """`zoomfeat probe` cached each slide's means under its id and the sweep settings only: after another slide was
+    copied over syn000.tiff it returned the old slide's means, exit 0, even after re-tiling (issue-25 re-trial).
+    Now the cache entry is keyed by the slide's fingerprint and its coordinate file too: stale coordinates fail that
+    slide with one line, re-tiling recomputes it, the untouched slide stays cached. (UNet passes stubbed.)"""
+    import numpy as np
+
+    from zoomfeat import probe
+    from zoomfeat.slides.tiling import tile_cohort
+
+    root = cohort
+    tile_cohort(root / "slides", root / "tiles", progress=False, qc=False)
+    calls: list[str] = []
+    monkeypatch.setattr(probe, "read_probe_tiles", lambda slide, *a, **k: slide)
+    monkeypatch.setattr(probe, "zoomldm_slide_means",
+                        lambda ldm, tiles, sid, spec, ssl: calls.append(sid) or {"m": np.zeros(1)})
+    monkeypatch.setattr(probe, "baseline_slide_means", lambda *a: {})
+
+    def run():
+        return probe.compute_means(sorted((root / "slides").glob("*.tiff")), root / "tiles", root / "cache", None,
+                                   probe.SweepSpec(), "model-key", None, {}, progress=False)
+
+    run()
+    run()
+    assert calls == ["syn000", "syn001"]  # the second run is answered from the cache
+    shutil.copy(root / "other.tiff", root / "slides" / "syn000.tiff")
+    means, failed = run()
+    assert [f["slide"] for f in failed] == ["syn000"] and "InputChangedError" in failed[0]["error"]
+    assert list(means) == ["syn001"] and calls == ["syn000", "syn001"]
+    tile_cohort(root / "slides", root / "tiles", progress=False, qc=False)
+    means, failed = run()
+    assert not failed and calls == ["syn000", "syn001", "syn000"]

@@ -99,6 +99,46 @@ def test_predict_ensemble_with_pickled_best_pt(model, tmp_path, capsys):
     assert "refusing to load" in _err_line(capsys)
 
 
+def test_yaml_syntax_error_in_the_weights_registry_names_it(tmp_path, capsys):
+    """The weights registry was parsed from a string, so its YAML error said ``in "<unicode string>"``."""
+    bad = tmp_path / "registry.yaml"
+    bad.write_text("phikon: [\n")
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "slides" / "s.tiff").write_bytes(b"never read: the registry is read first")
+    assert main(["extract", str(tmp_path / "slides"), "--out", str(tmp_path / "out"), "--encoder", "phikon",
+                 "--weights-registry", str(bad), "--no-progress"]) == 2
+    err = _err_line(capsys)
+    assert "registry.yaml" in err and "line 2" in err
+
+
+@pytest.mark.parametrize("card", ["[1]", "{}", "{", '{"model": {"name": "abmil"}, "task": {"name": "binary"}}'])
+def test_predict_broken_model_card_is_one_line_naming_it(model, tmp_path, capsys, card):
+    """A ``model.json`` that is a list was a ``TypeError`` traceback (exit 1); ``{}`` said only ``'model'`` and broken
+    JSON did not name the file (issue-25 re-trial). Now one line naming model.json, exit 2."""
+    m = _copy_model(model, tmp_path / "m")
+    (m / "model.json").write_text(card)
+    capsys.readouterr()
+    assert main(["mil", "predict", str(m), "--bags", str(model["bags"]), "--out", str(tmp_path / "p")]) == 2
+    assert "model.json: not a zoomfeat model card" in _err_line(capsys)
+
+
+@pytest.mark.parametrize("kind", ["object", "junk"])
+def test_predict_pickled_standardizer_is_one_line_naming_it(model, tmp_path, capsys, kind):
+    """A ``standardize.npz`` holding an object array, or not an .npz at all (numpy then advises ``allow_pickle``),
+    is refused in one line naming the file, exit 2."""
+    import numpy as np
+
+    m = _copy_model(model, tmp_path / "m")
+    if kind == "object":
+        np.savez(m / "standardize.npz", mean=np.array([Evil()], dtype=object), std=np.ones(8))
+    else:
+        (m / "standardize.npz").write_bytes(pickle.dumps(Evil()))
+    capsys.readouterr()
+    assert main(["mil", "predict", str(m), "--bags", str(model["bags"]), "--out", str(tmp_path / "p")]) == 2
+    err = _err_line(capsys)
+    assert "standardize.npz: not a standardizer" in err and "unsafely" not in err
+
+
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory):
     """Two small slides, tiled; then syn0's level-0 tile data is overwritten (its thumbnail still reads, so it tiles,
@@ -149,3 +189,16 @@ def test_workers_2_failing_slide_prints_no_dataloader_noise(slides, tmp_path):
     assert r.returncode == 3, r.stderr
     assert "FAILED syn0" in r.stdout
     assert "Traceback" not in r.stderr and "can only test a child process" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("verb", [["mil", "cv"], ["tile", "SLIDES", "--out", "OUT"], ["compare", "--out", "OUT"]])
+def test_yaml_syntax_error_in_a_config_is_one_line(tmp_path, capsys, verb):
+    """A YAML syntax error in ``--config`` used to be a ``yaml.parser.ParserError`` traceback, exit 1, in every verb
+    that takes a config (found by the issue-25 re-trial); now one line naming the file, exit 2."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("labels: [\n")
+    (tmp_path / "slides").mkdir()
+    args = [{"SLIDES": str(tmp_path / "slides"), "OUT": str(tmp_path / "out")}.get(a, a) for a in verb]
+    assert main([*args, "--config", str(bad)]) == 2
+    err = _err_line(capsys)
+    assert "bad.yaml" in err and "line 2" in err

@@ -223,3 +223,22 @@ def test_pickled_fold_checkpoint_is_refused_not_a_500(run_dir):
     with pytest.raises(ValueError, match="refusing to load"):
         fold_model(res.by_name["cv"], 0, 8)
     assert Site(res).get("slides/s0.html")[1].startswith("text/html")
+
+
+def test_malformed_generation_json_is_skipped_not_fatal(run_dir):
+    """A received run folder with one broken ``generation.json`` (not JSON, not an object, odd field types) used to
+    stop ``zoomfeat view`` (a JSON error without the file's name, or an AttributeError traceback); now that folder
+    is ignored with a warning naming it and the rest of the run is served."""
+    from zoomfeat.viewer import Results, Site
+
+    bad = {"notjson": "{not json", "list": "[1, 2]", "files_str": '{"files": "ok.png"}', "ssl_num": '{"ssl": 5}'}
+    for name, text in bad.items():
+        (run_dir / name).mkdir()
+        (run_dir / name / "generation.json").write_text(text)
+    with pytest.warns(UserWarning) as rec:
+        site = Site(Results(run_dir))
+    msgs = " ".join(str(w.message) for w in rec)
+    for name in bad:
+        assert f"{name}/generation.json: ignored" in msgs
+    assert [g["images"] for g in site.generated_entries()] == [["gen/0/ok.png"]]
+    assert site.get("index.html")[1].startswith("text/html")

@@ -151,6 +151,23 @@ def cache_signature(spec: SweepSpec, model_sha: str | None) -> str:
     return hashlib.sha256(json.dumps({"spec": keys, "model": model_sha}, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def slide_signature(sig: str, slide: Path, tiles_dir: Path) -> str:
+    """``sig`` (the sweep settings and every weight) plus what this slide's means are made from: the slide's
+    :func:`~zoomfeat.io.file_fingerprint` and its coordinate file's sha256 (``zoomfeat.extract.input_record``), so
+    a slide replaced (with or without re-tiling) is not answered from the cache. No coordinate file: the slide's
+    fingerprint alone (the slide then fails when read)."""
+    from zoomfeat.cohort import slide_id
+    from zoomfeat.extract import input_record
+    from zoomfeat.slides.coords import find_coords
+
+    try:
+        coords = find_coords(tiles_dir, slide_id(slide))
+    except (FileNotFoundError, ValueError):
+        coords = None
+    rec = input_record(slide, coords)
+    return hashlib.sha256(json.dumps({"sig": sig, **rec}, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def load_cached(path: Path, signature: str) -> dict | None:
     if not path.exists():
         return None
@@ -394,7 +411,13 @@ def compute_means(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm, spe
     for slide in tqdm(slides, desc="probe features", unit="slide", disable=not progress):
         sid = slide_id(slide)
         cpath = cache_dir / f"{sid}.npz"
-        got = load_cached(cpath, sig)
+        try:  # the cache entry is also keyed by the slide and its coordinate file: a replaced slide is redone
+            slide_sig = slide_signature(sig, slide, tiles_dir)
+        except (OSError, ValueError) as exc:
+            failed.append({"slide": sid, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"probe: {sid} failed ({type(exc).__name__}: {exc}); continuing")
+            continue
+        got = load_cached(cpath, slide_sig)
         if got is None:
             try:
                 grid, _ = load_grid(slide, tiles_dir, cache_dir, ExtractOptions())  # zoomfeat, CLAM or TRIDENT
@@ -406,7 +429,7 @@ def compute_means(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm, spe
                 failed.append({"slide": sid, "error": f"{type(exc).__name__}: {exc}"})
                 print(f"probe: {sid} failed ({type(exc).__name__}: {exc}); continuing")
                 continue
-            save_cached(cpath, sig, got)
+            save_cached(cpath, slide_sig, got)
         means[sid] = got
     return means, failed
 

@@ -59,6 +59,14 @@ def is_plugin_error(exc: BaseException) -> bool:
             and isinstance(exc, registry.PluginImportError))
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input or environment (one line, exit 2), not bugs. OSError: read-only / full /
+    missing paths. A YAML syntax error in a config (``--config``, a run's config.yaml, a ``key=[`` override) is
+    included once yaml is imported, which it is whenever one was raised (``--help`` must not import it)."""
+    yaml = sys.modules.get("yaml")
+    return (OSError, ValueError, KeyError, RuntimeError) + ((yaml.YAMLError,) if yaml is not None else ())
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -81,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"zoomfeat {args.verb}: error: {exc}", file=sys.stderr)
         return 2
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # OSError: read-only / full / missing paths
-        if os.environ.get("ZOOMFEAT_DEBUG"):
+    except Exception as exc:  # noqa: BLE001 — re-raised below unless it is a user error
+        if os.environ.get("ZOOMFEAT_DEBUG") or not isinstance(exc, user_errors()):
             raise
         print(f"zoomfeat {args.verb}: error: {one_line(exc)}", file=sys.stderr)
         return 2

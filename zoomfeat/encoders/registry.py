@@ -147,7 +147,8 @@ def load_weights_registry(path: str | os.PathLike | None = None) -> dict[str, Pa
         if explicit:
             raise FileNotFoundError(f"weights registry not found: {p}")
         return {}
-    data = yaml.safe_load(p.read_text()) or {}  # JSON is valid YAML
+    with open(p) as fh:  # a stream, so a YAML syntax error names the file (JSON is valid YAML)
+        data = yaml.safe_load(fh) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{p}: the weights registry must map encoder names to paths")
     out = {}

@@ -538,12 +538,24 @@ def find_generated(generated: str | os.PathLike | None, root: Path) -> list[Gene
                 if g.resolve() in seen or SKIP_DIRS & set(g.parts) or inside(base, g) is None:
                     continue
                 seen.add(g.resolve())
-                out.append(_generated(g, root))
+                gen = _generated(g, root)
+                if gen is not None:
+                    out.append(gen)
     return out
 
 
-def _generated(g: Path, root: Path) -> Generated:
-    meta = json.loads(g.read_text())
+def _generated(g: Path, root: Path) -> Generated | None:
+    """One generation folder; None (with a warning naming the file) when its ``generation.json`` is not a JSON
+    object: a run folder received from someone else must not stop the viewer with one bad file."""
+    try:
+        meta = json.loads(g.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        warnings.warn(f"{g}: ignored, not readable JSON ({type(exc).__name__}: {exc})", stacklevel=2)
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("files", []), list) \
+            or not isinstance(meta.get("ssl"), (str, type(None))):
+        warnings.warn(f"{g}: ignored, not a generation record (a JSON object with a 'files' list)", stacklevel=2)
+        return None
     # only files that resolve inside the generation folder: `"files": ["../../etc/passwd"]` or a symlink out of it
     # names a file the viewer must never serve or export
     imgs = [g.parent / f for f in meta.get("files", []) if isinstance(f, str)
