@@ -117,53 +117,86 @@ def summarize(metrics: pd.DataFrame, task: str, n_classes: int) -> pd.DataFrame:
 
 
 def run_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: str = "20x", seed: int = 0,
-              out_dir: str | os.PathLike | None = None, attention: bool = False, **hparams) -> CVResult:
+              out_dir: str | os.PathLike | None = None, attention: bool = False, jobs: int | None = None,
+              **hparams) -> CVResult:
     """Train/evaluate one head per fold of ``splits`` on ``cohort``; the core shared by the API and the CLI.
 
     ``model='linear'`` runs the mean-pooling linear probe (:mod:`mil.linear`) on the same folds instead.
+    ``jobs``: folds run on that many worker processes (:func:`zoomfeat.jobs.run_jobs`; default: the usable
+    cores); the result does not depend on it (each fold seeds itself from the seed and its fold number).
     """
+    from zoomfeat.jobs import run_jobs
+
+    plan = plan_folds(cohort, splits, model, mag, seed, out_dir, attention, **hparams)
+    return finish_folds(plan, run_jobs(plan.calls, jobs))
+
+
+@dataclass
+class FoldPlan:
+    """The independent fold jobs of one cross-validation (:func:`plan_folds`) and what
+    :func:`finish_folds` needs to assemble their results into a :class:`CVResult`."""
+
+    cohort: Cohort
+    splits: pd.DataFrame
+    model: str
+    calls: list = field(default_factory=list)  # zoomfeat.jobs.Job tuples, one per fold
+
+
+def plan_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: str = "20x", seed: int = 0,
+               out_dir: str | os.PathLike | None = None, attention: bool = False, **hparams) -> FoldPlan:
+    """One job per fold (:func:`fit_fold` for MIL heads, :func:`mil.linear.linear_fold` for the linear probe);
+    run them with :func:`zoomfeat.jobs.run_jobs` (several plans may share one run: ``compare``)."""
     from mil.splits import with_repeat
 
-    task_name = cohort.task
     splits = with_repeat(splits)
-    n_classes = len(cohort.classes) if task_name in CLASSIFICATION else 0
+    folds = sorted(splits["fold"].unique())
+    indices = {f: fold_indices(splits, cohort.slides, f) for f in folds}
     if str(model).lower() == "linear":
-        from mil.linear import run_linear
+        from mil.linear import linear_fold, pooled_features
 
-        metrics, pred = run_linear(cohort, splits, mag, seed)
-        attn = {}
-    else:
-        from mil.trainer import head_threads, limited_threads
+        x = pooled_features(cohort, mag)
+        calls = [(linear_fold, (cohort, x, indices[f], f, seed), {}) for f in folds]
+        return FoldPlan(cohort, splits, "linear", calls)
+    cfg = TrainConfig.from_hparams(hparams)
+    if not any(len(indices[f]["val"]) for f in folds):
+        warnings.warn("no validation patients (val_fraction: 0 or a split table without 'val' rows): each fold runs "
+                      f"a fixed schedule of {cfg.epochs} epochs and keeps the last one; set val_fraction > 0 for "
+                      "early stopping on held-out patients", stacklevel=3)
+    calls = [(fit_fold, (cohort, indices[f], f, model, mag, seed, out_dir, attention, hparams), {}) for f in folds]
+    return FoldPlan(cohort, splits, model, calls)
 
-        cfg = TrainConfig.from_hparams(hparams)
-        with limited_threads(head_threads(cfg.threads), cfg.num_workers):
-            metrics, pred, attn = _train_folds(cohort, splits, model, mag, seed, out_dir, attention, hparams)
+
+def finish_folds(plan: FoldPlan, results: list[dict]) -> CVResult:
+    """The :class:`CVResult` of a plan from its jobs' results (in the plan's fold order)."""
+    cohort, splits = plan.cohort, plan.splits
+    task_name = cohort.task
+    n_classes = len(cohort.classes) if task_name in CLASSIFICATION else 0
+    metrics = pd.DataFrame([r["row"] for r in results])
+    pred = pd.DataFrame([p for r in results for p in r["pred"]])
+    attn = {k: v for r in results for k, v in (r.get("attention") or {}).items()}
     repeat_of = splits.groupby("fold")["repeat"].first()
     metrics.insert(1, "repeat", metrics["fold"].map(repeat_of).astype(int))
     summary = summarize(metrics, task_name, n_classes)
     return CVResult(metrics, pred, summary, splits, task_name, list(cohort.classes), attn, list(cohort.skipped))
 
 
-def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, seed: int,
-                 out_dir: str | os.PathLike | None, attention: bool, hparams: dict):
-    """One MIL head per fold: (per-fold metrics, out-of-fold predictions, attention per test slide)."""
+def fit_fold(cohort: Cohort, idx: dict, fold: int, model: str, mag: str, seed: int,
+             out_dir: str | os.PathLike | None, attention: bool, hparams: dict) -> dict:
+    """One MIL fold job: train on the fold's training (+ validation) slides, score its test slides; returns
+    {row (fold_metrics.csv), pred (predictions.csv rows), attention (slide → scores)}. Seeded by ``seed`` and
+    ``fold`` only, so any worker gives the same head."""
+    from mil.trainer import head_threads, limited_threads
+
     task_name = cohort.task
     cfg, model_hp = head_hparams(model, mag, cohort.dim, hparams)
     n_classes = len(cohort.classes) if task_name in CLASSIFICATION else 0
     out = Path(out_dir) if out_dir else None
-    fold_rows, pred_rows, attn = [], [], {}
     cache = not any(isinstance(i, (str, os.PathLike)) for i in cohort.items) or bool(hparams.get("cache", False))
-    folds = sorted(splits["fold"].unique())
-    if not any(len(fold_indices(splits, cohort.slides, f)["val"]) for f in folds):
-        warnings.warn("no validation patients (val_fraction: 0 or a split table without 'val' rows): each fold runs "
-                      f"a fixed schedule of {cfg.epochs} epochs and keeps the last one; set val_fraction > 0 for "
-                      "early stopping on held-out patients", stacklevel=2)
-    for fold in folds:
-        idx = fold_indices(splits, cohort.slides, fold)
-        fold_seed = int(seed) * 1000 + int(fold)
-        fixed = len(idx["val"]) < cfg.min_val_slides  # too few validation slides to select epochs on
-        fit_idx = np.concatenate([idx["train"], idx["val"]]) if fixed else idx["train"]
-        ckpt = out / f"fold{fold}" / "best.pt" if out else None
+    fold_seed = int(seed) * 1000 + int(fold)
+    fixed = len(idx["val"]) < cfg.min_val_slides  # too few validation slides to select epochs on
+    fit_idx = np.concatenate([idx["train"], idx["val"]]) if fixed else idx["train"]
+    ckpt = out / f"fold{fold}" / "best.pt" if out else None
+    with limited_threads(head_threads(cfg.threads), cfg.num_workers):
         net, task, info, norm = train_head(cohort, model, mag, cfg, model_hp, fit_idx,
                                            idx["val"][:0] if fixed else idx["val"], fold_seed, cache,
                                            name=f"{model}-{task_name}-fold{fold}", ckpt_path=ckpt, log_dir=out)
@@ -172,17 +205,16 @@ def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, see
         test_ds = BagDataset(cohort.subset(idx["test"]), mag, cache=cache)
         test_ds.norm = norm
         res = predict(net, task, test_ds, batch_size=1, device=next(net.parameters()).device, attention=attention)
-        y = cohort.targets[idx["test"]]
-        fold_rows.append({"fold": int(fold), **task.metrics(y, res["pred"]), "test_loss": res["loss"],
-                          "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
-                          "schedule": "fixed" if fixed else "early_stopping", "n_train": len(fit_idx),
-                          "n_val": 0 if fixed else len(idx["val"]), "n_test": len(idx["test"])})
-        if out:
-            pd.DataFrame(info["history"]).to_csv(out / f"fold{fold}" / "history.csv", index=False)
-        pred_rows += prediction_rows(cohort, idx["test"], y, res["pred"], fold, n_classes)
-        if attention:
-            attn.update({cohort.slides[i]: res["attention"][j] for j, i in enumerate(idx["test"])})
-    return pd.DataFrame(fold_rows), pd.DataFrame(pred_rows), attn
+    y = cohort.targets[idx["test"]]
+    row = {"fold": int(fold), **task.metrics(y, res["pred"]), "test_loss": res["loss"],
+           "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
+           "schedule": "fixed" if fixed else "early_stopping", "n_train": len(fit_idx),
+           "n_val": 0 if fixed else len(idx["val"]), "n_test": len(idx["test"])}
+    if out:
+        pd.DataFrame(info["history"]).to_csv(out / f"fold{fold}" / "history.csv", index=False)
+    attn = {cohort.slides[i]: res["attention"][j] for j, i in enumerate(idx["test"])} if attention else {}
+    return {"row": row, "pred": prediction_rows(cohort, idx["test"], y, res["pred"], fold, n_classes),
+            "attention": attn}
 
 
 def head_hparams(model: str, mag: str, dim: int, hparams: dict) -> tuple[TrainConfig, dict]:
@@ -399,10 +431,11 @@ def write_attention(res: CVResult, out: Path, cohort: Cohort, cfg: dict,
 
 
 def run_cv(cfg: dict | CVConfig, out_dir: str | os.PathLike, thumbnails: ThumbnailProvider | None = None,
-           cohort: Cohort | None = None) -> CVResult:
+           cohort: Cohort | None = None, jobs: int | None = None) -> CVResult:
     """``zoomfeat mil cv``: validate inputs, make or reuse splits, run the folds and write every output; heatmaps
     are drawn over the thumbnails ``thumbnails`` gives (:mod:`mil.heatmap`; else on the tile grid). ``cohort``:
-    the config's cohort when the caller already built it (:func:`prepare_cohort`), so the bags are scanned once."""
+    the config's cohort when the caller already built it (:func:`prepare_cohort`), so the bags are scanned once.
+    ``jobs``: worker processes for the folds (:func:`run_folds`)."""
     from zoomfeat.config import save_yaml
 
     cfg = cv_config(cfg)
@@ -420,6 +453,6 @@ def run_cv(cfg: dict | CVConfig, out_dir: str | os.PathLike, thumbnails: Thumbna
     splits = splits_for(cohort, cfg, cfg.get("splits") or out / "splits.csv")
     check_splits(splits)
     res = run_folds(cohort, splits, model=cfg["model"], mag=cfg["mag"], seed=int(cfg["seed"]), out_dir=out,
-                    attention=True, **(cfg.get("hparams") or {}))
+                    attention=True, jobs=jobs, **(cfg.get("hparams") or {}))
     write_result(res, out, cfg, cohort, thumbnails)
     return res

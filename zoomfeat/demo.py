@@ -10,7 +10,6 @@ compare (ABMIL, on the report patients the recipe choice never saw) → generate
 
 from __future__ import annotations
 
-import resource
 import shlex
 import time
 from pathlib import Path
@@ -27,8 +26,10 @@ SWEEP = {"blocks": "0,3,6,9,12", "t": "0,50,200", "conditioning": "none,uni", "m
 
 
 def _cpu() -> float:
-    r, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
+    """CPU seconds of the demo so far, pool workers (``--jobs``) included (:func:`zoomfeat.jobs.process_cpu_seconds`)."""
+    from zoomfeat.jobs import process_cpu_seconds
+
+    return process_cpu_seconds()
 
 
 class Steps:

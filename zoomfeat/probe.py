@@ -233,9 +233,11 @@ def _feature_sets(means: dict[str, dict[str, np.ndarray]], slides: list[str], sp
 
 
 def evaluate(sets, targets: dict, patients: np.ndarray, mask: np.ndarray, spec: SweepSpec, subset: str,
-             alpha_bar: dict[int, float]) -> tuple[list[dict], dict]:
-    """Probe every feature set on the slides in ``mask``; returns probe.csv rows and per-split scores by key."""
-    from mil.probe_eval import corrected_ci, linear_probe_scores, repeated_splits, n_test_over_n_train
+             alpha_bar: dict[int, float], jobs: int | None = None) -> tuple[list[dict], dict]:
+    """Probe every feature set on the slides in ``mask``; returns probe.csv rows and per-split scores by key.
+    Feature sets are independent jobs (:func:`zoomfeat.jobs.run_jobs` on ``jobs`` workers; same output for any)."""
+    from mil.probe_eval import repeated_splits
+    from zoomfeat.jobs import run_jobs
 
     idx = np.flatnonzero(mask)
     splits = {}
@@ -243,17 +245,30 @@ def evaluate(sets, targets: dict, patients: np.ndarray, mask: np.ndarray, spec: 
         yy = y[idx]
         yy = yy if task == "survival" else np.unique(yy.astype(str), return_inverse=True)[1]
         splits[task] = (yy, repeated_splits(yy, patients[idx], spec.n_folds, spec.n_repeats, spec.seed))
+    calls = [(probe_feature_set, (keys, X[idx], splits, subset, alpha_bar), {}) for keys, X in sets]
     rows, scores = [], {}
-    for keys, X in sets:
-        for task, (yy, sp) in splits.items():
-            sc = linear_probe_scores(X[idx], yy, sp, "survival" if task == "survival" else "classification")
-            m, sd, lo, hi = corrected_ci(sc, n_test_over_n_train(sp))
-            ab = alpha_bar.get(keys["t"]) if keys["t"] != "" else None
-            rows.append({**keys, "task": task, "metric": "c_index" if task == "survival" else "auc", "mean": m,
-                         "std": sd, "ci_low": lo, "ci_high": hi, "alpha_bar": ab,
-                         "noise_pct": None if ab is None else 100 * (1 - ab), "subset": subset,
-                         "n_slides": int(len(idx)), "n_splits": int(np.isfinite(sc).sum())})
-            scores[(subset, task) + tuple(keys.values())] = sc
+    for r, sc in run_jobs(calls, jobs):
+        rows += r
+        scores.update(sc)
+    return rows, scores
+
+
+def probe_feature_set(keys: dict, X: np.ndarray, splits: dict, subset: str,
+                      alpha_bar: dict[int, float]) -> tuple[list[dict], dict]:
+    """One feature set's probe.csv rows and per-split scores, for every task in ``splits`` ({task: (y, splits)});
+    ``X`` holds the evaluated slides only."""
+    from mil.probe_eval import corrected_ci, linear_probe_scores, n_test_over_n_train
+
+    rows, scores = [], {}
+    for task, (yy, sp) in splits.items():
+        sc = linear_probe_scores(X, yy, sp, "survival" if task == "survival" else "classification")
+        m, sd, lo, hi = corrected_ci(sc, n_test_over_n_train(sp))
+        ab = alpha_bar.get(keys["t"]) if keys["t"] != "" else None
+        rows.append({**keys, "task": task, "metric": "c_index" if task == "survival" else "auc", "mean": m,
+                     "std": sd, "ci_low": lo, "ci_high": hi, "alpha_bar": ab,
+                     "noise_pct": None if ab is None else 100 * (1 - ab), "subset": subset,
+                     "n_slides": int(len(X)), "n_splits": int(np.isfinite(sc).sum())})
+        scores[(subset, task) + tuple(keys.values())] = sc
     return rows, scores
 
 
@@ -398,9 +413,10 @@ def compute_means(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm, spe
 def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: str | os.PathLike,
           out: str | os.PathLike, spec: SweepSpec | None = None, ssl_weights=None, registry=None,
           custom_model: str | None = None, progress: bool = True, official_config: str | os.PathLike | None = None,
-          ema: bool = True) -> dict:
+          ema: bool = True, jobs: int | None = None) -> dict:
     """Run the recipe sweep (see the module docstring); returns paths, the chosen recipe and its report row.
-    ``weights``: a ZoomLDM folder, or an official .ckpt (+ ``official_config``, ``ema``) as ``ZoomLDM.load``."""
+    ``weights``: a ZoomLDM folder, or an official .ckpt (+ ``official_config``, ``ema``) as ``ZoomLDM.load``.
+    ``jobs``: worker processes for the probe's evaluation (:func:`evaluate`; the outputs do not depend on it)."""
     import pandas as pd
 
     from zoomfeat.cohort import resolve_slides, slide_id
@@ -436,11 +452,11 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
     alpha = {int(t): float(ldm.alphas_cumprod[int(t)]) for t in spec.t}
     subset = "tune" if tune.any() else "all"
     rows, scores = evaluate(_feature_sets(means, sids, spec, chans), targets, patients,
-                            tune if tune.any() else ~tune, spec, subset, alpha)
+                            tune if tune.any() else ~tune, spec, subset, alpha, jobs)
     best = choose_recipe(rows, spec.select_task, subset)
     report_row = None
     if tune.any():  # the chosen recipe (all mags), each task's own best cell and the baselines, on unseen patients
-        r2, s2 = report_rows(means, sids, spec, chans, rows, best, targets, patients, ~tune, alpha, subset)
+        r2, s2 = report_rows(means, sids, spec, chans, rows, best, targets, patients, ~tune, alpha, subset, jobs)
         rows += r2
         scores.update(s2)
         report_row = next(r for r in r2 if r["encoder"] == ZOOMLDM and r["task"] == best["task"]
@@ -460,7 +476,7 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
             "split_patients": str(out / "split_patients.csv")}
 
 
-def report_rows(means, sids, spec: SweepSpec, chans, rows, best, targets, patients, mask, alpha, subset):
+def report_rows(means, sids, spec: SweepSpec, chans, rows, best, targets, patients, mask, alpha, subset, jobs=None):
     """Score on the report patients: the chosen recipe on every task, each other task's own best tuning cell on
     that task (a recipe is per task), and the baselines once."""
     picks = [(best, list(targets), True)]
@@ -475,7 +491,7 @@ def report_rows(means, sids, spec: SweepSpec, chans, rows, best, targets, patien
                             "tasks": list(spec.tasks), "select_task": spec.select_task})
         sub = {s: {**means[s], **_subset_means(means[s], spec, cell, chans)} for s in sids}
         r, sc = evaluate(_feature_sets(sub, sids, pick, {cell["block"]: chans[cell["block"]]}),
-                         {t: targets[t] for t in tasks}, patients, mask, pick, "report", alpha)
+                         {t: targets[t] for t in tasks}, patients, mask, pick, "report", alpha, jobs)
         out_rows += r
         out_scores.update(sc)
     return out_rows, out_scores

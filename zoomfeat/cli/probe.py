@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from zoomfeat.cli.common import add_model_args
+from zoomfeat.cli.common import add_jobs_option, add_model_args
 
 
 def _ints(text: str) -> list[int]:  # not encoders.options.int_list: importing zoomfeat.encoders loads torch
@@ -61,6 +61,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true")
+    add_jobs_option(p)
     p.set_defaults(func=handler)
 
 
@@ -83,7 +84,7 @@ def handler(args) -> int:
                      ssl_encoder=args.ssl_encoder, seed=args.seed, batch_size=args.batch_size)
     res = sweep(args.slides, args.tiles, args.labels, args.weights, args.out, spec, ssl_weights=args.ssl_weights,
                 registry=args.weights_registry, custom_model=args.custom_model, progress=not args.no_progress,
-                official_config=args.official_config, ema=not args.online)
+                official_config=args.official_config, ema=not args.online, jobs=args.jobs)
     print_summary(res)
     return 3 if res["failed"] else 0
 
