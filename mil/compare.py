@@ -169,9 +169,10 @@ def _run_task(cfg: dict, t: dict, entries: list[dict], files: dict, out: Path,
               jobs: int | None = None) -> list[dict]:
     """One task over every encoder entry × framework with one shared split table; returns the summary rows,
     each carrying its per-split scores (``_folds``) for the paired statistics. The folds of every encoder entry ×
-    framework run as one list of jobs on ``jobs`` workers (:func:`zoomfeat.jobs.run_jobs`)."""
+    framework run as one list of jobs on ``jobs`` workers (:func:`zoomfeat.jobs.iter_jobs`); each cell's outputs
+    are written while the workers go on with the next cells."""
     from zoomfeat.config import merge
-    from zoomfeat.jobs import run_jobs
+    from zoomfeat.jobs import iter_jobs
 
     long_rows = []
     tcfg = merge(cfg, {k: v for k, v in t.items() if k != "name"})
@@ -184,7 +185,7 @@ def _run_task(cfg: dict, t: dict, entries: list[dict], files: dict, out: Path,
     plans = [plan_folds(_restrict(cohorts[e["name"]], order), splits, model=fw, mag=e["mag"], seed=int(cfg["seed"]),
                         out_dir=sub if fw != "linear" else None, attention=False, **(cfg.get("hparams") or {}))
              for fw, e, sub in cells]
-    results = iter(run_jobs([c for p in plans for c in p.calls], jobs))  # every fold of every cell: one pool
+    results = iter_jobs([c for p in plans for c in p.calls], jobs)  # every fold of every cell: one pool
     for (fw, e, sub), plan in zip(cells, plans):
         res: CVResult = finish_folds(plan, [next(results) for _ in plan.calls])
         write_result(res, sub, {**tcfg, "model": fw, "bags": e["bags"], "mag": e["mag"]})

@@ -91,7 +91,9 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # = torch.use_deterministic_algorithms(True, warn_only=True) minus its import of torch._inductor (to set the
+    # compiler's flag; nothing here compiles): that import cost 2-4 s in every process, every pool worker included
+    torch.set_deterministic_debug_mode("warn")
 
 
 def configure_threads(threads: int | None = None, workers: int = 0) -> int:

@@ -14,7 +14,7 @@ cores or than jobs. ``ZOOMFEAT_JOBS`` (set by the CLI's ``--jobs``) is the defau
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from zoomfeat.threads import available_cores
 
@@ -37,15 +37,21 @@ def resolve_jobs(jobs: int | None = None, n_jobs: int | None = None) -> int:
 def run_jobs(calls: Sequence[Job], jobs: int | None = None) -> list:
     """Results of ``calls`` in their order: in this process when one worker suffices, else on a loky pool of
     :func:`resolve_jobs` workers (an exception in a job is raised here with its own type)."""
+    return list(iter_jobs(calls, jobs))
+
+
+def iter_jobs(calls: Sequence[Job], jobs: int | None = None) -> Iterator:
+    """:func:`run_jobs` as a generator: each result as soon as it and those before it are done, so the caller
+    writes finished results while the workers compute the next ones."""
     calls = list(calls)
     n = resolve_jobs(jobs, len(calls))
     if n <= 1:
-        return [fn(*args, **kwargs) for fn, args, kwargs in calls]
+        return (fn(*args, **kwargs) for fn, args, kwargs in calls)
     from joblib import Parallel, delayed
 
     share = max(1, available_cores() // n)
-    return Parallel(n_jobs=n, backend="loky")(delayed(call_with_cores)(share, fn, args, kwargs)
-                                              for fn, args, kwargs in calls)
+    return Parallel(n_jobs=n, backend="loky", return_as="generator")(
+        delayed(call_with_cores)(share, fn, args, kwargs) for fn, args, kwargs in calls)
 
 
 def call_with_cores(cores: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
