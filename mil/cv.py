@@ -133,19 +133,23 @@ def run_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: s
 
 @dataclass
 class FoldPlan:
-    """The independent fold jobs of one cross-validation (:func:`plan_folds`) and what
-    :func:`finish_folds` needs to assemble their results into a :class:`CVResult`."""
+    """The fold jobs of one cross-validation still to run (:func:`plan_folds`), the folds a killed run already
+    finished (read back from their ``fold{k}/result.json``), and what :func:`finish_folds` needs to assemble both
+    into a :class:`CVResult`."""
 
     cohort: Cohort
     splits: pd.DataFrame
     model: str
-    calls: list = field(default_factory=list)  # zoomfeat.jobs.Job tuples, one per fold
+    folds: list = field(default_factory=list)  # every fold, in order
+    calls: list = field(default_factory=list)  # zoomfeat.jobs.Job tuples of the folds still to run, in fold order
+    done: dict = field(default_factory=dict)  # fold → result of a fold finished by an earlier (killed) run
 
 
 def plan_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: str = "20x", seed: int = 0,
                out_dir: str | os.PathLike | None = None, attention: bool = False, **hparams) -> FoldPlan:
     """One job per fold (:func:`fit_fold` for MIL heads, :func:`mil.linear.linear_fold` for the linear probe);
-    run them with :func:`zoomfeat.jobs.run_jobs` (several plans may share one run: ``compare``)."""
+    run them with :func:`zoomfeat.jobs.run_jobs` (several plans may share one run: ``compare``). A MIL fold whose
+    ``out_dir/fold{k}/result.json`` was written for the same inputs (:func:`fold_key`) is reused, not rerun."""
     from mil.splits import with_repeat
 
     splits = with_repeat(splits)
@@ -156,19 +160,29 @@ def plan_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: 
 
         x = pooled_features(cohort, mag)
         calls = [(linear_fold, (cohort, x, indices[f], f, seed), {}) for f in folds]
-        return FoldPlan(cohort, splits, "linear", calls)
+        return FoldPlan(cohort, splits, "linear", folds, calls)
     cfg = TrainConfig.from_hparams(hparams)
     if not any(len(indices[f]["val"]) for f in folds):
         warnings.warn("no validation patients (val_fraction: 0 or a split table without 'val' rows): each fold runs "
                       f"a fixed schedule of {cfg.epochs} epochs and keeps the last one; set val_fraction > 0 for "
                       "early stopping on held-out patients", stacklevel=3)
-    calls = [(fit_fold, (cohort, indices[f], f, model, mag, seed, out_dir, attention, hparams), {}) for f in folds]
-    return FoldPlan(cohort, splits, model, calls)
+    plan = FoldPlan(cohort, splits, model, folds)
+    for f in folds:
+        key = fold_key(cohort, indices[f], f, model, mag, seed, attention, hparams) if out_dir else None
+        done = read_fold_result(Path(out_dir) / f"fold{f}" / "result.json", key) if key else None
+        if done is not None:
+            plan.done[f] = done
+        else:
+            plan.calls.append((fit_fold, (cohort, indices[f], f, model, mag, seed, out_dir, attention, hparams),
+                               {"key": key}))
+    return plan
 
 
 def finish_folds(plan: FoldPlan, results: list[dict]) -> CVResult:
-    """The :class:`CVResult` of a plan from its jobs' results (in the plan's fold order)."""
+    """The :class:`CVResult` of a plan from its jobs' results (in the plan's order) and its finished folds."""
     cohort, splits = plan.cohort, plan.splits
+    fresh = iter(results)
+    results = [plan.done[f] if f in plan.done else next(fresh) for f in plan.folds]
     task_name = cohort.task
     n_classes = len(cohort.classes) if task_name in CLASSIFICATION else 0
     metrics = pd.DataFrame([r["row"] for r in results])
@@ -180,11 +194,47 @@ def finish_folds(plan: FoldPlan, results: list[dict]) -> CVResult:
     return CVResult(metrics, pred, summary, splits, task_name, list(cohort.classes), attn, list(cohort.skipped))
 
 
+def fold_key(cohort: Cohort, idx: dict, fold: int, model: str, mag: str, seed: int, attention: bool,
+             hparams: dict) -> str | None:
+    """What a MIL fold's result depends on, hashed: toolkit version, head, settings, seed, fold, the slides of each
+    split with their targets, and each bag file's path, size and modification time. None for in-memory bags."""
+    import hashlib
+    import json
+
+    from zoomfeat import __version__
+
+    if not all(isinstance(i, (str, os.PathLike)) for i in cohort.items):
+        return None
+    parts = {k: [[cohort.slides[i], np.asarray(cohort.targets[i]).tolist()] for i in v] for k, v in idx.items()}
+    files = sorted({str(cohort.items[i]) for v in idx.values() for i in v})
+    stats = [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
+    blob = json.dumps({"version": __version__, "model": str(model), "mag": mag, "seed": int(seed), "fold": int(fold),
+                       "attention": bool(attention), "hparams": hparams, "splits": parts, "bags": stats},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def read_fold_result(path: Path, key: str) -> dict | None:
+    """A finished fold's result (:func:`fit_fold`) if ``path`` holds one written for ``key``, else None."""
+    import json
+
+    try:
+        got = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if got.get("key") != key:
+        return None
+    got["attention"] = {s: np.asarray(a, dtype=got.get("attention_dtype", "float32"))
+                        for s, a in got.get("attention", {}).items()}
+    return got
+
+
 def fit_fold(cohort: Cohort, idx: dict, fold: int, model: str, mag: str, seed: int,
-             out_dir: str | os.PathLike | None, attention: bool, hparams: dict) -> dict:
+             out_dir: str | os.PathLike | None, attention: bool, hparams: dict, key: str | None = None) -> dict:
     """One MIL fold job: train on the fold's training (+ validation) slides, score its test slides; returns
     {row (fold_metrics.csv), pred (predictions.csv rows), attention (slide → scores)}. Seeded by ``seed`` and
-    ``fold`` only, so any worker gives the same head."""
+    ``fold`` only, so any worker gives the same head. With ``out_dir`` and ``key`` (:func:`fold_key`) the result is
+    also written to ``fold{k}/result.json`` (last, atomically): a rerun of a killed CV reuses it."""
     from mil.trainer import head_threads, limited_threads
 
     task_name = cohort.task
@@ -213,8 +263,24 @@ def fit_fold(cohort: Cohort, idx: dict, fold: int, model: str, mag: str, seed: i
     if out:
         pd.DataFrame(info["history"]).to_csv(out / f"fold{fold}" / "history.csv", index=False)
     attn = {cohort.slides[i]: res["attention"][j] for j, i in enumerate(idx["test"])} if attention else {}
-    return {"row": row, "pred": prediction_rows(cohort, idx["test"], y, res["pred"], fold, n_classes),
-            "attention": attn}
+    result = {"row": row, "pred": prediction_rows(cohort, idx["test"], y, res["pred"], fold, n_classes),
+              "attention": attn}
+    if out and key:
+        from zoomfeat.io import write_text_atomic
+
+        write_text_atomic(out / f"fold{fold}" / "result.json", fold_result_json(result, key))
+    return result
+
+
+def fold_result_json(result: dict, key: str) -> str:
+    """``fold{k}/result.json``: a fold's result with the key of its inputs (floats round-trip exactly)."""
+    import json
+
+    attn = {s: np.asarray(a).tolist() for s, a in result["attention"].items()}
+    dtype = str(next(iter(result["attention"].values())).dtype) if result["attention"] else "float32"
+    to_py = lambda v: v.item() if isinstance(v, np.generic) else str(v)  # noqa: E731
+    return json.dumps({"key": key, "row": result["row"], "pred": result["pred"], "attention": attn,
+                       "attention_dtype": dtype}, default=to_py)
 
 
 def head_hparams(model: str, mag: str, dim: int, hparams: dict) -> tuple[TrainConfig, dict]:

@@ -121,3 +121,25 @@ def test_probe_evaluation_is_identical_with_a_pool():
                                                    for k in one[1])
     assert one[0][2]["mean"] > one[0][0]["mean"]  # block 2 carries the label, block 0 does not
 
+
+
+def test_killed_cv_resumes_at_the_fold(bags, tmp_path):
+    """A fold whose result.json matches its inputs is read back, not retrained; other settings retrain it."""
+    import json
+
+    good, _, labels = bags
+    out = tmp_path / "cv"
+    args = ["mil", "cv", "--config", "configs/mil/abmil_hrd.yaml", "--out", str(out), "--jobs", "1",
+            f"labels={labels}", f"bags={good}", "heatmaps=0", *TINY]
+    assert main(args) == 0
+    first = pd.read_csv(out / "fold_metrics.csv")
+    done = json.loads((out / "fold0" / "result.json").read_text())
+    done["row"]["auc"] = 0.123  # a marker: only a reused fold can report it
+    (out / "fold0" / "result.json").write_text(json.dumps(done))
+    (out / "fold1" / "result.json").unlink()  # "killed" before fold 1 finished
+    assert main(args) == 0
+    again = pd.read_csv(out / "fold_metrics.csv")
+    assert again.loc[0, "auc"] == 0.123
+    pd.testing.assert_frame_equal(again.drop(index=0), first.drop(index=0))  # fold 1 retrained: same numbers
+    assert main([*args, "hparams.lr=1e-3"]) == 0  # other settings: nothing reused
+    assert pd.read_csv(out / "fold_metrics.csv").loc[0, "auc"] != 0.123
