@@ -36,8 +36,14 @@ notebooks: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict -d site
 
+# every benchmark once (docs/performance.md); gpu.py runs its CPU smoke variant where there is no CUDA device, and
+# compare_jobs.py times the demo's comparison when demo_out/ exists (else synthetic bags of the demo's shape)
 bench: $(STAMP)
-	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	set -e; for f in benchmarks/*.py; do echo "== $$f"; case $$f in \
+	  */gpu.py) if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+	      $(BIN)/python $$f --out runs/bench/gpu; else $(BIN)/python $$f --smoke --out runs/bench/gpu_smoke; fi ;; \
+	  *) $(BIN)/python $$f ;; \
+	esac; done
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -8,7 +8,7 @@ every output file is byte-identical (checkpoints compared by their tensors).
     python benchmarks/compare_jobs.py [--demo-out demo_out] [--jobs 2] [--json out.json]
     python benchmarks/compare_jobs.py --synthetic [--slides 24 --dim 64 --epochs 20]   # no demo needed
 
-Without a finished demo folder (``make demo``), ``--synthetic`` builds five bag folders of the demo's shape with
+Without a finished demo folder (``make demo``) or with ``--synthetic``, the script builds five bag folders of the demo's shape with
 ``mil.synthetic.write_bags`` (two informative, three noise) and times the same command on them.
 """
 
@@ -105,7 +105,10 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="compare_jobs_") as tmp:
         tmp = Path(tmp)
-        argv = synthetic_argv(tmp / "bags", args.slides, args.dim, args.epochs) if args.synthetic else \
+        synthetic = args.synthetic or not (Path(args.demo_out) / "features").is_dir()
+        if synthetic and not args.synthetic:
+            print(f"{args.demo_out}/features not found (run `make demo` for the demo's numbers): synthetic bags")
+        argv = synthetic_argv(tmp / "bags", args.slides, args.dim, args.epochs) if synthetic else \
             demo_argv(Path(args.demo_out).resolve())
         runs = [timed(argv, tmp / "jobs1", 1), timed(argv, tmp / f"jobs{args.jobs}", args.jobs)]
         a, b = digests(tmp / "jobs1"), digests(tmp / f"jobs{args.jobs}")

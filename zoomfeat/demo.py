@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from zoomfeat.encoders.zoomldm import ZOOMLDM
+from zoomfeat.threads import available_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_MICRO = ROOT / "tests" / "data" / "zoomldm_official_micro"  # vendored; only for --skip-train
@@ -123,7 +124,7 @@ def run_demo(execute: Callable[[list[str]], int | None], out: str | Path = "demo
     labels = cohort / "labels.csv"
     if not labels.exists():
         run_step(["synth-cohort", "--out", str(cohort), "--n-slides", str(n_slides), "--seed", "0",
-              "--sizes", "1792,2048,2304"])
+              "--sizes", "1792,2048,2304", "--workers", str(available_cores())])  # slides are independent
     slides = cohort / "slides"
     tiles = out / "tiles"
     run_step(["tile", str(slides), "--out", str(tiles), "--no-progress"])
