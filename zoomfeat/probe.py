@@ -380,34 +380,62 @@ def _encoders(spec: SweepSpec, ldm, ssl_weights, registry, custom_model):
 
 
 def compute_means(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm, spec: SweepSpec, model_sha: str | None,
-                  ssl_encoder, baselines: dict, progress: bool = True) -> tuple[dict, list[dict]]:
-    """Slide means for every slide (cached per slide); per-slide failures are collected, the cohort continues."""
+                  ssl_encoder, baselines: dict, progress: bool = True,
+                  jobs: int | None = None) -> tuple[dict, list[dict]]:
+    """Slide means for every slide (cached per slide); per-slide failures are collected, the cohort continues.
+    On a CPU the slides not cached yet are split over ``jobs`` worker processes (one model copy each, one
+    chunk per worker, :func:`slide_means_chunk`); the result keeps the order of ``slides`` either way."""
+    from zoomfeat.cohort import slide_id
+    from zoomfeat.jobs import run_jobs, worker_count
+
+    sig = cache_signature(spec, model_sha)
+    cached = {slide_id(s): load_cached(cache_dir / f"{slide_id(s)}.npz", sig) for s in slides}
+    pending = [s for s in slides if cached[slide_id(s)] is None]
+    on_cpu = next(ldm.parameters()).device.type == "cpu"
+    n = worker_count(jobs, len(pending)) if on_cpu else 0
+    if n:
+        chunks = [pending[i::n] for i in range(n)]
+        parts = run_jobs([(slide_means_chunk, (c, tiles_dir, cache_dir, ldm, spec, sig, ssl_encoder, baselines),
+                           {}) for c in chunks], n)
+        done = {k: v for part in parts for k, v in part.items()}
+    else:
+        done = slide_means_chunk(pending, tiles_dir, cache_dir, ldm, spec, sig, ssl_encoder, baselines, progress)
+    means, failed = {}, []
+    for slide in slides:
+        sid = slide_id(slide)
+        got = cached[sid] if cached[sid] is not None else done[sid]
+        if isinstance(got, str):
+            failed.append({"slide": sid, "error": got})
+        else:
+            means[sid] = got
+    return means, failed
+
+
+def slide_means_chunk(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm, spec: SweepSpec, sig: str,
+                      ssl_encoder, baselines: dict, progress: bool = False) -> dict:
+    """{slide id: slide means (also cached to ``cache_dir/{id}.npz``) or the error text of a failed slide}."""
     import torch
     from tqdm.auto import tqdm
 
     from zoomfeat.cohort import slide_id
     from zoomfeat.extract import ExtractOptions, load_grid
 
-    sig = cache_signature(spec, model_sha)
-    means, failed = {}, []
+    out = {}
     for slide in tqdm(slides, desc="probe features", unit="slide", disable=not progress):
         sid = slide_id(slide)
-        cpath = cache_dir / f"{sid}.npz"
-        got = load_cached(cpath, sig)
-        if got is None:
-            try:
-                grid, _ = load_grid(slide, tiles_dir, cache_dir, ExtractOptions())  # zoomfeat, CLAM or TRIDENT
-                tiles = read_probe_tiles(slide, grid, spec.tiles_per_slide, spec.seed, "uni" in spec.conditioning)
-                with torch.inference_mode():
-                    got = zoomldm_slide_means(ldm, tiles, sid, spec, ssl_encoder)
-                    got.update(baseline_slide_means(baselines, tiles, spec.batch_size))
-            except Exception as exc:  # noqa: BLE001 — one bad slide must not stop the sweep
-                failed.append({"slide": sid, "error": f"{type(exc).__name__}: {exc}"})
-                print(f"probe: {sid} failed ({type(exc).__name__}: {exc}); continuing")
-                continue
-            save_cached(cpath, sig, got)
-        means[sid] = got
-    return means, failed
+        try:
+            grid, _ = load_grid(slide, tiles_dir, cache_dir, ExtractOptions())  # zoomfeat, CLAM or TRIDENT
+            tiles = read_probe_tiles(slide, grid, spec.tiles_per_slide, spec.seed, "uni" in spec.conditioning)
+            with torch.inference_mode():
+                got = zoomldm_slide_means(ldm, tiles, sid, spec, ssl_encoder)
+                got.update(baseline_slide_means(baselines, tiles, spec.batch_size))
+        except Exception as exc:  # noqa: BLE001 — one bad slide must not stop the sweep
+            out[sid] = f"{type(exc).__name__}: {exc}"
+            print(f"probe: {sid} failed ({out[sid]}); continuing")
+            continue
+        save_cached(cache_dir / f"{sid}.npz", sig, got)
+        out[sid] = got
+    return out
 
 
 def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: str | os.PathLike,
@@ -438,7 +466,7 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
     ssl, base = _encoders(spec, ldm, ssl_weights, registry, custom_model)
     model_key = sha256_file(weights) + ("" if ema else ":online")  # the per-slide cache is keyed by the model
     means, failed = compute_means(slide_list, Path(tiles), out / "cache", ldm, spec, model_key, ssl, base,
-                                  progress)
+                                  progress, jobs)
     df, targets = load_probe_labels(labels, list(means), spec.tasks)
     keep = np.ones(len(df), bool)
     for task, y in targets.items():
