@@ -7,6 +7,8 @@ what it measured):
    them) feature extraction, model only (tiles already on the GPU), bf16 and fp16 × batch 16/32/64/128, early exit
    at the default block (0, t=100). FLOPs from ``torch.utils.flop_counter`` (per tile, of which the fp32 VQ) →
    achieved TFLOP/s and the fraction of the device's dense tensor-core peak.
+1b. ``recipe``     the recipe the sweep chooses (last decoder block, t = 0: a full UNet pass) beside block 0, bf16,
+   per batch: tiles/s, GFLOP per tile, time and FLOP ratios.
 2. ``uni``         UNI (ViT-L/16, random weights) tiles/s, bf16 and fp16, with FLOPs.
 3. ``dataloader``  the real pipeline (``extract_slide``: DataLoader workers reading a synthetic 20x slide, UNI
    conditioning, ZoomLDM, bag write) vs the same forwards on tiles in memory, and the loader alone: does reading
@@ -51,8 +53,8 @@ PEAK_TFLOPS = [("B200", 2250.0, 2250.0), ("GH200", 989.4, 989.4), ("H200", 989.4
                ("V100", None, 125.0)]
 #: Seconds per part on a GPU (sum 480 = 8 minutes, setup included); the smoke run ignores them. A part whose
 #: budget no longer fits in TOTAL_BUDGET_S is skipped; inside a part, configurations past its budget are skipped.
-BUDGET = {"setup": 50, "extraction": 80, "uni": 20, "dataloader": 70, "training": 50, "large_image": 90,
-          "compile": 120}
+BUDGET = {"setup": 50, "extraction": 70, "recipe": 30, "uni": 20, "dataloader": 60, "training": 50,
+          "large_image": 90, "compile": 110}
 TOTAL_BUDGET_S = 480
 PAPER_LARGE_1024_S = 28.0
 
@@ -183,13 +185,14 @@ def _tiles(run: Run, batch: int, px: int | None = None) -> torch.Tensor:
     return torch.randint(0, 256, (batch, px, px, 3), generator=g, dtype=torch.uint8).to(run.device)
 
 
-def _zoomldm_call(run: Run, batch: int):
+def _zoomldm_call(run: Run, batch: int, enc=None):
     from zoomfeat.encoders import TileContext
 
+    enc = enc or run.zenc
     tiles = _tiles(run, batch)
     grid = torch.randn(batch, run.ldm.ssl_dim, 1, 1, generator=torch.Generator().manual_seed(1)).to(run.device)
     seeds = np.arange(batch)
-    return lambda: run.zenc.encode(tiles, TileContext("20x", ssl_grid=grid, seeds=seeds))
+    return lambda: enc.encode(tiles, TileContext("20x", ssl_grid=grid, seeds=seeds))
 
 
 # ------------------------------------------------------------------------------------------------ parts
@@ -221,6 +224,31 @@ def part_extraction(run: Run) -> list[dict]:
                          "gflop_vq_per_tile_fp32": round(vq_g, 4), "tflops": round(tfl, 4),
                          "frac_peak": run.frac(tfl, precision), "calls": n, "peak_mem_gib": peak_mem_gib(run.device)})
     run.zenc.precision = "bf16"
+    return rows
+
+
+def part_recipe(run: Run) -> list[dict]:
+    """The recipe the sweep chooses (last decoder block, t = 0: a full UNet pass) beside the default block 0,
+    t = 100 (early exit after the first block), bf16, at each batch: tiles/s, GFLOP per tile and the ratio
+    recipe / block 0 (judged by: the FLOP ratio, i.e. the full pass runs at block 0's TFLOP/s)."""
+    from zoomfeat.encoders.zoomldm import ZoomLDMEncoder
+
+    end, rows = run.deadline("recipe"), []
+    last = int(run.ldm.num_feature_blocks) - 1
+    recipe = ZoomLDMEncoder(run.ldm, blocks=[last], t=[0], conditioning="uni", ssl_encoder=run.uni, precision="bf16")
+    for batch in run.batches:
+        row = {"batch": batch, "precision": "bf16", "recipe_block": last, "recipe_t": 0}
+        if time.perf_counter() > end:
+            rows.append({**row, "skipped": "time budget"})
+            continue
+        for name, enc in (("block0", run.zenc), ("recipe", recipe)):
+            fn = _zoomldm_call(run, batch, enc)
+            g = gflop(fn) / batch
+            sec, _ = rate(fn, run.device, run.min_s)
+            row.update({f"{name}_tiles_s": round(batch / sec, 2), f"{name}_gflop_per_tile": round(g, 4)})
+        row["recipe_over_block0_time"] = round(row["block0_tiles_s"] / row["recipe_tiles_s"], 3)
+        row["recipe_over_block0_gflop"] = round(row["recipe_gflop_per_tile"] / row["block0_gflop_per_tile"], 3)
+        rows.append(row)
     return rows
 
 
@@ -389,7 +417,7 @@ def part_compile(run: Run) -> list[dict]:
     return rows
 
 
-PARTS = {"extraction": part_extraction, "uni": part_uni, "dataloader": part_dataloader,
+PARTS = {"extraction": part_extraction, "recipe": part_recipe, "uni": part_uni, "dataloader": part_dataloader,
          "large_image": part_large_image, "training": part_training, "compile": part_compile}
 
 
@@ -413,6 +441,9 @@ def markdown(res: dict) -> str:
         ("extraction", "ZoomLDM extraction, model only (block 0, t=100; VQ in fp32)",
          ["precision", "batch", "tiles_s", "gflop_per_tile", "gflop_vq_per_tile_fp32", "tflops", "frac_peak",
           "peak_mem_gib", "skipped"]),
+        ("recipe", "The sweep's recipe (last decoder block, t=0: full UNet pass) beside block 0, t=100 (bf16)",
+         ["batch", "recipe_block", "block0_tiles_s", "recipe_tiles_s", "block0_gflop_per_tile", "recipe_gflop_per_tile",
+          "recipe_over_block0_time", "recipe_over_block0_gflop", "skipped"]),
         ("uni", "UNI tiles/s", ["precision", "batch", "tiles_s", "gflop_per_tile", "tflops", "frac_peak", "skipped"]),
         ("dataloader", "Real DataLoader from a synthetic 20x slide (UNI conditioning + ZoomLDM + bag write)",
          ["tiles", "batch", "workers", "precision", "loader_only_tiles_s", "model_only_tiles_s", "end_to_end_tiles_s",

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mil.cv import CVConfig, CVResult, cv_config, run_folds, splits_for, write_result
+from mil.cv import CVConfig, CVResult, cv_config, finish_folds, plan_folds, splits_for, write_result
 from mil.data import Cohort, build_cohort, load_labels
 from mil.spec import SpecMismatchError, check_cohort_specs
 from mil.splits import load_splits
@@ -83,9 +83,10 @@ def parse_task(spec: Any) -> dict:
     return t
 
 
-def compare(cfg: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
+def compare(cfg: dict, out_dir: str | os.PathLike, jobs: int | None = None) -> pd.DataFrame:
     """Run every (encoder entry × framework × task) on shared splits; write compare.csv/.md/.png and
-    compare_forest.png; return the long table (one row per encoder × framework × task × metric)."""
+    compare_forest.png; return the long table (one row per encoder × framework × task × metric). ``jobs``: worker
+    processes for the folds (default: the usable cores); the outputs do not depend on it."""
     from zoomfeat.bags import list_bags
     from zoomfeat.config import save_yaml
     from zoomfeat.io import atomic_path, write_text_atomic
@@ -110,7 +111,7 @@ def compare(cfg: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
     failed: list[tuple[str, str]] = []
     for t in tasks:
         try:
-            long_rows += _run_task(cfg, t, entries, files, out)
+            long_rows += _run_task(cfg, t, entries, files, out, jobs)
         except SpecMismatchError:
             raise  # foreign features in an entry: the user's error for every task, not one task's skip
         except ValueError as exc:  # e.g. too few patients in a class for this task: the other tasks still run
@@ -170,10 +171,14 @@ def _row_names(table: pd.DataFrame) -> pd.Series:
     return table["encoder"].astype(str) + " (" + table["framework"].astype(str) + ")"
 
 
-def _run_task(cfg: dict, t: dict, entries: list[dict], files: dict, out: Path) -> list[dict]:
+def _run_task(cfg: dict, t: dict, entries: list[dict], files: dict, out: Path,
+              jobs: int | None = None) -> list[dict]:
     """One task over every encoder entry × framework with one shared split table; returns the summary rows,
-    each carrying its per-split scores (``_folds``) for the paired statistics."""
+    each carrying its per-split scores (``_folds``) for the paired statistics. The folds of every encoder entry ×
+    framework run as one list of jobs on ``jobs`` workers (:func:`zoomfeat.jobs.iter_jobs`); each cell's outputs
+    are written while the workers go on with the next cells."""
     from zoomfeat.config import merge
+    from zoomfeat.jobs import iter_jobs
 
     long_rows = []
     tcfg = merge(cfg, {k: v for k, v in t.items() if k != "name"})
@@ -181,20 +186,21 @@ def _run_task(cfg: dict, t: dict, entries: list[dict], files: dict, out: Path) -
     ref = _restrict(cohorts[entries[0]["name"]], order)
     splits = _task_splits(ref, cfg, tcfg, t["name"], out)
     single = len(cfg["frameworks"]) == 1
-    for fw in cfg["frameworks"]:
-        for e in entries:
-            cohort = _restrict(cohorts[e["name"]], order)
-            sub = out / e["name"] / t["name"] if single else out / e["name"] / fw / t["name"]
-            res: CVResult = run_folds(cohort, splits, model=fw, mag=e["mag"], seed=int(cfg["seed"]),
-                                      out_dir=sub if fw != "linear" else None, attention=False,
-                                      **(cfg.get("hparams") or {}))
-            write_result(res, sub, {**tcfg, "model": fw, "bags": e["bags"], "mag": e["mag"]})
-            for r in res.summary.itertuples():
-                long_rows.append({"encoder": e["name"], "framework": fw, "task": t["name"], "metric": r.metric,
-                                  "mean": r.mean, "std": r.std, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                                  "n_folds": r.n_folds, "n_slides": len(order),
-                                  "_folds": res.metrics[["fold", "repeat", "n_train", "n_val", "n_test",
-                                                         r.metric]].rename(columns={r.metric: "value"})})
+    cells = [(fw, e, out / e["name"] / t["name"] if single else out / e["name"] / fw / t["name"])
+             for fw in cfg["frameworks"] for e in entries]
+    plans = [plan_folds(_restrict(cohorts[e["name"]], order), splits, model=fw, mag=e["mag"], seed=int(cfg["seed"]),
+                        out_dir=sub if fw != "linear" else None, attention=False, **(cfg.get("hparams") or {}))
+             for fw, e, sub in cells]
+    results = iter_jobs([c for p in plans for c in p.calls], jobs)  # every fold of every cell: one pool
+    for (fw, e, sub), plan in zip(cells, plans):
+        res: CVResult = finish_folds(plan, [next(results) for _ in plan.calls])
+        write_result(res, sub, {**tcfg, "model": fw, "bags": e["bags"], "mag": e["mag"]})
+        for r in res.summary.itertuples():
+            long_rows.append({"encoder": e["name"], "framework": fw, "task": t["name"], "metric": r.metric,
+                              "mean": r.mean, "std": r.std, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                              "n_folds": r.n_folds, "n_slides": len(order),
+                              "_folds": res.metrics[["fold", "repeat", "n_train", "n_val", "n_test",
+                                                     r.metric]].rename(columns={r.metric: "value"})})
     return long_rows
 
 
@@ -378,8 +384,8 @@ def verdict(table: pd.DataFrame, alpha: float = 0.05, note: str | None = None) -
 class _CallableModule(types.ModuleType):
     """``mil.compare`` is this module (so ``mil.compare.verdict`` works) and calling it runs :func:`compare`."""
 
-    def __call__(self, cfg: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
-        return compare(cfg, out_dir)
+    def __call__(self, cfg: dict, out_dir: str | os.PathLike, jobs: int | None = None) -> pd.DataFrame:
+        return compare(cfg, out_dir, jobs)
 
 
 sys.modules[__name__].__class__ = _CallableModule

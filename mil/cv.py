@@ -22,7 +22,7 @@ from mil.heatmap import ThumbnailProvider
 from mil.models import build_model, with_split_dim
 from mil.splits import check_splits, fold_indices, load_splits, make_splits, save_splits
 from mil.tasks import CLASSIFICATION, TASKS, make_task
-from mil.trainer import TrainConfig, predict, seed_everything, train_model
+from mil.trainer import HeadTrainConfig, predict, seed_everything, train_model
 
 
 @dataclass
@@ -117,53 +117,136 @@ def summarize(metrics: pd.DataFrame, task: str, n_classes: int) -> pd.DataFrame:
 
 
 def run_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: str = "20x", seed: int = 0,
-              out_dir: str | os.PathLike | None = None, attention: bool = False, **hparams) -> CVResult:
+              out_dir: str | os.PathLike | None = None, attention: bool = False, jobs: int | None = None,
+              **hparams) -> CVResult:
     """Train/evaluate one head per fold of ``splits`` on ``cohort``; the core shared by the API and the CLI.
 
     ``model='linear'`` runs the mean-pooling linear probe (:mod:`mil.linear`) on the same folds instead.
+    ``jobs``: folds run on that many worker processes (:func:`zoomfeat.jobs.run_jobs`; default: the usable
+    cores); the result does not depend on it (each fold seeds itself from the seed and its fold number).
     """
+    from zoomfeat.jobs import run_jobs
+
+    plan = plan_folds(cohort, splits, model, mag, seed, out_dir, attention, **hparams)
+    return finish_folds(plan, run_jobs(plan.calls, jobs))
+
+
+@dataclass
+class FoldPlan:
+    """The fold jobs of one cross-validation still to run (:func:`plan_folds`), the folds a killed run already
+    finished (read back from their ``fold{k}/result.json``), and what :func:`finish_folds` needs to assemble both
+    into a :class:`CVResult`."""
+
+    cohort: Cohort
+    splits: pd.DataFrame
+    model: str
+    folds: list = field(default_factory=list)  # every fold, in order
+    calls: list = field(default_factory=list)  # zoomfeat.jobs.Job tuples of the folds still to run, in fold order
+    done: dict = field(default_factory=dict)  # fold → result of a fold finished by an earlier (killed) run
+
+
+def plan_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: str = "20x", seed: int = 0,
+               out_dir: str | os.PathLike | None = None, attention: bool = False, **hparams) -> FoldPlan:
+    """One job per fold (:func:`fit_fold` for MIL heads, :func:`mil.linear.linear_fold` for the linear probe);
+    run them with :func:`zoomfeat.jobs.run_jobs` (several plans may share one run: ``compare``). A MIL fold whose
+    ``out_dir/fold{k}/result.json`` was written for the same inputs (:func:`fold_key`) is reused, not rerun."""
     from mil.splits import with_repeat
 
-    task_name = cohort.task
     splits = with_repeat(splits)
-    n_classes = len(cohort.classes) if task_name in CLASSIFICATION else 0
+    folds = sorted(splits["fold"].unique())
+    indices = {f: fold_indices(splits, cohort.slides, f) for f in folds}
     if str(model).lower() == "linear":
-        from mil.linear import run_linear
+        from mil.linear import linear_fold, pooled_features
 
-        metrics, pred = run_linear(cohort, splits, mag, seed)
-        attn = {}
-    else:
-        from mil.trainer import head_threads, limited_threads
+        x = pooled_features(cohort, mag)
+        calls = [(linear_fold, (cohort, x, indices[f], f, seed), {}) for f in folds]
+        return FoldPlan(cohort, splits, "linear", folds, calls)
+    cfg = HeadTrainConfig.from_hparams(hparams)
+    if not any(len(indices[f]["val"]) for f in folds):
+        warnings.warn("no validation patients (val_fraction: 0 or a split table without 'val' rows): each fold runs "
+                      f"a fixed schedule of {cfg.epochs} epochs and keeps the last one; set val_fraction > 0 for "
+                      "early stopping on held-out patients", stacklevel=3)
+    plan = FoldPlan(cohort, splits, model, folds)
+    for f in folds:
+        key = fold_key(cohort, indices[f], f, model, mag, seed, attention, hparams) if out_dir else None
+        done = read_fold_result(Path(out_dir) / f"fold{f}" / "result.json", key) if key else None
+        if done is not None:
+            plan.done[f] = done
+        else:
+            plan.calls.append((fit_fold, (cohort, indices[f], f, model, mag, seed, out_dir, attention, hparams),
+                               {"key": key}))
+    return plan
 
-        cfg = TrainConfig.from_hparams(hparams)
-        with limited_threads(head_threads(cfg.threads), cfg.num_workers):
-            metrics, pred, attn = _train_folds(cohort, splits, model, mag, seed, out_dir, attention, hparams)
+
+def finish_folds(plan: FoldPlan, results: list[dict]) -> CVResult:
+    """The :class:`CVResult` of a plan from its jobs' results (in the plan's order) and its finished folds."""
+    cohort, splits = plan.cohort, plan.splits
+    fresh = iter(results)
+    results = [plan.done[f] if f in plan.done else next(fresh) for f in plan.folds]
+    task_name = cohort.task
+    n_classes = len(cohort.classes) if task_name in CLASSIFICATION else 0
+    metrics = pd.DataFrame([r["row"] for r in results])
+    pred = pd.DataFrame([p for r in results for p in r["pred"]])
+    attn = {k: v for r in results for k, v in (r.get("attention") or {}).items()}
     repeat_of = splits.groupby("fold")["repeat"].first()
     metrics.insert(1, "repeat", metrics["fold"].map(repeat_of).astype(int))
     summary = summarize(metrics, task_name, n_classes)
     return CVResult(metrics, pred, summary, splits, task_name, list(cohort.classes), attn, list(cohort.skipped))
 
 
-def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, seed: int,
-                 out_dir: str | os.PathLike | None, attention: bool, hparams: dict):
-    """One MIL head per fold: (per-fold metrics, out-of-fold predictions, attention per test slide)."""
+def fold_key(cohort: Cohort, idx: dict, fold: int, model: str, mag: str, seed: int, attention: bool,
+             hparams: dict) -> str | None:
+    """What a MIL fold's result depends on, hashed: toolkit version, head, settings, seed, fold, the slides of each
+    split with their targets, and each bag file's path, size and modification time. None for in-memory bags."""
+    import hashlib
+    import json
+
+    from zoomfeat import __version__
+
+    if not all(isinstance(i, (str, os.PathLike)) for i in cohort.items):
+        return None
+    parts = {k: [[cohort.slides[i], np.asarray(cohort.targets[i]).tolist()] for i in v] for k, v in idx.items()}
+    files = sorted({str(cohort.items[i]) for v in idx.values() for i in v})
+    stats = [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
+    blob = json.dumps({"version": __version__, "model": str(model), "mag": mag, "seed": int(seed), "fold": int(fold),
+                       "attention": bool(attention), "hparams": hparams, "splits": parts, "bags": stats},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def read_fold_result(path: Path, key: str) -> dict | None:
+    """A finished fold's result (:func:`fit_fold`) if ``path`` holds one written for ``key``, else None."""
+    import json
+
+    try:
+        got = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if got.get("key") != key:
+        return None
+    got["attention"] = {s: np.asarray(a, dtype=got.get("attention_dtype", "float32"))
+                        for s, a in got.get("attention", {}).items()}
+    return got
+
+
+def fit_fold(cohort: Cohort, idx: dict, fold: int, model: str, mag: str, seed: int,
+             out_dir: str | os.PathLike | None, attention: bool, hparams: dict, key: str | None = None) -> dict:
+    """One MIL fold job: train on the fold's training (+ validation) slides, score its test slides; returns
+    {row (fold_metrics.csv), pred (predictions.csv rows), attention (slide → scores)}. Seeded by ``seed`` and
+    ``fold`` only, so any worker gives the same head. With ``out_dir`` and ``key`` (:func:`fold_key`) the result is
+    also written to ``fold{k}/result.json`` (last, atomically): a rerun of a killed CV reuses it."""
+    from mil.trainer import head_threads, limited_threads
+
     task_name = cohort.task
     cfg, model_hp = head_hparams(model, mag, cohort.dim, hparams)
     n_classes = len(cohort.classes) if task_name in CLASSIFICATION else 0
     out = Path(out_dir) if out_dir else None
-    fold_rows, pred_rows, attn = [], [], {}
     cache = not any(isinstance(i, (str, os.PathLike)) for i in cohort.items) or bool(hparams.get("cache", False))
-    folds = sorted(splits["fold"].unique())
-    if not any(len(fold_indices(splits, cohort.slides, f)["val"]) for f in folds):
-        warnings.warn("no validation patients (val_fraction: 0 or a split table without 'val' rows): each fold runs "
-                      f"a fixed schedule of {cfg.epochs} epochs and keeps the last one; set val_fraction > 0 for "
-                      "early stopping on held-out patients", stacklevel=2)
-    for fold in folds:
-        idx = fold_indices(splits, cohort.slides, fold)
-        fold_seed = int(seed) * 1000 + int(fold)
-        fixed = len(idx["val"]) < cfg.min_val_slides  # too few validation slides to select epochs on
-        fit_idx = np.concatenate([idx["train"], idx["val"]]) if fixed else idx["train"]
-        ckpt = out / f"fold{fold}" / "best.pt" if out else None
+    fold_seed = int(seed) * 1000 + int(fold)
+    fixed = len(idx["val"]) < cfg.min_val_slides  # too few validation slides to select epochs on
+    fit_idx = np.concatenate([idx["train"], idx["val"]]) if fixed else idx["train"]
+    ckpt = out / f"fold{fold}" / "best.pt" if out else None
+    with limited_threads(head_threads(cfg.threads), cfg.num_workers):
         net, task, info, norm = train_head(cohort, model, mag, cfg, model_hp, fit_idx,
                                            idx["val"][:0] if fixed else idx["val"], fold_seed, cache,
                                            name=f"{model}-{task_name}-fold{fold}", ckpt_path=ckpt, log_dir=out)
@@ -172,27 +255,42 @@ def _train_folds(cohort: Cohort, splits: pd.DataFrame, model: str, mag: str, see
         test_ds = BagDataset(cohort.subset(idx["test"]), mag, cache=cache)
         test_ds.norm = norm
         res = predict(net, task, test_ds, batch_size=1, device=next(net.parameters()).device, attention=attention)
-        y = cohort.targets[idx["test"]]
-        fold_rows.append({"fold": int(fold), **task.metrics(y, res["pred"]), "test_loss": res["loss"],
-                          "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
-                          "schedule": "fixed" if fixed else "early_stopping", "n_train": len(fit_idx),
-                          "n_val": 0 if fixed else len(idx["val"]), "n_test": len(idx["test"])})
-        if out:
-            pd.DataFrame(info["history"]).to_csv(out / f"fold{fold}" / "history.csv", index=False)
-        pred_rows += prediction_rows(cohort, idx["test"], y, res["pred"], fold, n_classes)
-        if attention:
-            attn.update({cohort.slides[i]: res["attention"][j] for j, i in enumerate(idx["test"])})
-    return pd.DataFrame(fold_rows), pd.DataFrame(pred_rows), attn
+    y = cohort.targets[idx["test"]]
+    row = {"fold": int(fold), **task.metrics(y, res["pred"]), "test_loss": res["loss"],
+           "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
+           "schedule": "fixed" if fixed else "early_stopping", "n_train": len(fit_idx),
+           "n_val": 0 if fixed else len(idx["val"]), "n_test": len(idx["test"])}
+    if out:
+        pd.DataFrame(info["history"]).to_csv(out / f"fold{fold}" / "history.csv", index=False)
+    attn = {cohort.slides[i]: res["attention"][j] for j, i in enumerate(idx["test"])} if attention else {}
+    result = {"row": row, "pred": prediction_rows(cohort, idx["test"], y, res["pred"], fold, n_classes),
+              "attention": attn}
+    if out and key:
+        from zoomfeat.io import write_text_atomic
+
+        write_text_atomic(out / f"fold{fold}" / "result.json", fold_result_json(result, key))
+    return result
 
 
-def head_hparams(model: str, mag: str, dim: int, hparams: dict) -> tuple[TrainConfig, dict]:
-    """Trainer settings and head / task settings (``TrainConfig.extra``, with the two-branch ``split_dim``
+def fold_result_json(result: dict, key: str) -> str:
+    """``fold{k}/result.json``: a fold's result with the key of its inputs (floats round-trip exactly)."""
+    import json
+
+    attn = {s: np.asarray(a).tolist() for s, a in result["attention"].items()}
+    dtype = str(next(iter(result["attention"].values())).dtype) if result["attention"] else "float32"
+    to_py = lambda v: v.item() if isinstance(v, np.generic) else str(v)  # noqa: E731
+    return json.dumps({"key": key, "row": result["row"], "pred": result["pred"], "attention": attn,
+                       "attention_dtype": dtype}, default=to_py)
+
+
+def head_hparams(model: str, mag: str, dim: int, hparams: dict) -> tuple[HeadTrainConfig, dict]:
+    """Trainer settings and head / task settings (``HeadTrainConfig.extra``, with the two-branch ``split_dim``
     default) of one head, as ``mil cv`` and ``mil train`` both read them."""
-    tcfg = TrainConfig.from_hparams(hparams)
+    tcfg = HeadTrainConfig.from_hparams(hparams)
     return tcfg, with_split_dim(model, dict(tcfg.extra), dim, mag)
 
 
-def train_head(cohort: Cohort, model: str, mag: str, cfg: TrainConfig, model_hp: dict, fit_idx: np.ndarray,
+def train_head(cohort: Cohort, model: str, mag: str, cfg: HeadTrainConfig, model_hp: dict, fit_idx: np.ndarray,
                val_idx: np.ndarray, seed: int, cache: bool, name: str, ckpt_path: Path | None = None,
                log_dir: Path | None = None):
     """Fit one fresh head on ``fit_idx`` (early stopping on ``val_idx`` when it is not empty), features
@@ -242,7 +340,7 @@ def cross_validate(bags: Sequence[Any], labels: Sequence[Any], groups: Sequence[
     ``bags``: N_i×D arrays or bag paths; ``labels``: class labels, or (time, event) pairs for survival;
     ``groups``: patient ids (default: one patient per bag). Extra keywords: trainer settings (``lr``,
     ``epochs``, ``patience``, ``min_epochs``, ``smooth``, ``min_val_slides``, ``standardize``, ``threads``,
-    ``batch_size``, ``max_instances``, ...; see :class:`mil.trainer.TrainConfig`), head settings (``embed_dim``,
+    ``batch_size``, ``max_instances``, ...; see :class:`mil.trainer.HeadTrainConfig`), head settings (``embed_dim``,
     ``attn_dim``, ``dropout``, ``heads``, ``num_landmarks``, ``mask_aware``, ...), survival settings
     (``surv_loss='cox'|'nll'``, ``n_bins``), and ``slide_ids``, ``mag``, ``val_fraction`` (0.2), ``splits``
     (a saved split table or its CSV path, reused as is), ``n_repeats`` (1; repeated k-fold, one row per
@@ -287,7 +385,7 @@ def cross_validate(bags: Sequence[Any], labels: Sequence[Any], groups: Sequence[
 class CVConfig:
     """``zoomfeat mil cv``: every option with its default (``configs/mil/*.yaml`` and ``key=value`` overrides only
     change them; :func:`zoomfeat.config.load_config`). ``hparams`` are trainer / head / task settings
-    (:class:`mil.trainer.TrainConfig`)."""
+    (:class:`mil.trainer.HeadTrainConfig`)."""
 
     labels: str | None = None  # CSV: slide, patient, target column(s)
     bags: str | None = None  # folder of {slide}.h5
@@ -402,10 +500,11 @@ def write_attention(res: CVResult, out: Path, cohort: Cohort, cfg: dict,
 
 
 def run_cv(cfg: dict | CVConfig, out_dir: str | os.PathLike, thumbnails: ThumbnailProvider | None = None,
-           cohort: Cohort | None = None) -> CVResult:
+           cohort: Cohort | None = None, jobs: int | None = None) -> CVResult:
     """``zoomfeat mil cv``: validate inputs, make or reuse splits, run the folds and write every output; heatmaps
     are drawn over the thumbnails ``thumbnails`` gives (:mod:`mil.heatmap`; else on the tile grid). ``cohort``:
-    the config's cohort when the caller already built it (:func:`prepare_cohort`), so the bags are scanned once."""
+    the config's cohort when the caller already built it (:func:`prepare_cohort`), so the bags are scanned once.
+    ``jobs``: worker processes for the folds (:func:`run_folds`)."""
     from zoomfeat.config import save_yaml
 
     cfg = cv_config(cfg)
@@ -423,6 +522,6 @@ def run_cv(cfg: dict | CVConfig, out_dir: str | os.PathLike, thumbnails: Thumbna
     splits = splits_for(cohort, cfg, cfg.get("splits") or out / "splits.csv")
     check_splits(splits)
     res = run_folds(cohort, splits, model=cfg["model"], mag=cfg["mag"], seed=int(cfg["seed"]), out_dir=out,
-                    attention=True, **(cfg.get("hparams") or {}))
+                    attention=True, jobs=jobs, **(cfg.get("hparams") or {}))
     write_result(res, out, cfg, cohort, thumbnails)
     return res

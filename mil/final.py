@@ -171,11 +171,13 @@ def save_model(out: Path, net, meta: dict, cfg: dict, extra_csv: dict[str, pd.Da
 
 
 def train_final(cfg: dict | FinalConfig, out_dir: str | os.PathLike, run_cv: bool = False,
-                cv_from: str | os.PathLike | None = None, thumbnails: ThumbnailProvider | None = None) -> dict:
+                cv_from: str | os.PathLike | None = None, thumbnails: ThumbnailProvider | None = None,
+                jobs: int | None = None) -> dict:
     """``zoomfeat mil train``: (optionally cross-validate,) fit the head on every labelled slide, write MODEL/.
 
     ``cfg`` is a ``mil cv`` config plus an optional ``final`` section (:class:`FinalConfig`); ``thumbnails`` feeds
-    the CV's heatmaps (:func:`mil.cv.run_cv`). Returns the model metadata written to ``model.json``.
+    the CV's heatmaps (:func:`mil.cv.run_cv`); ``jobs``: worker processes for its folds. Returns the model
+    metadata written to ``model.json``.
     """
     from mil.cv import prepare_cohort, run_cv as cross_validate_run
     from mil.spec import cohort_spec
@@ -191,7 +193,8 @@ def train_final(cfg: dict | FinalConfig, out_dir: str | os.PathLike, run_cv: boo
     if run_cv:
         from mil.deploy import write_cv_spec
 
-        cross_validate_run({k: v for k, v in cfg.items() if k != "final"}, out / "cv", thumbnails, cohort=cohort)
+        cross_validate_run({k: v for k, v in cfg.items() if k != "final"}, out / "cv", thumbnails, cohort=cohort,
+                           jobs=jobs)
         write_cv_spec(out / "cv", spec, cohort.dim)
         cv_from = out / "cv"
     if cv_from is not None:

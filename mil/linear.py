@@ -62,21 +62,26 @@ def fit_predict_cox(x_tr, y_tr, x_te, seed: int = 0, slides_per_pc: int = 5) -> 
 
 def run_linear(cohort: Cohort, splits: pd.DataFrame, mag: str = "20x", seed: int = 0) -> tuple[pd.DataFrame,
                                                                                                 pd.DataFrame]:
-    """Per-fold metrics and out-of-fold predictions of the linear probe, in :func:`mil.cv.run_folds`' layout."""
+    """Per-fold metrics and out-of-fold predictions of the linear probe, in :func:`mil.cv.run_folds`' layout
+    (folds one after another here; ``run_folds(model='linear', jobs=N)`` runs them on N workers)."""
     x = pooled_features(cohort, mag)
+    res = [linear_fold(cohort, x, fold_indices(splits, cohort.slides, f), f, seed)
+           for f in sorted(splits["fold"].unique())]
+    return pd.DataFrame([r["row"] for r in res]), pd.DataFrame([p for r in res for p in r["pred"]])
+
+
+def linear_fold(cohort: Cohort, x: np.ndarray, idx: dict, fold: int, seed: int = 0) -> dict:
+    """One fold job of the linear probe on pooled features ``x``: fit on train + val, score the test slides;
+    returns {row, pred} as :func:`mil.cv.fit_fold` does (seeded by ``seed`` + fold)."""
     n_classes = len(cohort.classes) if cohort.task in CLASSIFICATION else 0
     task = make_task(cohort.task, n_classes=max(n_classes, 2))
-    fold_rows, pred_rows = [], []
-    for fold in sorted(splits["fold"].unique()):
-        idx = fold_indices(splits, cohort.slides, fold)
-        tr = np.concatenate([idx["train"], idx["val"]])
-        te = idx["test"]
-        y_tr, y_te = cohort.targets[tr], cohort.targets[te]
-        if cohort.task in CLASSIFICATION:
-            pred = fit_predict_classifier(x[tr], y_tr, x[te], n_classes, seed + int(fold))
-        else:
-            pred = fit_predict_cox(x[tr], y_tr, x[te], seed + int(fold))
-        met = task.metrics(y_te, pred)
-        fold_rows.append({"fold": int(fold), **met, "n_train": len(tr), "n_val": 0, "n_test": len(te)})
-        pred_rows += prediction_rows(cohort, te, y_te, pred, fold, n_classes)
-    return pd.DataFrame(fold_rows), pd.DataFrame(pred_rows)
+    tr = np.concatenate([idx["train"], idx["val"]])
+    te = idx["test"]
+    y_tr, y_te = cohort.targets[tr], cohort.targets[te]
+    if cohort.task in CLASSIFICATION:
+        pred = fit_predict_classifier(x[tr], y_tr, x[te], n_classes, seed + int(fold))
+    else:
+        pred = fit_predict_cox(x[tr], y_tr, x[te], seed + int(fold))
+    met = task.metrics(y_te, pred)
+    return {"row": {"fold": int(fold), **met, "n_train": len(tr), "n_val": 0, "n_test": len(te)},
+            "pred": prediction_rows(cohort, te, y_te, pred, fold, n_classes)}

@@ -74,11 +74,6 @@ _INTS = {"epochs", "patience", "min_epochs", "batch_size", "max_instances", "num
          "min_val_slides", "threads"}
 
 
-#: Transitional name, only until ``mil/cv.py`` (edited on a parallel branch) imports :class:`HeadTrainConfig`;
-#: no public doc promised ``mil.trainer.TrainConfig``, so this line goes at merge.
-TrainConfig = HeadTrainConfig
-
-
 def _coerce(key: str, value: Any) -> Any:
     """YAML reads ``1e-4`` (no dot) as a string: numbers from configs/overrides are cast here."""
     if value is None or value == "null":
@@ -98,7 +93,9 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # = torch.use_deterministic_algorithms(True, warn_only=True) minus its import of torch._inductor (to set the
+    # compiler's flag; nothing here compiles): that import cost 2-4 s in every process, every pool worker included
+    torch.set_deterministic_debug_mode("warn")
 
 
 def configure_threads(threads: int | None = None, workers: int = 0) -> int:

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+# fold / cell jobs run in the test process (tests/test_jobs.py checks --jobs 2 against --jobs 1): a process pool per
+# test would only add worker start-ups, and pytest-xdist already runs one test per core
+os.environ.setdefault("ZOOMFEAT_JOBS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"  # vendored: always present in a clone

@@ -27,6 +27,13 @@ def test_gpu_benchmark_smoke_writes_every_field(tmp_path):
     assert len({r["gflop_per_tile"] for r in ext}) == 1  # FLOPs per tile depend on neither batch nor precision
     assert {r["precision_effective"] for r in ext} == {"bf16", "fp32"}  # fp16 runs as fp32 on a CPU
 
+    rec = res["recipe"]  # the sweep's recipe (last decoder block, t = 0) beside block 0, per batch
+    assert [r["batch"] for r in rec] == [2, 4] and all(r["recipe_block"] >= 1 for r in rec)
+    for r in rec:
+        assert r["recipe_tiles_s"] > 0 and r["block0_tiles_s"] > 0
+        assert r["recipe_gflop_per_tile"] > r["block0_gflop_per_tile"]  # a full pass does more than an early exit
+    assert "full UNet pass" in (tmp_path / "gpu.md").read_text()
+
     assert {r["precision"] for r in res["uni"]} == {"bf16", "fp16"}
     assert all(r["tiles_s"] > 0 and r["gflop_per_tile"] > 0 for r in res["uni"])
     dl = res["dataloader"]

@@ -196,3 +196,18 @@ def test_superres_sampling_bf16(model):
     np.testing.assert_array_equal(a.inversion.losses, b.inversion.losses)  # the inversion is fp32 in both
     assert b.sr.shape == a.sr.shape and np.isfinite(b.constraint_error)
     assert not np.array_equal(a.sr, b.sr)  # sampling ran in bf16
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    """--precision auto: bf16 on a CPU with native bf16 (cpuinfo flags), fp32 elsewhere; autocast follows."""
+    import zoomfeat.precision as prec
+
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(prec, "cpu_native_bf16", lambda native=native: native)
+        assert prec.effective_precision("cpu", "auto") == prec.auto_precision("cpu") == want
+        prec.check_supported("cpu", "auto")  # never refused
+        with prec.autocast("cpu", "auto"):
+            assert prec.autocast_active("cpu") == (want == "bf16")
+    monkeypatch.undo()
+    flags = open("/proc/cpuinfo").read()
+    assert prec.cpu_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)

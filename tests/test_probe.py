@@ -117,3 +117,50 @@ def test_probe_summary_says_a_best_cell_without_tuning_split_is_optimistic(capsy
                    "report": {"n_slides": 30, "metric": "auc", "mean": 0.8, "ci_low": 0.7, "ci_high": 0.9}})
     out = capsys.readouterr().out
     assert "optimistic" not in out and "30 held-out report slides" in out
+
+
+TWO_CORES = pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="needs 2 usable cores")
+
+
+@TWO_CORES
+def test_slide_means_on_two_workers_match_one(cohort, tmp_path):
+    """The probe's per-slide features split over two workers (one model copy each) equal the in-process ones, in the
+    slides' order, a failing slide included (fast twin of the slow whole-sweep check below)."""
+    from zoomfeat.ldm import ZoomLDM
+    from zoomfeat.probe import SweepSpec, compute_means
+
+    root, _ = cohort
+    ldm = ZoomLDM.load(MICRO_LDM / "weights.ckpt").eval()
+    spec = SweepSpec(blocks=[0], t=[0], conditioning=["none"], tasks=["hrd"], tiles_per_slide=2)
+    slides = sorted((root / "cohort" / "slides").glob("*.tiff"))[:3] + [root / "cohort" / "missing.tiff"]
+    got = {jobs: compute_means(slides, root / "tiles", tmp_path / f"c{jobs}", ldm, spec, "m", None, {}, False, jobs)
+           for jobs in (1, 2)}
+    assert list(got[1][0]) == list(got[2][0]) == [s.stem for s in slides[:3]]
+    assert [f["slide"] for f in got[2][1]] == ["missing"] == [f["slide"] for f in got[1][1]]
+    for sid, m in got[1][0].items():
+        assert m.keys() == got[2][0][sid].keys() and all(np.array_equal(m[k], got[2][0][sid][k]) for k in m)
+    assert sorted(p.name for p in (tmp_path / "c2").glob("*.npz")) == [f"{s.stem}.npz" for s in slides[:3]]
+
+
+@pytest.mark.slow
+@TWO_CORES
+def test_sweep_with_two_jobs_matches_one_job(cohort, tmp_path):
+    """--jobs 2 (slides split over two workers, each with its own model copy; feature sets on a pool) writes the
+    same probe table, per-split scores and per-slide cache as --jobs 1, a failing slide included (~2 min)."""
+    from zoomfeat.probe import SweepSpec, sweep
+
+    root, labels = cohort
+    spec = SweepSpec(blocks=[0, 2], t=[0], conditioning=["none", "uni"], tasks=["hrd"], baselines=["tiny-vit"],
+                     tiles_per_slide=4, n_folds=2, n_repeats=2, ssl_encoder="tiny-vit")
+    slides = sorted((root / "cohort" / "slides").glob("*.tiff")) + [root / "cohort" / "missing.tiff"]
+    res = {}
+    for jobs in (1, 2):
+        res[jobs] = sweep(slides, root / "tiles", labels, MICRO_LDM / "weights.ckpt", tmp_path / f"j{jobs}", spec,
+                          progress=False, jobs=jobs)
+    assert [f["slide"] for f in res[2]["failed"]] == ["missing"] == [f["slide"] for f in res[1]["failed"]]
+    for name in ("probe.csv", "probe_scores.csv", "split_patients.csv", "best_recipe.yaml"):
+        a, b = (tmp_path / "j1" / name).read_text(), (tmp_path / "j2" / name).read_text()
+        assert a == b.replace(str(tmp_path / "j2"), str(tmp_path / "j1")), name
+    for p in sorted((tmp_path / "j1" / "cache").glob("*.npz")):
+        with np.load(p) as x, np.load(tmp_path / "j2" / "cache" / p.name) as y:
+            assert x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files), p.name

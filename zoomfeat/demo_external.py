@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from zoomfeat.demo import Steps
+from zoomfeat.threads import available_cores
 
 
 def cv_impossible(labels: str | Path, folds: int, val_fraction: float = 0.2) -> str | None:
@@ -48,7 +49,8 @@ def external_validation(out: str | Path, labels: str | Path, bags: str | Path, r
     ext = out / "external"
     ext_labels = ext / "cohort" / "labels.csv"
     if not ext_labels.exists():
-        run_step(["synth-cohort", "--out", ext / "cohort", "--n-slides", n_slides, "--seed", seed])
+        run_step(["synth-cohort", "--out", ext / "cohort", "--n-slides", n_slides, "--seed", seed, "--workers",
+                  available_cores()])
     pred = ext / "predictions"
     rc = run_step(["predict", ext / "cohort" / "slides", "--model", model, "--out", pred, "--labels", ext_labels,
                 "--no-progress"], ok=(0, 3))

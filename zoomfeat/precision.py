@@ -49,8 +49,34 @@ def normalize_precision(precision: str | None, default: str = "fp32") -> str:
     return ALIASES[key]
 
 
+AUTO = "auto"  #: bf16 where the device computes it natively (CPU: AVX512-BF16 / AMX; CUDA: Ampere+), else fp32/fp16
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this CPU has native bf16 arithmetic (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo, else
+    oneDNN's own check): there CPU autocast to bf16 is faster than fp32 (docs/performance.md), elsewhere slower."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:  # pragma: no cover - not Linux
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def auto_precision(device: torch.device | str) -> str:
+    """What ``--precision auto`` runs on ``device``: CUDA bf16 (native) or fp16; CPU bf16 with native bf16, else
+    fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    return "bf16" if device.type == "cpu" and cpu_native_bf16() else "fp32"
+
+
 def effective_precision(device: torch.device | str, precision: str) -> str:
-    """What actually runs for ``precision`` on ``device``: the CPU runs fp16 requests in fp32."""
+    """What actually runs for ``precision`` on ``device``: the CPU runs fp16 requests in fp32; ``auto`` is
+    :func:`auto_precision`."""
+    if str(precision).strip().lower() == AUTO:
+        return auto_precision(device)
     precision = normalize_precision(precision)
     if torch.device(device).type == "cpu" and precision == "fp16":
         return "fp32"
@@ -60,6 +86,8 @@ def effective_precision(device: torch.device | str, precision: str) -> str:
 def check_supported(device: torch.device | str, precision: str) -> None:
     """Fail before any work when the device cannot run the precision (bf16 needs an Ampere or newer GPU)."""
     device = torch.device(device)
+    if str(precision).strip().lower() == AUTO:
+        return  # auto picks what the device supports
     if normalize_precision(precision) == "bf16" and device.type == "cuda" and torch.cuda.is_available():
         if not torch.cuda.is_bf16_supported(including_emulation=False):
             raise ValueError(f"{torch.cuda.get_device_name(device)} has no native bf16: use --precision fp16")
@@ -90,5 +118,5 @@ def autocast_active(device: torch.device | str) -> bool:
     return torch.is_autocast_enabled("cpu")
 
 
-__all__ = ["PRECISIONS", "resolve_device", "normalize_precision", "effective_precision", "check_supported", "autocast", "fp32",
+__all__ = ["PRECISIONS", "AUTO", "cpu_native_bf16", "auto_precision", "resolve_device", "normalize_precision", "effective_precision", "check_supported", "autocast", "fp32",
            "autocast_active"]

@@ -250,9 +250,11 @@ def _feature_sets(means: dict[str, dict[str, np.ndarray]], slides: list[str], sp
 
 
 def evaluate(sets, targets: dict, patients: np.ndarray, mask: np.ndarray, spec: SweepSpec, subset: str,
-             alpha_bar: dict[int, float]) -> tuple[list[dict], dict]:
-    """Probe every feature set on the slides in ``mask``; returns probe.csv rows and per-split scores by key."""
-    from mil.probe_eval import corrected_ci, linear_probe_scores, repeated_splits, n_test_over_n_train
+             alpha_bar: dict[int, float], jobs: int | None = None) -> tuple[list[dict], dict]:
+    """Probe every feature set on the slides in ``mask``; returns probe.csv rows and per-split scores by key.
+    Feature sets are independent jobs (:func:`zoomfeat.jobs.run_jobs` on ``jobs`` workers; same output for any)."""
+    from mil.probe_eval import repeated_splits
+    from zoomfeat.jobs import run_jobs
 
     idx = np.flatnonzero(mask)
     splits = {}
@@ -260,17 +262,30 @@ def evaluate(sets, targets: dict, patients: np.ndarray, mask: np.ndarray, spec: 
         yy = y[idx]
         yy = yy if task == "survival" else np.unique(yy.astype(str), return_inverse=True)[1]
         splits[task] = (yy, repeated_splits(yy, patients[idx], spec.n_folds, spec.n_repeats, spec.seed))
+    calls = [(probe_feature_set, (keys, X[idx], splits, subset, alpha_bar), {}) for keys, X in sets]
     rows, scores = [], {}
-    for keys, X in sets:
-        for task, (yy, sp) in splits.items():
-            sc = linear_probe_scores(X[idx], yy, sp, "survival" if task == "survival" else "classification")
-            m, sd, lo, hi = corrected_ci(sc, n_test_over_n_train(sp))
-            ab = alpha_bar.get(keys["t"]) if keys["t"] != "" else None
-            rows.append({**keys, "task": task, "metric": "c_index" if task == "survival" else "auc", "mean": m,
-                         "std": sd, "ci_low": lo, "ci_high": hi, "alpha_bar": ab,
-                         "noise_pct": None if ab is None else 100 * (1 - ab), "subset": subset,
-                         "n_slides": int(len(idx)), "n_splits": int(np.isfinite(sc).sum())})
-            scores[(subset, task) + tuple(keys.values())] = sc
+    for r, sc in run_jobs(calls, jobs):
+        rows += r
+        scores.update(sc)
+    return rows, scores
+
+
+def probe_feature_set(keys: dict, X: np.ndarray, splits: dict, subset: str,
+                      alpha_bar: dict[int, float]) -> tuple[list[dict], dict]:
+    """One feature set's probe.csv rows and per-split scores, for every task in ``splits`` ({task: (y, splits)});
+    ``X`` holds the evaluated slides only."""
+    from mil.probe_eval import corrected_ci, linear_probe_scores, n_test_over_n_train
+
+    rows, scores = [], {}
+    for task, (yy, sp) in splits.items():
+        sc = linear_probe_scores(X, yy, sp, "survival" if task == "survival" else "classification")
+        m, sd, lo, hi = corrected_ci(sc, n_test_over_n_train(sp))
+        ab = alpha_bar.get(keys["t"]) if keys["t"] != "" else None
+        rows.append({**keys, "task": task, "metric": "c_index" if task == "survival" else "auc", "mean": m,
+                     "std": sd, "ci_low": lo, "ci_high": hi, "alpha_bar": ab,
+                     "noise_pct": None if ab is None else 100 * (1 - ab), "subset": subset,
+                     "n_slides": int(len(X)), "n_splits": int(np.isfinite(sc).sum())})
+        scores[(subset, task) + tuple(keys.values())] = sc
     return rows, scores
 
 
@@ -398,49 +413,82 @@ def encoder_identity(enc) -> dict | None:
 
 
 def compute_means(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm, spec: SweepSpec, model_sha: str | None,
-                  ssl_encoder, baselines: dict, progress: bool = True) -> tuple[dict, list[dict]]:
-    """Slide means for every slide (cached per slide); per-slide failures are collected, the cohort continues."""
+                  ssl_encoder, baselines: dict, progress: bool = True,
+                  jobs: int | None = None) -> tuple[dict, list[dict]]:
+    """Slide means for every slide (cached per slide); per-slide failures are collected, the cohort continues.
+    On a CPU the slides not cached yet are split over ``jobs`` worker processes (one model copy each, one
+    chunk per worker, :func:`slide_means_chunk`); the result keeps the order of ``slides`` either way."""
+    from zoomfeat.cohort import slide_id
+    from zoomfeat.jobs import run_jobs, worker_count
+
+    sig = cache_signature(spec, model_sha)
+    sigs, cached = {}, {}
+    for s in slides:
+        sid = slide_id(s)
+        try:  # each cache entry is also keyed by the slide and its coordinate file: a replaced slide is redone
+            sigs[sid] = slide_signature(sig, s, tiles_dir)
+        except (OSError, ValueError) as exc:
+            cached[sid] = f"{type(exc).__name__}: {exc}"
+            print(f"probe: {sid} failed ({cached[sid]}); continuing")
+            continue
+        cached[sid] = load_cached(cache_dir / f"{sid}.npz", sigs[sid])
+    pending = [s for s in slides if cached[slide_id(s)] is None]
+    on_cpu = next(ldm.parameters()).device.type == "cpu"
+    n = worker_count(jobs, len(pending)) if on_cpu else 0
+    if n:
+        chunks = [pending[i::n] for i in range(n)]
+        parts = run_jobs([(slide_means_chunk, (c, tiles_dir, cache_dir, ldm, spec, sigs, ssl_encoder, baselines),
+                           {}) for c in chunks], n)
+        done = {k: v for part in parts for k, v in part.items()}
+    else:
+        done = slide_means_chunk(pending, tiles_dir, cache_dir, ldm, spec, sigs, ssl_encoder, baselines, progress)
+    means, failed = {}, []
+    for slide in slides:
+        sid = slide_id(slide)
+        got = cached[sid] if cached[sid] is not None else done[sid]
+        if isinstance(got, str):
+            failed.append({"slide": sid, "error": got})
+        else:
+            means[sid] = got
+    return means, failed
+
+
+def slide_means_chunk(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm, spec: SweepSpec, sigs: dict,
+                      ssl_encoder, baselines: dict, progress: bool = False) -> dict:
+    """{slide id: slide means (also cached to ``cache_dir/{id}.npz`` under its signature ``sigs[id]``) or the
+    error text of a failed slide}."""
     import torch
     from tqdm.auto import tqdm
 
     from zoomfeat.cohort import slide_id
     from zoomfeat.extract import ExtractOptions, load_grid
 
-    sig = cache_signature(spec, model_sha)
-    means, failed = {}, []
+    out = {}
     for slide in tqdm(slides, desc="probe features", unit="slide", disable=not progress):
         sid = slide_id(slide)
-        cpath = cache_dir / f"{sid}.npz"
-        try:  # the cache entry is also keyed by the slide and its coordinate file: a replaced slide is redone
-            slide_sig = slide_signature(sig, slide, tiles_dir)
-        except (OSError, ValueError) as exc:
-            failed.append({"slide": sid, "error": f"{type(exc).__name__}: {exc}"})
-            print(f"probe: {sid} failed ({type(exc).__name__}: {exc}); continuing")
+        try:
+            grid, _ = load_grid(slide, tiles_dir, cache_dir, ExtractOptions())  # zoomfeat, CLAM or TRIDENT
+            tiles = read_probe_tiles(slide, grid, spec.tiles_per_slide, spec.seed, "uni" in spec.conditioning)
+            with torch.inference_mode():
+                got = zoomldm_slide_means(ldm, tiles, sid, spec, ssl_encoder)
+                got.update(baseline_slide_means(baselines, tiles, spec.batch_size))
+        except Exception as exc:  # noqa: BLE001 — one bad slide must not stop the sweep
+            out[sid] = f"{type(exc).__name__}: {exc}"
+            print(f"probe: {sid} failed ({out[sid]}); continuing")
             continue
-        got = load_cached(cpath, slide_sig)
-        if got is None:
-            try:
-                grid, _ = load_grid(slide, tiles_dir, cache_dir, ExtractOptions())  # zoomfeat, CLAM or TRIDENT
-                tiles = read_probe_tiles(slide, grid, spec.tiles_per_slide, spec.seed, "uni" in spec.conditioning)
-                with torch.inference_mode():
-                    got = zoomldm_slide_means(ldm, tiles, sid, spec, ssl_encoder)
-                    got.update(baseline_slide_means(baselines, tiles, spec.batch_size))
-            except Exception as exc:  # noqa: BLE001 — one bad slide must not stop the sweep
-                failed.append({"slide": sid, "error": f"{type(exc).__name__}: {exc}"})
-                print(f"probe: {sid} failed ({type(exc).__name__}: {exc}); continuing")
-                continue
-            save_cached(cpath, slide_sig, got)
-        means[sid] = got
-    return means, failed
+        save_cached(cache_dir / f"{sid}.npz", sigs[sid], got)
+        out[sid] = got
+    return out
 
 
 def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: str | os.PathLike,
           out: str | os.PathLike, spec: SweepSpec | None = None, ssl_weights=None, registry=None,
           custom_model: str | None = None, progress: bool = True, official_config: str | os.PathLike | None = None,
-          ema: bool = True, device: str = "cpu") -> dict:
+          ema: bool = True, device: str = "cpu", jobs: int | None = None) -> dict:
     """Run the recipe sweep (see the module docstring); returns paths, the chosen recipe and its report row.
     ``weights``: a ZoomLDM folder, or an official .ckpt (+ ``official_config``, ``ema``) as ``ZoomLDM.load``.
-    ``device``: where the forwards run (``auto``: this rank's GPU if any; :func:`zoomfeat.precision.resolve_device`)."""
+    ``device``: where the forwards run (``auto``: this rank's GPU if any; :func:`zoomfeat.precision.resolve_device`).
+    ``jobs``: worker processes for the probe's evaluation (:func:`evaluate`; the outputs do not depend on it)."""
     import pandas as pd
 
     from zoomfeat.cohort import resolve_slides, slide_id
@@ -470,7 +518,7 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
                             "baselines": {n: encoder_identity(e) for n, e in base.items()}},
                            sort_keys=True, default=str)
     means, failed = compute_means(slide_list, Path(tiles), out / "cache", ldm, spec, model_key, ssl, base,
-                                  progress)
+                                  progress, jobs)
     df, targets = load_probe_labels(labels, list(means), spec.tasks)
     keep = np.ones(len(df), bool)
     for task, y in targets.items():
@@ -484,11 +532,11 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
     alpha = {int(t): float(ldm.alphas_cumprod[int(t)]) for t in spec.t}
     subset = "tune" if tune.any() else "all"
     rows, scores = evaluate(_feature_sets(means, sids, spec, chans), targets, patients,
-                            tune if tune.any() else ~tune, spec, subset, alpha)
+                            tune if tune.any() else ~tune, spec, subset, alpha, jobs)
     best = choose_recipe(rows, spec.select_task, subset)
     report_row = None
     if tune.any():  # the chosen recipe (all mags), each task's own best cell and the baselines, on unseen patients
-        r2, s2 = report_rows(means, sids, spec, chans, rows, best, targets, patients, ~tune, alpha, subset)
+        r2, s2 = report_rows(means, sids, spec, chans, rows, best, targets, patients, ~tune, alpha, subset, jobs)
         rows += r2
         scores.update(s2)
         report_row = next(r for r in r2 if r["encoder"] == ZOOMLDM and r["task"] == best["task"]
@@ -508,7 +556,7 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
             "split_patients": str(out / "split_patients.csv")}
 
 
-def report_rows(means, sids, spec: SweepSpec, chans, rows, best, targets, patients, mask, alpha, subset):
+def report_rows(means, sids, spec: SweepSpec, chans, rows, best, targets, patients, mask, alpha, subset, jobs=None):
     """Score on the report patients: the chosen recipe on every task, each other task's own best tuning cell on
     that task (a recipe is per task), and the baselines once."""
     picks = [(best, list(targets), True)]
@@ -523,7 +571,7 @@ def report_rows(means, sids, spec: SweepSpec, chans, rows, best, targets, patien
                             "tasks": list(spec.tasks), "select_task": spec.select_task})
         sub = {s: {**means[s], **_subset_means(means[s], spec, cell, chans)} for s in sids}
         r, sc = evaluate(_feature_sets(sub, sids, pick, {cell["block"]: chans[cell["block"]]}),
-                         {t: targets[t] for t in tasks}, patients, mask, pick, "report", alpha)
+                         {t: targets[t] for t in tasks}, patients, mask, pick, "report", alpha, jobs)
         out_rows += r
         out_scores.update(sc)
     return out_rows, out_scores

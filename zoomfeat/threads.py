@@ -10,10 +10,14 @@ import os
 
 
 def available_cores() -> int:
+    """Cores in this process's affinity mask, or its share of them in a ``--jobs`` pool worker
+    (``ZOOMFEAT_CORES``, set by :func:`zoomfeat.jobs.run_jobs`: cores // workers)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - macOS / Windows
-        return max(1, os.cpu_count() or 1)
+        n = max(1, os.cpu_count() or 1)
+    share = os.environ.get("ZOOMFEAT_CORES", "")
+    return max(1, min(n, int(share))) if share.isdigit() and int(share) > 0 else n
 
 
 def thread_count(threads: int | None = None, workers: int = 0) -> int:

@@ -31,3 +31,10 @@ def load_model_from_args(args, dest: str = "model"):
 
     return ZoomLDM.load(getattr(args, dest), getattr(args, "official_config", None),
                         ema=not getattr(args, "online", False))
+
+
+def add_jobs_option(p) -> None:
+    """``--jobs N``: independent jobs (folds, compare cells, probe feature sets) on N worker processes."""
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="worker processes for the independent folds / cells (default: the usable cores; 1: in "
+                        "this process); outputs are identical whatever N")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from zoomfeat.cli.common import add_jobs_option
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("mil", help="MIL heads on feature bags (cv, train, predict)",
@@ -17,6 +18,7 @@ def register(subparsers) -> None:
     cv.add_argument("--config", required=True, help="YAML config (e.g. configs/mil/abmil_subtype.yaml)")
     cv.add_argument("--out", default=None, help="output folder (default: config 'out' or runs/mil/<config name>)")
     cv.add_argument("overrides", nargs="*", help="key=value overrides, e.g. bags=out/features_zoomldm hparams.lr=1e-4")
+    add_jobs_option(cv)
     cv.set_defaults(func=_cv)
     from zoomfeat.cli.mil_deploy import register_deploy
 
@@ -54,6 +56,7 @@ def register(subparsers) -> None:
     c.add_argument("--reference", default=None, metavar="NAME[/FRAMEWORK]",
                    help="row the others are compared with (paired Δ, CI, Holm p); default: the first encoder entry")
     c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model=transmil n_folds=3")
+    add_jobs_option(c)
     c.set_defaults(func=_compare)
 
 
@@ -81,7 +84,7 @@ def _cv(args: argparse.Namespace) -> int:
     from mil.cv import CVConfig, run_cv
 
     cfg, out = load_mil_config(args, CVConfig)
-    res = run_cv(cfg, out, thumbnails=cv_thumbnails(cfg))
+    res = run_cv(cfg, out, thumbnails=cv_thumbnails(cfg), jobs=args.jobs)
     print(res.summary.to_string(index=False))
     print(f"wrote {out} ({len(res.predictions)} slides, {len(res.skipped)} skipped)")
     return 0
@@ -120,7 +123,7 @@ def _compare(args: argparse.Namespace) -> int:
         cfg.frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     if args.reference:
         cfg.reference = args.reference
-    table = compare(cfg, out)
+    table = compare(cfg, out, jobs=args.jobs)
     from mil.compare import PRIMARY, verdict
 
     prim = table[table["metric"].isin(PRIMARY)]

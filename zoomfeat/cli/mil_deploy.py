@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from zoomfeat.cli.common import add_jobs_option
+
 
 def register_deploy(sub) -> None:
     t = sub.add_parser("train", help="fit one head on every labelled slide → self-describing model folder",
@@ -18,6 +20,7 @@ def register_deploy(sub) -> None:
                                                      "card, and final.strategy=epochs takes its epoch count from it")
     t.add_argument("--cv-from", default=None, metavar="CVDIR", help="reuse a finished `mil cv` folder instead")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. labels=… bags=… final.strategy=epochs")
+    add_jobs_option(t)
     t.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="apply a model folder (or a CV run's fold models) to feature bags",
@@ -45,7 +48,8 @@ def _train(args: argparse.Namespace) -> int:
     from zoomfeat.config import load_config
 
     cfg = load_config(FinalConfig, args.config, args.overrides)
-    meta = train_final(cfg, args.out, run_cv=args.cv, cv_from=args.cv_from, thumbnails=cv_thumbnails(cfg))
+    meta = train_final(cfg, args.out, run_cv=args.cv, cv_from=args.cv_from, thumbnails=cv_thumbnails(cfg),
+                       jobs=args.jobs)
     tr = meta["training"]
     print(f"trained {meta['model']['name']} ({meta['task']['name']}, {meta['mag']}) on {tr['n_train']} slides "
           f"({tr['n_val']} for early stopping), best epoch {tr['best_epoch']}; {tr['strategy']}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from zoomfeat.cli.common import add_model_args
+from zoomfeat.cli.common import add_jobs_option, add_model_args
 
 
 def _ints(text: str) -> list[int]:  # not encoders.options.int_list: importing zoomfeat.encoders loads torch
@@ -62,6 +62,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (this rank's GPU if any; default cpu)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true")
+    add_jobs_option(p)
     p.set_defaults(func=handler)
 
 
@@ -84,7 +85,7 @@ def handler(args) -> int:
                      ssl_encoder=args.ssl_encoder, seed=args.seed, batch_size=args.batch_size)
     res = sweep(args.slides, args.tiles, args.labels, args.weights, args.out, spec, ssl_weights=args.ssl_weights,
                 registry=args.weights_registry, custom_model=args.custom_model, progress=not args.no_progress,
-                official_config=args.official_config, ema=not args.online, device=args.device)
+                official_config=args.official_config, ema=not args.online, device=args.device, jobs=args.jobs)
     print_summary(res)
     return 3 if res["failed"] else 0
 

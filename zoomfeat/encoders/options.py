@@ -51,8 +51,9 @@ class EncoderOptions:
               "$ZOOMFEAT_WEIGHTS_REGISTRY; the packaged configs/encoders/weights.yaml is an empty example to copy)")
     precision: str | None = option(
         None, "autocast dtype (default per encoder: `zoomfeat encoders` lists it); bf16 also autocasts on CPU, "
-              "fp16 runs as fp32 there; the ZoomLDM VQ always runs in fp32 (docs/gpu.md)",
-        choices=("fp32", "fp16", "bf16"))
+              "fp16 runs as fp32 there; auto: bf16 where the device has native bf16 (CPU: AVX512-BF16/AMX), "
+              "else fp32 (GPU: fp16); the ZoomLDM VQ always runs in fp32 (docs/gpu.md, docs/performance.md)",
+        choices=("fp32", "fp16", "bf16", "auto"))
 
     def own_fields(self) -> list[str]:
         """The encoder's own option names (not the generic ones)."""
