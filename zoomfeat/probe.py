@@ -433,8 +433,9 @@ def compute_means(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm, spe
             continue
         cached[sid] = load_cached(cache_dir / f"{sid}.npz", sigs[sid])
     pending = [s for s in slides if cached[slide_id(s)] is None]
-    on_cpu = next(ldm.parameters()).device.type == "cpu"
-    n = worker_count(jobs, len(pending)) if on_cpu else 0
+    n = worker_count(jobs, len(pending))
+    if n and next(ldm.parameters()).device.type != "cpu":
+        n = 0  # a GPU model stays in this process
     if n:
         chunks = [pending[i::n] for i in range(n)]
         parts = run_jobs([(slide_means_chunk, (c, tiles_dir, cache_dir, ldm, spec, sigs, ssl_encoder, baselines),
