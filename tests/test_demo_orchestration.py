@@ -79,6 +79,9 @@ class FakeCLI:
 
     def __call__(self, argv: list[str]) -> int:
         self.calls.append(argv)
+        from zoomfeat.cli import build_parser
+
+        build_parser(argv[0]).parse_args([str(a) for a in argv])  # every step must be a valid command line
         opt = {a: argv[i + 1] for i, a in enumerate(argv[:-1]) if a.startswith("--")}
         out = Path(opt["--out"]) if "--out" in opt else None
         if argv[0] == "synth-cohort":

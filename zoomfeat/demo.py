@@ -157,11 +157,10 @@ def run_demo(execute: Callable[[list[str]], int | None], out: str | Path = "demo
     bags = [f"{ZOOMLDM}-uni-20x={uni}:20x", f"{ZOOMLDM}-uni-20x+5x={uni}:20x+5x", f"{ZOOMLDM}-none-20x={none}:20x",
             f"{ZOOMLDM}-none-20x+5x={none}:20x+5x", f"baseline-tinyvit={feats / 'features_tiny-vit'}:20x"]
     argv = ["compare", "--config", "configs/mil/demo_compare.yaml", "--out", str(cmp_root), "--labels",
-            str(report_labels), "--frameworks", "linear,abmil", "--reference", "baseline-tinyvit",
-            f"reference_note={REFERENCE_NOTE}"]
+            str(report_labels), "--frameworks", "linear,abmil", "--reference", "baseline-tinyvit"]
     for b in bags:
         argv += ["--bags", b]
-    run_step([*argv, f"n_folds={folds}"])
+    run_step([*argv, f"n_folds={folds}", f"reference_note={REFERENCE_NOTE}"])  # key=value overrides last, together
 
     from zoomfeat.demo_external import external_validation  # final model + external cohort (issue 18)
 
