@@ -202,3 +202,24 @@ def test_external_step_names_the_real_reason_and_never_hides_a_cv_failure(tmp_pa
     out = capsys.readouterr().out
     assert "cross-validation impossible on this cohort (" in out and "n_folds=5" in out
     assert "--cv" not in calls[0] and calls[0][:2] == ["mil", "train"] and res["auc"] == (0.9, 0.8, 1.0)
+
+
+def test_a_steps_thread_settings_do_not_leak_into_the_next_step(monkeypatch):
+    """Steps run in one process: synth-cohort's `--workers 2` (→ 1 thread, OMP_NUM_THREADS=1) made the next step,
+    training, run on one thread, unlike the same command typed in a shell. Each step now starts as a fresh process."""
+    import os
+
+    import torch
+
+    from zoomfeat.demo import Steps
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+
+    def narrow(argv):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1 if before > 1 else 2)
+        return 0
+
+    Steps(narrow)(["synth-cohort", "--workers", "2"])
+    assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ

@@ -10,13 +10,16 @@ compare (ABMIL, on the report patients the recipe choice never saw) → generate
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import shlex
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 from zoomfeat.encoders.zoomldm import ZOOMLDM
-from zoomfeat.threads import available_cores
+from zoomfeat.threads import available_cores, thread_count
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_MICRO = ROOT / "tests" / "data" / "zoomldm_official_micro"  # vendored; only for --skip-train
@@ -39,6 +42,28 @@ def _cpu() -> float:
     return process_cpu_seconds()
 
 
+@contextlib.contextmanager
+def _own_threads():
+    """Each step gets the thread settings a fresh ``zoomfeat`` process would: a step's ``--threads`` / ``--workers``
+    (e.g. synth-cohort's 2 workers → 1 thread each) must not carry over to the next step run in this process."""
+    import sys
+
+    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "ZOOMFEAT_THREADS")}
+    torch = sys.modules.get("torch")
+    n = torch.get_num_threads() if torch is not None else thread_count(None, 0)  # a fresh process's default
+    try:
+        yield
+    finally:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
 class Steps:
     """The demo's step runner: each step is the CLI verb a user would type (printed first), run in-process by
     ``execute`` (argv → exit code; ``zoomfeat.cli.main``) and logged as (command, wall s, CPU s) in ``log``."""
@@ -52,7 +77,8 @@ class Steps:
         cmd = "zoomfeat " + " ".join(shlex.quote(a) for a in argv)
         print(f"\n$ {cmd}", flush=True)
         t0, c0 = time.perf_counter(), _cpu()
-        rc = int(self.execute(argv) or 0)
+        with _own_threads():
+            rc = int(self.execute(argv) or 0)
         dt, dc = time.perf_counter() - t0, _cpu() - c0
         self.log.append((cmd, dt, dc))
         if rc not in ok:
