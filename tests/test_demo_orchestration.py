@@ -213,13 +213,14 @@ def test_a_steps_thread_settings_do_not_leak_into_the_next_step(monkeypatch):
 
     from zoomfeat.demo import Steps
 
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
 
+    monkeypatch.delenv("ZOOMFEAT_THREADS", raising=False)
+
     def narrow(argv):
-        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["ZOOMFEAT_THREADS"] = "1"
         torch.set_num_threads(1 if before > 1 else 2)
         return 0
 
     Steps(narrow)(["synth-cohort", "--workers", "2"])
-    assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ
+    assert torch.get_num_threads() == before and "ZOOMFEAT_THREADS" not in os.environ

@@ -44,11 +44,12 @@ def _cpu() -> float:
 
 @contextlib.contextmanager
 def _own_threads():
-    """Each step gets the thread settings a fresh ``zoomfeat`` process would: a step's ``--threads`` / ``--workers``
-    (e.g. synth-cohort's 2 workers → 1 thread each) must not carry over to the next step run in this process."""
+    """Each step gets the torch thread count a fresh ``zoomfeat`` process would: a step's ``--threads`` /
+    ``--workers`` (e.g. synth-cohort's 2 workers → 1 thread each) must not carry over to the next step run in this
+    process (training ran on one thread). ``ZOOMFEAT_THREADS`` (set by ``--threads``) is restored too."""
     import sys
 
-    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "ZOOMFEAT_THREADS")}
+    env = {k: os.environ.get(k) for k in ("ZOOMFEAT_THREADS",)}
     torch = sys.modules.get("torch")
     n = torch.get_num_threads() if torch is not None else thread_count(None, 0)  # a fresh process's default
     try:

@@ -57,11 +57,12 @@ def iter_jobs(calls: Sequence[Job], jobs: int | None = None) -> Iterator:
 def call_with_cores(cores: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     """Run one job in a pool worker that may use ``cores`` cores: every thread limit of the job
     (:func:`zoomfeat.threads.thread_count`, torch, BLAS via threadpoolctl) reads that share."""
-    import sys
-
     os.environ["ZOOMFEAT_CORES"] = str(int(cores))
-    if "torch" in sys.modules and sys.modules["torch"].get_num_threads() > cores:
-        sys.modules["torch"].set_num_threads(int(cores))
+    os.environ["OMP_NUM_THREADS"] = str(int(cores))  # a worker spawned from a shell inherits the parent's (all cores)
+    import torch  # every job trains or scores with torch: cap it before the job's first op, not only if imported
+
+    if torch.get_num_threads() != int(cores):
+        torch.set_num_threads(int(cores))
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(int(cores)):
