@@ -64,6 +64,8 @@ def synthetic_argv(root: Path, slides: int, dim: int, epochs: int) -> list[str]:
 
 
 def digests(folder: Path) -> dict[str, str]:
+    """Relative path → sha256 of every output file; checkpoints by their tensors (a zip archive's member names
+    carry the temporary file name of the atomic write). tests/test_jobs.py compares with it too."""
     import torch
 
     out = {}

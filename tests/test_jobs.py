@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
+from benchmarks.compare_jobs import digests
 from mil.synthetic import write_bags
 from zoomfeat.cli import main
 from zoomfeat.jobs import call_with_cores, process_cpu_seconds, resolve_jobs, run_jobs, worker_count
@@ -30,22 +29,6 @@ def bags(tmp_path_factory):
     return good, noise, labels
 
 
-def _digests(folder: Path) -> dict[str, str]:
-    """Relative path → sha256 of every output file; checkpoints by their tensors (a zip archive's member names
-    carry the temporary file name of the atomic write)."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file():
-            continue
-        if p.suffix == ".pt":
-            state = torch.load(p, weights_only=True)
-            data = b"".join(k.encode() + v.numpy().tobytes() for k, v in sorted(state.items()))
-        else:
-            data = p.read_bytes()
-        out[str(p.relative_to(folder))] = hashlib.sha256(data).hexdigest()
-    return out
-
-
 @pytest.mark.skipif(available_cores() < 2, reason="needs 2 usable cores for a 2-worker pool")
 def test_compare_jobs_2_is_byte_identical_to_jobs_1(bags, tmp_path):
     good, noise, labels = bags
@@ -56,7 +39,7 @@ def test_compare_jobs_2_is_byte_identical_to_jobs_1(bags, tmp_path):
                    "--frameworks", "linear,abmil", "--bags", f"a={good}:20x", "--bags", f"b={noise}:20x",
                    "--tasks", "hrd", "--jobs", str(jobs), *TINY])
         assert rc == 0
-        outs[jobs] = _digests(out)
+        outs[jobs] = digests(out)
     assert len(outs[1]) > 20 and "compare.csv" in outs[1] and "b/abmil/hrd/fold3/best.pt" in outs[1]
     assert outs[1].keys() == outs[2].keys()
     differ = [k for k in outs[1] if outs[1][k] != outs[2][k]]
