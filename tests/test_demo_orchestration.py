@@ -100,13 +100,12 @@ class FakeCLI:
 @pytest.fixture
 def light(monkeypatch):
     """run_demo's in-process heavy pieces replaced by stand-ins (model dims, SSL grid, external step, realism)."""
-    import zoomfeat.demo_external
     import zoomfeat.generate.realism as realism
 
     seen = {}
     monkeypatch.setattr(demo, "_model_dims", lambda model_dir: (13, 24))
     monkeypatch.setattr(demo, "_ssl_grid", lambda slides, tiles, out, dim: out / "ssl_grid_5x.npy")
-    monkeypatch.setattr(zoomfeat.demo_external, "external_validation",
+    monkeypatch.setattr(demo, "external_validation",
                         lambda out, labels, bags, run_step, folds: seen.setdefault("external", (labels, bags, folds)))
     monkeypatch.setattr(realism, "realism_report", lambda *a, **k: {})
     monkeypatch.setattr(realism, "format_report", lambda rep: "realism report")
@@ -186,7 +185,7 @@ def _external_cli(fail_cv: bool):
 def test_external_step_names_the_real_reason_and_never_hides_a_cv_failure(tmp_path, capsys):
     """Issue 23.5: only a cohort too small for k folds skips the CV estimate (saying why); any other CV failure
     stops the demo instead of being reported as 'cross-validation impossible'."""
-    from zoomfeat.demo_external import external_validation
+    from zoomfeat.demo import external_validation
 
     labels = tmp_path / "labels.csv"
     _labels().assign(subtype=np.arange(N) % 2).to_csv(labels, index=False)  # 10 patients per class: 5 folds work
