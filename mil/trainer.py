@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mil.data import BagDataset, collate_bags
@@ -157,7 +157,7 @@ def predict(model: torch.nn.Module, task, dataset: BagDataset, batch_size: int =
 
     device = torch.device(device)
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_bags)
+    loader = _loader(dataset, batch_size)
     logits, ys, idx, atts = [], [], [], []
     for batch in loader:
         with autocast(device, precision):
@@ -174,6 +174,73 @@ def predict(model: torch.nn.Module, task, dataset: BagDataset, batch_size: int =
             "loss": float(task.loss(lg, y)), "attention": atts if attention else None}
 
 
+#: Largest training (or validation) set, in bytes of its bag files, that :func:`prepared` keeps in memory.
+PREPARED_MAX_BYTES = 2 << 30
+
+
+class PreparedBags(Dataset):
+    """A :class:`~mil.data.BagDataset` whose items (read, checked, standardised, as tensors) are computed on first
+    use and kept, so the epochs after the first neither reopen the bag files nor standardise again; with
+    ``batch_size`` 1 each item is kept as its one-bag batch (``collate_bags([item])``), so no epoch pads or stacks
+    either. Only for datasets whose items do not change between calls (no instance sampling): the batches are the
+    same tensors the dataset would give, so the trained weights are unchanged."""
+
+    def __init__(self, dataset, batch_size: int):
+        self.dataset = dataset
+        self.collated = int(batch_size) == 1
+        self.items: list = [None] * len(dataset)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        item = self.items[i]
+        if item is None:
+            item = self.dataset[i]
+            self.items[i] = item = collate_bags([item]) if self.collated else item
+        return item
+
+
+def _bag_bytes(dataset) -> float:
+    """Bytes of ``dataset``'s bag files (in-memory items: their arrays), inf when unknown."""
+    total = 0.0
+    for item in getattr(getattr(dataset, "cohort", None), "items", None) or []:
+        if isinstance(item, (str, os.PathLike)):
+            total += os.path.getsize(item) if os.path.exists(item) else 0
+        elif hasattr(item, "nbytes"):
+            total += float(item.nbytes)
+        else:
+            return float("inf")
+    return total
+
+
+def prepared(dataset, batch_size: int):
+    """``dataset`` as :class:`PreparedBags` when its items are fixed (a BagDataset without instance sampling)
+    and its bag files fit :data:`PREPARED_MAX_BYTES`; else ``dataset`` itself (None stays None)."""
+    if dataset is None or isinstance(dataset, PreparedBags) or not isinstance(dataset, BagDataset):
+        return dataset
+    if dataset.sample and dataset.max_instances:  # a fresh random subset of instances each epoch
+        return dataset
+    if _bag_bytes(dataset) > PREPARED_MAX_BYTES:
+        return dataset
+    return PreparedBags(dataset, batch_size)
+
+
+def _identity(batch):
+    return batch
+
+
+def _loader(dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+            num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+    """The loader of ``dataset``: padded batches of ``batch_size`` bags (``collate_bags``), or the one-bag batches
+    a :class:`PreparedBags` keeps (same sampler, so the same order from the same generator)."""
+    if isinstance(dataset, PreparedBags) and dataset.collated and int(batch_size) == 1:
+        return DataLoader(dataset, batch_size=None, shuffle=shuffle, generator=generator, collate_fn=_identity,
+                          num_workers=num_workers)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate_bags,
+                      num_workers=num_workers, drop_last=drop_last)
+
+
 def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagDataset | None, cfg: HeadTrainConfig,
                 seed: int = 0, ckpt_path: str | os.PathLike | None = None, name: str = "fold",
                 log_dir: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -188,9 +255,10 @@ def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagD
     model.to(device)
     bs = cfg.resolved_batch_size(task)
     gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_ds, batch_size=bs, shuffle=True, generator=gen, collate_fn=collate_bags,
-                        num_workers=cfg.num_workers, drop_last=bs > 1 and len(train_ds) > bs and
-                        getattr(task, "kind", None) == "cox")
+    if cfg.num_workers == 0:  # every epoch sees the same bags: read and standardise each one once, not per epoch
+        train_ds, val_ds = prepared(train_ds, bs), prepared(val_ds, max(bs, 1))
+    loader = _loader(train_ds, bs, shuffle=True, generator=gen, num_workers=cfg.num_workers,
+                     drop_last=bs > 1 and len(train_ds) > bs and getattr(task, "kind", None) == "cox")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=effective_precision(device, cfg.precision) == "fp16")
     logger = RunLogger(cfg.wandb, cfg.wandb_project, name, {"lr": cfg.lr, "batch_size": bs, **cfg.extra}, log_dir)
