@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import importlib.resources
 import os
 import typing
@@ -107,6 +108,18 @@ def _number(tp: Any, value: Any, where: str, name: str) -> Any:
         raise ValueError(f"{where}: {name} must be a number, got {value!r}") from None
 
 
+def unknown_message(unknown: list[str], known) -> str:
+    """``unknown option 'bach_size' (did you mean 'batch_size'?)``: each unknown key with its nearest known one
+    (difflib), or the list of known keys when none is near."""
+    parts, lost = [], False
+    for key in unknown:
+        near = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
+        parts.append(f"{key!r} (did you mean {near[0]!r}?)" if near else repr(key))
+        lost = lost or not near
+    msg = f"unknown option(s) {', '.join(parts)}"
+    return msg + (f"; known: {', '.join(sorted(map(str, known)))}" if lost else "")
+
+
 def from_dict(schema: type[T], data: dict | None, where: str = "config", base: T | None = None) -> T:
     """``schema`` (a dataclass) with the keys of ``data`` replacing its defaults (or ``base``'s values); nested
     dataclass fields take nested mappings. Unknown keys raise ``ValueError`` naming them and ``where``."""
@@ -114,8 +127,7 @@ def from_dict(schema: type[T], data: dict | None, where: str = "config", base: T
     types = field_types(schema)
     unknown = sorted(set(data) - set(types))
     if unknown:
-        raise ValueError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))}; "
-                         f"known: {', '.join(sorted(types))}")
+        raise ValueError(f"{where}: {unknown_message(unknown, types)}")
     current = base if base is not None else schema()
     kw = {}
     for name, value in data.items():
