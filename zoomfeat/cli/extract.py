@@ -10,23 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import warnings
 
-
-def _default(schema: type, name: str):
-    f = {f.name: f for f in dataclasses.fields(schema)}[name]
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-
-
-def _show(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-
-def _with_default(help: str, default) -> str:
-    return help if default is None or default is False or default in ("", [], ()) else \
-        f"{help} (default: {_show(default)})"
+from zoomfeat.cli.options import add_config_args, add_option_fields, field_default, given, with_default
 
 
 def _cohort(p, flag: str, help: str, dest: str | None = None, **kw) -> None:
@@ -35,35 +20,8 @@ def _cohort(p, flag: str, help: str, dest: str | None = None, **kw) -> None:
 
     dest = dest or flag[2:].replace("-", "_")
     switch = kw.get("action") in ("store_true", "store_false")
-    p.add_argument(flag, dest=dest, default=None, help=help if switch else _with_default(
-        help, _default(ExtractConfig, dest)), **kw)
-
-
-def add_option_fields(group, schema: type, owner: str, added: dict, names: tuple[str, ...], **extra) -> None:
-    """One flag per field ``names`` of an options dataclass (metadata: help, flag, type, choices). ``added``: flag
-    → (action, [(owner, help)]); a flag several encoders share (e.g. --seed) lists each one's help."""
-    for f in dataclasses.fields(schema):
-        if f.name not in names:
-            continue
-        meta = dict(f.metadata)
-        flag, help = meta.pop("flag", "--" + f.name.replace("_", "-")), meta.pop("help", "")
-        default = _default(schema, f.name)
-        help = _with_default(help, default)
-        if flag in added:
-            action, helps = added[flag]
-            same = [i for i, (_, h) in enumerate(helps) if h == help]
-            if same:
-                helps[same[0]] = (f"{helps[same[0]][0]}, {owner}", help)
-            else:
-                helps.append((owner, help))
-            action.help = "; ".join(f"{o}: {h}" for o, h in helps)
-            continue
-        kw = {"action": "store_true"} if isinstance(default, bool) else {**meta, **extra.get(f.name, {})}
-        try:
-            added[flag] = (group.add_argument(flag, dest=f.name, default=None, help=help, **kw), [(owner, help)])
-        except argparse.ArgumentError:  # a registered encoder must not break every verb's parser
-            warnings.warn(f"encoder {owner!r}: option {flag} clashes with an extract option; it is settable in "
-                          f"the config's encoder: mapping only (rename the field)", stacklevel=2)
+    p.add_argument(flag, dest=dest, default=None, help=help if switch else with_default(
+        help, field_default(ExtractConfig, dest)), **kw)
 
 
 def add_encoder_args(p) -> None:
@@ -98,10 +56,8 @@ def register(subparsers, options: bool = True) -> None:
     if not options:
         return
     p.add_argument("slides", metavar="SLIDES", help="slide file, folder of slides, or CSV with a 'slide' column")
-    p.add_argument("--config", default=None,
-                   help="YAML of options (docs/extraction.md: cohort options at the top level, the encoder's name and "
-                        "options under 'encoder:'; e.g. configs/extract/zoomldm_brca.yaml); options given on the "
-                        "command line win")
+    add_config_args(p, "configs/extract/zoomldm_brca.yaml (docs/extraction.md: cohort options at the top level, "
+                       "the encoder's name and options under 'encoder:')")
     _cohort(p, "--out", "output folder (bags go to OUT/features_{encoder}/); required")
     _cohort(p, "--tiles", "folder written by `zoomfeat tile` (default: tile on the fly into OUT/_tiles)")
     _cohort(p, "--mags", "'20x' or '20x,5x'")
@@ -130,22 +86,20 @@ def register(subparsers, options: bool = True) -> None:
     add_encoder_args(p)
 
 
-def _given(args, schema: type) -> dict:
-    """The fields of ``schema`` given on the command line (argparse default None = not given)."""
-    names = [f.name for f in dataclasses.fields(schema)]
-    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-
-
 def config_from_args(args):
     """ExtractConfig: dataclass defaults ← --config YAML ← options given on the command line."""
+    from zoomfeat.config import apply_overrides, load_yaml
     from zoomfeat.encoders import encoder_entries
     from zoomfeat.extract import ExtractConfig, load_extract_config
 
-    cohort = {k: v for k, v in _given(args, ExtractConfig).items() if k != "encoder"}
+    cohort = {k: v for k, v in given(args, ExtractConfig).items() if k != "encoder"}
     enc_over: dict = {}
     for entry in encoder_entries().values():  # a field named like a cohort flag has no flag of its own
-        enc_over.update({k: v for k, v in _given(args, entry.options).items() if k not in cohort})
-    return load_extract_config(args.config, cohort, enc_over)
+        enc_over.update({k: v for k, v in given(args, entry.options).items() if k not in cohort})
+    source = args.config
+    if getattr(args, "overrides", None):  # --set key=value (encoder.key=value for the encoder's options)
+        source = apply_overrides(load_yaml(args.config) if args.config else {}, args.overrides)
+    return load_extract_config(source, cohort, enc_over)
 
 
 def handler(args) -> int:
