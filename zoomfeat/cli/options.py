@@ -96,6 +96,7 @@ def add_fields(p, schema: type, names: typing.Iterable[str] | None = None, skip:
                 del kw["type"]
             help = with_default(meta.get("help", ""), default)
         kw.update(extra.get(f.name, {}))
+        help = kw.pop("help", help)
         p.add_argument(*flags, dest=f.name, default=None, help=help, **kw)
 
 

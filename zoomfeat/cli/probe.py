@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from zoomfeat.cli.common import add_jobs_option
+from zoomfeat.cli.common import WEIGHTS_REGISTRY_HELP, add_jobs_option
 from zoomfeat.cli.options import add_config_args, add_fields, options_from_args
 from zoomfeat.probe_spec import ProbeConfig
 
@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("slides", metavar="SLIDES", help="slide folder, slide file or CSV with a 'slide' column")
     add_config_args(p)
     # no encoder import here: building the parser stays torch-free (`zoomfeat --help` in 0.05 s); checked in handler
-    add_fields(p, ProbeConfig)
+    add_fields(p, ProbeConfig, weights_registry={"help": WEIGHTS_REGISTRY_HELP})
     add_jobs_option(p)
     p.set_defaults(func=handler)
 
