@@ -15,6 +15,8 @@ import types
 import typing
 import warnings
 
+from zoomfeat.config import apply_overrides, field_types, from_dict, load_yaml, merge, nested_schema
+
 #: Field metadata keys that are argparse keywords of the generated flag (``flag`` and ``help`` are handled apart).
 _ARGPARSE_KEYS = ("type", "choices", "metavar", "action", "dest")
 
@@ -68,24 +70,28 @@ def infer_type(tp):
 
 
 def add_fields(p, schema: type, names: typing.Iterable[str] | None = None, skip: typing.Iterable[str] = (),
-               **extra: dict) -> None:
+               under: str = "", base=None, **extra: dict) -> None:
     """One flag per field of dataclass ``schema`` (``names``, default all, minus ``skip``) on parser/group ``p``.
 
     Metadata of a field: ``help``; ``flag`` (default ``--field-name``; a tuple gives extra spellings); ``type``,
     ``choices``, ``metavar`` as in argparse; ``cli: False`` leaves the field to ``--config`` / ``--set``. A bool field
     is a switch: ``store_true``, or ``store_false`` when its default is True (its ``flag`` then says ``--no-…``).
-    ``extra[field]``: more argparse keywords. The flag's default is None: the dataclass's shows in ``--help``."""
-    from zoomfeat.config import field_types
-
+    ``extra[field]``: more argparse keywords. The flag's default is None: the dataclass's shows in ``--help``.
+    A nested dataclass field gets its own fields' flags (dest ``field.sub``, YAML ``field: {sub: …}``), their
+    defaults read from ``base`` (an instance of ``schema``, default ``schema()``); ``under``: the dest prefix."""
     hints = field_types(schema)
     wanted = set(names) if names is not None else None
     for f in dataclasses.fields(schema):
         if (wanted is not None and f.name not in wanted) or f.name in skip or f.metadata.get("cli", True) is False:
             continue
+        default = getattr(base, f.name) if base is not None else field_default(schema, f.name)
+        sub = nested_schema(hints[f.name])
+        if sub is not None:
+            add_fields(p, sub, under=f"{under}{f.name}.", base=default if default is not None else sub(), **extra)
+            continue
         meta = dict(f.metadata)
         flags = meta.pop("flag", "--" + f.name.replace("_", "-"))
         flags = (flags,) if isinstance(flags, str) else tuple(flags)
-        default = field_default(schema, f.name)
         kw = {k: meta[k] for k in _ARGPARSE_KEYS if k in meta}
         if isinstance(default, bool) or _plain(hints[f.name]) is bool:
             kw = {"action": "store_false" if default else "store_true"}
@@ -95,9 +101,11 @@ def add_fields(p, schema: type, names: typing.Iterable[str] | None = None, skip:
             if kw["type"] is None:
                 del kw["type"]
             help = with_default(meta.get("help", ""), default)
+            if "choices" not in kw:
+                kw.setdefault("metavar", f.name.upper())
         kw.update(extra.get(f.name, {}))
         help = kw.pop("help", help)
-        p.add_argument(*flags, dest=f.name, default=None, help=help, **kw)
+        p.add_argument(*flags, dest=under + f.name, default=None, help=help, **kw)
 
 
 def add_option_fields(group, schema: type, owner: str, added: dict, names: tuple[str, ...], **extra) -> None:
@@ -137,24 +145,28 @@ def add_config_args(p, example: str | None = None, overrides: bool = True) -> No
                        help="option override, e.g. --set batch_size=8 (repeatable; values are YAML)")
 
 
-def given(args: argparse.Namespace, schema: type) -> dict:
-    """The fields of ``schema`` given on the command line (argparse default None = not given)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(schema)
-            if getattr(args, f.name, None) is not None}
+def given(args: argparse.Namespace, schema: type, under: str = "") -> dict:
+    """The fields of ``schema`` given on the command line (argparse default None = not given); a nested dataclass
+    field as the mapping of its given fields."""
+    out = {}
+    for name, tp in field_types(schema).items():
+        sub = nested_schema(tp)
+        value = given(args, sub, f"{under}{name}.") if sub is not None else getattr(args, under + name, None)
+        if value is not None and value != {}:
+            out[name] = value
+    return out
 
 
 def options_from_args(schema: type, args: argparse.Namespace, **fixed):
     """``schema``: dataclass defaults ← ``--config`` YAML ← ``--set`` overrides ← the flags given ← ``fixed``.
     Unknown keys (a misspelt YAML key or ``--set`` key) raise ValueError naming the nearest valid key."""
-    from zoomfeat.config import apply_overrides, from_dict, load_yaml
-
     path = getattr(args, "config", None)
     data, where = (load_yaml(path), str(path)) if path is not None else ({}, "config")
     sets = getattr(args, "overrides", None)
     if sets:
         data = apply_overrides(data, sets)
         where = f"{where} + --set" if path is not None else "--set"
-    return from_dict(schema, {**data, **given(args, schema), **fixed}, where)
+    return from_dict(schema, merge(merge(data, given(args, schema)), fixed), where)
 
 
 def require(cfg, *names: str) -> None:
