@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import importlib.resources
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -99,7 +100,8 @@ def nested_schema(tp: Any) -> type | None:
 
 def _number(tp: Any, value: Any, where: str, name: str) -> Any:
     """A str given to an ``int``/``float`` field as a number: YAML reads ``1e-4`` (no dot) as a string."""
-    kinds = {tp, *typing.get_args(tp)}
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    kinds = {tp, *(typing.get_args(tp) if union else ())}  # not list[int]'s int: a scale spec "0,5x" is a string
     if not isinstance(value, str) or not kinds & {int, float} or str in kinds:
         return value
     try:
