@@ -25,6 +25,7 @@ CASES = {
     "predict": (["predict", "{slides}", "--out", "{out}"], "nboot: 10\n", "nboot=10", "nboot", "n_boot"),
     "generate-large": (["generate-large", "--out", "{out}"], "sampling:\n  n_step: 2\n", "sampling.n_step=2",
                        "n_step", "n_steps"),
+    "generate": (["generate", "--out", "{out}"], "stepps: 2\n", "stepps=2", "stepps", "steps"),
     "superres": (["superres", "--out", "{out}"], "superres:\n  itters: 2\n", "superres.itters=2", "itters",
                  "iters"),
     "tile": (["tile", "{slides}", "--out", "{out}"], "min_tisue: 0.3\n", "min_tisue=0.3", "min_tisue",
@@ -75,7 +76,7 @@ def test_unknown_key_far_from_every_option_lists_the_known_ones():
 # the options objects of the verbs whose flags are generated (issue 26 item 1; mil's verbs are done apart)
 def _schemas() -> dict:
     from zoomfeat.extract import ExtractConfig
-    from zoomfeat.generate.options import GenerateLargeConfig, SuperResRunConfig
+    from zoomfeat.generate.options import GenerateLargeConfig, PatchSamplingConfig, SuperResRunConfig
     from zoomfeat.predict import PredictConfig
     from zoomfeat.probe_spec import ProbeConfig
     from zoomfeat.slides.tiling import TilingConfig
@@ -83,7 +84,7 @@ def _schemas() -> dict:
 
     return {"extract": ExtractConfig, "probe": ProbeConfig, "predict": PredictConfig, "tile": TilingConfig,
             "build-dataset": BuildDatasetConfig, "generate-large": GenerateLargeConfig, "superres": SuperResRunConfig,
-            "train": None}
+            "generate": PatchSamplingConfig, "train": None}
 
 
 def _verbs(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -113,7 +114,8 @@ def _leaves(schema: type, prefix: str = "") -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("verb", ["probe", "predict", "tile", "build-dataset", "generate-large", "superres"])
+@pytest.mark.parametrize("verb", ["probe", "predict", "tile", "build-dataset", "generate-large", "superres",
+                                  "generate"])
 def test_every_field_is_a_flag_whose_help_shows_the_dataclass_default(verb):
     from zoomfeat.cli.options import field_default
 

@@ -115,3 +115,29 @@ class SuperResRunConfig(_ModelRun):
     image: str | None = _opt(None, help="square low-magnification RGB image (resized to the model size); required")
     reference: str | None = _opt(None, help="high-resolution reference image for PSNR/SSIM")
     superres: SuperResConfig = field(default_factory=SuperResConfig)
+
+
+@dataclass
+class PatchSamplingConfig(_ModelRun):
+    """Everything `zoomfeat generate` takes: the model, one conditioning source (an SSL grid file, or an image
+    encoded with ``encoder``) and the sampler (:func:`zoomfeat.generate.patches.generate_patches`)."""
+
+    ssl: str | None = _opt(None, help="SSL grid file (.npy or .pt); this or --image")
+    image: str | None = _opt(None, help="an RGB image of the region to condition on (needs --encoder); this or --ssl")
+    encoder: str = _opt("uni", help="encoder for --image")
+    encoder_weights: str | None = _opt(None, help="weights for --encoder (default: weights registry)")
+    weights_registry: str | None = _opt(None, metavar="YAML", help="your YAML encoder → local weights path registry")
+    mag: str = _opt("20x", help="magnification: index 0..7 or label like 5x")
+    n: int = _opt(8, help="number of patches")
+    steps: int = _opt(50, help="sampler steps")
+    scheduler: str = _opt("ddim", choices=("ddim", "plms"), help="sampler")
+    guidance: float = _opt(2.0, help="CFG scale s in eps_u + s (eps_c - eps_u)")
+    batch_size: int = _opt(8, help="patches per forward")
+    precision: str = _opt("fp32", choices=PRECISIONS, help="autocast dtype of the UNet + Summarizer (the official "
+                                                           "samples used fp16 on GPU); bf16 also autocasts on CPU; "
+                                                           "the VQ decode stays fp32")
+    progress: bool = _opt(True, flag="--no-progress", help="no progress bar")
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError("--n must be at least 1")
