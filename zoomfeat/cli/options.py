@@ -18,7 +18,7 @@ import warnings
 from zoomfeat.config import apply_overrides, field_types, from_dict, load_yaml, merge, nested_schema
 
 #: Field metadata keys that are argparse keywords of the generated flag (``flag`` and ``help`` are handled apart).
-_ARGPARSE_KEYS = ("type", "choices", "metavar", "action", "dest")
+_ARGPARSE_KEYS = ("type", "choices", "metavar")
 
 
 def field_default(schema: type, name: str):
