@@ -11,17 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from zoomfeat.cli.options import add_config_args, add_option_fields, field_default, given, with_default
-
-
-def _cohort(p, flag: str, help: str, dest: str | None = None, **kw) -> None:
-    """A cohort option whose default (shown in --help) comes from ExtractConfig."""
-    from zoomfeat.extract import ExtractConfig
-
-    dest = dest or flag[2:].replace("-", "_")
-    switch = kw.get("action") in ("store_true", "store_false")
-    p.add_argument(flag, dest=dest, default=None, help=help if switch else with_default(
-        help, field_default(ExtractConfig, dest)), **kw)
+from zoomfeat.cli.options import add_config_args, add_fields, add_option_fields, given
 
 
 def add_encoder_args(p) -> None:
@@ -58,31 +48,9 @@ def register(subparsers, options: bool = True) -> None:
     p.add_argument("slides", metavar="SLIDES", help="slide file, folder of slides, or CSV with a 'slide' column")
     add_config_args(p, "configs/extract/zoomldm_brca.yaml (docs/extraction.md: cohort options at the top level, "
                        "the encoder's name and options under 'encoder:')")
-    _cohort(p, "--out", "output folder (bags go to OUT/features_{encoder}/); required")
-    _cohort(p, "--tiles", "folder written by `zoomfeat tile` (default: tile on the fly into OUT/_tiles)")
-    _cohort(p, "--mags", "'20x' or '20x,5x'")
-    _cohort(p, "--missing-children", "5x SSL grids: embed background children too (training-faithful) or use the "
-            "mean of the region's tissue children (no extra SSL forwards)", choices=("embed", "mean"))
-    _cohort(p, "--batch-size", "tiles per forward", type=int)
-    _cohort(p, "--workers", "DataLoader workers, each with its own slide handle", type=int)
-    _cohort(p, "--shard", "process share K of N (0-based) of the slide list, the same round-robin split as torchrun "
-            "ranks: one SLURM array task each, e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT",
-            metavar="K/N")
-    _cohort(p, "--device", "auto (this rank's GPU if any, else cpu), cpu, cuda, cuda:1 …")
-    _cohort(p, "--compile", "torch.compile the encoder; features are unchanged, the first batches pay the compile "
-            "time", action="store_true")
-    _cohort(p, "--compile-backend", "torch.compile backend (aot_eager traces the same graphs without code "
-            "generation, a quick check on CPUs)")
-    _cohort(p, "--compile-mode", "torch.compile mode for inductor (default: default)",
-            choices=("default", "reduce-overhead", "max-autotune"))
-    _cohort(p, "--channels-last", "channels-last weights for the conv nets (ZoomLDM VQ + UNet); features are "
-            "unchanged", action="store_true")
-    _cohort(p, "--threads", "torch CPU threads (CPU runs on a busy machine are often faster with 1)", type=int)
-    _cohort(p, "--mpp", "force the level-0 µm/px of every slide", type=float)
-    _cohort(p, "--mpp-csv", "CSV slide,mpp overriding slide metadata")
-    _cohort(p, "--tag", "name of the features_{tag} folder (default: encoder name)")
-    _cohort(p, "--clam-pt", "also write CLAM pt_files/{slide}.pt", action="store_true")
-    _cohort(p, "--no-progress", "no progress bars", dest="progress", action="store_false")
+    from zoomfeat.extract import ExtractConfig
+
+    add_fields(p, ExtractConfig, skip=("encoder",))  # the encoder: --encoder and its options group below
     add_encoder_args(p)
 
 
