@@ -1,7 +1,8 @@
 """One options object per verb, from the command line to the API: the flags are generated from the verb's options
 dataclass (its fields' metadata: ``help``, ``flag``, ``type``, ``choices``, ``metavar``), ``--config YAML`` and
-``--set key=value`` come with them, and :func:`options_from_args` loads the object with the one config loader
-(:func:`zoomfeat.config.load_config`): dataclass defaults ← YAML ← ``--set`` ← flags given.
+``--set key=value`` come with them, and :func:`options_from_args` loads the object with the config loader's steps
+(:mod:`zoomfeat.config`: ``load_yaml``, ``apply_overrides``, ``from_dict``, as ``load_config``): dataclass defaults ←
+YAML ← ``--set`` ← flags given, validated once on the merged values; an unknown key names the nearest valid one.
 
 argparse defaults are ``None`` ("not given"), so no default is restated here: ``--help`` shows the dataclass's.
 The dataclasses live in torch-free modules, so building a verb's parser does not import torch.
