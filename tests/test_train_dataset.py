@@ -85,12 +85,13 @@ def test_build_layout_counts_and_shared_ssl(tiny_dataset):
 
 def test_rerun_skips_done_slides(tiny_dataset):
     from zoomfeat.encoders import create_encoder
+    from zoomfeat.train.config import ShardConfig
     from zoomfeat.train.shards import build_dataset
 
     before = (tiny_dataset / "index.csv").read_text()
     ldm = tiny_ldm()
     report = build_dataset(tiny_dataset / "cohort" / "slides", tiny_dataset, create_encoder("tiny-vit", dim=48, seed=0),
-                           ldm.vq, patch_px=64, ssl_px=64, max_per_scale=MAX_PER_SCALE, progress=False)
+                           ldm.vq, ShardConfig(patch_px=64, ssl_px=64, max_per_scale=MAX_PER_SCALE), progress=False)
     assert report.cohort.counts() == {"skipped": 2}
     assert (tiny_dataset / "index.csv").read_text() == before
     # a different VQ (or other settings) must not be mixed into the same folder
@@ -98,13 +99,14 @@ def test_rerun_skips_done_slides(tiny_dataset):
     other = type(ldm).from_config(ldm.config)
     with pytest.raises(ValueError, match="vq_sha256"):
         build_dataset(tiny_dataset / "cohort" / "slides", tiny_dataset, create_encoder("tiny-vit", dim=48, seed=0),
-                      other.vq, patch_px=64, ssl_px=64, max_per_scale=MAX_PER_SCALE, progress=False)
+                      other.vq, ShardConfig(patch_px=64, ssl_px=64, max_per_scale=MAX_PER_SCALE), progress=False)
 
 
 def test_scales_too_small_are_skipped_and_counted(tiny_dataset, tmp_path):
     from types import SimpleNamespace
 
     from zoomfeat.encoders import create_encoder
+    from zoomfeat.train.config import ShardConfig
     from zoomfeat.train.shards import build_slide_shard, write_index
 
     slide = tiny_dataset / "cohort" / "slides" / "syn000.tiff"
@@ -112,7 +114,7 @@ def test_scales_too_small_are_skipped_and_counted(tiny_dataset, tmp_path):
     ldm = tiny_ldm()
     (tmp_path / "shards").mkdir()
     info = build_slide_shard(slide, tmp_path / "shards" / "syn000.h5", grid, create_encoder("tiny-vit", dim=48, seed=0),
-                             lambda x: ldm.vq.encode(x).latents, patch_px=64, ssl_px=64, scales=[0, 1, 2])
+                             lambda x: ldm.vq.encode(x).latents, ShardConfig(patch_px=64, ssl_px=64, scales=[0, 1, 2]))
     assert info["counts"] == {0: 2} and info["skipped"] == [1, 2]
     _, counts, skipped = write_index(tmp_path)
     assert counts[0] == 2 and skipped[1] == 1 and skipped[2] == 1 and skipped[0] == 0

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import importlib.resources
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -98,13 +100,26 @@ def nested_schema(tp: Any) -> type | None:
 
 def _number(tp: Any, value: Any, where: str, name: str) -> Any:
     """A str given to an ``int``/``float`` field as a number: YAML reads ``1e-4`` (no dot) as a string."""
-    kinds = {tp, *typing.get_args(tp)}
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    kinds = {tp, *(typing.get_args(tp) if union else ())}  # not list[int]'s int: a scale spec "0,5x" is a string
     if not isinstance(value, str) or not kinds & {int, float} or str in kinds:
         return value
     try:
         return float(value) if float in kinds else int(float(value))
     except ValueError:
         raise ValueError(f"{where}: {name} must be a number, got {value!r}") from None
+
+
+def unknown_message(unknown: list[str], known) -> str:
+    """``unknown option 'bach_size' (did you mean 'batch_size'?)``: each unknown key with its nearest known one
+    (difflib), or the list of known keys when none is near."""
+    parts, lost = [], False
+    for key in unknown:
+        near = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
+        parts.append(f"{key!r} (did you mean {near[0]!r}?)" if near else repr(key))
+        lost = lost or not near
+    msg = f"unknown option(s) {', '.join(parts)}"
+    return msg + (f"; known: {', '.join(sorted(map(str, known)))}" if lost else "")
 
 
 def from_dict(schema: type[T], data: dict | None, where: str = "config", base: T | None = None) -> T:
@@ -114,8 +129,7 @@ def from_dict(schema: type[T], data: dict | None, where: str = "config", base: T
     types = field_types(schema)
     unknown = sorted(set(data) - set(types))
     if unknown:
-        raise ValueError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))}; "
-                         f"known: {', '.join(sorted(types))}")
+        raise ValueError(f"{where}: {unknown_message(unknown, types)}")
     current = base if base is not None else schema()
     kw = {}
     for name, value in data.items():

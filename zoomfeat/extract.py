@@ -38,21 +38,29 @@ TILES_ON_THE_FLY = "_tiles"
 class ExtractOptions:
     """Cohort-level settings (encoder settings live in the encoder's own config)."""
 
-    mags: tuple[str, ...] = ("20x", "5x")
-    batch_size: int = 16
-    workers: int = 2
-    device: str = "auto"
-    tag: str | None = None  # features_{tag}/ sub-folder; default: the encoder name
-    mpp: float | None = None
-    mpp_csv: str | None = None
-    min_tissue: float | None = None  # only for on-the-fly tiling
-    clam_pt: bool = False  # also write CLAM's pt_files/{slide}.pt
+    mags: tuple[str, ...] = field(default=("20x", "5x"), metadata={"help": "'20x' or '20x,5x'"})
+    batch_size: int = field(default=16, metadata={"help": "tiles per forward"})
+    workers: int = field(default=2, metadata={"help": "DataLoader workers, each with its own slide handle"})
+    device: str = field(default="auto", metadata={"help": "auto (this rank's GPU if any, else cpu), cpu, cuda, "
+                                                          "cuda:1 …"})
+    tag: str | None = field(default=None, metadata={"help": "name of the features_{tag} folder (default: encoder "
+                                                            "name)"})
+    mpp: float | None = field(default=None, metadata={"help": "force the level-0 µm/px of every slide"})
+    mpp_csv: str | None = field(default=None, metadata={"help": "CSV slide,mpp overriding slide metadata"})
+    min_tissue: float | None = field(default=None, metadata={"help": "minimum tissue fraction per 20x tile (on-the-fly "
+                                                                     "tiling only)"})
+    clam_pt: bool = field(default=False, metadata={"help": "also write CLAM pt_files/{slide}.pt"})
     #: SSL embedding of 5x children that are not tissue tiles: "embed" reads and embeds them (the full grid the
     #: model saw in training; default) or "mean" uses the mean of the region's kept children (no extra forwards)
-    missing_children: str = "embed"
-    progress: bool = True
+    missing_children: str = field(default="embed", metadata={
+        "choices": ("embed", "mean"), "help": "5x SSL grids: embed background children too (training-faithful) or "
+                                              "use the mean of the region's tissue children (no extra SSL forwards)"})
+    progress: bool = field(default=True, metadata={"flag": "--no-progress", "help": "no progress bars"})
     #: "K/N": this process takes share K of N (SLURM array jobs; combined with torchrun ranks, see zoomfeat.sharding)
-    shard: str | None = None
+    shard: str | None = field(default=None, metadata={
+        "metavar": "K/N", "help": "process share K of N (0-based) of the slide list, the same round-robin split as "
+                                  "torchrun ranks: one SLURM array task each, e.g. --shard "
+                                  "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT"})
 
     def __post_init__(self) -> None:
         mags = tuple(m.strip().lower() for m in (self.mags.split(",") if isinstance(self.mags, str) else self.mags))
@@ -76,13 +84,22 @@ class ExtractConfig(ExtractOptions):
     keys at the top level and the encoder under ``encoder:`` (its name + its options table, see
     :func:`load_extract_config`); the command line overrides both."""
 
-    out: str | None = None
-    tiles: str | None = None
-    threads: int | None = None
-    compile: bool = False
-    compile_backend: str = "inductor"
-    compile_mode: str | None = None
-    channels_last: bool = False
+    out: str | None = field(default=None, metadata={"help": "output folder (bags go to OUT/features_{encoder}/); "
+                                                            "required"})
+    tiles: str | None = field(default=None, metadata={"help": "folder written by `zoomfeat tile` (default: tile on "
+                                                              "the fly into OUT/_tiles)"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (CPU runs on a busy machine are "
+                                                                "often faster with 1)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the encoder; features are unchanged, the "
+                                                           "first batches pay the compile time"})
+    compile_backend: str = field(default="inductor", metadata={"help": "torch.compile backend (aot_eager traces "
+                                                                       "the same graphs without code generation, a "
+                                                                       "quick check on CPUs)"})
+    compile_mode: str | None = field(default=None, metadata={"choices": ("default", "reduce-overhead", "max-autotune"),
+                                                             "help": "torch.compile mode for inductor (default: "
+                                                                     "default)"})
+    channels_last: bool = field(default=False, metadata={"help": "channels-last weights for the conv nets (ZoomLDM "
+                                                                 "VQ + UNet); features are unchanged"})
     #: the encoder's name and options: a mapping (or a bare name) as read, its options dataclass once loaded
     encoder: Any = field(default_factory=dict)
 

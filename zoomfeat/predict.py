@@ -12,11 +12,41 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from zoomfeat.cohort import CohortReport, SlideResult, resolve_slides, slide_id
+
+
+def _opt(default=None, **meta):
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class PredictConfig:
+    """Everything ``zoomfeat predict`` takes besides the slides (one object from the command line to
+    :func:`predict_slides`; the CLI's flags are generated from these fields)."""
+
+    model: str | None = _opt(help="model folder (`zoomfeat mil train`) or `mil cv` folder (ensemble); required")
+    out: str | None = _opt(help="output folder; required")
+    labels: str | None = _opt(help="labels CSV: external-validation metrics with bootstrap CIs")
+    weights: str | None = _opt(help="encoder weights (default: from the registry); hash-checked")
+    official_config: str | None = _opt(help="zoomldm given as an official .ckpt: its config.yaml (default: the "
+                                            "config.yaml beside it)")
+    ssl_weights: str | None = _opt(help="zoomldm: weights of the conditioning SSL encoder")
+    weights_registry: str | None = _opt(metavar="YAML", help="your YAML encoder → local weights path registry")
+    tiles: str | None = _opt(help="reuse a `zoomfeat tile` folder (default: tile into OUT/tiles)")
+    mpp: float | None = _opt(help="force the level-0 µm/px of every slide")
+    mpp_csv: str | None = _opt(help="CSV slide,mpp overriding slide metadata")
+    min_tissue: float | None = _opt(help="minimum tissue fraction per 20x tile")
+    heatmaps: int | None = _opt(help="heatmap PNGs to draw (default: every slide)")
+    n_boot: int = _opt(1000, help="bootstrap draws for the CIs")
+    seed: int = _opt(0, help="seed of the bootstrap")
+    batch_size: int = _opt(16, help="tiles per forward")
+    workers: int = _opt(0, help="DataLoader workers for extraction")
+    device: str = _opt("auto", help="auto (this rank's GPU if any, else cpu), cpu, cuda, cuda:1 …")
+    progress: bool = _opt(True, flag="--no-progress", help="no progress bars")
 
 
 @dataclass
@@ -77,17 +107,11 @@ def _merge_status(slides: Sequence[Path], tile: CohortReport | None, extract: Co
     return CohortReport(rows)
 
 
-def predict_slides(slides: str | os.PathLike | Sequence, model: str | os.PathLike, out: str | os.PathLike,
-                   weights: str | os.PathLike | None = None, ssl_weights: str | os.PathLike | None = None,
-                   registry: str | os.PathLike | None = None, labels: str | os.PathLike | None = None,
-                   tiles: str | os.PathLike | None = None, workers: int = 0, batch_size: int = 16,
-                   device: str = "auto", mpp: float | None = None, mpp_csv: str | None = None,
-                   min_tissue: float | None = None, heatmaps: int | None = None, n_boot: int = 1000, seed: int = 0,
-                   progress: bool = True, official_config: str | os.PathLike | None = None) -> SlidePredictReport:
+def predict_slides(slides: str | os.PathLike | Sequence, cfg: PredictConfig) -> SlidePredictReport:
     """Tile → extract (the model's recorded feature spec) → predict → heatmaps; see the module docstring.
 
-    ``model``: a ``mil train`` folder or a ``mil cv`` folder (fold ensemble). Everything that can be wrong with the
-    model or the encoder fails before the first slide is touched.
+    ``cfg.model``: a ``mil train`` folder or a ``mil cv`` folder (fold ensemble). Everything that can be wrong with
+    the model or the encoder fails before the first slide is touched.
     """
     from mil.deploy import load_predictor
     from mil.external import run_predict
@@ -97,34 +121,38 @@ def predict_slides(slides: str | os.PathLike | Sequence, model: str | os.PathLik
     from zoomfeat.slides.thumbnails import SlideThumbnails
     from zoomfeat.slides.tiling import tile_cohort
 
-    pr = load_predictor(model)
+    for name in ("model", "out"):
+        if not getattr(cfg, name):
+            raise ValueError(f"--{name} is required (on the command line or in --config)")
+    pr = load_predictor(cfg.model)
     spec = pr.feature_spec
-    enc = encoder_for_model(spec, weights, ssl_weights, registry, pr.mag, official_config)
+    enc = encoder_for_model(spec, cfg.weights, cfg.ssl_weights, cfg.weights_registry, pr.mag, cfg.official_config)
     paths = resolve_slides(slides) if not isinstance(slides, (list, tuple)) else [Path(s) for s in slides]
     if not paths:
         raise FileNotFoundError(f"no slides found in {slides}")
-    out = Path(out)
+    out, tiles = Path(cfg.out), cfg.tiles
     five = needs_5x(pr.mag)
     tile_rep = None
     if tiles is None:
-        kw = {k: v for k, v in {"mpp": mpp, "mpp_csv": mpp_csv, "min_tissue": min_tissue,
+        kw = {k: v for k, v in {"mpp": cfg.mpp, "mpp_csv": cfg.mpp_csv, "min_tissue": cfg.min_tissue,
                                 "target_mpp": spec.get("target_mpp"), "patch_px": spec.get("tile_px")}.items()
               if v is not None}
-        tile_rep = tile_cohort(paths, out / "tiles", progress=progress, scales="20x,5x" if five else "20x", **kw)
+        tile_rep = tile_cohort(paths, out / "tiles", progress=cfg.progress, scales="20x,5x" if five else "20x", **kw)
         tiles = out / "tiles"
     tiled = {r.slide for r in tile_rep.results if r.status in ("done", "skipped")} if tile_rep else None
     todo = [p for p in paths if tiled is None or slide_id(p) in tiled]
     rc = dict(spec.get("recipe") or {})
-    opts = ExtractOptions(mags=("20x", "5x") if five else ("20x",), batch_size=batch_size, workers=workers,
-                          device=device, mpp=mpp, mpp_csv=mpp_csv, progress=progress,
+    opts = ExtractOptions(mags=("20x", "5x") if five else ("20x",), batch_size=cfg.batch_size, workers=cfg.workers,
+                          device=cfg.device, mpp=cfg.mpp, mpp_csv=cfg.mpp_csv, progress=cfg.progress,
                           missing_children=rc.get("missing_children_5x") or "embed")
     ext_rep = extract_cohort(todo, enc, out, tiles_dir=tiles, opts=opts) if todo else None
     ready = {r.slide for r in ext_rep.results if r.status in ("done", "skipped")} if ext_rep else set()
     bags = {slide_id(p): bag_path(out, opts.tag or enc.name, slide_id(p)) for p in todo if slide_id(p) in ready}
     result = None
     if bags:
-        result = run_predict(pr, bags, out, labels=labels, thumbnails=SlideThumbnails({slide_id(p): p for p in paths}),
-                             heatmaps=heatmaps, device=device, n_boot=n_boot, seed=seed)
+        thumbs = SlideThumbnails({slide_id(p): p for p in paths})
+        result = run_predict(pr, bags, out, labels=cfg.labels, thumbnails=thumbs, heatmaps=cfg.heatmaps,
+                             device=cfg.device, n_boot=cfg.n_boot, seed=cfg.seed)
     predicted = set(result.predictions["slide"]) if result is not None else set()
     report = _merge_status(paths, tile_rep, ext_rep, result.skipped if result else [], predicted)
     report.write(out, "summary")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -24,46 +24,15 @@ import numpy as np
 
 from zoomfeat.encoders.zoomldm import ZOOMLDM
 from zoomfeat.io import atomic_path
+from zoomfeat.probe_spec import MAGS, ProbeConfig, SweepSpec  # noqa: F401 — the API's names
 
 PROBE_COLUMNS = ["encoder", "block", "t", "conditioning", "mag", "task", "metric", "mean", "std", "ci_low", "ci_high",
                  "alpha_bar", "noise_pct", "subset", "n_slides", "n_splits"]
-MAGS = ("20x", "5x", "20x+5x")
-
-
-@dataclass
-class SweepSpec:
-    """What to sweep and how to score it (defaults: the issue's full grid, 3 × 5-fold)."""
-
-    blocks: list[int] = field(default_factory=lambda: list(range(13)))
-    t: list[int] = field(default_factory=lambda: [0, 25, 50, 100, 200, 400])
-    conditioning: list[str] = field(default_factory=lambda: ["none", "uni"])
-    mags: list[str] = field(default_factory=lambda: list(MAGS))
-    tasks: list[str] = field(default_factory=lambda: ["subtype"])
-    baselines: list[str] = field(default_factory=list)
-    tiles_per_slide: int = 64
-    n_folds: int = 5
-    n_repeats: int = 3
-    tune_fraction: float = 0.0
-    select_task: str | None = None  # default: the first task
-    ssl_encoder: str = "uni"
-    seed: int = 0
-    batch_size: int = 32
-
-    def __post_init__(self) -> None:
-        bad = [m for m in self.mags if m not in MAGS]
-        if bad:
-            raise ValueError(f"mags must be among {', '.join(MAGS)}, got {bad}")
-        bad = [c for c in self.conditioning if c not in ("none", "uni")]
-        if bad:
-            raise ValueError(f"conditioning must be 'none' and/or 'uni', got {bad}")
-        if not 0.0 <= self.tune_fraction < 0.9:
-            raise ValueError("tune_fraction must be in [0, 0.9)")
-        self.select_task = self.select_task or self.tasks[0]
-        if self.select_task not in self.tasks:
-            raise ValueError(f"select task {self.select_task!r} is not among the tasks {self.tasks}")
 
 
 # ------------------------------------------------------------------------------------------------ features
+
+
 def _pick(n: int, k: int, key: str) -> np.ndarray:
     """Seeded subset of k of n indices (sorted), stable per slide."""
     if n <= k:
@@ -555,6 +524,18 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
     write_json_atomic(out / "probe_summary.json", summary)
     return {**summary, "probe_csv": str(out / "probe.csv"), "best_recipe": str(out / "best_recipe.yaml"),
             "split_patients": str(out / "split_patients.csv")}
+
+
+def run_probe(slides, cfg: ProbeConfig, jobs: int | None = None) -> dict:
+    """`zoomfeat probe`: :func:`sweep` of ``slides`` with every setting from one :class:`ProbeConfig`."""
+    missing = [n for n in ("tiles", "labels", "out", "weights") if not getattr(cfg, n)]
+    if missing:
+        raise ValueError(f"--{missing[0]} is required (on the command line or in --config)")
+    if cfg.encoder not in (None, ZOOMLDM):
+        raise ValueError(f"--encoder: the probe sweeps ZoomLDM recipes only ({ZOOMLDM!r}), got {cfg.encoder!r}")
+    return sweep(slides, cfg.tiles, cfg.labels, cfg.weights, cfg.out, cfg.sweep_spec(), ssl_weights=cfg.ssl_weights,
+                 registry=cfg.weights_registry, custom_model=cfg.custom_model, progress=cfg.progress,
+                 official_config=cfg.official_config, ema=cfg.ema, device=cfg.device, jobs=jobs)
 
 
 def report_rows(means, sids, spec: SweepSpec, chans, rows, best, targets, patients, mask, alpha, subset, jobs=None):

@@ -21,7 +21,8 @@ VERB_MODULES = ["slides", "ldm", "extract", "encoders", "probe", "mil", "reprodu
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The ``zoomfeat`` parser. ``verb``: the verb about to run — verbs whose options need heavy imports (``extract``
-    reads the encoder registry) get them only when they run; ``None`` (the Python API) builds every option."""
+    reads the encoder registry, ``tile`` its numpy-importing TilingConfig) get them only when they run; ``None``
+    (the Python API) builds every option."""
     parser = argparse.ArgumentParser(
         prog="zoomfeat",
         description="ZoomLDM features, generation and MIL for computational pathology.",
@@ -36,7 +37,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
             if exc.name == f"zoomfeat.cli.{name}":
                 continue
             raise
-        if verb is not None and verb != name and "options" in inspect.signature(mod.register).parameters:
+        verbs = getattr(mod, "VERBS", (name,))  # the verbs a module registers, when not just its own name
+        if verb is not None and verb not in verbs and "options" in inspect.signature(mod.register).parameters:
             mod.register(sub, options=False)
         else:
             mod.register(sub)

@@ -25,14 +25,6 @@ def add_model_args(p, flag: str = "--model", required: bool = True, help: str | 
                    help="official .ckpt only: load the online UNet instead of the EMA weights (the released default)")
 
 
-def load_model_from_args(args, dest: str = "model"):
-    """The ZoomLDM named by :func:`add_model_args` options (``dest``: the path option's attribute name)."""
-    from zoomfeat.ldm import ZoomLDM
-
-    return ZoomLDM.load(getattr(args, dest), getattr(args, "official_config", None),
-                        ema=not getattr(args, "online", False))
-
-
 def add_jobs_option(p) -> None:
     """``--jobs N``: independent jobs (folds, compare cells, probe feature sets) on N worker processes."""
     p.add_argument("--jobs", type=int, default=None, metavar="N",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from zoomfeat.cli.common import add_weights_registry_arg
+from zoomfeat.cli.common import WEIGHTS_REGISTRY_HELP
+from zoomfeat.cli.options import add_config_args, add_fields, options_from_args
+from zoomfeat.predict import PredictConfig
 
 
 def register(subparsers) -> None:
@@ -18,24 +20,8 @@ def register(subparsers) -> None:
                     "skipped on a rerun. Exit codes: 0 all predicted, 3 some slides failed, 2 none predicted or "
                     "bad arguments (a model whose encoder cannot be rebuilt exactly is refused).")
     p.add_argument("slides", metavar="SLIDES", help="slide file, folder of slides, or CSV with a 'slide' column")
-    p.add_argument("--model", required=True, help="model folder (`zoomfeat mil train`) or `mil cv` folder (ensemble)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--labels", default=None, help="labels CSV: external-validation metrics with bootstrap CIs")
-    p.add_argument("--weights", default=None, help="encoder weights (default: from the registry); hash-checked")
-    p.add_argument("--official-config", default=None,
-                   help="zoomldm given as an official .ckpt: its config.yaml (default: the config.yaml beside it)")
-    p.add_argument("--ssl-weights", default=None, help="zoomldm: weights of the conditioning SSL encoder")
-    add_weights_registry_arg(p)
-    p.add_argument("--tiles", default=None, help="reuse a `zoomfeat tile` folder (default: tile into OUT/tiles)")
-    p.add_argument("--mpp", type=float, default=None, help="force the level-0 µm/px of every slide")
-    p.add_argument("--mpp-csv", default=None, help="CSV slide,mpp overriding slide metadata")
-    p.add_argument("--min-tissue", type=float, default=None, help="minimum tissue fraction per 20x tile")
-    p.add_argument("--heatmaps", type=int, default=None, help="heatmap PNGs to draw (default: every slide)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws for the CIs (default 1000)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for extraction (default 0)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    add_config_args(p)
+    add_fields(p, PredictConfig, weights_registry={"help": WEIGHTS_REGISTRY_HELP})
     p.set_defaults(func=handler)
 
 
@@ -43,14 +29,11 @@ def handler(args: argparse.Namespace) -> int:
     from zoomfeat.cli.mil_deploy import print_metrics
     from zoomfeat.predict import predict_slides
 
-    rep = predict_slides(args.slides, args.model, args.out, weights=args.weights, ssl_weights=args.ssl_weights,
-                         registry=args.weights_registry, labels=args.labels, tiles=args.tiles, workers=args.workers,
-                         batch_size=args.batch_size, device=args.device, mpp=args.mpp, mpp_csv=args.mpp_csv,
-                         min_tissue=args.min_tissue, heatmaps=args.heatmaps, n_boot=args.n_boot,
-                         progress=not args.no_progress, official_config=args.official_config)
+    cfg = options_from_args(PredictConfig, args)
+    rep = predict_slides(args.slides, cfg)
     rep.report.print()
     if rep.result is not None:
-        print(f"predictions: {args.out}/predictions.csv")
+        print(f"predictions: {cfg.out}/predictions.csv")
         if rep.result.metrics is not None:
             print_metrics(rep.result.metrics)
     return rep.exit_code

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from zoomfeat.cli.options import add_config_args, add_fields, options_from_args
 
-def register(subparsers) -> None:
+#: The verbs registered here (``build_parser`` builds ``tile``'s options only when it runs).
+VERBS = ("tile", "synth-cohort")
+
+
+def register(subparsers, options: bool = True) -> None:
+    """``tile`` and ``synth-cohort``. ``options=False`` (another verb runs): ``tile``'s name and help only — its
+    flags come from TilingConfig, whose module imports numpy."""
     p = subparsers.add_parser(
         "tile",
         help="tissue detection + linked 20x/5x (or all 8 scales) tile grids → coordinate HDF5 per slide",
@@ -16,21 +23,9 @@ def register(subparsers) -> None:
             "3 some slides failed, 2 every slide failed (or none found)."
         ),
     )
-    p.add_argument("slides", help="a slide file, a folder of slides, or a CSV with a 'slide' column")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--mpp-csv", default=None, help="per-slide resolution override: CSV with columns slide,mpp")
-    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for every slide (overrides metadata)")
-    p.add_argument("--scales", default=None, help="'20x,5x' (default) or 'all' (the 8 ZoomLDM scales)")
-    p.add_argument("--min-tissue", type=float, default=None, help="minimum tissue fraction per 20x tile")
-    p.add_argument("--target-mpp", type=float, default=None, help="µm/px of the 20x tiles (default: base mpp)")
-    p.add_argument("--base-mpp", type=float, default=None, help="µm/px that defines 20x (default 0.5)")
-    p.add_argument("--workers", type=int, default=None, help="slide-level worker processes")
-    p.add_argument("--config", default=None,
-                   help="YAML overriding the defaults (keys: base_mpp, target_mpp, patch_px, scales, min_tissue, "
-                        "thumb_mpp, qc, workers; e.g. configs/tiling.yaml); flags given here win")
-    p.add_argument("--no-qc", action="store_true", help="skip the QC PNG")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_tile)
+    if options:
+        _tile_options(p)
 
     s = subparsers.add_parser(
         "synth-cohort",
@@ -46,15 +41,23 @@ def register(subparsers) -> None:
     s.set_defaults(func=_synth)
 
 
+def _tile_options(p) -> None:
+    from zoomfeat.slides.tiling import TilingConfig
+
+    p.add_argument("slides", help="a slide file, a folder of slides, or a CSV with a 'slide' column")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mpp-csv", default=None, help="per-slide resolution override: CSV with columns slide,mpp")
+    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for every slide (overrides metadata)")
+    add_config_args(p, "configs/tiling.yaml")
+    add_fields(p, TilingConfig)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _tile(args: argparse.Namespace) -> int:
-    from zoomfeat.config import from_dict, load_config
     from zoomfeat.slides.tiling import TilingConfig, tile_cohort
 
-    cfg = load_config(TilingConfig, args.config)
-    flags = {k: getattr(args, k) for k in ("workers", "min_tissue", "scales", "target_mpp", "base_mpp")}
-    cfg = from_dict(TilingConfig, {k: v for k, v in flags.items() if v is not None}, "command line", base=cfg)
+    cfg = options_from_args(TilingConfig, args)
     kw = cfg.tile_kwargs()
-    kw["qc"] = kw["qc"] and not args.no_qc
     report = tile_cohort(args.slides, args.out, workers=int(cfg.workers), progress=not args.no_progress,
                          mpp=args.mpp, mpp_csv=args.mpp_csv, **kw)
     report.print()

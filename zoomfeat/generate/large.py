@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from zoomfeat.generate.options import GUIDANCE_MODES, LargeImageConfig  # noqa: F401 — the API's names
 from zoomfeat.generate.patches import load_ssl_grid, to_uint8
 from zoomfeat.generate.resize import Resizer
 
@@ -47,45 +48,6 @@ __all__ = [
     "split_tiles",
     "constraint_error",
 ]
-
-GUIDANCE_MODES = ("fd", "autograd", "none")
-
-
-@dataclass
-class LargeImageConfig:
-    """Knobs of joint sampling; defaults follow the official notebook (spec §5), in our conventions."""
-
-    t0: int = 1000  #: first timestep (1-based like the official loop: indices t0-1, t0-1-stride, ...)
-    stride: int = 50  #: timestep stride (20 steps from 1000)
-    guidance_scale: float = 3.0  #: standard CFG scale; official w=2 in (1+w)ε_c − wε_u
-    guide_guidance_scale: float | None = None  #: CFG for the guide chain (default: guidance_scale)
-    guidance: str = "fd"  #: "fd" (backprop-free), "autograd" (gradient) or "none" (unconstrained)
-    n_steps: int = 10  #: constraint updates per timestep
-    lr: float = 0.5  #: step size on x_t (directions are max-normalised per sample)
-    h: float = 0.005  #: finite-difference step
-    batch_size: int = 16  #: 20x patches per forward (CFG doubles it); bounds memory for 4096²
-    decode_stride: int | None = None  #: latent px between decode windows (default latent_size // 4)
-    blend_sigma: float = 0.8  #: Gaussian blending width (linspace(-1, 1) units)
-    refine: bool = False  #: run the §5.7 sliding-window refinement after sampling
-    refine_t0: int = 300
-    refine_stride: int = 50
-    refine_guidance_scale: float = 3.0  #: notebook guidance=2 (official convention) -> 3
-    refine_window_stride: int | None = None  #: latent px between refinement windows (default latent_size // 4)
-    official_timesteps: bool = False  #: reproduce the official t / t-1 off-by-one and ᾱ_prev(last)=ᾱ_0
-    progress: bool = True
-    precision: str = "fp32"  #: autocast dtype of Summarizer + UNet (fp32/bf16/fp16); the VQ stays fp32
-
-    def __post_init__(self) -> None:
-        if self.guidance not in GUIDANCE_MODES:
-            raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {self.guidance!r}")
-        for name in ("t0", "stride", "batch_size", "refine_t0", "refine_stride"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.n_steps < 0:
-            raise ValueError("n_steps must be >= 0")
-        if self.t0 > 1000 or self.refine_t0 > 1000:
-            raise ValueError("t0 must be <= num_train_timesteps (1000)")
-
 
 @dataclass
 class LargeImage:

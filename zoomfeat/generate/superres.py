@@ -21,7 +21,6 @@ import torch
 from tqdm.auto import tqdm
 
 from zoomfeat.generate.large import (
-    LargeImageConfig,
     constrained_sample,
     constraint_error,
     decode_tiled,
@@ -29,33 +28,12 @@ from zoomfeat.generate.large import (
     refine_latent,
     stitch,
 )
+from zoomfeat.generate.options import LargeImageConfig, SuperResConfig  # noqa: F401 — the API's names
 from zoomfeat.generate.patches import to_uint8
 from zoomfeat.generate.resize import Resizer
 
 __all__ = ["SuperResConfig", "SuperRes", "Inversion", "prepare_image", "invert_condition", "super_resolve",
            "sr_metrics", "side_by_side"]
-
-
-@dataclass
-class SuperResConfig:
-    """SR knobs; defaults follow the official SR notebook (spec §6), in our conventions."""
-
-    scale: int = 4  #: SR factor N (a power of two); the LR image is magnification index log2 N
-    iters: int = 200  #: inversion iterations (one timestep each)
-    inv_lr: float = 0.1  #: Adam learning rate on the tokens
-    t_max: int = 950  #: inversion schedule linspace(t_max, t_min, iters)
-    t_min: int = 50
-    smooth_weight: float = 0.05  #: weight of the (rewarded) mean pairwise cosine similarity
-    probe_points: int = 8  #: fixed (t, ε) pairs on which the inversion objective is reported before/after
-    sampling: LargeImageConfig = field(default_factory=lambda: LargeImageConfig(n_steps=5))
-
-    def __post_init__(self) -> None:
-        if isinstance(self.sampling, dict):
-            self.sampling = LargeImageConfig(**self.sampling)
-        if self.iters < 1:
-            raise ValueError("iters must be >= 1")
-        if not 1 <= self.t_min <= self.t_max <= 1000:
-            raise ValueError("need 1 <= t_min <= t_max <= 1000")
 
 
 @dataclass

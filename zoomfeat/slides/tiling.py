@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -40,14 +40,16 @@ class TilingConfig:
     """Every default of ``zoomfeat tile``: ``--config`` YAML (e.g. configs/tiling.yaml) and CLI flags only override
     these (:func:`zoomfeat.config.load_config`)."""
 
-    base_mpp: float = BASE_MPP  # µm/px that defines 20x (magnification is defined by resolution, not level)
-    target_mpp: float | None = None  # µm/px of the 20x tiles; None = base_mpp
-    patch_px: int = 256  # tile side at the target resolution
-    scales: str = "20x,5x"  # "20x,5x" or "all" (the 8 ZoomLDM scales, training data)
-    min_tissue: float = DEFAULT_MIN_TISSUE  # minimum tissue fraction of a 20x tile
-    thumb_mpp: float = THUMB_MPP  # resolution of the tissue-detection thumbnail (µm/px)
-    qc: bool = True  # write qc/{slide}.png
-    workers: int = 1  # slide-level worker processes
+    base_mpp: float = field(default=BASE_MPP, metadata={
+        "help": "µm/px that defines 20x (magnification is defined by resolution, not pyramid level)"})
+    target_mpp: float | None = field(default=None, metadata={"help": "µm/px of the 20x tiles (default: base mpp)"})
+    patch_px: int = field(default=256, metadata={"help": "tile side at the target resolution"})
+    scales: str = field(default="20x,5x", metadata={"help": "'20x,5x' or 'all' (the 8 ZoomLDM scales, training "
+                                                            "data)"})
+    min_tissue: float = field(default=DEFAULT_MIN_TISSUE, metadata={"help": "minimum tissue fraction per 20x tile"})
+    thumb_mpp: float = field(default=THUMB_MPP, metadata={"help": "µm/px of the tissue-detection thumbnail"})
+    qc: bool = field(default=True, metadata={"flag": "--no-qc", "help": "skip the QC PNG (qc/{slide}.png)"})
+    workers: int = field(default=1, metadata={"help": "slide-level worker processes"})
 
     def tile_kwargs(self) -> dict:
         """The :func:`tile_slide` / :func:`tile_cohort` keyword arguments of this config."""

@@ -8,13 +8,14 @@ default); the resolved config saved beside a run lists every key.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zoomfeat.config import field_types, from_dict, load_config, nested_schema, packaged, to_dict
-from zoomfeat.mags import N_SCALES
+from zoomfeat.mags import N_SCALES, mag_to_index
 
 
 @dataclass
@@ -44,6 +45,69 @@ class FirstStageConfig:
     seed: int = 0
 
 
+def _opt(default=None, factory=None, **meta):
+    """A field with CLI metadata (help, flag, type: :func:`zoomfeat.cli.options.add_fields`)."""
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
+def parse_scales(spec) -> list[int]:
+    """Scale indices from ``'all'``, ``'0,1,2'`` / ``'20x,5x'`` (sorted) or a list of indices / labels (kept)."""
+    if isinstance(spec, str):
+        if spec.strip().lower() == "all":
+            return list(range(N_SCALES))
+        return sorted({mag_to_index(int(s) if s.strip().isdigit() else s.strip()) for s in spec.split(",")
+                       if s.strip()})
+    return [mag_to_index(k) if isinstance(k, str) else int(k) for k in spec]
+
+
+@dataclass
+class ShardConfig:
+    """How slides become training-set shards (:func:`zoomfeat.train.shards.build_dataset` /
+    ``build_slide_shard``): what makes the set (recorded in ``meta.json``) and how the slides are read."""
+
+    patch_px: int = _opt(256, help="patch side after resizing")
+    ssl_px: int = _opt(256, help="pixels at which each 20x tile is read for the SSL encoder")
+    scales: list[int] = _opt(factory=lambda: list(range(N_SCALES)), type=str,
+                             help="scales to build: 'all' or e.g. '0,1,2' / '20x,5x'")
+    pool_to: int = _opt(8, help="average-pool SSL grids wider than this (0: store full grids)")
+    max_per_scale: int | None = _opt(None, help="cap patches per slide and scale (random, seeded)")
+    seed: int = _opt(0, help="seed of the patch choice (and of a --ldm-config model's random init)")
+    batch_size: int = _opt(16, help="patches per forward")
+    mpp: float | None = _opt(None, help="override the slides' level-0 µm/px")
+    mpp_csv: str | None = _opt(None, help="CSV slide,mpp for slides without resolution metadata")
+
+    def __post_init__(self) -> None:
+        self.scales = parse_scales(self.scales)
+
+
+@dataclass
+class BuildDatasetConfig(ShardConfig):
+    """Everything `zoomfeat build-dataset` takes besides the slides: the shard settings, the SSL encoder, the
+    ZoomLDM whose VQ encodes the latents and the output folder."""
+
+    patch_px: int | None = _opt(None, help="patch side after resizing (default: the model's image size, 256 full "
+                                           "size)")
+    out: str | None = _opt(help="dataset folder (shards/, index.csv, meta.json); required")
+    ssl_encoder: str | None = _opt(help="SSL tile encoder name (uni, phikon, tiny-vit, custom, ...); required")
+    ssl_weights: str | None = _opt(help="weights file of the SSL encoder (default: weights registry)")
+    weights_registry: str | None = _opt(metavar="YAML", help="your YAML encoder → local weights path registry")
+    ssl_dim: int | None = _opt(help="output width (tiny-vit only; default: the model's ssl dim)")
+    model: str | None = _opt(help="ZoomLDM whose VQ encodes the latents: a folder (zoomfeat convert / train) or an "
+                                  "official weights.ckpt")
+    official_config: str | None = _opt(help="official config.yaml of a .ckpt (default: the config.yaml beside it)")
+    ema: bool = _opt(True, flag="--online", help="official .ckpt only: load the online UNet instead of the EMA "
+                                                 "weights (the released default)")
+    ldm_config: str | None = _opt(help="instead of --model: our ZoomLDM YAML, random-init VQ from --seed (tests, "
+                                       "from-scratch)")
+    device: str = _opt("auto", help="auto (this rank's GPU if any, else CPU), cuda, cpu, ...")
+    progress: bool = _opt(True, flag="--no-progress", help="no progress bar")
+
+    def shard_config(self, patch_px: int | None = None) -> ShardConfig:
+        """The shard settings (``patch_px``: the model's image size when the config leaves it None)."""
+        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(ShardConfig)}
+        return ShardConfig(**{**kw, "patch_px": kw["patch_px"] or patch_px})
+
+
 @dataclass
 class BuildConfig:
     """``dataset.build``: how ``train`` builds the training set when ``dataset.root`` has none (self-contained
@@ -54,11 +118,11 @@ class BuildConfig:
     synthetic: dict | None = None
     ssl_encoder: dict | None = None
     patch_px: int | None = None  # None: the model's image size
-    ssl_px: int = 256
+    ssl_px: int = ShardConfig.ssl_px
     scales: list[int] = field(default_factory=lambda: list(range(N_SCALES)))
-    pool_to: int = 8
-    max_per_scale: int | None = None
-    batch_size: int = 16
+    pool_to: int = ShardConfig.pool_to
+    max_per_scale: int | None = ShardConfig.max_per_scale
+    batch_size: int = ShardConfig.batch_size
     tile_kwargs: dict | None = None
 
 

@@ -27,7 +27,7 @@ import torch
 from zoomfeat.config import load_yaml, save_yaml, to_dict
 from zoomfeat.io import write_json_atomic
 from zoomfeat.train.checkpoints import list_checkpoints, load_checkpoint, param_checksum, save_checkpoint
-from zoomfeat.train.config import BuildConfig, TrainConfig, as_train_config, resolve_path
+from zoomfeat.train.config import BuildConfig, ShardConfig, TrainConfig, as_train_config, resolve_path
 from zoomfeat.train.dataset import DatasetError, MultiScaleLatentDataset, StepBatchSampler, collate
 from zoomfeat.train.metrics import MetricsLog, step_row
 from zoomfeat.train.objective import DiffusionObjective, draw_step_noise
@@ -104,11 +104,10 @@ def ensure_dataset(cfg: TrainConfig | dict, root: Path, ldm, progress: bool = Tr
 
     slides = build_slides(spec, root)
     encoder = create_encoder(enc_spec.pop("name"), **enc_spec)
-    report = build_dataset(
-        slides, root, encoder, ldm.vq, patch_px=int(spec.patch_px or ldm.image_size), ssl_px=int(spec.ssl_px),
-        scales=spec.scales, pool_to=int(spec.pool_to), max_per_scale=spec.max_per_scale, seed=int(cfg.seed),
-        batch_size=int(spec.batch_size), tile_kwargs=spec.tile_kwargs, progress=progress,
-    )
+    shards = ShardConfig(patch_px=int(spec.patch_px or ldm.image_size), ssl_px=int(spec.ssl_px), scales=spec.scales,
+                         pool_to=int(spec.pool_to), max_per_scale=spec.max_per_scale, seed=int(cfg.seed),
+                         batch_size=int(spec.batch_size))
+    report = build_dataset(slides, root, encoder, ldm.vq, shards, tile_kwargs=spec.tile_kwargs, progress=progress)
     report.print()
     if report.exit_code == 2:
         raise RuntimeError(f"building the training set at {root} failed for every slide (see build_summary.csv)")

@@ -17,7 +17,7 @@ import numpy as np
 from zoomfeat.io import atomic_h5, atomic_path, write_json_atomic
 from zoomfeat.mags import N_SCALES
 from zoomfeat.slides.grid import child_grid
-from zoomfeat.train.config import BuildConfig
+from zoomfeat.train.config import ShardConfig
 from zoomfeat.train.dataset import FORMAT_VERSION, INDEX_COLUMNS, DatasetError
 
 
@@ -169,35 +169,24 @@ def _write_shard(shard_path: str | os.PathLike, slide: str | os.PathLike, skippe
             g.create_dataset("coords", data=d["coords"])
 
 
-def build_slide_shard(
-    slide: str | os.PathLike,
-    shard_path: str | os.PathLike,
-    grid,
-    ssl_encoder,
-    vq_encode: Callable,
-    patch_px: int = 256,
-    ssl_px: int = BuildConfig.ssl_px,
-    scales: Sequence[int] = range(N_SCALES),
-    pool_to: int = BuildConfig.pool_to,
-    max_per_scale: int | None = BuildConfig.max_per_scale,
-    seed: int = 0,
-    batch_size: int = BuildConfig.batch_size,
-    mpp: float | None = None,
-    mpp_csv: str | None = None,
-) -> dict:
-    """Encode one slide's multi-scale patches (``grid``: its TileGrid with ``scales``) into one HDF5 shard.
+def build_slide_shard(slide: str | os.PathLike, shard_path: str | os.PathLike, grid, ssl_encoder, vq_encode: Callable,
+                      cfg: ShardConfig | None = None) -> dict:
+    """Encode one slide's multi-scale patches (``grid``: its TileGrid with ``cfg.scales``) into one HDF5 shard.
 
     Returns ``{"counts": {k: n}, "skipped": [k, ...], "n_20x_tiles": n}``; scales the slide has no region for are
     skipped.
     """
     from zoomfeat.slides.reader import open_slide
 
+    cfg = cfg or ShardConfig()
     tile_l0 = int(grid.patch_size_level0)
-    regions, skipped = _pick_regions(grid, scales, max_per_scale, np.random.default_rng(seed))
+    regions, skipped = _pick_regions(grid, cfg.scales, cfg.max_per_scale, np.random.default_rng(cfg.seed))
     needed, rows = _tile_rows(regions, tile_l0)
-    with open_slide(slide, mpp=mpp, mpp_csv=mpp_csv) as wsi:
-        emb, n_embedded = _embed_tiles(wsi, needed, tile_l0, ssl_encoder, ssl_px, batch_size, Path(slide).name)
-        out = {k: _encode_scale(wsi, coords, size_l0, rows[k], emb, vq_encode, patch_px, pool_to, batch_size)
+    with open_slide(slide, mpp=cfg.mpp, mpp_csv=cfg.mpp_csv) as wsi:
+        emb, n_embedded = _embed_tiles(wsi, needed, tile_l0, ssl_encoder, cfg.ssl_px, cfg.batch_size,
+                                       Path(slide).name)
+        out = {k: _encode_scale(wsi, coords, size_l0, rows[k], emb, vq_encode, cfg.patch_px, cfg.pool_to,
+                                cfg.batch_size)
                for k, (coords, size_l0) in regions.items()}
     _write_shard(shard_path, slide, skipped, n_embedded, out)
     return {"counts": {k: len(coords) for k, (coords, _) in regions.items()}, "skipped": skipped,
@@ -280,23 +269,8 @@ def _vq_encoder(vq) -> Callable:
     return vq_encode
 
 
-def build_dataset(
-    slides,
-    out_dir: str | os.PathLike,
-    ssl_encoder,
-    vq,
-    patch_px: int = 256,
-    ssl_px: int = BuildConfig.ssl_px,
-    scales: Sequence[int] = range(N_SCALES),
-    pool_to: int = BuildConfig.pool_to,
-    max_per_scale: int | None = BuildConfig.max_per_scale,
-    seed: int = 0,
-    batch_size: int = BuildConfig.batch_size,
-    mpp: float | None = None,
-    mpp_csv: str | None = None,
-    tile_kwargs: dict | None = None,
-    progress: bool = True,
-) -> BuildReport:
+def build_dataset(slides, out_dir: str | os.PathLike, ssl_encoder, vq, cfg: ShardConfig | None = None,
+                  tile_kwargs: dict | None = None, progress: bool = True) -> BuildReport:
     """Build (or resume) a multi-scale training set from ``slides`` (folder, file, CSV or list).
 
     ``ssl_encoder`` is a ``zoomfeat.encoders`` TileEncoder; ``vq`` a diffusers VQModel (or anything whose
@@ -309,15 +283,13 @@ def build_dataset(
 
     out_dir = Path(out_dir)
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
-    scales = [int(k) for k in scales]
+    cfg = cfg or ShardConfig()
     slide_list = resolve_slides(slides) if not isinstance(slides, (list, tuple)) else [Path(s) for s in slides]
     if not slide_list:
         raise FileNotFoundError(f"no slides found in {slides}")
     # what makes the training set: recorded in meta.json and given to every shard, from this one dict
-    opts = {"patch_px": patch_px, "ssl_px": ssl_px, "scales": scales, "pool_to": pool_to,
-            "max_per_scale": max_per_scale, "seed": seed}
-    read = {"mpp": mpp, "mpp_csv": mpp_csv}
-    settings = _settings(ssl_encoder, vq, **opts)
+    settings = _settings(ssl_encoder, vq, cfg.patch_px, cfg.ssl_px, list(cfg.scales), cfg.pool_to, cfg.max_per_scale,
+                         cfg.seed)
     meta_path = _start_meta(out_dir, settings)
     vq_encode = _vq_encoder(vq)
     tile_kwargs = dict(tile_kwargs or {})
@@ -326,9 +298,9 @@ def build_dataset(
         return out_dir / "shards" / f"{slide_id(slide)}.h5"
 
     def process(slide: Path) -> dict:
-        cpath = tile_slide(slide, out_dir / "coords", **read, scales=range(N_SCALES), **tile_kwargs)
-        return build_slide_shard(slide, shard_of(slide), read_coords(cpath), ssl_encoder, vq_encode, **opts,
-                                 batch_size=batch_size, **read)
+        cpath = tile_slide(slide, out_dir / "coords", mpp=cfg.mpp, mpp_csv=cfg.mpp_csv, scales=range(N_SCALES),
+                           **tile_kwargs)
+        return build_slide_shard(slide, shard_of(slide), read_coords(cpath), ssl_encoder, vq_encode, cfg)
 
     cohort = run_cohort(
         slide_list, process, is_done=lambda s: shard_of(s).exists(), lock_dir=out_dir / ".locks",
