@@ -33,12 +33,13 @@ def test_train_vq_learns_and_keeps_unit_scale(tmp_path):
     imgs = _patches()
     vq = _vq()
     before = reconstruction_error(vq, imgs)
-    rep = train_vq(vq, imgs, steps=60, batch_size=4, lr=3e-3, log_path=tmp_path / "m.csv", progress=False)
+    # 20 steps (was 60: a third of the time): measured error ratio 0.42, latent std 0.50 on this seed
+    rep = train_vq(vq, imgs, steps=20, batch_size=4, lr=3e-3, log_path=tmp_path / "m.csv", progress=False)
     after = reconstruction_error(vq, imgs)
     assert after < 0.6 * before, (before, after)
     assert 0.3 < rep["latent_std"] < 3.0
     assert not any(p.requires_grad for p in vq.parameters()) and not vq.training
-    assert (tmp_path / "m.csv").read_text().count("\n") == 61
+    assert (tmp_path / "m.csv").read_text().count("\n") == 21  # header + one row per step
 
 
 def test_prepare_first_stage_resumes_from_saved_weights(tmp_path):
