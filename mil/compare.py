@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mil.cv import CVConfig, CVResult, cv_config, finish_folds, plan_folds, splits_for, write_result
+from mil.cv import CVConfig, cv_config, splits_for
+from mil.folds import finish_folds, plan_folds
+from mil.results import CVResult, write_result
 from mil.data import Cohort, build_cohort, load_labels
 from mil.spec import SpecMismatchError, check_cohort_specs
 from mil.splits import load_splits

@@ -518,7 +518,7 @@ def test_training_build_without_ssl_encoder_names_the_key(tmp_path):
 
 
 def test_val_fraction_zero_warns():
-    from mil.cv import run_folds
+    from mil.folds import run_folds
     from mil.data import build_cohort, load_labels
     from mil.splits import make_splits
 

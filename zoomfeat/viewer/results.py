@@ -215,7 +215,7 @@ def _bag_files(run: Run) -> dict[str, Path]:
 
 def fold_model(run: Run, fold: int, dim: int):
     """The head that scored fold ``fold``'s test slides, rebuilt exactly as ``mil.cv.run_folds`` built it."""
-    from mil.cv import head_hparams
+    from mil.folds import head_hparams
     from mil.data import load_standardizer
     from mil.models import build_model
     from mil.tasks import make_task
