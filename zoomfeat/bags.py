@@ -78,7 +78,7 @@ class Bag:
 
 def bag_path(out_dir: str | os.PathLike, encoder: str, slide_id: str) -> Path:
     """Where ``zoomfeat extract`` writes a slide's bag: ``{out_dir}/features_{encoder}/{slide_id}.h5`` (TRIDENT naming)."""
-    from zoomfeat.cohort import output_path
+    from zoomfeat.names import output_path
 
     safe = re.sub(r"[^A-Za-z0-9._+-]", "_", encoder)
     return output_path(Path(out_dir) / f"features_{safe}", slide_id, ".h5")

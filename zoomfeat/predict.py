@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from zoomfeat.cohort import CohortReport, SlideResult, resolve_slides, slide_id
+from zoomfeat.cohort import CohortReport, SlideResult
+from zoomfeat.names import resolve_slides, slide_id
 
 
 @dataclass

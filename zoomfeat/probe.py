@@ -74,7 +74,7 @@ def _pick(n: int, k: int, key: str) -> np.ndarray:
 
 def read_probe_tiles(slide: Path, grid, tiles_per_slide: int, seed: int, with_children: bool) -> dict:
     """The slide's sampled 20x tiles, 5x regions and (for SSL grids) each region's 16 children, as uint8 arrays."""
-    from zoomfeat.extract import parents_5x
+    from zoomfeat.slides.grid import parents_5x
     from zoomfeat.slides.grid import child_grid
     from zoomfeat.slides.reader import open_slide
 
@@ -156,7 +156,7 @@ def slide_signature(sig: str, slide: Path, tiles_dir: Path) -> str:
     :func:`~zoomfeat.io.file_fingerprint` and its coordinate file's sha256 (``zoomfeat.extract.input_record``), so
     a slide replaced (with or without re-tiling) is not answered from the cache. No coordinate file: the slide's
     fingerprint alone (the slide then fails when read)."""
-    from zoomfeat.cohort import slide_id
+    from zoomfeat.names import slide_id
     from zoomfeat.extract import input_record
     from zoomfeat.slides.coords import find_coords
 
@@ -418,7 +418,7 @@ def compute_means(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm, spe
     """Slide means for every slide (cached per slide); per-slide failures are collected, the cohort continues.
     On a CPU the slides not cached yet are split over ``jobs`` worker processes (one model copy each, one
     chunk per worker, :func:`slide_means_chunk`); the result keeps the order of ``slides`` either way."""
-    from zoomfeat.cohort import slide_id
+    from zoomfeat.names import slide_id
     from zoomfeat.jobs import run_jobs, worker_count
 
     sig = cache_signature(spec, model_sha)
@@ -461,7 +461,7 @@ def slide_means_chunk(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm,
     import torch
     from tqdm.auto import tqdm
 
-    from zoomfeat.cohort import slide_id
+    from zoomfeat.names import slide_id
     from zoomfeat.extract import ExtractOptions, load_grid
 
     out = {}
@@ -492,8 +492,7 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
     ``jobs``: worker processes for the probe's evaluation (:func:`evaluate`; the outputs do not depend on it)."""
     import pandas as pd
 
-    from zoomfeat.cohort import resolve_slides, slide_id
-    from zoomfeat.encoders.zoomldm import block_channels
+    from zoomfeat.names import resolve_slides, slide_id
     from zoomfeat.ldm import ZoomLDM
     from zoomfeat.io import sha256_file, write_json_atomic
 
@@ -507,7 +506,7 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
 
     dev = resolve_device(device)
     ldm = ZoomLDM.load(weights, official_config, ema=ema).eval().to(dev)
-    chans = block_channels(ldm.unet.config)
+    chans = {b.index: b.channels for b in ldm.feature_blocks()}
     bad = [b for b in spec.blocks if b not in chans]
     if bad:
         raise ValueError(f"blocks must be in 0..{max(chans)}, got {bad}")

@@ -206,7 +206,7 @@ def labelled_slides(slides, labels: str | os.PathLike, columns: tuple[str, ...] 
     one of ``columns`` (the tasks' targets)."""
     import pandas as pd
 
-    from zoomfeat.cohort import resolve_slides, slide_id
+    from zoomfeat.names import resolve_slides, slide_id
 
     if not Path(labels).is_file():
         raise FileNotFoundError(f"labels CSV not found: {labels}")

@@ -44,7 +44,7 @@ def register_deploy(sub) -> None:
 
 def cv_thumbnails(cfg):
     """The heatmaps' thumbnail provider of a mil config: its ``slides`` folder, else the labels CSV's ``path``."""
-    from zoomfeat.cohort import label_slide_paths
+    from zoomfeat.names import label_slide_paths
     from zoomfeat.slides.thumbnails import SlideThumbnails
 
     return SlideThumbnails(cfg.slides, label_slide_paths(cfg.labels))
@@ -75,7 +75,7 @@ def print_metrics(metrics) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from mil.deploy import load_ensemble
     from mil.external import run_predict
-    from zoomfeat.cohort import label_slide_paths
+    from zoomfeat.names import label_slide_paths
     from zoomfeat.slides.thumbnails import SlideThumbnails
 
     if bool(args.model) == bool(args.ensemble):

@@ -54,17 +54,6 @@ def tile_seeds(slide: str, coords: np.ndarray, mag: str, base_seed: int = 0) -> 
                     dtype=np.int64)
 
 
-def block_channels(unet_config: Any) -> dict[int, int]:
-    """Channels of every ``return_intermediates`` activation: 0 = middle block, 1.. = decoder (output) blocks."""
-    get = unet_config.get if isinstance(unet_config, dict) else (lambda k, d=None: getattr(unet_config, k, d))
-    chans = list(get("block_out_channels"))
-    per = int(get("layers_per_block")) + 1
-    out = {0: chans[-1]}
-    for j in range(1, len(chans) * per + 1):
-        out[j] = list(reversed(chans))[(j - 1) // per]
-    return out
-
-
 class ZoomLDMEncoder(TileEncoder):
     """Tile → ZoomLDM UNet activation features. ``encode(images, ctx)`` reads the tiles' magnification, SSL grids
     (for ``conditioning='uni'``; its ``ssl_encoder`` asks the extractor for them) and per-tile noise seeds (from
@@ -86,7 +75,7 @@ class ZoomLDMEncoder(TileEncoder):
         bad_t = [v for v in self.t if not 0 <= v < n_t]
         if bad_t:
             raise ValueError(f"timesteps must lie in [0, {n_t - 1}], got {bad_t}")
-        chans = block_channels(ldm.unet.config)
+        chans = {b.index: b.channels for b in ldm.feature_blocks()}
         bad = [b for b in self.blocks if b not in chans]
         if bad:
             raise ValueError(f"blocks must be in 0..{max(chans)} (0 = middle block, 1..{max(chans)} = decoder "

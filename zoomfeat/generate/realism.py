@@ -37,7 +37,7 @@ def channel_stats(imgs: np.ndarray) -> dict:
 
 def sample_real(slides: Sequence[Path], tiles_dir: Path, n: int, mag: str, px: int, seed: int = 0):
     """``n`` random real patches of ``mag`` (uint8, px×px) and their SSL inputs' source tiles (16 children at 5x)."""
-    from zoomfeat.extract import parents_5x
+    from zoomfeat.slides.grid import parents_5x
     from zoomfeat.slides.grid import child_grid
     from zoomfeat.slides.coords import coords_path, read_coords
     from zoomfeat.slides.reader import open_slide

@@ -37,7 +37,7 @@ GEOJSON_DIR = "geojson"
 
 def coords_path(tile_dir: str | os.PathLike, slide_id: str) -> Path:
     """Where ``zoomfeat tile --out tile_dir`` writes a slide's coordinate HDF5."""
-    from zoomfeat.cohort import output_path
+    from zoomfeat.names import output_path
 
     return output_path(Path(tile_dir) / COORDS_DIR, slide_id, ".h5")
 
@@ -67,13 +67,13 @@ def find_coords(tile_dir: str | os.PathLike, slide_id: str) -> Path:
 
 
 def qc_path(tile_dir: str | os.PathLike, slide_id: str) -> Path:
-    from zoomfeat.cohort import output_path
+    from zoomfeat.names import output_path
 
     return output_path(Path(tile_dir) / QC_DIR, slide_id, ".png")
 
 
 def geojson_path(tile_dir: str | os.PathLike, slide_id: str) -> Path:
-    from zoomfeat.cohort import output_path
+    from zoomfeat.names import output_path
 
     return output_path(Path(tile_dir) / GEOJSON_DIR, slide_id, ".geojson")
 
@@ -251,7 +251,7 @@ def read_coords(path: str | os.PathLike, mpp: float | None = None, base_mpp: flo
         a = {k: _attr(ds.attrs, k) for k in ds.attrs}
         fa = {k: _attr(f.attrs, k) for k in f.attrs}
         name = a.get("name") or path.stem.removesuffix("_patches")
-        from zoomfeat.cohort import check_slide_id
+        from zoomfeat.names import check_slide_id
 
         check_slide_id(str(name), f"{path}: its 'name' attribute")  # file attributes never pick output paths
         attrs = {**fa, **a}

@@ -220,7 +220,7 @@ class WSI:
         require_mpp: bool = True,
     ):
         self.path = Path(path)
-        from zoomfeat.cohort import slide_id
+        from zoomfeat.names import slide_id
 
         self.name = slide_id(self.path)
         self.base_mpp = float(base_mpp)

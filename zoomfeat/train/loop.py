@@ -120,7 +120,7 @@ def _prepare_data(cfg: TrainConfig, ldm, out_dir: Path, accelerator, progress: b
     root = Path(os.path.expanduser(str(cfg.dataset.root)))
     root = root if root.is_absolute() else out_dir / root  # relative dataset roots live in the run folder
     if accelerator.is_main_process:
-        from zoomfeat.cohort import resolve_slides
+        from zoomfeat.names import resolve_slides
 
         def slides_fn():  # only called when the first stage is trained
             return resolve_slides(build_slides(cfg.dataset.build, root))

@@ -303,7 +303,8 @@ def build_dataset(
     ``encode(x).latents`` / ``encode(x)`` gives pre-quantisation latents of images in [-1, 1]). Per-slide
     failures are reported and the cohort continues; a rerun only builds the missing shards.
     """
-    from zoomfeat.cohort import resolve_slides, run_cohort, slide_id
+    from zoomfeat.cohort import run_cohort
+    from zoomfeat.names import resolve_slides, slide_id
     from zoomfeat.slides.coords import read_coords
     from zoomfeat.slides.tiling import tile_slide
 

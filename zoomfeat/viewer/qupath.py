@@ -107,7 +107,7 @@ def export_qupath(res, out: str | os.PathLike, run: str | None = None, progress:
     """Write ``{out}/{slide}.geojson`` for every slide; returns slide → path, or slide → reason when skipped."""
     from tqdm.auto import tqdm
 
-    from zoomfeat.cohort import SlideIdError, output_path
+    from zoomfeat.names import SlideIdError, output_path
     from zoomfeat.io import write_text_atomic
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

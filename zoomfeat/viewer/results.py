@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from zoomfeat.cohort import SlideIdError, check_slide_id, find_slide, label_slide_paths
+from zoomfeat.names import SlideIdError, check_slide_id, find_slide, label_slide_paths
 
 SKIP_DIRS = {"attention", "heatmaps", "wandb", "qupath", ".locks"}
 
@@ -171,7 +171,7 @@ def discover_runs(run_dir: str | os.PathLike) -> list[Run]:
 
 
 def safe_rows(pred: pd.DataFrame, leaf: Path) -> pd.DataFrame:
-    """Predictions whose slide id is a plain file-name stem (``zoomfeat.cohort.check_slide_id``): an id such as
+    """Predictions whose slide id is a plain file-name stem (``zoomfeat.names.check_slide_id``): an id such as
     ``../../x`` would name files outside the run (attention CSVs, exported pages), so its rows are dropped."""
     if "slide" not in pred.columns:
         return pred
@@ -339,7 +339,7 @@ class Results:
         cp = self.coords_file(sid)
         if cp is None:
             return None
-        from zoomfeat.cohort import SlideIdError
+        from zoomfeat.names import SlideIdError
         from zoomfeat.slides.coords import geojson_path
 
         try:
