@@ -21,6 +21,12 @@ from mil.data import BadBagError, BagDataset, Cohort, check_features, load_stand
 from mil.modelfile import FEATURE_SPEC, META, STANDARDIZE, WEIGHTS, read_model_card
 from mil.models import build_model, model_kwargs, with_split_dim
 from mil.tasks import CLASSIFICATION, make_task
+from zoomfeat.weights import load_state_dict_file, torch_load_tensors
+from mil.spec import cohort_spec
+from zoomfeat.bags import list_bags
+from zoomfeat.config import load_yaml
+from mil.trainer import predict
+from zoomfeat.precision import resolve_device
 
 #: the task settings (:func:`mil.tasks.make_task`) a loaded head is rebuilt with; ``ties`` only changes the Cox
 #: loss, not the predicted risk
@@ -53,8 +59,6 @@ class Predictor:
 
 def load_model(path: str | os.PathLike) -> Predictor:
     """A ``zoomfeat mil train`` folder → :class:`Predictor` (weights from safetensors, strict)."""
-    from zoomfeat.weights import load_state_dict_file
-
     path = Path(path)
     if not (path / META).is_file() or not (path / WEIGHTS).is_file():
         raise FileNotFoundError(f"{path}: not a model folder (needs {META} and {WEIGHTS}; "
@@ -91,9 +95,6 @@ def _plain(v: Any) -> Any:
 def _cv_spec(cv_dir: Path, cfg: dict) -> tuple[dict, int]:
     """The CV run's feature spec and head input width: ``feature_spec.json`` (written by ``mil train --cv``),
     else read from the run's bag folder (which must still exist)."""
-    from mil.spec import cohort_spec
-    from zoomfeat.bags import list_bags
-
     if (cv_dir / FEATURE_SPEC).is_file():
         d = json.loads((cv_dir / FEATURE_SPEC).read_text())
         return d["feature_spec"], int(d["in_dim"])
@@ -109,9 +110,6 @@ def _cv_spec(cv_dir: Path, cfg: dict) -> tuple[dict, int]:
 
 def load_ensemble(cv_dir: str | os.PathLike) -> Predictor:
     """The fold models of a ``zoomfeat mil cv`` folder as one predictor (mean of their outputs)."""
-    from zoomfeat.config import load_yaml
-    from zoomfeat.weights import torch_load_tensors
-
     cv_dir = Path(cv_dir)
     ckpts = sorted(cv_dir.glob("fold*/best.pt"), key=lambda p: int(p.parent.name[4:] or 0))
     if not ckpts or not (cv_dir / "config.yaml").is_file():
@@ -162,9 +160,6 @@ def usable_bags(bag_files: dict[str, Any], mag: str, dim: int) -> tuple[dict[str
 def predict_bags(pr: Predictor, bag_files: dict[str, Any], device: str = "auto",
                  attention: bool = True) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """One row per bag (mean over the predictor's heads) and each bag's mean attention (N,)."""
-    from mil.trainer import predict
-    from zoomfeat.precision import resolve_device
-
     slides = list(bag_files)
     n = len(slides)
     targets = np.zeros((n, 2), float) if pr.task == "survival" else np.zeros(n, np.int64)

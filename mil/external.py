@@ -18,7 +18,13 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from mil.deploy import Predictor, load_predictor, predict_bags, usable_bags
-from mil.heatmap import ThumbnailProvider
+from mil.heatmap import ThumbnailProvider, instance_coords, slide_heatmap, write_attention_csv
+from mil.data import load_labels
+from mil.tasks import c_index
+from mil import plots
+from zoomfeat.io import atomic_path, write_text_atomic
+from mil.spec import check_specs
+from zoomfeat.bags import list_bags
 
 
 @dataclass
@@ -32,8 +38,6 @@ class PredictResult:
 def attach_labels(pred: pd.DataFrame, labels: str | os.PathLike | pd.DataFrame, pr: Predictor,
                   target: str | None = None) -> pd.DataFrame:
     """Join the labels table on ``slide``; rows with a usable label get ``y``/``label`` (or ``time``/``event``)."""
-    from mil.data import load_labels
-
     meta = pr.meta.get("task", {}) if pr.kind == "model" else pr.meta.get("config", {})
     target = target or meta.get("target")
     tcol, ecol = meta.get("time_col", "time"), meta.get("event_col", "event")
@@ -107,8 +111,6 @@ def boot_classification_metrics(y: np.ndarray, prob: np.ndarray, n_classes: int)
 def grouped_bootstrap_ci(pred: pd.DataFrame, task: str, n_classes: int, n_boot: int = 1000, seed: int = 0,
                          level: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile CIs of per-slide metrics, resampling patients (column ``patient``) with replacement."""
-    from mil.tasks import c_index
-
     rng = np.random.default_rng(seed)
     groups = pred.groupby("patient").indices
     members = list(groups.values())
@@ -154,8 +156,6 @@ def write_attention_maps(out: Path, pred: pd.DataFrame, attn: dict[str, np.ndarr
                          pr: Predictor, thumbnails: ThumbnailProvider | None = None, heatmaps: int | None = None) -> int:
     """attention/{slide}.csv for every slide and heatmaps/{slide}.png for the first ``heatmaps`` (None = all), over
     the thumbnails the caller's provider gives (:mod:`mil.heatmap`)."""
-    from mil.heatmap import instance_coords, slide_heatmap, write_attention_csv
-
     (out / "attention").mkdir(parents=True, exist_ok=True)
     score = "risk" if pr.task == "survival" else None
     made = 0
@@ -176,9 +176,6 @@ def write_attention_maps(out: Path, pred: pd.DataFrame, attn: dict[str, np.ndarr
 
 
 def _write_metrics(out: Path, pred: pd.DataFrame, metrics: pd.DataFrame, pr: Predictor) -> None:
-    from mil import plots
-    from zoomfeat.io import atomic_path, write_text_atomic
-
     with atomic_path(out / "metrics.csv") as tmp:
         metrics.to_csv(tmp, index=False)
     sc = _scored(pred, pr.task)
@@ -207,10 +204,6 @@ def run_predict(model: str | os.PathLike | Predictor, bags: str | os.PathLike | 
     ``thumbnails``: slide id → thumbnail for the heatmaps (``zoomfeat.slides.thumbnails.SlideThumbnails``; without
     it heatmaps are drawn on the tile grid).
     """
-    from mil.spec import check_specs
-    from zoomfeat.bags import list_bags
-    from zoomfeat.io import atomic_path
-
     pr = model if isinstance(model, Predictor) else load_predictor(model)
     files = dict(bags) if isinstance(bags, dict) else list_bags(bags, encoder=_encoder_dir(bags, pr))
     if not files:

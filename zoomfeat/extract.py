@@ -24,13 +24,20 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from zoomfeat.bags import bag_path, read_bag_attrs, write_bag, write_clam_pt
-from zoomfeat.cohort import CohortReport, SlideResult, run_cohort
-from zoomfeat.names import slide_id
+from zoomfeat.bags import attrs_dict, bag_path, read_bag_attrs, write_bag, write_clam_pt
+from zoomfeat.cohort import CohortReport, SlideResult, one_line_error, run_cohort
+from zoomfeat.names import output_path, slide_id
 from zoomfeat.encoders.base import TileContext
-from zoomfeat.io import kill_point, remove_dead_temps
-from zoomfeat.precision import resolve_device
+from zoomfeat.io import file_fingerprint, kill_point, remove_dead_temps, sha256_file, write_json_atomic
+from zoomfeat.precision import check_supported, effective_precision, resolve_device
 from zoomfeat.slides.grid import KIND_20X, KIND_CHILD, ReadPlan, plan_reads, ssl_grids_5x
+from zoomfeat.config import from_dict, load_config
+from zoomfeat.encoders import get_encoder
+from zoomfeat import __version__
+from zoomfeat.slides.reader import open_slide
+from zoomfeat.slides.coords import coords_path, find_coords, read_coords
+from zoomfeat.slides.tiling import coords_done, recorded_fingerprint, tile_slide
+from zoomfeat.sharding import parse_shard, process_share
 
 TILES_ON_THE_FLY = "_tiles"
 
@@ -66,7 +73,6 @@ class ExtractOptions:
             raise ValueError(f"missing_children must be 'embed' or 'mean', got {self.missing_children!r}")
         if self.batch_size < 1 or self.workers < 0:
             raise ValueError("batch size must be ≥ 1 and workers ≥ 0")
-        from zoomfeat.sharding import parse_shard
 
         parse_shard(self.shard)
 
@@ -93,9 +99,6 @@ def load_extract_config(path: str | os.PathLike | dict | None = None, overrides:
     """Dataclass defaults ← YAML ``path`` ← ``overrides`` (e.g. the options given on the command line; None values
     are "not given"). ``encoder:`` becomes the named encoder's options dataclass (``get_encoder(name).options``),
     so its unknown keys are errors too; options of an encoder other than the one named are dropped."""
-    from zoomfeat.config import from_dict, load_config
-    from zoomfeat.encoders import get_encoder
-
     where = str(path) if isinstance(path, (str, os.PathLike)) else "config"
     cfg = load_config(ExtractConfig, path)
     cfg = from_dict(ExtractConfig, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line",
@@ -183,8 +186,6 @@ def _coords_attrs(path: Path | None, group: str | None = None) -> dict:
         return {}
     import h5py
 
-    from zoomfeat.bags import attrs_dict
-
     with h5py.File(path, "r") as f:
         node = f[group] if group else f
         return attrs_dict(node["coords"]) if "coords" in node else {}
@@ -238,9 +239,6 @@ def bag_attrs(encoder, opts: ExtractOptions, grid, plan: ReadPlan, sid: str, mpp
               coords_file: str | os.PathLike | None, signature: str | None) -> dict:
     """The bag's file attributes: encoder, settings and provenance, then the encoder's own (``bag_attrs`` hook)."""
     import openslide
-
-    from zoomfeat import __version__
-    from zoomfeat.precision import effective_precision
 
     cfg = encoder.full_config()
     device = encoder.device
@@ -302,8 +300,6 @@ def extract_slide(
     signature: str | None = None,
 ) -> dict:
     """Extract one slide's bag to ``out_path`` (atomic). Returns timings and counts for the cohort summary."""
-    from zoomfeat.slides.reader import open_slide
-
     opts = opts or ExtractOptions()
     sid = slide_id(slide)  # names outputs; the coordinate file's own name (checked on read) only seeds the noise
     inputs = input_record(slide, coords_file)  # what this bag is made from, taken before any pixel is read
@@ -332,8 +328,6 @@ def extract_signature(encoder, opts: ExtractOptions, tiles_source: str) -> str:
 
 def clam_pt_path(bag: str | os.PathLike) -> Path:
     """``--clam-pt`` output of a bag: ``pt_files/{id}.pt`` beside it (id = the bag's, never a file attribute)."""
-    from zoomfeat.names import output_path
-
     return output_path(Path(bag).parent / "pt_files", Path(bag).stem, ".pt")
 
 
@@ -344,8 +338,6 @@ class InputChangedError(ValueError):
 def input_record(slide: str | os.PathLike, coords_file: str | os.PathLike | None) -> dict:
     """What a bag is made from: the slide's :func:`~zoomfeat.io.file_fingerprint` and the coordinate file's sha256
     (bag attributes ``slide_fingerprint`` and ``coords_sha256``)."""
-    from zoomfeat.io import file_fingerprint, sha256_file
-
     rec = {"slide_fingerprint": file_fingerprint(slide)}
     if coords_file is not None and Path(coords_file).is_file():
         rec["coords_sha256"] = sha256_file(coords_file)
@@ -373,8 +365,6 @@ def bag_done(path: Path, signature: str, clam_pt: bool = False, inputs: dict | N
 def load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: ExtractOptions):
     """The slide's tile grid and coordinate file: from ``tiles_dir`` (a zoomfeat, CLAM or TRIDENT folder; peer
     files get the slide's own mpp) or tiled on the fly into ``out_dir/_tiles``."""
-    from zoomfeat.slides.coords import coords_path, find_coords, read_coords
-
     sid = slide_id(slide)
     if tiles_dir is not None:
         try:
@@ -382,10 +372,6 @@ def load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: ExtractO
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e} (run `zoomfeat tile` first, or omit --tiles)") from None
     else:
-        from zoomfeat.slides.tiling import tile_slide
-
-        from zoomfeat.slides.tiling import coords_done
-
         tdir = out_dir / TILES_ON_THE_FLY
         cp = coords_path(tdir, sid)
         if not coords_done(tdir, slide):  # missing, or tiled from a slide since replaced: tile (again)
@@ -398,7 +384,6 @@ def load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: ExtractO
     grid = read_coords(cp, mpp=opts.mpp)
     if grid.attrs.get("format") != "zoomfeat" and opts.mpp is None:
         # CLAM records no resolution and TRIDENT only a magnification (mpp assumed 10/mag): use the slide's own
-        from zoomfeat.slides.reader import open_slide
 
         with open_slide(slide, mpp_csv=opts.mpp_csv, require_mpp=False) as wsi:
             if wsi.mpp is not None and np.isfinite(wsi.mpp):
@@ -409,9 +394,6 @@ def load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: ExtractO
 def check_coords_slide(coords_file: Path, slide: Path) -> None:
     """Refuse (:class:`InputChangedError`, one line) a coordinate file whose recorded slide fingerprint is not the
     slide's now: its tiles were found on other pixels."""
-    from zoomfeat.io import file_fingerprint
-    from zoomfeat.slides.tiling import recorded_fingerprint
-
     rec = recorded_fingerprint(coords_file)
     if rec is not None and rec != file_fingerprint(slide):
         raise InputChangedError(f"{coords_file} was tiled from another version of {slide} (the slide changed since "
@@ -437,13 +419,11 @@ def extract_cohort(
     if tiles_dir is not None and not tiles_dir.is_dir():
         raise FileNotFoundError(f"--tiles folder not found: {tiles_dir}")
     device = resolve_device(opts.device)
-    from zoomfeat.precision import check_supported
 
     check_supported(device, encoder.precision)
     encoder.to(device)
     tag = opts.tag or encoder.name
     sig = extract_signature(encoder, opts, "tiles:" + (str(tiles_dir.resolve()) if tiles_dir else "on-the-fly"))
-    from zoomfeat.sharding import process_share
 
     share = process_share(opts.shard)  # torchrun rank and/or --shard K/N: one round-robin split
     rank, world = share.index, share.count
@@ -467,7 +447,6 @@ def extract_cohort(
     _write_timings(report, feat_dir, rank if world > 1 else None)
     if world > 1:
         report.write(feat_dir, f"summary_rank{rank}")
-        from zoomfeat.io import write_json_atomic
 
         write_json_atomic(feat_dir / f"summary_rank{rank}.meta.json",
                           {"run_id": share.run_id, "rank": rank, "world": world})
@@ -481,8 +460,6 @@ def extract_cohort(
 
 def current_coords(slide: Path, tiles_dir: Path | None, out_dir: Path) -> Path | None:
     """The coordinate file extract would use for ``slide`` now (None: none yet)."""
-    from zoomfeat.slides.coords import coords_path, find_coords
-
     if tiles_dir is None:
         return coords_path(out_dir / TILES_ON_THE_FLY, slide_id(slide))
     try:
@@ -494,9 +471,6 @@ def current_coords(slide: Path, tiles_dir: Path | None, out_dir: Path) -> Path |
 def _write_timings(report: CohortReport, feat_dir: Path, rank: int | None) -> None:
     """Per-slide timings; a write error (full disk) is one line on stderr and the summary is still written."""
     import sys
-
-    from zoomfeat.cohort import one_line_error
-    from zoomfeat.io import write_json_atomic
 
     rows = [{"slide": r.slide, "status": r.status, "seconds": round(r.seconds, 3), **r.info}
             for r in report.results if r.info]
@@ -518,7 +492,6 @@ def merge_rank_summaries(feat_dir: str | os.PathLike, world: int, run_id: str | 
 
     feat_dir = Path(feat_dir)
     if run_id is None:  # this process's job id, by the one rule of zoomfeat.sharding
-        from zoomfeat.sharding import process_share
 
         run_id = process_share().run_id
     results: list[SlideResult] = []

@@ -18,6 +18,14 @@ from typing import Any, Sequence
 
 from zoomfeat.cohort import CohortReport, SlideResult
 from zoomfeat.names import resolve_slides, slide_id
+from mil.spec import SpecMismatchError, differences, needs_5x, spec_from_attrs
+from zoomfeat.encoders import create_encoder, get_encoder
+from mil.deploy import load_predictor
+from mil.external import run_predict
+from zoomfeat.bags import bag_path
+from zoomfeat.extract import ExtractOptions, extract_cohort
+from zoomfeat.slides.thumbnails import SlideThumbnails
+from zoomfeat.slides.tiling import tile_cohort
 
 
 @dataclass
@@ -38,9 +46,6 @@ def encoder_for_model(spec: dict, weights: str | os.PathLike | None = None,
                       mag: str = "20x", official_config: str | os.PathLike | None = None):
     """Build the encoder a model's feature spec names and refuse it (SpecMismatchError) if it differs from the
     spec: other weights (sha256), another recipe, another width."""
-    from mil.spec import SpecMismatchError, differences, spec_from_attrs
-    from zoomfeat.encoders import create_encoder, get_encoder
-
     # the registered encoder's options table knows how to rebuild its recorded recipe
     kw = get_encoder(spec["encoder"]).options.recipe_kwargs(spec, weights=weights, ssl_weights=ssl_weights,
                                                                 official_config=official_config)
@@ -90,14 +95,6 @@ def predict_slides(slides: str | os.PathLike | Sequence, model: str | os.PathLik
     ``model``: a ``mil train`` folder or a ``mil cv`` folder (fold ensemble). Everything that can be wrong with the
     model or the encoder fails before the first slide is touched.
     """
-    from mil.deploy import load_predictor
-    from mil.external import run_predict
-    from mil.spec import needs_5x
-    from zoomfeat.bags import bag_path
-    from zoomfeat.extract import ExtractOptions, extract_cohort
-    from zoomfeat.slides.thumbnails import SlideThumbnails
-    from zoomfeat.slides.tiling import tile_cohort
-
     pr = load_predictor(model)
     spec = pr.feature_spec
     enc = encoder_for_model(spec, weights, ssl_weights, registry, pr.mag, official_config)

@@ -30,9 +30,10 @@ import torch
 from zoomfeat.encoders.base import TileContext, TileEncoder, TileTransform
 from zoomfeat.precision import autocast
 from zoomfeat.encoders.options import EncoderOptions, int_list, option
-from zoomfeat.encoders.registry import get_encoder, register_encoder, resolve_weights
+from zoomfeat.encoders.registry import create_encoder, get_encoder, register_encoder, resolve_weights
 from zoomfeat.io import sha256_file
 from zoomfeat.mags import mag_to_index
+from zoomfeat.ldm import ZoomLDM
 
 #: The registry name of this encoder: the only place the string is written (bags, probe rows and the demo use it).
 ZOOMLDM = "zoomldm"
@@ -246,8 +247,6 @@ def ssl_encoder_for(ldm, name: str, weights=None, registry=None, precision: str 
                     kwargs: dict | None = None):
     """The conditioning encoder ``name`` of ``ldm`` (``tiny-vit`` sized to the model's ssl dim); ``precision``:
     the ZoomLDM forward's, or None for the encoder's own default."""
-    from zoomfeat.encoders.registry import create_encoder
-
     kw = dict(kwargs or {})
     if precision is not None:
         kw.setdefault("precision", precision)  # one --precision for the whole forward
@@ -283,7 +282,6 @@ def create_zoomldm(weights: str | os.PathLike | None = None, blocks: Sequence[in
         if weights is None:
             raise FileNotFoundError("zoomldm needs --weights: a folder from `zoomfeat convert`/training or an "
                                     "official weights.ckpt with config.yaml beside it")
-        from zoomfeat.ldm import ZoomLDM
 
         ldm = ZoomLDM.load(weights, config, ema=ema)
     sha, wpath = (sha256_file(weights), str(weights)) if weights is not None else (None, None)

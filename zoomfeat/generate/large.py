@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from zoomfeat.generate.patches import load_ssl_grid, to_uint8
 from zoomfeat.generate.resize import Resizer
+from zoomfeat.precision import autocast
 
 __all__ = [
     "LargeImageConfig",
@@ -479,8 +480,6 @@ def sample_large_image(model, ssl_grid: np.ndarray | torch.Tensor, config: Large
     ``condition`` pools/normalises exactly as in training. Deterministic for a given seed and device.
     Runs under autocast at ``config.precision`` (the VQ encode/decode inside stays fp32).
     """
-    from zoomfeat.precision import autocast
-
     cfg = config or LargeImageConfig()
     with autocast(model.device, cfg.precision):
         return _sample_large_image(model, ssl_grid, cfg, seed)

@@ -10,6 +10,7 @@ from typing import Mapping, Union
 import numpy as np
 
 from zoomfeat.names import find_slide
+from zoomfeat.slides.reader import open_slide
 
 Source = Union[str, os.PathLike, Mapping[str, Union[str, os.PathLike]], None]
 
@@ -39,7 +40,6 @@ class SlideThumbnails:
         p = self.path(sid)
         if p is None:
             return None
-        from zoomfeat.slides.reader import open_slide
 
         with open_slide(p) as wsi:
             return np.asarray(wsi.thumbnail(self.max_side))[..., :3], tuple(wsi.dimensions), p.name

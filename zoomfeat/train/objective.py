@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from zoomfeat.train.dataset import step_seed
+from zoomfeat.ldm.summarizer import pool_and_normalize
 
 
 class DiffusionObjective(nn.Module):
@@ -26,8 +27,6 @@ class DiffusionObjective(nn.Module):
 
     def context(self, ssl: list[torch.Tensor], mags: torch.Tensor) -> torch.Tensor:
         """Summarizer context for a batch whose SSL grids may differ in side (grouped by side, order kept)."""
-        from zoomfeat.ldm.summarizer import pool_and_normalize
-
         sides = torch.tensor([g.shape[-1] for g in ssl])
         out = None
         for side in sides.unique().tolist():

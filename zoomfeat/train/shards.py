@@ -19,6 +19,12 @@ from zoomfeat.mags import N_SCALES
 from zoomfeat.slides.grid import child_grid
 from zoomfeat.train.config import BuildConfig
 from zoomfeat.train.dataset import FORMAT_VERSION, INDEX_COLUMNS, DatasetError
+from zoomfeat.weights import state_dict_sha256
+from zoomfeat.slides.reader import open_slide
+from zoomfeat.cohort import run_cohort
+from zoomfeat.names import resolve_slides, slide_id
+from zoomfeat.slides.coords import read_coords
+from zoomfeat.slides.tiling import tile_slide
 
 
 @dataclass
@@ -50,8 +56,6 @@ def images_to_unit_range(images: np.ndarray):
 
 def vq_fingerprint(vq) -> str:
     """Hash of the VQ weights: latents are only meaningful to the model whose VQ encoded them."""
-    from zoomfeat.weights import state_dict_sha256
-
     return state_dict_sha256(vq)
 
 
@@ -190,8 +194,6 @@ def build_slide_shard(
     Returns ``{"counts": {k: n}, "skipped": [k, ...], "n_20x_tiles": n}``; scales the slide has no region for are
     skipped.
     """
-    from zoomfeat.slides.reader import open_slide
-
     tile_l0 = int(grid.patch_size_level0)
     regions, skipped = _pick_regions(grid, scales, max_per_scale, np.random.default_rng(seed))
     needed, rows = _tile_rows(regions, tile_l0)
@@ -303,11 +305,6 @@ def build_dataset(
     ``encode(x).latents`` / ``encode(x)`` gives pre-quantisation latents of images in [-1, 1]). Per-slide
     failures are reported and the cohort continues; a rerun only builds the missing shards.
     """
-    from zoomfeat.cohort import run_cohort
-    from zoomfeat.names import resolve_slides, slide_id
-    from zoomfeat.slides.coords import read_coords
-    from zoomfeat.slides.tiling import tile_slide
-
     out_dir = Path(out_dir)
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     scales = [int(k) for k in scales]
