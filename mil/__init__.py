@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from mil.cv import cross_validate, run_cv
 from mil.folds import run_folds
+from mil.models import ABMIL, TransMIL, TwoBranchMIL, build_model
 from mil.results import CVResult
 from mil.survival import cox_loss
-from mil.models import ABMIL, TransMIL, TwoBranchMIL, build_model
 
 from mil import compare  # noqa: E402  (a callable module: mil.compare(cfg, out_dir), mil.compare.verdict(table))
 

@@ -28,19 +28,19 @@ import numpy as np
 import pandas as pd
 
 from mil.cv import CVConfig, cv_config, splits_for
-from mil.folds import finish_folds, plan_folds
-from mil.results import CVResult, write_result
 from mil.data import Cohort, build_cohort, load_labels
+from mil.folds import finish_folds, plan_folds
+from mil.pathobench import read_pathobench
+from mil.plots import compare_plot, forest_plot
+from mil.results import CVResult, write_result
 from mil.spec import SpecMismatchError, check_cohort_specs
 from mil.splits import load_splits, save_splits
+from mil.stats import corrected_ttest, detectable_delta, holm, outcome, se_from_ci, split_ratio
 from mil.tasks import TASKS
 from zoomfeat.bags import list_bags
 from zoomfeat.config import merge, save_yaml
 from zoomfeat.io import atomic_path, write_text_atomic
-from mil.plots import compare_plot, forest_plot
 from zoomfeat.jobs import iter_jobs
-from mil.pathobench import read_pathobench
-from mil.stats import corrected_ttest, detectable_delta, holm, outcome, se_from_ci, split_ratio
 
 
 

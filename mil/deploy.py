@@ -20,13 +20,13 @@ import pandas as pd
 from mil.data import BadBagError, BagDataset, Cohort, check_features, load_standardizer, read_features
 from mil.modelfile import FEATURE_SPEC, META, STANDARDIZE, WEIGHTS, read_model_card
 from mil.models import build_model, model_kwargs, with_split_dim
-from mil.tasks import CLASSIFICATION, make_task
-from zoomfeat.weights import load_state_dict_file, torch_load_tensors
 from mil.spec import cohort_spec
+from mil.tasks import CLASSIFICATION, make_task
+from mil.trainer import predict
 from zoomfeat.bags import list_bags
 from zoomfeat.config import load_yaml
-from mil.trainer import predict
 from zoomfeat.precision import resolve_device
+from zoomfeat.weights import load_state_dict_file, torch_load_tensors
 
 #: the task settings (:func:`mil.tasks.make_task`) a loaded head is rebuilt with; ``ties`` only changes the Cox
 #: loss, not the predicted risk

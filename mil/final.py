@@ -29,8 +29,8 @@ from mil.cv import CVConfig, cv_config, prepare_cohort, run_cv as cross_validate
 from mil.data import Cohort
 from mil.folds import head_hparams, train_head
 from mil.heatmap import ThumbnailProvider
-from mil.models import model_kwargs
 from mil.modelfile import MODEL_FORMAT, jsonable, save_model, write_cv_spec
+from mil.models import model_kwargs
 from mil.spec import cohort_spec
 from mil.splits import fold_indices, make_splits
 from mil.tasks import CLASSIFICATION, TASKS

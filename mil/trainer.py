@@ -26,10 +26,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mil.data import BagDataset, collate_bags
-from zoomfeat.precision import autocast, check_supported, effective_precision, resolve_device
-from zoomfeat.tracking import WandbRun
-from zoomfeat.threads import thread_count
 from zoomfeat.io import atomic_path
+from zoomfeat.precision import autocast, check_supported, effective_precision, resolve_device
+from zoomfeat.threads import thread_count
+from zoomfeat.tracking import WandbRun
 
 
 @dataclass

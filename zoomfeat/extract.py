@@ -24,20 +24,20 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from zoomfeat import __version__
 from zoomfeat.bags import attrs_dict, bag_path, read_bag_attrs, write_bag, write_clam_pt
 from zoomfeat.cohort import CohortReport, SlideResult, one_line_error, run_cohort
-from zoomfeat.names import output_path, slide_id
-from zoomfeat.encoders.base import TileContext
-from zoomfeat.io import file_fingerprint, kill_point, remove_dead_temps, sha256_file, write_json_atomic
-from zoomfeat.precision import check_supported, effective_precision, resolve_device
-from zoomfeat.slides.grid import KIND_20X, KIND_CHILD, ReadPlan, plan_reads, ssl_grids_5x
 from zoomfeat.config import from_dict, load_config
 from zoomfeat.encoders import get_encoder
-from zoomfeat import __version__
-from zoomfeat.slides.reader import open_slide
-from zoomfeat.slides.coords import coords_path, find_coords, read_coords
-from zoomfeat.slides.tiling import coords_done, recorded_fingerprint, tile_slide
+from zoomfeat.encoders.base import TileContext
+from zoomfeat.io import file_fingerprint, kill_point, remove_dead_temps, sha256_file, write_json_atomic
+from zoomfeat.names import output_path, slide_id
+from zoomfeat.precision import check_supported, effective_precision, resolve_device
 from zoomfeat.sharding import parse_shard, process_share
+from zoomfeat.slides.coords import coords_path, find_coords, read_coords
+from zoomfeat.slides.grid import KIND_20X, KIND_CHILD, ReadPlan, plan_reads, ssl_grids_5x
+from zoomfeat.slides.reader import open_slide
+from zoomfeat.slides.tiling import coords_done, recorded_fingerprint, tile_slide
 
 TILES_ON_THE_FLY = "_tiles"
 

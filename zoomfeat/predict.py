@@ -3,7 +3,7 @@
 The model folder records the feature spec its head was trained on; this module rebuilds that encoder (weights from
 ``--weights`` or the registry, checked against the recorded sha256, recipe checked key by key) and then runs the
 existing cohort machinery: ``tile_cohort`` (at the recorded µm/px and tile size) → ``extract_cohort`` (bags in
-``OUT/features_{encoder}``) → ``mil.external.run_predict`` (the same code as ``zoomfeat mil predict``, so the numbers
+``OUT/features_{encoder}``) → ``mil.predict.run_predict`` (the same code as ``zoomfeat mil predict``, so the numbers
 are identical) → heatmaps over the slide thumbnails. Tiling and extraction skip finished slides, so a rerun resumes;
 a slide that fails at any stage is listed in ``OUT/summary.csv`` while the others go on.
 """
@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from zoomfeat.cohort import CohortReport, SlideResult
-from zoomfeat.names import resolve_slides, slide_id
-from mil.spec import SpecMismatchError, differences, needs_5x, spec_from_attrs
-from zoomfeat.encoders import create_encoder, get_encoder
 from mil.deploy import load_predictor
-from mil.external import run_predict
+from mil.predict import run_predict
+from mil.spec import SpecMismatchError, differences, needs_5x, spec_from_attrs
 from zoomfeat.bags import bag_path
+from zoomfeat.cohort import CohortReport, SlideResult
+from zoomfeat.encoders import create_encoder, get_encoder
 from zoomfeat.extract import ExtractOptions, extract_cohort
+from zoomfeat.names import resolve_slides, slide_id
 from zoomfeat.slides.thumbnails import SlideThumbnails
 from zoomfeat.slides.tiling import tile_cohort
 
@@ -33,7 +33,7 @@ class SlidePredictReport:
     """Per-slide status over every stage plus the prediction result (None when no slide got that far)."""
 
     report: CohortReport
-    result: Any = None  # mil.external.PredictResult
+    result: Any = None  # mil.predict.PredictResult
     out: Path | None = None
 
     @property

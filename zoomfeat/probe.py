@@ -22,20 +22,20 @@ from typing import Sequence
 
 import numpy as np
 
+from mil.probe_eval import corrected_ci, linear_probe_scores, n_test_over_n_train, repeated_splits
+from zoomfeat.encoders import create_encoder
+from zoomfeat.encoders.base import TileContext
 from zoomfeat.encoders.zoomldm import ZOOMLDM, ZoomLDMEncoder, ssl_encoder_for, tile_seeds
+from zoomfeat.extract import ExtractOptions, input_record, load_grid
 from zoomfeat.io import atomic_path, sha256_file, write_json_atomic
+from zoomfeat.jobs import run_jobs, worker_count
+from zoomfeat.ldm import ZoomLDM
+from zoomfeat.names import resolve_slides, slide_id
+from zoomfeat.precision import resolve_device
+from zoomfeat.slides.coords import find_coords
 from zoomfeat.slides.grid import child_grid, parents_5x
 from zoomfeat.slides.reader import open_slide
-from zoomfeat.encoders.base import TileContext
-from zoomfeat.names import resolve_slides, slide_id
-from zoomfeat.extract import ExtractOptions, input_record, load_grid
-from zoomfeat.slides.coords import find_coords
-from mil.probe_eval import corrected_ci, linear_probe_scores, n_test_over_n_train, repeated_splits
-from zoomfeat.jobs import run_jobs, worker_count
-from zoomfeat.encoders import create_encoder
 from zoomfeat.weights import state_dict_sha256
-from zoomfeat.ldm import ZoomLDM
-from zoomfeat.precision import resolve_device
 
 PROBE_COLUMNS = ["encoder", "block", "t", "conditioning", "mag", "task", "metric", "mean", "std", "ci_low", "ci_high",
                  "alpha_bar", "noise_pct", "subset", "n_slides", "n_splits"]

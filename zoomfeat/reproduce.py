@@ -28,16 +28,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from mil.compare import PRIMARY, compare
+from zoomfeat.bags import bag_path
 from zoomfeat.config import from_dict, load_config, load_yaml, save_yaml, to_dict
 from zoomfeat.encoders import build_from_options, get_encoder, load_weights_registry, resolve_weights
+from zoomfeat.encoders.optimize import optimize_encoder
 from zoomfeat.extract import extract_cohort, load_extract_config
 from zoomfeat.io import atomic_path, sha256_file, write_text_atomic
 from zoomfeat.names import resolve_slides, slide_id
-from zoomfeat.slides.tiling import TilingConfig, tile_cohort
 from zoomfeat.probe import SweepSpec, sweep
-from zoomfeat.encoders.optimize import optimize_encoder
-from zoomfeat.bags import bag_path
-from mil.compare import PRIMARY, compare
+from zoomfeat.slides.tiling import TilingConfig, tile_cohort
 
 #: The packaged preset (``zoomfeat/configs/reproduce/table4.yaml``).
 PRESET = "reproduce/table4.yaml"

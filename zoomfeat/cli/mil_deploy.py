@@ -74,7 +74,7 @@ def print_metrics(metrics) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from mil.deploy import load_ensemble
-    from mil.external import run_predict
+    from mil.predict import run_predict
     from zoomfeat.names import label_slide_paths
     from zoomfeat.slides.thumbnails import SlideThumbnails
 

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 from zoomfeat.encoders.base import TileContext, TileEncoder, TileTransform
-from zoomfeat.precision import autocast
 from zoomfeat.encoders.options import EncoderOptions, int_list, option
 from zoomfeat.encoders.registry import create_encoder, get_encoder, register_encoder, resolve_weights
 from zoomfeat.io import sha256_file
-from zoomfeat.mags import mag_to_index
 from zoomfeat.ldm import ZoomLDM
+from zoomfeat.mags import mag_to_index
+from zoomfeat.precision import autocast
 
 #: The registry name of this encoder: the only place the string is written (bags, probe rows and the demo use it).
 ZOOMLDM = "zoomldm"

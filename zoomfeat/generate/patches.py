@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from zoomfeat.io import atomic_path
-from zoomfeat.slides.grid import child_grid
 from zoomfeat.precision import autocast
+from zoomfeat.slides.grid import child_grid
 
 
 def load_ssl_grid(src, ssl_dim: int) -> torch.Tensor:

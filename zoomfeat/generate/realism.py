@@ -16,13 +16,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from zoomfeat.slides.grid import child_grid, parents_5x
-from zoomfeat.slides.coords import coords_path, read_coords
-from zoomfeat.slides.reader import open_slide
-from zoomfeat.generate.patches import generate_patches, save_image_grid
-from zoomfeat.mags import mag_to_index
 from zoomfeat.encoders import create_encoder
+from zoomfeat.generate.patches import generate_patches, save_image_grid
 from zoomfeat.ldm import ZoomLDM
+from zoomfeat.mags import mag_to_index
+from zoomfeat.slides.coords import coords_path, read_coords
+from zoomfeat.slides.grid import child_grid, parents_5x
+from zoomfeat.slides.reader import open_slide
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -22,9 +22,9 @@ import torch
 import yaml
 
 from zoomfeat.ldm.modules import build_empty_modules
+from zoomfeat.ldm.summarizer import rename_legacy_mlp_keys
 from zoomfeat.mags import MAG_LABELS
 from zoomfeat.weights import refuse_checkpoint, torch_load_tensors
-from zoomfeat.ldm.summarizer import rename_legacy_mlp_keys
 
 #: Top-level schedule buffers (recomputed from the config) and LitEma counters — the only keys not loaded.
 SCHEDULE_BUFFERS = (

@@ -22,11 +22,11 @@ import torch
 import torch.nn as nn
 from diffusers import UNet2DConditionModel, VQModel
 
+from zoomfeat.config import load_yaml, save_yaml
 from zoomfeat.ldm import official
 from zoomfeat.ldm.modules import build_modules
 from zoomfeat.ldm.schedulers import DEFAULT_SCHEDULE, make_scheduler, training_scheduler
 from zoomfeat.ldm.summarizer import Summarizer, pool_and_normalize
-from zoomfeat.config import load_yaml, save_yaml
 from zoomfeat.mags import MAG_LABELS, mag_to_index
 from zoomfeat.precision import fp32
 

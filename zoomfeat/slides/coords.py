@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from zoomfeat.mags import BASE_MPP, MAG_LABELS
-from zoomfeat.names import check_slide_id, output_path
 from zoomfeat import __version__
 from zoomfeat.io import atomic_h5
+from zoomfeat.mags import BASE_MPP, MAG_LABELS
+from zoomfeat.names import check_slide_id, output_path
 
 COORDS_DIR = "coords"
 QC_DIR = "qc"

@@ -15,9 +15,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from zoomfeat.cohort import CohortReport, SlideResult, one_line_error, run_cohort
-from zoomfeat.names import id_collisions, resolve_slides, slide_id
 from zoomfeat.io import file_fingerprint, kill_point, remove_dead_temps, sweep_locks
 from zoomfeat.mags import BASE_MPP, MAG_LABELS, N_SCALES, mag_to_index
+from zoomfeat.names import id_collisions, resolve_slides, slide_id
 from zoomfeat.slides import grid as G
 from zoomfeat.slides.coords import (
     TileGrid,

@@ -25,7 +25,12 @@ from typing import Any
 import torch
 
 from zoomfeat.config import load_yaml, save_yaml, to_dict
+from zoomfeat.encoders import create_encoder
 from zoomfeat.io import write_json_atomic
+from zoomfeat.ldm import ZoomLDM
+from zoomfeat.names import resolve_slides
+from zoomfeat.precision import normalize_precision
+from zoomfeat.slides.synthetic import make_cohort
 from zoomfeat.train.checkpoints import list_checkpoints, load_checkpoint, param_checksum, save_checkpoint
 from zoomfeat.train.config import BuildConfig, TrainConfig, as_train_config, resolve_path
 from zoomfeat.train.dataset import DatasetError, MultiScaleLatentDataset, StepBatchSampler, collate
@@ -34,11 +39,6 @@ from zoomfeat.train.objective import DiffusionObjective, draw_step_noise
 from zoomfeat.train.sampling import save_sample_grid, with_ema
 from zoomfeat.train.shards import build_dataset, vq_fingerprint
 from zoomfeat.train.vq import prepare_first_stage
-from zoomfeat.ldm import ZoomLDM
-from zoomfeat.slides.synthetic import make_cohort
-from zoomfeat.encoders import create_encoder
-from zoomfeat.names import resolve_slides
-from zoomfeat.precision import normalize_precision
 
 KILL_ENV = "ZOOMFEAT_TRAIN_KILL_AT_STEP"  # test hook: SIGKILL this process right after that step (crash simulation)
 

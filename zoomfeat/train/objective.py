@@ -7,8 +7,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from zoomfeat.train.dataset import step_seed
 from zoomfeat.ldm.summarizer import pool_and_normalize
+from zoomfeat.train.dataset import step_seed
 
 
 class DiffusionObjective(nn.Module):

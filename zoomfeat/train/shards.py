@@ -14,17 +14,17 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from zoomfeat.cohort import run_cohort
 from zoomfeat.io import atomic_h5, atomic_path, write_json_atomic
 from zoomfeat.mags import N_SCALES
+from zoomfeat.names import resolve_slides, slide_id
+from zoomfeat.slides.coords import read_coords
 from zoomfeat.slides.grid import child_grid
+from zoomfeat.slides.reader import open_slide
+from zoomfeat.slides.tiling import tile_slide
 from zoomfeat.train.config import BuildConfig
 from zoomfeat.train.dataset import FORMAT_VERSION, INDEX_COLUMNS, DatasetError
 from zoomfeat.weights import state_dict_sha256
-from zoomfeat.slides.reader import open_slide
-from zoomfeat.cohort import run_cohort
-from zoomfeat.names import resolve_slides, slide_id
-from zoomfeat.slides.coords import read_coords
-from zoomfeat.slides.tiling import tile_slide
 
 
 @dataclass

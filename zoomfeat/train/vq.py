@@ -22,11 +22,11 @@ import torch
 
 from zoomfeat.io import atomic_path, write_json_atomic
 from zoomfeat.mags import N_SCALES
-from zoomfeat.train.config import FirstStageConfig, TrainConfig, as_train_config
-from zoomfeat.train.shards import images_to_unit_range
 from zoomfeat.slides.coords import read_coords
 from zoomfeat.slides.reader import open_slide
 from zoomfeat.slides.tiling import tile_slide
+from zoomfeat.train.config import FirstStageConfig, TrainConfig, as_train_config
+from zoomfeat.train.shards import images_to_unit_range
 
 def collect_patches(slides: Sequence[str | os.PathLike], coords_dir: str | os.PathLike, patch_px: int = 64,
                     scales: Sequence[int] = range(N_SCALES), max_per_scale: int = FirstStageConfig.max_per_scale,

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-from zoomfeat.names import SlideIdError, output_path
 from zoomfeat.io import write_text_atomic
+from zoomfeat.names import SlideIdError, output_path
 
 PALETTE = [(220, 50, 47), (38, 139, 210), (133, 153, 0), (211, 54, 130), (42, 161, 152), (181, 137, 0)]
 

@@ -22,15 +22,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from zoomfeat.names import SlideIdError, check_slide_id, find_slide, label_slide_paths
-from zoomfeat.bags import list_bags, load_bag, read_bag_attrs
-from mil.folds import head_hparams
 from mil.data import load_standardizer, read_features
+from mil.folds import head_hparams
+from mil.heatmap import bag_instances, rank_normalize
 from mil.models import build_model
 from mil.tasks import make_task
-from zoomfeat.weights import torch_load_tensors
+from zoomfeat.bags import list_bags, load_bag, read_bag_attrs
+from zoomfeat.names import SlideIdError, check_slide_id, find_slide, label_slide_paths
 from zoomfeat.slides.coords import coords_path, geojson_path, read_coords
-from mil.heatmap import bag_instances, rank_normalize
+from zoomfeat.weights import torch_load_tensors
 
 SKIP_DIRS = {"attention", "heatmaps", "wandb", "qupath", ".locks"}
 
