@@ -124,7 +124,8 @@ def bench_early_exit(ldm, device, repeats: int) -> dict:
 
 def bench_pipeline(slide: Path, tiles_dir: Path, device, workers: int, batch: int, repeats: int = 2) -> dict:
     from zoomfeat.encoders import create_encoder
-    from zoomfeat.extract import ExtractOptions, extract_slide, parents_5x
+    from zoomfeat.extract import ExtractOptions, extract_slide
+    from zoomfeat.slides.grid import parents_5x
     from zoomfeat.encoders import TileContext
     from zoomfeat.encoders.zoomldm import tile_seeds
     from zoomfeat.slides.coords import read_coords

@@ -8,9 +8,11 @@ n_folds=5, seed=0, **hparams)`` is the one-call API; ``mil.cv.run_cv`` and ``mil
 
 from __future__ import annotations
 
-from mil.cv import CVResult, cross_validate, run_cv, run_folds
-from mil.survival import cox_loss
+from mil.cv import cross_validate, run_cv
+from mil.folds import run_folds
 from mil.models import ABMIL, TransMIL, TwoBranchMIL, build_model
+from mil.results import CVResult
+from mil.survival import cox_loss
 
 from mil import compare  # noqa: E402  (a callable module: mil.compare(cfg, out_dir), mil.compare.verdict(table))
 

@@ -4,6 +4,7 @@ on, how well CV says it does, which features it needs, and what it must not be u
 from __future__ import annotations
 
 from typing import Any
+from mil.spec import describe
 
 
 def _cv_lines(cv: dict | None) -> list[str]:
@@ -31,8 +32,6 @@ def _cohort_lines(tr: dict, task: dict) -> list[str]:
 
 
 def _spec_lines(spec: dict, mag: str) -> list[str]:
-    from mil.spec import describe
-
     lines = ["Bags are scored only when they were made exactly like the training bags; any difference below "
              "(except precision) is refused with a message naming it.", "", "| field | value |", "|---|---|"]
     lines += [f"| {k} | `{v}` |" for k, v in describe(spec, mag)]

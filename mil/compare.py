@@ -27,11 +27,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mil.cv import CVConfig, CVResult, cv_config, finish_folds, plan_folds, splits_for, write_result
+from mil.cv import CVConfig, cv_config, splits_for
 from mil.data import Cohort, build_cohort, load_labels
+from mil.folds import finish_folds, plan_folds
+from mil.pathobench import read_pathobench
+from mil.plots import compare_plot, forest_plot
+from mil.results import CVResult, write_result
 from mil.spec import SpecMismatchError, check_cohort_specs
-from mil.splits import load_splits
+from mil.splits import load_splits, save_splits
+from mil.stats import corrected_ttest, detectable_delta, holm, outcome, se_from_ci, split_ratio
 from mil.tasks import TASKS
+from zoomfeat.bags import list_bags
+from zoomfeat.config import merge, save_yaml
+from zoomfeat.io import atomic_path, write_text_atomic
+from zoomfeat.jobs import iter_jobs
 
 
 
@@ -87,12 +96,6 @@ def compare(cfg: dict, out_dir: str | os.PathLike, jobs: int | None = None) -> p
     """Run every (encoder entry × framework × task) on shared splits; write compare.csv/.md/.png and
     compare_forest.png; return the long table (one row per encoder × framework × task × metric). ``jobs``: worker
     processes for the folds (default: the usable cores); the outputs do not depend on it."""
-    from zoomfeat.bags import list_bags
-    from zoomfeat.config import save_yaml
-    from zoomfeat.io import atomic_path, write_text_atomic
-
-    from mil.plots import compare_plot, forest_plot
-
     cfg = cv_config(cfg, CompareConfig)
     cfg["frameworks"] = _frameworks(cfg)
     entries = [parse_entry(e) for e in cfg["encoders"]]
@@ -177,9 +180,6 @@ def _run_task(cfg: dict, t: dict, entries: list[dict], files: dict, out: Path,
     each carrying its per-split scores (``_folds``) for the paired statistics. The folds of every encoder entry ×
     framework run as one list of jobs on ``jobs`` workers (:func:`zoomfeat.jobs.iter_jobs`); each cell's outputs
     are written while the workers go on with the next cells."""
-    from zoomfeat.config import merge
-    from zoomfeat.jobs import iter_jobs
-
     long_rows = []
     tcfg = merge(cfg, {k: v for k, v in t.items() if k != "name"})
     cohorts, order = _task_cohorts(cfg, t, tcfg, entries, files, out)
@@ -233,13 +233,9 @@ def _task_cohorts(cfg: dict, t: dict, tcfg: dict, entries: list[dict], files: di
 def _task_splits(ref: Cohort, cfg: dict, tcfg: dict, task_name: str, out: Path) -> pd.DataFrame:
     """The task's split table: given (``splits: {task: path}``, ours or a Patho-Bench TSV) or made once and
     saved to ``splits_{task}.csv``; reused by every encoder and framework."""
-    from mil.splits import save_splits
-
     given = cfg.get("splits")
     path = given.get(task_name) if isinstance(given, dict) else None
     if path and str(path).endswith(".tsv"):
-        from mil.pathobench import read_pathobench
-
         splits = load_splits(read_pathobench(path), ref.slides)
         save_splits(splits, out / f"splits_{task_name}.csv")
         return splits
@@ -260,8 +256,6 @@ def _restrict(c: Cohort, order: list[str]) -> Cohort:
 def paired_statistics(table: pd.DataFrame, reference: dict) -> pd.DataFrame:
     """Add delta, delta_ci_low, delta_ci_high, p, p_adj, outcome (vs the reference row of the same task and
     metric) from the per-split scores in ``_folds``; the per-split Δ table rides in ``attrs['folds']``."""
-    from mil.stats import corrected_ttest, holm, outcome, split_ratio
-
     table = table.copy()
     fold_rows, stats = [], []
     for i, r in table.iterrows():
@@ -338,8 +332,6 @@ def power_statement(table: pd.DataFrame, power: float = 0.8, alpha: float = 0.05
     """One line: the smallest Δ``metric`` the table's splits could detect at ``power`` (two-sided ``alpha``,
     unadjusted), from each comparison's observed per-split variance (the corrected standard error behind its Δ CI;
     :func:`mil.stats.detectable_delta`): the median over the comparisons and their range."""
-    from mil.stats import detectable_delta, se_from_ci
-
     rows = table[(table["metric"] == metric) & ~table["is_reference"].astype(bool)]
     d = np.array([detectable_delta(se_from_ci(r.delta_ci_low, r.delta_ci_high, int(r.n_folds)), int(r.n_folds),
                                    power, alpha) for r in rows.itertuples()], dtype=float)

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
+from zoomfeat.bags import read_bag
+from zoomfeat.io import atomic_path
 
 SURVIVAL = "survival"
 
@@ -34,8 +36,6 @@ class BadBagError(ValueError):
 def read_features(item: Any, mag: str = "20x") -> np.ndarray:
     """Features of one bag as float32 (N, D): a path goes through ``zoomfeat.bags.read_bag`` (opened per call)."""
     if isinstance(item, (str, os.PathLike)):
-        from zoomfeat.bags import read_bag
-
         path = Path(item)
         if not path.exists():
             raise BadBagError(f"missing bag: {path}")
@@ -290,8 +290,6 @@ class BagDataset(Dataset):
 
 def save_standardizer(norm: tuple[np.ndarray, np.ndarray], path: str | os.PathLike) -> None:
     """Write a fitted (mean, std) beside a head's weights (``.npz``, atomic): applying the head needs it."""
-    from zoomfeat.io import atomic_path
-
     with atomic_path(Path(path)) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, mean=norm[0], std=norm[1])

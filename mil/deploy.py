@@ -18,8 +18,15 @@ import numpy as np
 import pandas as pd
 
 from mil.data import BadBagError, BagDataset, Cohort, check_features, load_standardizer, read_features
+from mil.modelfile import FEATURE_SPEC, META, STANDARDIZE, WEIGHTS, read_model_card
 from mil.models import build_model, model_kwargs, with_split_dim
+from mil.spec import cohort_spec
 from mil.tasks import CLASSIFICATION, make_task
+from mil.trainer import predict
+from zoomfeat.bags import list_bags
+from zoomfeat.config import load_yaml
+from zoomfeat.precision import resolve_device
+from zoomfeat.weights import load_state_dict_file, torch_load_tensors
 
 #: the task settings (:func:`mil.tasks.make_task`) a loaded head is rebuilt with; ``ties`` only changes the Cox
 #: loss, not the predicted risk
@@ -50,26 +57,8 @@ class Predictor:
         return make_task(self.task, n_classes=max(self.n_classes, 2), **self.task_hp)
 
 
-def read_model_card(card: Path) -> dict:
-    """A model folder's ``model.json``, checked for what :func:`load_model` reads: anything else (broken JSON, a
-    list, a missing key) is one ValueError naming the file, not a ``TypeError`` traceback or a bare ``'model'``."""
-    try:
-        meta = json.loads(card.read_text())
-        head, task = meta["model"], meta["task"]
-        int(head["in_dim"]), int(head["n_out"]), str(head["name"]), str(task["name"]), meta["mag"]
-        if not isinstance(head.get("kwargs", {}), dict) or not isinstance(meta["feature_spec"], dict):
-            raise TypeError("'kwargs' and 'feature_spec' must be objects")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{card}: not a zoomfeat model card ({type(exc).__name__}: {exc}); re-run `zoomfeat mil "
-                         "train`") from exc
-    return meta
-
-
 def load_model(path: str | os.PathLike) -> Predictor:
     """A ``zoomfeat mil train`` folder → :class:`Predictor` (weights from safetensors, strict)."""
-    from mil.final import META, WEIGHTS
-    from zoomfeat.weights import load_state_dict_file
-
     path = Path(path)
     if not (path / META).is_file() or not (path / WEIGHTS).is_file():
         raise FileNotFoundError(f"{path}: not a model folder (needs {META} and {WEIGHTS}; "
@@ -89,7 +78,7 @@ def load_model(path: str | os.PathLike) -> Predictor:
     net.load_state_dict(weights, strict=True)
     hp = {k: task[k] for k in TASK_HP if k in task}
     return Predictor([net.eval()], task["name"], list(task["classes"]), meta["mag"], meta["feature_spec"], hp,
-                     int(head["in_dim"]), str(path), "model", meta, [load_standardizer(path / "standardize.npz")])
+                     int(head["in_dim"]), str(path), "model", meta, [load_standardizer(path / STANDARDIZE)])
 
 
 def _cv_classes(cv_dir: Path) -> list:
@@ -106,11 +95,8 @@ def _plain(v: Any) -> Any:
 def _cv_spec(cv_dir: Path, cfg: dict) -> tuple[dict, int]:
     """The CV run's feature spec and head input width: ``feature_spec.json`` (written by ``mil train --cv``),
     else read from the run's bag folder (which must still exist)."""
-    from mil.spec import cohort_spec
-    from zoomfeat.bags import list_bags
-
-    if (cv_dir / "feature_spec.json").is_file():
-        d = json.loads((cv_dir / "feature_spec.json").read_text())
+    if (cv_dir / FEATURE_SPEC).is_file():
+        d = json.loads((cv_dir / FEATURE_SPEC).read_text())
         return d["feature_spec"], int(d["in_dim"])
     bags = cfg.get("bags")
     if not bags or not Path(bags).is_dir():
@@ -122,18 +108,8 @@ def _cv_spec(cv_dir: Path, cfg: dict) -> tuple[dict, int]:
     return cohort_spec(files, mag, what=f"bags of CV run {cv_dir}"), int(read_features(files[0], mag).shape[1])
 
 
-def write_cv_spec(cv_dir: str | os.PathLike, spec: dict, in_dim: int) -> None:
-    """Make a CV folder self-describing for ``--ensemble`` (its bags may be moved later)."""
-    from zoomfeat.io import write_json_atomic
-
-    write_json_atomic(Path(cv_dir) / "feature_spec.json", {"feature_spec": spec, "in_dim": int(in_dim)})
-
-
 def load_ensemble(cv_dir: str | os.PathLike) -> Predictor:
     """The fold models of a ``zoomfeat mil cv`` folder as one predictor (mean of their outputs)."""
-    from zoomfeat.config import load_yaml
-    from zoomfeat.weights import torch_load_tensors
-
     cv_dir = Path(cv_dir)
     ckpts = sorted(cv_dir.glob("fold*/best.pt"), key=lambda p: int(p.parent.name[4:] or 0))
     if not ckpts or not (cv_dir / "config.yaml").is_file():
@@ -153,13 +129,13 @@ def load_ensemble(cv_dir: str | os.PathLike) -> Predictor:
     task_hp = {k: hp[k] for k in TASK_HP if k in hp}
     return Predictor(nets, task_name, classes, mag, spec, task_hp, in_dim, str(cv_dir), "ensemble",
                      {"folds": [str(c.relative_to(cv_dir)) for c in ckpts], "config": cfg},
-                     [load_standardizer(c.parent / "standardize.npz") for c in ckpts])
+                     [load_standardizer(c.parent / STANDARDIZE) for c in ckpts])
 
 
 def load_predictor(path: str | os.PathLike) -> Predictor:
     """A model folder (``model.json``) or a CV folder (``fold*/best.pt``, used as an ensemble)."""
     path = Path(path)
-    if (path / "model.json").is_file():
+    if (path / META).is_file():
         return load_model(path)
     if any(path.glob("fold*/best.pt")):
         return load_ensemble(path)
@@ -184,9 +160,6 @@ def usable_bags(bag_files: dict[str, Any], mag: str, dim: int) -> tuple[dict[str
 def predict_bags(pr: Predictor, bag_files: dict[str, Any], device: str = "auto",
                  attention: bool = True) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """One row per bag (mean over the predictor's heads) and each bag's mean attention (N,)."""
-    from mil.trainer import predict
-    from zoomfeat.precision import resolve_device
-
     slides = list(bag_files)
     n = len(slides)
     targets = np.zeros((n, 2), float) if pr.task == "survival" else np.zeros(n, np.int64)

@@ -1,5 +1,5 @@
-"""External validation and prediction outputs: labels joined to predictions, metrics with patient-grouped bootstrap
-CIs, ROC / Kaplan–Meier plots, attention CSVs and heatmaps; ``run_predict`` is ``zoomfeat mil predict``.
+"""External validation: labels joined to predictions, metrics with patient-grouped bootstrap CIs (vectorised over
+the draws), ROC / Kaplan–Meier plots and the metrics report; :mod:`mil.predict` runs it for ``zoomfeat mil predict``.
 
 The CI resamples *patients* with replacement (all slides of a drawn patient come along), so two slides of one
 patient never count as independent evidence; metrics are per slide. Percentile intervals, 1000 draws by default.
@@ -9,30 +9,23 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 
-from mil.deploy import Predictor, load_predictor, predict_bags, usable_bags
-from mil.heatmap import ThumbnailProvider
-
-
-@dataclass
-class PredictResult:
-    predictions: pd.DataFrame
-    metrics: pd.DataFrame | None
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    out: Path | None = None
+from mil import plots
+from mil.data import load_labels
+from mil.deploy import Predictor
+from mil.tasks import c_index
+from zoomfeat.io import atomic_path, write_text_atomic
 
 
 def attach_labels(pred: pd.DataFrame, labels: str | os.PathLike | pd.DataFrame, pr: Predictor,
                   target: str | None = None) -> pd.DataFrame:
     """Join the labels table on ``slide``; rows with a usable label get ``y``/``label`` (or ``time``/``event``)."""
-    from mil.data import load_labels
-
     meta = pr.meta.get("task", {}) if pr.kind == "model" else pr.meta.get("config", {})
     target = target or meta.get("target")
     tcol, ecol = meta.get("time_col", "time"), meta.get("event_col", "event")
@@ -64,19 +57,49 @@ def _intlike(v: Any) -> Any:
         return v
 
 
-def _scored(pred: pd.DataFrame, task: str) -> pd.DataFrame:
+def scored(pred: pd.DataFrame, task: str) -> pd.DataFrame:
+    """The prediction rows with a usable label (``y``, or ``time`` and ``event``)."""
     cols = ["time", "event"] if task == "survival" else ["y"]
     if not set(cols) <= set(pred.columns):
         return pred.iloc[:0]
     return pred.dropna(subset=cols).reset_index(drop=True)
 
 
+def boot_classification_metrics(y: np.ndarray, prob: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
+    """Vectorised metrics for B resampled sets at once: y (B, n) int, prob (B, n, C) → arrays of B values.
+
+    Same definitions as sklearn (checked in tests): accuracy; balanced accuracy = mean recall over classes
+    present in y; macro-F1 over all classes with zero_division=0; AUC = Mann–Whitney rank sum (ties get
+    average ranks), one-vs-rest macro for C > 2, NaN when a class is absent.
+    """
+    b, n = y.shape
+    c = n_classes
+    pred = prob.argmax(-1)
+    cm = np.bincount((np.arange(b)[:, None] * c * c + y * c + pred).ravel(), minlength=b * c * c).reshape(b, c, c)
+    tp = np.diagonal(cm, axis1=1, axis2=2).astype(float)
+    support, predicted = cm.sum(2).astype(float), cm.sum(1).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, tp / support, np.nan)
+        denom = support + predicted
+        f1 = np.where(denom > 0, 2 * tp / denom, 0.0)
+
+        def auc(score: np.ndarray, pos: np.ndarray) -> np.ndarray:
+            ranks = rankdata(score, axis=1)
+            n1 = pos.sum(1).astype(float)
+            u = (ranks * pos).sum(1) - n1 * (n1 + 1) / 2
+            return np.where((n1 > 0) & (n1 < n), u / (n1 * (n - n1)), np.nan)
+
+        if c == 2:
+            aucs = auc(prob[..., 1], y == 1)
+        else:
+            aucs = np.mean([auc(prob[..., k], y == k) for k in range(c)], axis=0)  # NaN if a class is absent
+        return {"auc": aucs, "accuracy": tp.sum(1) / n, "balanced_accuracy": np.nanmean(recall, axis=1),
+                "f1": f1.mean(1)}
+
+
 def grouped_bootstrap_ci(pred: pd.DataFrame, task: str, n_classes: int, n_boot: int = 1000, seed: int = 0,
                          level: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile CIs of per-slide metrics, resampling patients (column ``patient``) with replacement."""
-    from mil.cv import boot_classification_metrics
-    from mil.tasks import c_index
-
     rng = np.random.default_rng(seed)
     groups = pred.groupby("patient").indices
     members = list(groups.values())
@@ -104,7 +127,7 @@ def grouped_bootstrap_ci(pred: pd.DataFrame, task: str, n_classes: int, n_boot: 
 
 def external_metrics(pred: pd.DataFrame, pr: Predictor, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Point estimate on every labelled slide + patient-grouped bootstrap CI, one row per metric."""
-    sc = _scored(pred, pr.task)
+    sc = scored(pred, pr.task)
     if sc.empty:
         raise ValueError("no predicted slide has a usable label: check the labels CSV's slide ids and target")
     task = pr.task_obj()
@@ -118,38 +141,11 @@ def external_metrics(pred: pd.DataFrame, pr: Predictor, n_boot: int = 1000, seed
                           "n_patients": sc["patient"].nunique(), "n_boot": int(n_boot)} for m, v in point.items()])
 
 
-def write_attention_maps(out: Path, pred: pd.DataFrame, attn: dict[str, np.ndarray], bag_files: dict[str, Any],
-                         pr: Predictor, thumbnails: ThumbnailProvider | None = None, heatmaps: int | None = None) -> int:
-    """attention/{slide}.csv for every slide and heatmaps/{slide}.png for the first ``heatmaps`` (None = all), over
-    the thumbnails the caller's provider gives (:mod:`mil.heatmap`)."""
-    from mil.heatmap import instance_coords, slide_heatmap, write_attention_csv
-
-    (out / "attention").mkdir(parents=True, exist_ok=True)
-    score = "risk" if pr.task == "survival" else None
-    made = 0
-    for row in pred.itertuples(index=False):
-        s = row.slide
-        scores = attn.get(s)
-        if scores is None:
-            continue
-        coords, psize = instance_coords(bag_files[s], pr.mag, len(scores))
-        write_attention_csv(out / "attention" / f"{s}.csv", coords, scores)
-        if coords is None or (heatmaps is not None and made >= heatmaps):
-            continue
-        title = (f"{s}: risk {row.risk:.2f}" if score
-                 else f"{s}: {row.pred_label} ({getattr(row, f'prob_{row.pred}'):.2f})")
-        slide_heatmap(s, coords, scores, out / "heatmaps" / f"{s}.png", thumbnails, patch_size=psize, title=title)
-        made += 1
-    return made
-
-
-def _write_metrics(out: Path, pred: pd.DataFrame, metrics: pd.DataFrame, pr: Predictor) -> None:
-    from mil import plots
-    from zoomfeat.io import atomic_path, write_text_atomic
-
+def write_metrics(out: Path, pred: pd.DataFrame, metrics: pd.DataFrame, pr: Predictor) -> None:
+    """``metrics.csv``, ``metrics.md`` and ``roc.png`` or ``km.png`` of an external validation."""
     with atomic_path(out / "metrics.csv") as tmp:
         metrics.to_csv(tmp, index=False)
-    sc = _scored(pred, pr.task)
+    sc = scored(pred, pr.task)
     extra = ""
     if pr.task == "survival":
         p = plots.km_plot(sc, out / "km.png", title=f"{Path(pr.source).name}: predicted risk groups")
@@ -162,51 +158,3 @@ def _write_metrics(out: Path, pred: pd.DataFrame, metrics: pd.DataFrame, pr: Pre
              f"over patients ({int(r0.n_boot)} draws)", "", "| metric | value | 95% CI |", "|---|---|---|"]
     lines += [f"| {r.metric} | {r.value:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] |" for r in metrics.itertuples()]
     write_text_atomic(out / "metrics.md", "\n".join(lines) + "\n" + extra)
-
-
-def run_predict(model: str | os.PathLike | Predictor, bags: str | os.PathLike | dict, out: str | os.PathLike,
-                labels: str | os.PathLike | None = None, thumbnails: ThumbnailProvider | None = None,
-                heatmaps: int | None = None, device: str = "auto", n_boot: int = 1000, seed: int = 0,
-                target: str | None = None) -> PredictResult:
-    """``zoomfeat mil predict``: refuse bags of another feature spec, predict every usable bag, write the outputs.
-
-    ``model``: a model folder, a CV folder (ensemble of its folds) or a loaded :class:`Predictor`; ``bags``: a
-    bag folder (the model's ``features_{encoder}`` is picked when it holds several) or slide → path;
-    ``thumbnails``: slide id → thumbnail for the heatmaps (``zoomfeat.slides.thumbnails.SlideThumbnails``; without
-    it heatmaps are drawn on the tile grid).
-    """
-    from mil.spec import check_specs
-    from zoomfeat.bags import list_bags
-    from zoomfeat.io import atomic_path
-
-    pr = model if isinstance(model, Predictor) else load_predictor(model)
-    files = dict(bags) if isinstance(bags, dict) else list_bags(bags, encoder=_encoder_dir(bags, pr))
-    if not files:
-        raise FileNotFoundError(f"no bags found in {bags}")
-    check_specs(pr.feature_spec, files, pr.mag)
-    ok, skipped = usable_bags(files, pr.mag, pr.in_dim)
-    if not ok:
-        raise ValueError(f"no usable bag: {skipped[0][0]}: {skipped[0][1]}")
-    pred, attn = predict_bags(pr, ok, device)
-    if labels is not None:
-        pred = attach_labels(pred, labels, pr, target)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "predictions.csv") as tmp:
-        pred.to_csv(tmp, index=False)
-    pd.DataFrame(skipped, columns=["slide", "reason"]).to_csv(out / "skipped.csv", index=False)
-    write_attention_maps(out, pred, attn, ok, pr, thumbnails, heatmaps)
-    metrics = None
-    if labels is not None and _scored(pred, pr.task).empty:
-        warnings.warn(f"no predicted slide has a usable label in {labels}: no metrics (check slide ids / target)",
-                      stacklevel=2)
-    elif labels is not None:
-        metrics = external_metrics(pred, pr, n_boot, seed)
-        _write_metrics(out, pred, metrics, pr)
-    return PredictResult(pred, metrics, skipped, out)
-
-
-def _encoder_dir(bags: Any, pr: Predictor) -> str | None:
-    """Pick ``features_{encoder}`` of the model's encoder when ``bags`` holds several encoders' folders."""
-    enc = pr.feature_spec.get("encoder")
-    return enc if enc and (Path(bags) / f"features_{enc}").is_dir() else None

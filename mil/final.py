@@ -25,17 +25,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mil.cv import CVConfig, cv_config, head_hparams, train_head
-from mil.data import Cohort, save_standardizer
+from mil.cv import CVConfig, cv_config, prepare_cohort, run_cv as cross_validate_run
+from mil.data import Cohort
+from mil.folds import head_hparams, train_head
 from mil.heatmap import ThumbnailProvider
+from mil.modelfile import MODEL_FORMAT, jsonable, save_model, write_cv_spec
 from mil.models import model_kwargs
+from mil.spec import cohort_spec
+from mil.splits import fold_indices, make_splits
 from mil.tasks import CLASSIFICATION, TASKS
-
-MODEL_FORMAT = "zoomfeat-mil-model-v1"
-WEIGHTS = "model.safetensors"
-META = "model.json"
-STANDARDIZE = "standardize.npz"  #: per-feature (mean, std) of the training slides, when the head standardises
-
+from zoomfeat import __version__
 
 @dataclass
 class FinalSection:
@@ -52,16 +51,6 @@ class FinalConfig(CVConfig):
     final: FinalSection = field(default_factory=FinalSection)
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
-
-
 def _cv_estimate(cv_dir: Path) -> dict:
     """The CV summary and per-fold best epochs of a ``mil cv`` output folder (for the card and ``epochs``)."""
     summ, folds = cv_dir / "summary.csv", cv_dir / "fold_metrics.csv"
@@ -74,8 +63,6 @@ def _cv_estimate(cv_dir: Path) -> dict:
 
 def _val_split(cohort: Cohort, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     """Patient-level stratified hold-out of ``val_fraction`` for early stopping (fold 0 of a k = 1/val split)."""
-    from mil.splits import fold_indices, make_splits
-
     frac = float(cfg.get("val_fraction") or 0.2)
     per_patient = pd.Series(list(cohort.strata), index=cohort.patients).groupby(level=0).first()
     smallest = int(per_patient.value_counts().min()) if cohort.task != "survival" else len(per_patient)
@@ -124,7 +111,7 @@ def fit_head(cohort: Cohort, cfg: dict, train_idx: np.ndarray, val_idx: np.ndarr
 
 
 def _task_meta(cohort: Cohort, cfg: dict, task) -> dict:
-    meta = {"name": cohort.task, "target": cfg.get("target"), "classes": _jsonable(list(cohort.classes))}
+    meta = {"name": cohort.task, "target": cfg.get("target"), "classes": jsonable(list(cohort.classes))}
     if cohort.task == "survival":
         meta.update(surv_loss=task.kind, n_bins=task.n_bins, alpha=task.alpha,
                     edges=None if task.edges is None else [float(e) for e in task.edges],
@@ -144,32 +131,6 @@ def _training_meta(cohort: Cohort, tr: np.ndarray, va: np.ndarray, info: dict, h
             "epochs_run": int(info["epochs_run"]), "skipped": [list(s) for s in cohort.skipped]}
 
 
-def save_model(out: Path, net, meta: dict, cfg: dict, extra_csv: dict[str, pd.DataFrame],
-               norm: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
-    """Weights (safetensors), tables, config, card; ``model.json`` last (its presence = a complete folder)."""
-    from safetensors.torch import save_file
-
-    from mil.card import model_card
-    from zoomfeat.config import save_yaml
-    from zoomfeat.io import atomic_path, write_json_atomic, write_text_atomic
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META).unlink(missing_ok=True)  # a rerun invalidates the old folder until the new one is complete
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    with atomic_path(out / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
-    (out / STANDARDIZE).unlink(missing_ok=True)
-    if norm is not None:  # the head reads standardised features: applying it needs the training mean / std
-        save_standardizer(norm, out / STANDARDIZE)
-    save_yaml(cfg, out / "config.yaml")
-    for name, df in extra_csv.items():
-        with atomic_path(out / name) as tmp:
-            df.to_csv(tmp, index=False)
-    write_text_atomic(out / "README.md", model_card(meta))
-    write_json_atomic(out / META, _jsonable(meta))
-    return out
-
-
 def train_final(cfg: dict | FinalConfig, out_dir: str | os.PathLike, run_cv: bool = False,
                 cv_from: str | os.PathLike | None = None, thumbnails: ThumbnailProvider | None = None,
                 jobs: int | None = None) -> dict:
@@ -179,10 +140,6 @@ def train_final(cfg: dict | FinalConfig, out_dir: str | os.PathLike, run_cv: boo
     the CV's heatmaps (:func:`mil.cv.run_cv`); ``jobs``: worker processes for its folds. Returns the model
     metadata written to ``model.json``.
     """
-    from mil.cv import prepare_cohort, run_cv as cross_validate_run
-    from mil.spec import cohort_spec
-    from zoomfeat import __version__
-
     cfg = cv_config(cfg, FinalConfig)
     if cfg["task"] not in TASKS:
         raise ValueError(f"unknown task {cfg['task']!r}; choose one of {TASKS}")
@@ -191,8 +148,6 @@ def train_final(cfg: dict | FinalConfig, out_dir: str | os.PathLike, run_cv: boo
     spec = cohort_spec([i for i in cohort.items if isinstance(i, (str, os.PathLike))], cfg["mag"])
     cv = None
     if run_cv:
-        from mil.deploy import write_cv_spec
-
         cross_validate_run({k: v for k, v in cfg.items() if k != "final"}, out / "cv", thumbnails, cohort=cohort,
                            jobs=jobs)
         write_cv_spec(out / "cv", spec, cohort.dim)
@@ -204,7 +159,7 @@ def train_final(cfg: dict | FinalConfig, out_dir: str | os.PathLike, run_cv: boo
     meta = {"format": MODEL_FORMAT, "toolkit_version": __version__,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": {"name": str(cfg["model"]).lower(), "in_dim": int(cohort.dim), "n_out": int(task.n_out),
-                      "kwargs": _jsonable({**model_kwargs(str(cfg["model"]).lower(), model_hp),
+                      "kwargs": jsonable({**model_kwargs(str(cfg["model"]).lower(), model_hp),
                                            **getattr(net, "sizes", {})})},
             "task": _task_meta(cohort, cfg, task), "mag": cfg["mag"], "seed": int(cfg["seed"]),
             "feature_spec": spec, "training": _training_meta(cohort, tr, va, info, how, cfg), "cv": cv,

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Callable, Optional, Tuple
 
 import numpy as np
+from zoomfeat.bags import Bag, load_bag
+from zoomfeat.io import atomic_path
 
 #: slide id -> (thumbnail uint8 HxWx3, level-0 (width, height), name shown in the title), or None (no slide).
 ThumbnailProvider = Callable[[str], Optional[Tuple[np.ndarray, Tuple[int, int], str]]]
@@ -31,8 +33,6 @@ def bag_instances(item, mag: str) -> tuple[np.ndarray | None, float | None]:
     """Level-0 top-left corners of a bag's instances at ``mag`` (the 5x regions for '5x', else the 20x tiles) and
     their level-0 side (None when the bag does not record it). ``item``: a bag path, or a ``zoomfeat.bags.Bag``
     already loaded (callers that also need its features read the file once)."""
-    from zoomfeat.bags import Bag, load_bag
-
     bag = item if isinstance(item, Bag) else load_bag(item)
     psize = bag.coords_attrs.get("patch_size_level0") or bag.attrs.get("patch_size_level0")
     if mag == "5x":
@@ -121,8 +121,6 @@ def _overlay(thumb: np.ndarray, width: float, coords: np.ndarray, colours: np.nd
 def _save_figure(img: np.ndarray, out_png: str | os.PathLike, title: str, cmap: str) -> Path:
     import matplotlib
     import matplotlib.pyplot as plt
-
-    from zoomfeat.io import atomic_path
 
     fig, ax = plt.subplots(figsize=(6, 6 * img.shape[0] / max(img.shape[1], 1) + 0.6))
     ax.imshow(img, interpolation="nearest")

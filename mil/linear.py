@@ -15,8 +15,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from mil.cv import prediction_rows
 from mil.data import Cohort, read_features
+from mil.results import prediction_rows
 from mil.splits import fold_indices
 from mil.tasks import CLASSIFICATION, make_task
 
@@ -72,7 +72,7 @@ def run_linear(cohort: Cohort, splits: pd.DataFrame, mag: str = "20x", seed: int
 
 def linear_fold(cohort: Cohort, x: np.ndarray, idx: dict, fold: int, seed: int = 0) -> dict:
     """One fold job of the linear probe on pooled features ``x``: fit on train + val, score the test slides;
-    returns {row, pred} as :func:`mil.cv.fit_fold` does (seeded by ``seed`` + fold)."""
+    returns {row, pred} as :func:`mil.folds.fit_fold` does (seeded by ``seed`` + fold)."""
     n_classes = len(cohort.classes) if cohort.task in CLASSIFICATION else 0
     task = make_task(cohort.task, n_classes=max(n_classes, 2))
     tr = np.concatenate([idx["train"], idx["val"]])

@@ -16,6 +16,7 @@ from typing import Sequence
 import pandas as pd
 
 from mil.splits import SPLIT_COLUMNS, check_splits, with_repeat
+from zoomfeat.io import atomic_path
 
 VALUES = ("train", "val", "test")
 
@@ -24,8 +25,6 @@ def write_pathobench(splits: pd.DataFrame, path: str | os.PathLike, labels: pd.D
                      label_columns: Sequence[str] = (), keep_val: bool = False) -> Path:
     """Write a split table as a Patho-Bench TSV; ``labels`` (with a ``slide`` column) supplies
     ``label_columns``; validation slides are written as ``train`` unless ``keep_val``."""
-    from zoomfeat.io import atomic_path
-
     splits = with_repeat(splits)
     check_splits(splits)
     folds = sorted(splits["fold"].unique())

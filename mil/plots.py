@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from zoomfeat.io import atomic_path
 
 
 def _plt():
@@ -20,8 +21,6 @@ def _plt():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    from zoomfeat.io import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")

@@ -15,6 +15,8 @@ import warnings
 from typing import Sequence
 
 import numpy as np
+from mil.linear import fit_predict_classifier, fit_predict_cox
+from mil.stats import corrected_ttest
 
 SURVIVAL = "survival"
 
@@ -42,8 +44,6 @@ def _fit_score_clf(Xtr, ytr, Xte, yte) -> float:
     over the classes present in the test fold for > 2 classes."""
     from sklearn.metrics import roc_auc_score
 
-    from mil.linear import fit_predict_classifier
-
     classes = np.unique(ytr)
     if len(np.unique(yte)) < 2 or len(classes) < 2:
         return float("nan")
@@ -60,8 +60,6 @@ def _fit_score_clf(Xtr, ytr, Xte, yte) -> float:
 def _fit_score_cox(Xtr, ytr, Xte, yte) -> float:
     """Test c-index of the probe's risk (:func:`mil.linear.fit_predict_cox`, one component per 6 slides)."""
     from lifelines.utils import concordance_index
-
-    from mil.linear import fit_predict_cox
 
     if ytr[:, 1].sum() < 2 or yte[:, 1].sum() < 1:
         return float("nan")
@@ -84,8 +82,6 @@ def corrected_ci(scores: np.ndarray, test_over_train: float, level: float = 0.95
     """(mean, std, ci_low, ci_high) of per-split scores with the Nadeau–Bengio corrected variance
     (:func:`mil.stats.corrected_ttest`, the same test ``compare`` uses), the CI clipped to the metrics' range [0, 1]
     (AUC, c-index; as ``mil cv`` clips its summary)."""
-    from mil.stats import corrected_ttest
-
     s = np.asarray(scores, float)
     s = s[np.isfinite(s)]
     if len(s) == 0:
@@ -97,8 +93,6 @@ def corrected_ci(scores: np.ndarray, test_over_train: float, level: float = 0.95
 
 def paired_test(a: np.ndarray, b: np.ndarray, test_over_train: float) -> dict:
     """Corrected resampled paired t-test of per-split scores ``a − b`` (same splits): Δ mean, 95% CI, two-sided p."""
-    from mil.stats import corrected_ttest
-
     d = np.asarray(a, float) - np.asarray(b, float)
     r = corrected_ttest(d, test_over_train)
     return {"delta": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "p": r["p"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from typing import Any, Iterable, Mapping
+from zoomfeat.bags import read_bag_attrs
 
 #: encoder_config keys that are not part of the recipe (compared elsewhere or not at all)
 _NOT_RECIPE = ("name", "dim", "precision")
@@ -66,8 +67,6 @@ def spec_from_attrs(attrs: Mapping[str, Any]) -> dict:
 
 def read_spec(path: str | os.PathLike) -> dict:
     """Feature spec of the bag file at ``path``."""
-    from zoomfeat.bags import read_bag_attrs
-
     try:
         attrs = read_bag_attrs(path)
     except OSError as exc:
@@ -156,8 +155,6 @@ def check_cohort_specs(bag_files: Mapping[str, Any], mag: str = "20x", what: str
     width can be checked). Bags that cannot be read are left to the cohort builder (skipped and listed there); a
     readable bag without a spec among bags with one is odd."""
     import json
-
-    from zoomfeat.bags import read_bag_attrs
 
     specs: dict[str, dict | None] = {}
     for slide, path in bag_files.items():

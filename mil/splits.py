@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
+from zoomfeat.io import atomic_path
 
 SPLIT_COLUMNS = ["fold", "slide", "patient", "split", "repeat"]
 
@@ -144,8 +145,6 @@ def with_repeat(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def save_splits(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    from zoomfeat.io import atomic_path
-
     with atomic_path(path) as tmp:
         with_repeat(df)[SPLIT_COLUMNS].to_csv(tmp, index=False)
     return Path(path)

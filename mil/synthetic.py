@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from zoomfeat.bags import write_bag
 
 
 def _directions(dim: int, rng: np.random.Generator, k: int = 3) -> np.ndarray:
@@ -87,8 +88,6 @@ def write_bags(out_dir: str | os.PathLike, n_slides: int = 24, dim: int = 8, see
     risk concept; with ``informative=False`` the features are pure noise (a baseline encoder).
     Returns (bag folder, labels CSV).
     """
-    from zoomfeat.bags import write_bag
-
     rng = np.random.default_rng(seed)
     dirs = _directions(dim, np.random.default_rng(777), k=min(dim, 5))
     feat_rng = np.random.default_rng(seed + (0 if informative else 99))

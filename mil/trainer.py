@@ -26,7 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mil.data import BagDataset, collate_bags
-from zoomfeat.precision import resolve_device
+from zoomfeat.io import atomic_path
+from zoomfeat.precision import autocast, check_supported, effective_precision, resolve_device
+from zoomfeat.threads import thread_count
 from zoomfeat.tracking import WandbRun
 
 
@@ -104,8 +106,6 @@ def configure_threads(threads: int | None = None, workers: int = 0) -> int:
     An explicit ``threads`` above the available cores is lowered to them (oversubscribed OpenMP threads spin
     at barriers while waiting for descheduled peers instead of working).
     """
-    from zoomfeat.threads import thread_count
-
     n = thread_count(threads, workers)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
@@ -153,8 +153,6 @@ def _forward(model: torch.nn.Module, batch: dict, device: torch.device, attentio
 def predict(model: torch.nn.Module, task, dataset: BagDataset, batch_size: int = 1, device: str | torch.device = "cpu",
             attention: bool = False, precision: str = "fp32") -> dict[str, Any]:
     """Logits, task predictions, loss on the whole set and (optionally) per-bag attention arrays."""
-    from zoomfeat.precision import autocast
-
     device = torch.device(device)
     model.eval()
     loader = _loader(dataset, batch_size)
@@ -248,8 +246,6 @@ def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagD
     validation loss (window ``smooth``), stop after ``patience`` epochs without improvement but not before
     ``min_epochs``. Without one: a fixed schedule of ``epochs``, last weights kept. The kept weights are saved to
     ``ckpt_path`` atomically and loaded back into ``model``."""
-    from zoomfeat.precision import autocast, check_supported, effective_precision
-
     device = resolve_device(cfg.device)
     check_supported(device, cfg.precision)
     model.to(device)
@@ -291,8 +287,6 @@ def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagD
     logger.finish()
     model.load_state_dict(best["state"])
     if ckpt_path is not None:
-        from zoomfeat.io import atomic_path
-
         with atomic_path(ckpt_path) as tmp:
             torch.save({k: v.cpu() for k, v in best["state"].items()}, tmp)
     return {"best_epoch": best["epoch"], "best_val_loss": best["loss"] if has_val else float("nan"),
@@ -301,8 +295,6 @@ def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagD
 
 def _train_epoch(model, task, loader, opt, device, grad_clip, precision="fp32", scaler=None) -> float:
     """One pass over the training loader; the mean training loss per bag."""
-    from zoomfeat.precision import autocast
-
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     model.train()
     total, n = 0.0, 0

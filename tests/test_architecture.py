@@ -1,7 +1,7 @@
-"""The walls as tests: the import-linter contracts of pyproject.toml hold with no exception (slides is the bottom
-layer, mil reads bags only through zoomfeat.bags, encoders import neither training nor generation, only the entry
-point imports the CLI), and three source checks read with ``ast``: no function over 80 lines, no private name used
-across modules, no "zoomldm" string literal outside the encoder that owns the name."""
+"""The walls as tests: the import-linter contracts of pyproject.toml hold with no exception (one ``layers`` contract
+over all of zoomfeat and mil, naming every module, the floor included: no circle, no import up a floor, only the
+entry point imports the CLI), and three source checks read with ``ast``: no function over 80 lines, no private name
+used across modules, no "zoomldm" string literal outside the encoder that owns the name."""
 
 from __future__ import annotations
 
@@ -180,19 +180,39 @@ def test_the_checks_find_what_they_look_for(tmp_path, monkeypatch):
     assert arch.zoomldm_literals(paths) == ["mil/b.py:90"]
 
 
-def test_cli_wall_lists_every_module():
-    """The "only the entry point imports the CLI" contract names its sources one by one: a new top-level module or
-    package of zoomfeat (or mil) must be added there, or the wall would silently not cover it."""
+def _house(contracts: list[dict]) -> dict:
+    return next(c for c in contracts if c["type"] == "layers" and "zoomfeat.cli" in c["layers"])
+
+
+def layer_names(layers: list[str]) -> list[str]:
+    """Every module a ``layers`` list names (``a | b``, ``a : b``, optional ``(a)``), in order."""
+    return [n.strip().strip("()") for layer in layers for n in layer.replace(":", "|").split("|")]
+
+
+def unnamed_modules(root: Path, layers: list[str]) -> list[str]:
+    """Top-level modules and packages of zoomfeat and mil that no layer names (the root packages' ``__init__``
+    faces are no layer), plus names listed twice."""
+    named = layer_names(layers)
+    present = {f"{pkg}.{p.stem if p.is_file() else p.name}" for pkg in FIRST_PARTY for p in (root / pkg).iterdir()
+               if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
+    twice = sorted({n for n in named if named.count(n) > 1})
+    return sorted(present - set(named)) + [f"{n} (twice)" for n in twice]
+
+
+def test_layers_name_every_module(tmp_path):
+    """The house contract names every top-level module and package of zoomfeat and of mil: a new module must be
+    given its floor, or the contract would silently not cover it. The check flags a planted unnamed module."""
     import tomllib
 
-    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
-    wall = next(c for c in contracts if c.get("forbidden_modules") == ["zoomfeat.cli"])
-    listed = set(wall["source_modules"])
-    present = {f"zoomfeat.{p.stem if p.is_file() else p.name}" for p in (ROOT / "zoomfeat").iterdir()
-               if (p.suffix == ".py" and p.stem not in ("__init__", "__main__")) or (p / "__init__.py").is_file()}
-    missing = sorted(present - listed - {"zoomfeat.cli"})
-    assert not missing, f"add to the CLI wall's source_modules in pyproject.toml: {missing}"
-    assert "mil" in listed
+    layers = _house(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"])["layers"]
+    missing = unnamed_modules(ROOT, layers)
+    assert not missing, f"give these a layer in pyproject.toml's house contract: {missing}"
+    for pkg in FIRST_PARTY:
+        (tmp_path / pkg / "sub").mkdir(parents=True)
+        (tmp_path / pkg / "__init__.py").write_text("")
+        (tmp_path / pkg / "sub" / "__init__.py").write_text("")
+        (tmp_path / pkg / "a.py").write_text("")
+    assert unnamed_modules(tmp_path, ["zoomfeat.a", "(zoomfeat.sub) : mil.a | mil.a"]) == ["mil.sub", "mil.a (twice)"]
 
 
 def test_cli_start_up_imports_no_torch():

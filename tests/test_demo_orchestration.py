@@ -100,15 +100,13 @@ class FakeCLI:
 @pytest.fixture
 def light(monkeypatch):
     """run_demo's in-process heavy pieces replaced by stand-ins (model dims, SSL grid, external step, realism)."""
-    import zoomfeat.generate.realism as realism
-
     seen = {}
     monkeypatch.setattr(demo, "_model_dims", lambda model_dir: (13, 24))
     monkeypatch.setattr(demo, "_ssl_grid", lambda slides, tiles, out, dim: out / "ssl_grid_5x.npy")
     monkeypatch.setattr(demo, "external_validation",
                         lambda out, labels, bags, run_step, folds: seen.setdefault("external", (labels, bags, folds)))
-    monkeypatch.setattr(realism, "realism_report", lambda *a, **k: {})
-    monkeypatch.setattr(realism, "format_report", lambda rep: "realism report")
+    monkeypatch.setattr(demo, "realism_report", lambda *a, **k: {})  # the demo's own bindings (imported at its top)
+    monkeypatch.setattr(demo, "format_report", lambda rep: "realism report")
     return seen
 
 

@@ -129,11 +129,11 @@ def test_help_lists_it_and_unknown_names_are_one_line_errors(tmp_path, capsys):
 
 
 def test_needs_weights_fails_before_any_slide_is_read(tmp_path, monkeypatch, capsys):
-    import zoomfeat.slides.reader as reader
+    import zoomfeat.extract as extract
 
     opened = []
-    real = reader.open_slide
-    monkeypatch.setattr(reader, "open_slide", lambda *a, **k: opened.append(a) or real(*a, **k))
+    real = extract.open_slide
+    monkeypatch.setattr(extract, "open_slide", lambda *a, **k: opened.append(a) or real(*a, **k))  # its reader
     empty = tmp_path / "registry.yaml"
     empty.write_text("{}\n")
     monkeypatch.setenv("ZOOMFEAT_WEIGHTS_REGISTRY", str(empty))

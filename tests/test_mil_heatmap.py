@@ -7,7 +7,7 @@ import pytest
 
 from mil.heatmap import attention_heatmap, rank_normalize, slide_heatmap
 from tests.conftest import SLIDES
-from zoomfeat.cohort import find_slide
+from zoomfeat.names import find_slide
 
 
 def _grid(side=6, step=256):
@@ -84,7 +84,7 @@ def test_slide_heatmap_falls_back_to_the_tile_grid(tmp_path):
 def test_slide_lookup_for_thumbnails(tmp_path):
     """The labels CSV's ``path`` column (relative to the CSV; missing files dropped), then a slide folder, in the
     order the caller gives (`mil cv`: folder first; `mil predict`: labels first)."""
-    from zoomfeat.cohort import label_slide_paths
+    from zoomfeat.names import label_slide_paths
     from zoomfeat.slides.thumbnails import SlideThumbnails
 
     (tmp_path / "wsi").mkdir()

@@ -106,7 +106,7 @@ def test_discrete_time_nll_head_learns_known_risk():
 
 
 def test_bootstrap_metrics_equal_sklearn():
-    from mil.cv import boot_classification_metrics
+    from mil.external import boot_classification_metrics
 
     rng = np.random.default_rng(0)
     for c in (2, 3):

@@ -158,16 +158,16 @@ def slides(tmp_path_factory):
 
 
 def test_disk_full_writing_timings_still_writes_summary(slides, tmp_path, monkeypatch, capsys):
-    from zoomfeat import io
+    from zoomfeat import extract
 
-    real = io.write_json_atomic
+    real = extract.write_json_atomic
 
     def full(path, obj):
         if Path(path).name.startswith("timings"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(path, obj)
 
-    monkeypatch.setattr(io, "write_json_atomic", full)
+    monkeypatch.setattr(extract, "write_json_atomic", full)  # the extractor's writer of timings.json
     (tmp_path / "one").mkdir()
     os.symlink(slides / "slides" / "syn1.tiff", tmp_path / "one" / "syn1.tiff")
     rc = main(["extract", str(tmp_path / "one"), "--tiles", str(slides / "tiles"), "--encoder", "tiny-vit",

@@ -65,7 +65,7 @@ def _leftovers(folder: Path) -> list[Path]:
 
 
 def test_slide_ids_cannot_leave_the_output_folder(tmp_path):
-    from zoomfeat.cohort import SlideIdError, check_slide_id, output_path
+    from zoomfeat.names import SlideIdError, check_slide_id, output_path
 
     for bad in ("../../escape", "/abs/escape", "a/b", "..", ".hidden", "", "x\x00y", "a\\b"):
         with pytest.raises(SlideIdError, match="not a safe slide id"):
@@ -107,7 +107,7 @@ def test_slide_id_collisions_fail_both_and_name_both(cohort, tmp_path):
     shutil.copy(cohort / "slides" / "syn1.tiff", src / "b" / "x.tiff")
     shutil.copy(cohort / "slides" / "syn2.tiff", src / "y.tiff")
     shutil.copy(cohort / "slides" / "syn2.tiff", src / "y.svs")
-    from zoomfeat.cohort import id_collisions
+    from zoomfeat.names import id_collisions
 
     clashes = id_collisions(sorted(src.rglob("*.tif*")) + [src / "y.svs"])
     assert set(clashes) == {"x", "y"} and str(src / "a" / "x.tiff") in clashes["x"] and "b/x.tiff" in clashes["x"]
@@ -518,7 +518,7 @@ def test_training_build_without_ssl_encoder_names_the_key(tmp_path):
 
 
 def test_val_fraction_zero_warns():
-    from mil.cv import run_folds
+    from mil.folds import run_folds
     from mil.data import build_cohort, load_labels
     from mil.splits import make_splits
 

@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 
 from zoomfeat.io import atomic_h5, write_bytes_atomic
+from zoomfeat.names import output_path
 
 #: Rows per HDF5 chunk: row-sized chunks (TRIDENT's (1, D)) make whole-bag reads slow; CLAM uses 32.
 CHUNK_ROWS = 1024
@@ -78,8 +79,6 @@ class Bag:
 
 def bag_path(out_dir: str | os.PathLike, encoder: str, slide_id: str) -> Path:
     """Where ``zoomfeat extract`` writes a slide's bag: ``{out_dir}/features_{encoder}/{slide_id}.h5`` (TRIDENT naming)."""
-    from zoomfeat.cohort import output_path
-
     safe = re.sub(r"[^A-Za-z0-9._+-]", "_", encoder)
     return output_path(Path(out_dir) / f"features_{safe}", slide_id, ".h5")
 

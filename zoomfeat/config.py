@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from zoomfeat.io import write_text_atomic
 
 #: The packaged configs (``zoomfeat/configs``, shipped as package data, so a non-editable install finds every
 #: default); the repository's top-level ``configs/`` is a link to this folder: the same files.
@@ -74,8 +75,6 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
 
 
 def save_yaml(cfg: dict, path: str | os.PathLike) -> None:
-    from zoomfeat.io import write_text_atomic
-
     write_text_atomic(path, yaml.safe_dump(cfg, sort_keys=False))
 
 

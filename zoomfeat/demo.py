@@ -13,14 +13,30 @@ external AUC with a patient-grouped bootstrap CI) → generate (real vs generate
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-
 import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+import pandas as pd
+import torch
+
+from mil.compare import power_statement, verdict
+from mil.probe_eval import paired_test
+from mil.splits import make_splits
+from zoomfeat.encoders import create_encoder
 from zoomfeat.encoders.zoomldm import ZOOMLDM
+from zoomfeat.generate.realism import format_report, realism_report
+from zoomfeat.jobs import process_cpu_seconds
+from zoomfeat.ldm import ZoomLDM
+from zoomfeat.names import resolve_slides
+from zoomfeat.slides.coords import coords_path, read_coords
+from zoomfeat.slides.grid import child_grid
+from zoomfeat.slides.reader import open_slide
 from zoomfeat.threads import available_cores, thread_count
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +55,6 @@ SWEEP = {"blocks": "0,3,6,9,12", "t": "0,50,200", "conditioning": "none,uni", "m
 
 def _cpu() -> float:
     """CPU seconds of the demo so far, pool workers (``--jobs``) included (:func:`zoomfeat.jobs.process_cpu_seconds`)."""
-    from zoomfeat.jobs import process_cpu_seconds
 
     return process_cpu_seconds()
 
@@ -49,7 +64,6 @@ def _own_threads():
     """Each step gets the torch thread count a fresh ``zoomfeat`` process would: a step's ``--threads`` /
     ``--workers`` (e.g. synth-cohort's 2 workers → 1 thread each) must not carry over to the next step run in this
     process (training ran on one thread). ``ZOOMFEAT_THREADS`` (set by ``--threads``) is restored too."""
-    import sys
 
     env = {k: os.environ.get(k) for k in ("ZOOMFEAT_THREADS",)}
     torch = sys.modules.get("torch")
@@ -120,7 +134,6 @@ def _train(out: Path, slides: Path, train_steps: int, skip_train: bool, run_step
 def _model_dims(model_dir: Path) -> tuple[int, int]:
     """(feature blocks, SSL dim) of the trained model: the sweep's block list and the SSL grid's width. Loaded
     once; only the two numbers are kept."""
-    from zoomfeat.ldm import ZoomLDM
 
     ldm = ZoomLDM.load(model_dir)
     return int(ldm.num_feature_blocks), int(ldm.ssl_dim)
@@ -140,7 +153,6 @@ def _probe(out: Path, slides: Path, tiles: Path, labels: Path, model_dir: Path, 
 
 def _report_labels(labels: Path, probe: Path) -> Path:
     """labels.csv restricted to the report patients (never used to choose the recipe)."""
-    import pandas as pd
 
     split = pd.read_csv(probe / "split_patients.csv")
     rep = set(split.loc[split["subset"] == "report", "slide"].astype(str))
@@ -196,8 +208,6 @@ def run_demo(execute: Callable[[list[str]], int | None], out: str | Path = "demo
     gen = out / "generated"
     run_step(["generate", "--model", str(model_dir), "--ssl", str(_ssl_grid(slides, tiles, out, ssl_dim)), "--mag",
           "5x", "--n", "4", "--steps", "20", "--out", str(gen / "5x")])
-    from zoomfeat.cohort import resolve_slides
-    from zoomfeat.generate.realism import format_report, realism_report
 
     realism = _timed("real vs generated patches (zoomfeat.generate.realism)",
                      lambda: realism_report(model_dir, resolve_slides(slides), tiles, gen, n=64), log)
@@ -211,9 +221,7 @@ def run_demo(execute: Callable[[list[str]], int | None], out: str | Path = "demo
 def cv_impossible(labels: str | Path, folds: int, val_fraction: float = 0.2) -> str | None:
     """Why ``mil train --cv`` cannot split the labelled cohort into ``folds`` patient-level folds with inner
     validation splits (``mil.splits.make_splits``' own message), or None when it can."""
-    import pandas as pd
 
-    from mil.splits import make_splits
 
     df = pd.read_csv(labels, dtype={"slide": str, "patient": str}).dropna(subset=["subtype"])
     try:
@@ -227,7 +235,6 @@ def external_validation(out: str | Path, labels: str | Path, bags: str | Path, r
                         n_slides: int = 12, seed: int = 1, folds: int = 5) -> dict:
     """Train MODEL on (labels, bags), predict an external synthetic cohort (``seed``) from its slides; returns the
     external metrics as {metric: (value, ci_low, ci_high)}."""
-    import pandas as pd
 
     out = Path(out)
     model = out / "subtype_model"
@@ -260,13 +267,7 @@ def external_validation(out: str | Path, labels: str | Path, bags: str | Path, r
 
 def _ssl_grid(slides: Path, tiles: Path, out: Path, ssl_dim: int) -> Path:
     """The 4×4 SSL grid (tiny-vit embeddings of 16 20x tiles) of one 5x region: a real conditioning input."""
-    import numpy as np
-    import torch
 
-    from zoomfeat.encoders import create_encoder
-    from zoomfeat.slides.coords import coords_path, read_coords
-    from zoomfeat.slides.grid import child_grid
-    from zoomfeat.slides.reader import open_slide
 
     slide = sorted(slides.iterdir())[0]
     grid = read_coords(coords_path(tiles, slide.stem))
@@ -294,9 +295,7 @@ def probe_highlights(probe: Path) -> list[str]:
     """Lines for the demo summary: the sweep's best per task × mag, the chosen recipe (and each task's own best
     cell) on the report patients next to the baseline, and the paired 5x / 20x+5x vs 20x tests (corrected
     resampled t-test over the same splits) — the architecture positive control."""
-    import json
 
-    import pandas as pd
 
     rows = pd.read_csv(probe / "probe.csv")
     tune = rows[(rows["encoder"] == ZOOMLDM) & (rows["subset"].isin(["tune", "all"]))]
@@ -324,7 +323,6 @@ def probe_highlights(probe: Path) -> list[str]:
 
 def paired_lines(sc, ratio: float) -> list[str]:
     """5x and 20x+5x vs 20x of the same feature cell and task, on the last subset (report, or all)."""
-    from mil.probe_eval import paired_test
 
     sc = sc[sc["subset"] == sc["subset"].unique()[-1]].fillna({"block": -1, "t": -1, "conditioning": ""})
     lines = []
@@ -353,9 +351,7 @@ def encoder_note(n_slides: int | None) -> str:
 
 def verdict_lines(cmp_root: Path) -> list[str]:
     """The verdict from compare.csv (its Holm family size, what the reference is) and the power statement."""
-    import pandas as pd
 
-    from mil.compare import power_statement, verdict
 
     table = pd.read_csv(cmp_root / "compare.csv")
     return ["Verdict (computed from the paired statistics above): " + verdict(table, note=REFERENCE_NOTE),

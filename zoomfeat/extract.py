@@ -24,12 +24,20 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from zoomfeat.bags import bag_path, read_bag_attrs, write_bag, write_clam_pt
-from zoomfeat.cohort import CohortReport, SlideResult, run_cohort, slide_id
+from zoomfeat import __version__
+from zoomfeat.bags import attrs_dict, bag_path, read_bag_attrs, write_bag, write_clam_pt
+from zoomfeat.cohort import CohortReport, SlideResult, one_line_error, run_cohort
+from zoomfeat.config import from_dict, load_config
+from zoomfeat.encoders import get_encoder
 from zoomfeat.encoders.base import TileContext
-from zoomfeat.io import kill_point, remove_dead_temps
-from zoomfeat.precision import resolve_device
-from zoomfeat.slides.grid import child_grid
+from zoomfeat.io import file_fingerprint, kill_point, remove_dead_temps, sha256_file, write_json_atomic
+from zoomfeat.names import output_path, slide_id
+from zoomfeat.precision import check_supported, effective_precision, resolve_device
+from zoomfeat.sharding import parse_shard, process_share
+from zoomfeat.slides.coords import coords_path, find_coords, read_coords
+from zoomfeat.slides.grid import KIND_20X, KIND_CHILD, ReadPlan, plan_reads, ssl_grids_5x
+from zoomfeat.slides.reader import open_slide
+from zoomfeat.slides.tiling import coords_done, recorded_fingerprint, tile_slide
 
 TILES_ON_THE_FLY = "_tiles"
 
@@ -73,7 +81,6 @@ class ExtractOptions:
             raise ValueError(f"missing_children must be 'embed' or 'mean', got {self.missing_children!r}")
         if self.batch_size < 1 or self.workers < 0:
             raise ValueError("batch size must be ≥ 1 and workers ≥ 0")
-        from zoomfeat.sharding import parse_shard
 
         parse_shard(self.shard)
 
@@ -109,9 +116,6 @@ def load_extract_config(path: str | os.PathLike | dict | None = None, overrides:
     """Dataclass defaults ← YAML ``path`` ← ``overrides`` (e.g. the options given on the command line; None values
     are "not given"). ``encoder:`` becomes the named encoder's options dataclass (``get_encoder(name).options``),
     so its unknown keys are errors too; options of an encoder other than the one named are dropped."""
-    from zoomfeat.config import from_dict, load_config
-    from zoomfeat.encoders import get_encoder
-
     where = str(path) if isinstance(path, (str, os.PathLike)) else "config"
     cfg = load_config(ExtractConfig, path)
     cfg = from_dict(ExtractConfig, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line",
@@ -129,11 +133,6 @@ def load_extract_config(path: str | os.PathLike | dict | None = None, overrides:
 
 
 # ------------------------------------------------------------------------------------------------ data loading
-
-
-#: Read-request kinds of one slide, in processing order: 20x tiles, background children of 5x regions (SSL only),
-#: 5x regions. The 5x conditioning needs every child's embedding, so the regions come last.
-KIND_20X, KIND_CHILD, KIND_5X = 0, 1, 2
 
 
 class RegionDataset(torch.utils.data.Dataset):
@@ -204,87 +203,9 @@ def _coords_attrs(path: Path | None, group: str | None = None) -> dict:
         return {}
     import h5py
 
-    from zoomfeat.bags import attrs_dict
-
     with h5py.File(path, "r") as f:
         node = f[group] if group else f
         return attrs_dict(node["coords"]) if "coords" in node else {}
-
-
-def parents_5x(grid) -> tuple[np.ndarray, np.ndarray, int]:
-    """5x regions (coords, parent_index, level-0 size) from the tiling file, or derived on the lattice anchored at
-    (0, 0) (4×4 tiles per region) when the coordinate file has none (CLAM/TRIDENT files)."""
-    s = int(grid.patch_size_level0)
-    if grid.coords_5x is not None and grid.parent_index is not None:
-        return (np.asarray(grid.coords_5x, np.int64), np.asarray(grid.parent_index, np.int64),
-                int(grid.patch_size_level0_5x or 4 * s))
-    from zoomfeat.slides.grid import parent_regions
-
-    coords = np.asarray(grid.coords, np.int64).reshape(-1, 2)
-    # CLAM anchors its grid at the tissue contour's corner (e.g. x = 320, y = 70), not at (0, 0): anchor the 5x
-    # lattice at the grid's own origin so that every tile lies inside its parent region
-    origin = coords[0] % s if len(coords) else np.zeros(2, np.int64)
-    if not (coords % s == origin).all():
-        origin = np.zeros(2, np.int64)  # irregular grid (overlap): tiles may straddle two regions
-    c5, pidx = parent_regions(coords - origin, s, 2)
-    return c5 + origin, pidx, 4 * s
-
-
-@dataclass
-class ReadPlan:
-    """What one slide's extraction reads (``parts[kind] = (coords, level-0 side)``, in processing order) and where
-    each read's output goes: 20x tiles, 5x regions and, for an encoder with an SSL encoder, each region's children
-    (``kid_rows``: row in ``coords`` of every child, row-major per region; -1 = background, read when embedded)."""
-
-    coords: np.ndarray
-    size: int
-    out_px: int
-    parts: dict[int, tuple[np.ndarray, int]]
-    c5: np.ndarray | None = None
-    pidx: np.ndarray | None = None
-    size_5x: int | None = None
-    kid_rows: np.ndarray | None = None
-    counts: dict = field(default_factory=dict)
-
-
-def plan_reads(grid, opts: ExtractOptions, with_ssl: bool, sid: str = "") -> ReadPlan:
-    """The read plan of one slide: 20x tiles, then background children of 5x regions (SSL grids only), then the
-    5x regions (their conditioning needs every child's embedding, so they come last)."""
-    s = int(grid.patch_size_level0)
-    coords = np.asarray(grid.coords, np.int64).reshape(-1, 2)
-    if len(coords) == 0:
-        raise ValueError(f"{sid}: the coordinate file has no tiles")
-    plan = ReadPlan(coords, s, int(grid.patch_size), {KIND_20X: (coords, s)})
-    if "5x" not in opts.mags:
-        return plan
-    plan.c5, plan.pidx, plan.size_5x = parents_5x(grid)
-    if with_ssl:
-        # SSL grid of each 5x region: kept children reuse their 20x embedding, the others are read and embedded
-        kids = child_grid(plan.c5, s).reshape(-1, 2)
-        known = {(int(x), int(y)): r for r, (x, y) in enumerate(coords)}
-        rows = np.array([known.get((int(x), int(y)), -1) for x, y in kids], np.int64)
-        plan.kid_rows = rows
-        if opts.missing_children == "embed":
-            plan.parts[KIND_CHILD] = (kids[rows < 0], s)
-            plan.counts["children_embedded_5x"] = int((rows < 0).sum())
-        else:
-            plan.counts["children_mean_filled_5x"] = int((rows < 0).sum())
-    plan.parts[KIND_5X] = (plan.c5, plan.size_5x)
-    return plan
-
-
-def ssl_grids_5x(ssl20: np.ndarray, emb: np.ndarray, kid_rows: np.ndarray, missing: str) -> np.ndarray:
-    """(M, C, 4, 4) SSL grids of the 5x regions from their children, row-major: tissue children take their 20x
-    embedding (``ssl20``), background ones their own (``emb``, ``missing='embed'``) or the mean of the region's
-    tissue children (``missing='mean'``). Fills ``emb`` in place."""
-    emb[kid_rows >= 0] = ssl20[kid_rows[kid_rows >= 0]]
-    n = len(kid_rows) // 16
-    per_region = emb.reshape(n, 16, -1)
-    if missing == "mean":
-        kept = (kid_rows >= 0).reshape(n, 16)
-        mean = (per_region * kept[..., None]).sum(1) / kept.sum(1, keepdims=True)
-        per_region[~kept] = np.repeat(mean, (~kept).sum(1), axis=0)
-    return per_region.reshape(n, 4, 4, -1).transpose(0, 3, 1, 2)  # row-major → (M, C, 4, 4)
 
 
 def _encode_20x(encoder, imgs: torch.Tensor, ctx: TileContext, ssl20: np.ndarray | None, idx: np.ndarray):
@@ -335,9 +256,6 @@ def bag_attrs(encoder, opts: ExtractOptions, grid, plan: ReadPlan, sid: str, mpp
               coords_file: str | os.PathLike | None, signature: str | None) -> dict:
     """The bag's file attributes: encoder, settings and provenance, then the encoder's own (``bag_attrs`` hook)."""
     import openslide
-
-    from zoomfeat import __version__
-    from zoomfeat.precision import effective_precision
 
     cfg = encoder.full_config()
     device = encoder.device
@@ -399,8 +317,6 @@ def extract_slide(
     signature: str | None = None,
 ) -> dict:
     """Extract one slide's bag to ``out_path`` (atomic). Returns timings and counts for the cohort summary."""
-    from zoomfeat.slides.reader import open_slide
-
     opts = opts or ExtractOptions()
     sid = slide_id(slide)  # names outputs; the coordinate file's own name (checked on read) only seeds the noise
     inputs = input_record(slide, coords_file)  # what this bag is made from, taken before any pixel is read
@@ -429,8 +345,6 @@ def extract_signature(encoder, opts: ExtractOptions, tiles_source: str) -> str:
 
 def clam_pt_path(bag: str | os.PathLike) -> Path:
     """``--clam-pt`` output of a bag: ``pt_files/{id}.pt`` beside it (id = the bag's, never a file attribute)."""
-    from zoomfeat.cohort import output_path
-
     return output_path(Path(bag).parent / "pt_files", Path(bag).stem, ".pt")
 
 
@@ -441,8 +355,6 @@ class InputChangedError(ValueError):
 def input_record(slide: str | os.PathLike, coords_file: str | os.PathLike | None) -> dict:
     """What a bag is made from: the slide's :func:`~zoomfeat.io.file_fingerprint` and the coordinate file's sha256
     (bag attributes ``slide_fingerprint`` and ``coords_sha256``)."""
-    from zoomfeat.io import file_fingerprint, sha256_file
-
     rec = {"slide_fingerprint": file_fingerprint(slide)}
     if coords_file is not None and Path(coords_file).is_file():
         rec["coords_sha256"] = sha256_file(coords_file)
@@ -470,8 +382,6 @@ def bag_done(path: Path, signature: str, clam_pt: bool = False, inputs: dict | N
 def load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: ExtractOptions):
     """The slide's tile grid and coordinate file: from ``tiles_dir`` (a zoomfeat, CLAM or TRIDENT folder; peer
     files get the slide's own mpp) or tiled on the fly into ``out_dir/_tiles``."""
-    from zoomfeat.slides.coords import coords_path, find_coords, read_coords
-
     sid = slide_id(slide)
     if tiles_dir is not None:
         try:
@@ -479,10 +389,6 @@ def load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: ExtractO
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e} (run `zoomfeat tile` first, or omit --tiles)") from None
     else:
-        from zoomfeat.slides.tiling import tile_slide
-
-        from zoomfeat.slides.tiling import coords_done
-
         tdir = out_dir / TILES_ON_THE_FLY
         cp = coords_path(tdir, sid)
         if not coords_done(tdir, slide):  # missing, or tiled from a slide since replaced: tile (again)
@@ -495,7 +401,6 @@ def load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: ExtractO
     grid = read_coords(cp, mpp=opts.mpp)
     if grid.attrs.get("format") != "zoomfeat" and opts.mpp is None:
         # CLAM records no resolution and TRIDENT only a magnification (mpp assumed 10/mag): use the slide's own
-        from zoomfeat.slides.reader import open_slide
 
         with open_slide(slide, mpp_csv=opts.mpp_csv, require_mpp=False) as wsi:
             if wsi.mpp is not None and np.isfinite(wsi.mpp):
@@ -506,9 +411,6 @@ def load_grid(slide: Path, tiles_dir: Path | None, out_dir: Path, opts: ExtractO
 def check_coords_slide(coords_file: Path, slide: Path) -> None:
     """Refuse (:class:`InputChangedError`, one line) a coordinate file whose recorded slide fingerprint is not the
     slide's now: its tiles were found on other pixels."""
-    from zoomfeat.io import file_fingerprint
-    from zoomfeat.slides.tiling import recorded_fingerprint
-
     rec = recorded_fingerprint(coords_file)
     if rec is not None and rec != file_fingerprint(slide):
         raise InputChangedError(f"{coords_file} was tiled from another version of {slide} (the slide changed since "
@@ -534,13 +436,11 @@ def extract_cohort(
     if tiles_dir is not None and not tiles_dir.is_dir():
         raise FileNotFoundError(f"--tiles folder not found: {tiles_dir}")
     device = resolve_device(opts.device)
-    from zoomfeat.precision import check_supported
 
     check_supported(device, encoder.precision)
     encoder.to(device)
     tag = opts.tag or encoder.name
     sig = extract_signature(encoder, opts, "tiles:" + (str(tiles_dir.resolve()) if tiles_dir else "on-the-fly"))
-    from zoomfeat.sharding import process_share
 
     share = process_share(opts.shard)  # torchrun rank and/or --shard K/N: one round-robin split
     rank, world = share.index, share.count
@@ -564,7 +464,6 @@ def extract_cohort(
     _write_timings(report, feat_dir, rank if world > 1 else None)
     if world > 1:
         report.write(feat_dir, f"summary_rank{rank}")
-        from zoomfeat.io import write_json_atomic
 
         write_json_atomic(feat_dir / f"summary_rank{rank}.meta.json",
                           {"run_id": share.run_id, "rank": rank, "world": world})
@@ -578,8 +477,6 @@ def extract_cohort(
 
 def current_coords(slide: Path, tiles_dir: Path | None, out_dir: Path) -> Path | None:
     """The coordinate file extract would use for ``slide`` now (None: none yet)."""
-    from zoomfeat.slides.coords import coords_path, find_coords
-
     if tiles_dir is None:
         return coords_path(out_dir / TILES_ON_THE_FLY, slide_id(slide))
     try:
@@ -591,9 +488,6 @@ def current_coords(slide: Path, tiles_dir: Path | None, out_dir: Path) -> Path |
 def _write_timings(report: CohortReport, feat_dir: Path, rank: int | None) -> None:
     """Per-slide timings; a write error (full disk) is one line on stderr and the summary is still written."""
     import sys
-
-    from zoomfeat.cohort import one_line_error
-    from zoomfeat.io import write_json_atomic
 
     rows = [{"slide": r.slide, "status": r.status, "seconds": round(r.seconds, 3), **r.info}
             for r in report.results if r.info]
@@ -615,7 +509,6 @@ def merge_rank_summaries(feat_dir: str | os.PathLike, world: int, run_id: str | 
 
     feat_dir = Path(feat_dir)
     if run_id is None:  # this process's job id, by the one rule of zoomfeat.sharding
-        from zoomfeat.sharding import process_share
 
         run_id = process_share().run_id
     results: list[SlideResult] = []
@@ -637,7 +530,7 @@ def merge_rank_summaries(feat_dir: str | os.PathLike, world: int, run_id: str | 
     return merged
 
 
-__all__ = ["ExtractOptions", "ExtractConfig", "load_extract_config", "extract_slide", "plan_reads", "encode_reads",
-           "ssl_grids_5x", "bag_attrs", "write_slide_bag", "extract_cohort", "extract_signature",
-           "merge_rank_summaries", "load_grid", "parents_5x", "RegionDataset", "region_loader", "bag_done",
-           "input_record", "InputChangedError", "check_coords_slide", "current_coords"]
+__all__ = ["ExtractOptions", "ExtractConfig", "load_extract_config", "extract_slide", "encode_reads", "bag_attrs",
+           "write_slide_bag", "extract_cohort", "extract_signature", "merge_rank_summaries", "load_grid",
+           "RegionDataset", "region_loader", "bag_done", "input_record", "InputChangedError", "check_coords_slide",
+           "current_coords"]

@@ -3,7 +3,7 @@
 The model folder records the feature spec its head was trained on; this module rebuilds that encoder (weights from
 ``--weights`` or the registry, checked against the recorded sha256, recipe checked key by key) and then runs the
 existing cohort machinery: ``tile_cohort`` (at the recorded µm/px and tile size) → ``extract_cohort`` (bags in
-``OUT/features_{encoder}``) → ``mil.external.run_predict`` (the same code as ``zoomfeat mil predict``, so the numbers
+``OUT/features_{encoder}``) → ``mil.predict.run_predict`` (the same code as ``zoomfeat mil predict``, so the numbers
 are identical) → heatmaps over the slide thumbnails. Tiling and extraction skip finished slides, so a rerun resumes;
 a slide that fails at any stage is listed in ``OUT/summary.csv`` while the others go on.
 """
@@ -12,41 +12,21 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from zoomfeat.cohort import CohortReport, SlideResult, resolve_slides, slide_id
-
-
-def _opt(default=None, **meta):
-    return field(default=default, metadata=meta)
-
-
-@dataclass
-class PredictConfig:
-    """Everything ``zoomfeat predict`` takes besides the slides (one object from the command line to
-    :func:`predict_slides`; the CLI's flags are generated from these fields)."""
-
-    model: str | None = _opt(help="model folder (`zoomfeat mil train`) or `mil cv` folder (ensemble); required")
-    out: str | None = _opt(help="output folder; required")
-    labels: str | None = _opt(help="labels CSV: external-validation metrics with bootstrap CIs")
-    weights: str | None = _opt(help="encoder weights (default: from the registry); hash-checked")
-    official_config: str | None = _opt(help="zoomldm given as an official .ckpt: its config.yaml (default: the "
-                                            "config.yaml beside it)")
-    ssl_weights: str | None = _opt(help="zoomldm: weights of the conditioning SSL encoder")
-    weights_registry: str | None = _opt(metavar="YAML", help="your YAML encoder → local weights path registry")
-    tiles: str | None = _opt(help="reuse a `zoomfeat tile` folder (default: tile into OUT/tiles)")
-    mpp: float | None = _opt(help="force the level-0 µm/px of every slide")
-    mpp_csv: str | None = _opt(help="CSV slide,mpp overriding slide metadata")
-    min_tissue: float | None = _opt(help="minimum tissue fraction per 20x tile")
-    heatmaps: int | None = _opt(help="heatmap PNGs to draw (default: every slide)")
-    n_boot: int = _opt(1000, help="bootstrap draws for the CIs")
-    seed: int = _opt(0, help="seed of the bootstrap")
-    batch_size: int = _opt(16, help="tiles per forward")
-    workers: int = _opt(0, help="DataLoader workers for extraction")
-    device: str = _opt("auto", help="auto (this rank's GPU if any, else cpu), cpu, cuda, cuda:1 …")
-    progress: bool = _opt(True, flag="--no-progress", help="no progress bars")
+from mil.deploy import load_predictor
+from mil.predict import run_predict
+from mil.spec import SpecMismatchError, differences, needs_5x, spec_from_attrs
+from zoomfeat.bags import bag_path
+from zoomfeat.cohort import CohortReport, SlideResult
+from zoomfeat.encoders import create_encoder, get_encoder
+from zoomfeat.extract import ExtractOptions, extract_cohort
+from zoomfeat.names import resolve_slides, slide_id
+from zoomfeat.predict_options import PredictConfig
+from zoomfeat.slides.thumbnails import SlideThumbnails
+from zoomfeat.slides.tiling import tile_cohort
 
 
 @dataclass
@@ -54,7 +34,7 @@ class SlidePredictReport:
     """Per-slide status over every stage plus the prediction result (None when no slide got that far)."""
 
     report: CohortReport
-    result: Any = None  # mil.external.PredictResult
+    result: Any = None  # mil.predict.PredictResult
     out: Path | None = None
 
     @property
@@ -67,9 +47,6 @@ def encoder_for_model(spec: dict, weights: str | os.PathLike | None = None,
                       mag: str = "20x", official_config: str | os.PathLike | None = None):
     """Build the encoder a model's feature spec names and refuse it (SpecMismatchError) if it differs from the
     spec: other weights (sha256), another recipe, another width."""
-    from mil.spec import SpecMismatchError, differences, spec_from_attrs
-    from zoomfeat.encoders import create_encoder, get_encoder
-
     # the registered encoder's options table knows how to rebuild its recorded recipe
     kw = get_encoder(spec["encoder"]).options.recipe_kwargs(spec, weights=weights, ssl_weights=ssl_weights,
                                                                 official_config=official_config)
@@ -113,14 +90,6 @@ def predict_slides(slides: str | os.PathLike | Sequence, cfg: PredictConfig) -> 
     ``cfg.model``: a ``mil train`` folder or a ``mil cv`` folder (fold ensemble). Everything that can be wrong with
     the model or the encoder fails before the first slide is touched.
     """
-    from mil.deploy import load_predictor
-    from mil.external import run_predict
-    from mil.spec import needs_5x
-    from zoomfeat.bags import bag_path
-    from zoomfeat.extract import ExtractOptions, extract_cohort
-    from zoomfeat.slides.thumbnails import SlideThumbnails
-    from zoomfeat.slides.tiling import tile_cohort
-
     for name in ("model", "out"):
         if not getattr(cfg, name):
             raise ValueError(f"--{name} is required (on the command line or in --config)")

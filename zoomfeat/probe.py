@@ -22,9 +22,21 @@ from typing import Sequence
 
 import numpy as np
 
-from zoomfeat.encoders.zoomldm import ZOOMLDM
-from zoomfeat.io import atomic_path
+from mil.probe_eval import corrected_ci, linear_probe_scores, n_test_over_n_train, repeated_splits
+from zoomfeat.encoders import create_encoder
+from zoomfeat.encoders.base import TileContext
+from zoomfeat.encoders.zoomldm import ZOOMLDM, ZoomLDMEncoder, ssl_encoder_for, tile_seeds
+from zoomfeat.extract import ExtractOptions, input_record, load_grid
+from zoomfeat.io import atomic_path, sha256_file, write_json_atomic
+from zoomfeat.jobs import run_jobs, worker_count
+from zoomfeat.ldm import ZoomLDM
+from zoomfeat.names import resolve_slides, slide_id
+from zoomfeat.precision import resolve_device
 from zoomfeat.probe_spec import MAGS, ProbeConfig, SweepSpec  # noqa: F401 — the API's names
+from zoomfeat.slides.coords import find_coords
+from zoomfeat.slides.grid import child_grid, parents_5x
+from zoomfeat.slides.reader import open_slide
+from zoomfeat.weights import state_dict_sha256
 
 PROBE_COLUMNS = ["encoder", "block", "t", "conditioning", "mag", "task", "metric", "mean", "std", "ci_low", "ci_high",
                  "alpha_bar", "noise_pct", "subset", "n_slides", "n_splits"]
@@ -43,10 +55,6 @@ def _pick(n: int, k: int, key: str) -> np.ndarray:
 
 def read_probe_tiles(slide: Path, grid, tiles_per_slide: int, seed: int, with_children: bool) -> dict:
     """The slide's sampled 20x tiles, 5x regions and (for SSL grids) each region's 16 children, as uint8 arrays."""
-    from zoomfeat.extract import parents_5x
-    from zoomfeat.slides.grid import child_grid
-    from zoomfeat.slides.reader import open_slide
-
     s, px = int(grid.patch_size_level0), int(grid.patch_size)
     c20 = np.asarray(grid.coords, np.int64).reshape(-1, 2)
     c20 = c20[_pick(len(c20), tiles_per_slide, f"{grid.slide}|20x|{seed}")]
@@ -75,9 +83,6 @@ def zoomldm_slide_means(ldm, tiles: dict, slide: str, spec: SweepSpec, ssl_encod
     """``{f"{cond}|{mag}": (n_t, Σ block channels)}`` slide means; one UNet pass per conditioning serves every t
     and block. Noise seeds are the extractor's (``tile_seeds``), so a chosen recipe reproduces in ``extract``."""
     import torch
-
-    from zoomfeat.encoders.base import TileContext
-    from zoomfeat.encoders.zoomldm import ZoomLDMEncoder, tile_seeds
 
     out: dict[str, np.ndarray] = {}
     ssl = {}
@@ -125,10 +130,6 @@ def slide_signature(sig: str, slide: Path, tiles_dir: Path) -> str:
     :func:`~zoomfeat.io.file_fingerprint` and its coordinate file's sha256 (``zoomfeat.extract.input_record``), so
     a slide replaced (with or without re-tiling) is not answered from the cache. No coordinate file: the slide's
     fingerprint alone (the slide then fails when read)."""
-    from zoomfeat.cohort import slide_id
-    from zoomfeat.extract import input_record
-    from zoomfeat.slides.coords import find_coords
-
     try:
         coords = find_coords(tiles_dir, slide_id(slide))
     except (FileNotFoundError, ValueError):
@@ -222,9 +223,6 @@ def evaluate(sets, targets: dict, patients: np.ndarray, mask: np.ndarray, spec: 
              alpha_bar: dict[int, float], jobs: int | None = None) -> tuple[list[dict], dict]:
     """Probe every feature set on the slides in ``mask``; returns probe.csv rows and per-split scores by key.
     Feature sets are independent jobs (:func:`zoomfeat.jobs.run_jobs` on ``jobs`` workers; same output for any)."""
-    from mil.probe_eval import repeated_splits
-    from zoomfeat.jobs import run_jobs
-
     idx = np.flatnonzero(mask)
     splits = {}
     for task, y in targets.items():
@@ -243,8 +241,6 @@ def probe_feature_set(keys: dict, X: np.ndarray, splits: dict, subset: str,
                       alpha_bar: dict[int, float]) -> tuple[list[dict], dict]:
     """One feature set's probe.csv rows and per-split scores, for every task in ``splits`` ({task: (y, splits)});
     ``X`` holds the evaluated slides only."""
-    from mil.probe_eval import corrected_ci, linear_probe_scores, n_test_over_n_train
-
     rows, scores = [], {}
     for task, (yy, sp) in splits.items():
         sc = linear_probe_scores(X, yy, sp, "survival" if task == "survival" else "classification")
@@ -352,9 +348,6 @@ def write_best_recipe(best: dict, path: Path, weights: str | None, ssl_encoder: 
 
 # ------------------------------------------------------------------------------------------------ the sweep
 def _encoders(spec: SweepSpec, ldm, ssl_weights, registry, custom_model):
-    from zoomfeat.encoders import create_encoder
-    from zoomfeat.encoders.zoomldm import ssl_encoder_for
-
     ssl = None
     if "uni" in spec.conditioning:  # the encoder's own precision (the probe's UNet pass sets its own)
         ssl = ssl_encoder_for(ldm, spec.ssl_encoder, ssl_weights, registry)
@@ -375,8 +368,6 @@ def encoder_identity(enc) -> dict | None:
     from torch import nn
 
     if sha is None and isinstance(model, nn.Module):
-        from zoomfeat.weights import state_dict_sha256
-
         sha = state_dict_sha256(model)
     return {"config": enc.full_config(), "weights_sha256": sha}
 
@@ -387,9 +378,6 @@ def compute_means(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm, spe
     """Slide means for every slide (cached per slide); per-slide failures are collected, the cohort continues.
     On a CPU the slides not cached yet are split over ``jobs`` worker processes (one model copy each, one
     chunk per worker, :func:`slide_means_chunk`); the result keeps the order of ``slides`` either way."""
-    from zoomfeat.cohort import slide_id
-    from zoomfeat.jobs import run_jobs, worker_count
-
     sig = cache_signature(spec, model_sha)
     sigs, cached = {}, {}
     for s in slides:
@@ -430,9 +418,6 @@ def slide_means_chunk(slides: list[Path], tiles_dir: Path, cache_dir: Path, ldm,
     import torch
     from tqdm.auto import tqdm
 
-    from zoomfeat.cohort import slide_id
-    from zoomfeat.extract import ExtractOptions, load_grid
-
     out = {}
     for slide in tqdm(slides, desc="probe features", unit="slide", disable=not progress):
         sid = slide_id(slide)
@@ -461,22 +446,16 @@ def sweep(slides, tiles: str | os.PathLike, labels: str | os.PathLike, weights: 
     ``jobs``: worker processes for the probe's evaluation (:func:`evaluate`; the outputs do not depend on it)."""
     import pandas as pd
 
-    from zoomfeat.cohort import resolve_slides, slide_id
-    from zoomfeat.encoders.zoomldm import block_channels
-    from zoomfeat.ldm import ZoomLDM
-    from zoomfeat.io import sha256_file, write_json_atomic
-
     spec = spec or SweepSpec()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     slide_list = resolve_slides(slides) if not isinstance(slides, (list, tuple)) else [Path(s) for s in slides]
     if not slide_list:
         raise FileNotFoundError(f"no slides found in {slides}")
-    from zoomfeat.precision import resolve_device
 
     dev = resolve_device(device)
     ldm = ZoomLDM.load(weights, official_config, ema=ema).eval().to(dev)
-    chans = block_channels(ldm.unet.config)
+    chans = {b.index: b.channels for b in ldm.feature_blocks()}
     bad = [b for b in spec.blocks if b not in chans]
     if bad:
         raise ValueError(f"blocks must be in 0..{max(chans)}, got {bad}")

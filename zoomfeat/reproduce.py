@@ -28,6 +28,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from mil.compare import PRIMARY, compare
+from zoomfeat.bags import bag_path
+from zoomfeat.config import from_dict, load_config, load_yaml, save_yaml, to_dict
+from zoomfeat.encoders import build_from_options, get_encoder, load_weights_registry, resolve_weights
+from zoomfeat.encoders.optimize import optimize_encoder
+from zoomfeat.extract import extract_cohort, load_extract_config
+from zoomfeat.io import atomic_path, sha256_file, write_text_atomic
+from zoomfeat.names import resolve_slides, slide_id
+from zoomfeat.probe import SweepSpec, sweep
+from zoomfeat.slides.tiling import TilingConfig, tile_cohort
 
 #: The packaged preset (``zoomfeat/configs/reproduce/table4.yaml``).
 PRESET = "reproduce/table4.yaml"
@@ -70,8 +80,6 @@ class Table4Result:
 def load_table4_config(preset: str | os.PathLike | dict | None = None, overrides: list[str] | None = None
                        ) -> Table4Config:
     """Preset (default :data:`PRESET`) ← ``key.sub=value`` overrides, checked (one-line ``ValueError``)."""
-    from zoomfeat.config import load_config
-
     cfg = load_config(Table4Config, PRESET if preset is None else preset, overrides)
     check_config(cfg)
     return cfg
@@ -109,8 +117,6 @@ def check_config(cfg: Table4Config) -> None:
 
 def load_published(spec: Any) -> dict:
     """The published values: ``{source, metric, values: {row label: {task: value | null}}, notes}``."""
-    from zoomfeat.config import load_yaml
-
     data = dict(spec) if isinstance(spec, dict) else (load_yaml(spec) if spec else {})
     values = data.get("values") or {}
     if not isinstance(values, dict) or not all(isinstance(v, dict) for v in values.values()):
@@ -131,8 +137,6 @@ def extraction_mags(cfg: Table4Config, key: str) -> str:
 def encoder_mapping(key: str, ex: dict, registry: str | os.PathLike | None, recipe: dict | None = None) -> dict:
     """The extraction's ``encoder:`` mapping with the weights registry, its ``weights_key`` entry resolved and,
     for ``recipe: true``, the recipe's blocks / t / conditioning."""
-    from zoomfeat.encoders import load_weights_registry
-
     enc = dict(ex["encoder"]) if isinstance(ex["encoder"], dict) else {"name": str(ex["encoder"])}
     if registry is not None:
         enc.setdefault("weights_registry", str(registry))
@@ -150,8 +154,6 @@ def encoder_mapping(key: str, ex: dict, registry: str | os.PathLike | None, reci
 
 def encoder_options(key: str, ex: dict, registry, recipe: dict | None = None):
     """The extraction's encoder options dataclass (unknown options are errors naming the extraction)."""
-    from zoomfeat.extract import load_extract_config
-
     try:
         return load_extract_config({"encoder": encoder_mapping(key, ex, registry, recipe)}).encoder
     except ValueError as exc:
@@ -161,8 +163,6 @@ def encoder_options(key: str, ex: dict, registry, recipe: dict | None = None):
 def check_weights(cfg: Table4Config, registry) -> dict[str, Any]:
     """Every extraction's weights (and its SSL encoder's) resolved before any slide is touched; returns the
     options per extraction. A missing file is a one-line ``FileNotFoundError``."""
-    from zoomfeat.encoders import get_encoder, resolve_weights
-
     out = {}
     for key, ex in cfg.extractions.items():
         opts = encoder_options(key, ex, registry)
@@ -196,8 +196,6 @@ def is_current(folder: Path, sig: str, *needed: str) -> bool:
 
 
 def mark_current(folder: Path, sig: str) -> None:
-    from zoomfeat.io import write_text_atomic
-
     write_text_atomic(folder / SIGNATURE, sig + "\n")
 
 
@@ -205,8 +203,6 @@ def labelled_slides(slides, labels: str | os.PathLike, columns: tuple[str, ...] 
     """The slides (folder, file or CSV) that the labels table names; an error when it names none of them or lacks
     one of ``columns`` (the tasks' targets)."""
     import pandas as pd
-
-    from zoomfeat.cohort import resolve_slides, slide_id
 
     if not Path(labels).is_file():
         raise FileNotFoundError(f"labels CSV not found: {labels}")
@@ -227,9 +223,6 @@ def labelled_slides(slides, labels: str | os.PathLike, columns: tuple[str, ...] 
 
 # ------------------------------------------------------------------------------------------------ stages
 def stage_tile(slides: list[Path], out: Path, cfg: Table4Config, progress: bool) -> dict:
-    from zoomfeat.config import from_dict
-    from zoomfeat.slides.tiling import TilingConfig, tile_cohort
-
     tcfg = from_dict(TilingConfig, cfg.tiling, "preset: tiling")
     report = tile_cohort([str(s) for s in slides], out / "tiles", workers=int(tcfg.workers), progress=progress,
                          mpp=cfg.extract.get("mpp"), mpp_csv=cfg.extract.get("mpp_csv"), **tcfg.tile_kwargs())
@@ -249,9 +242,6 @@ def stage_code(report) -> int:
 
 def sweep_spec(cfg: Table4Config, ssl_encoder: str | None):
     """The preset's SweepSpec: the tasks' label columns, the recipe chosen on the first (or ``select_task``)."""
-    from zoomfeat.config import from_dict
-    from zoomfeat.probe import SweepSpec
-
     targets = list(dict.fromkeys(t["target"] for t in cfg.tasks))
     base = {"tasks": targets, "select_task": targets[0], **({"ssl_encoder": ssl_encoder} if ssl_encoder else {})}
     return from_dict(SweepSpec, {**base, **cfg.sweep}, "preset: sweep")
@@ -260,8 +250,6 @@ def sweep_spec(cfg: Table4Config, ssl_encoder: str | None):
 def stage_recipe(slides: list[Path], labels: Path, out: Path, cfg: Table4Config, opts: dict, recipe,
                  progress: bool) -> dict:
     """The recipe (given, swept on tuning patients, or none) and the labels the comparison uses."""
-    from zoomfeat.config import load_yaml
-
     key = next((k for k, ex in cfg.extractions.items() if ex.get("recipe")), None)
     if key is None:
         return {"stage": "recipe", "exit_code": 0, "recipe": {}, "labels": labels, "note": "no recipe extraction"}
@@ -277,11 +265,6 @@ def stage_recipe(slides: list[Path], labels: Path, out: Path, cfg: Table4Config,
 
 def sweep_recipe(slides: list[Path], labels: Path, out: Path, cfg: Table4Config, opts, progress: bool) -> dict:
     """Run (or reuse) the recipe sweep; the comparison's labels leave out the tuning patients."""
-    from zoomfeat.config import load_yaml
-    from zoomfeat.encoders import resolve_weights
-    from zoomfeat.io import sha256_file
-    from zoomfeat.probe import sweep
-
     kw = opts.builder_kwargs()
     spec = sweep_spec(cfg, kw.get("ssl_encoder"))
     weights = resolve_weights(opts.name, opts.weights, opts.weights_registry)
@@ -308,8 +291,6 @@ def report_patients_labels(labels: Path, split_csv: Path, dest: Path) -> Path:
     """``labels`` without the sweep's tuning patients (they chose the recipe: they never score it)."""
     import pandas as pd
 
-    from zoomfeat.io import atomic_path
-
     split = pd.read_csv(split_csv, dtype={"slide": str, "patient": str})
     tune = set(split.loc[split["subset"] == "tune", "patient"].astype(str))
     if not tune:
@@ -326,9 +307,6 @@ def stage_extract(slides: list[Path], out: Path, cfg: Table4Config, registry, re
     """Every extraction into ``OUT/features/features_{key}`` (finished slides are skipped)."""
     import gc
 
-    from zoomfeat.encoders import build_from_options
-    from zoomfeat.extract import extract_cohort, load_extract_config
-
     codes, counts = [], {}
     for key, ex in cfg.extractions.items():
         enc = encoder_mapping(key, ex, registry, recipe)
@@ -336,8 +314,6 @@ def stage_extract(slides: list[Path], out: Path, cfg: Table4Config, registry, re
                                     "out": str(out / "features"), "tiles": str(out / "tiles"), "progress": progress})
         encoder = build_from_options(ecfg.encoder)
         if ecfg.compile or ecfg.channels_last:
-            from zoomfeat.encoders.optimize import optimize_encoder
-
             optimize_encoder(encoder, compile=ecfg.compile_backend if ecfg.compile else False,
                              channels_last=ecfg.channels_last,
                              mode=None if ecfg.compile_mode in (None, "default") else ecfg.compile_mode)
@@ -355,8 +331,6 @@ def stage_extract(slides: list[Path], out: Path, cfg: Table4Config, registry, re
 def compare_config(cfg: Table4Config, labels: Path, out: Path, progress: bool = True) -> dict:
     """The ``zoomfeat compare`` config of the table: one entry per row, the preset's tasks and reference
     (``progress=False`` also silences the heads' epoch bars)."""
-    from zoomfeat.bags import bag_path
-
     entries = [{"name": r["key"], "bags": str(bag_path(out / "features", r["extraction"], "x").parent),
                 "mag": r.get("mag", "20x")} for r in cfg.rows]
     tasks = [{"name": t["name"], "task": t["task"], "target": t["target"]} for t in cfg.tasks]
@@ -368,9 +342,6 @@ def compare_config(cfg: Table4Config, labels: Path, out: Path, progress: bool = 
 def stage_compare(cfg: Table4Config, labels: Path, out: Path, progress: bool = True) -> dict:
     """ABMIL on identical repeated splits for every row (skipped when settings, labels and bags are unchanged)."""
     import pandas as pd
-
-    from mil.compare import compare
-    from zoomfeat.io import sha256_file
 
     ccfg = compare_config(cfg, labels, out, progress)
     folder = out / "compare"
@@ -390,8 +361,6 @@ def build_table(compare_table, cfg: Table4Config, published: dict):
     (× 100) with its CI and the Holm-adjusted p."""
     import numpy as np
     import pandas as pd
-
-    from mil.compare import PRIMARY
 
     prim = compare_table[compare_table["metric"].isin(PRIMARY)]
     recs = []
@@ -459,8 +428,6 @@ def to_markdown(table, cfg: Table4Config, published: dict, recipe_note: str = ""
 
 
 def write_table(table, markdown: str, out: Path) -> None:
-    from zoomfeat.io import atomic_path, write_text_atomic
-
     with atomic_path(out / "table4.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     write_text_atomic(out / "table4.md", markdown)
@@ -478,8 +445,6 @@ def reproduce_table4(slides, labels: str | os.PathLike, out: str | os.PathLike,
     """Run every stage (module docstring) into ``out``; a rerun resumes. Bad input (preset, labels, missing
     weights) raises a one-line error before any slide is touched; a stage that no slide got through stops the
     run (exit code 2)."""
-    from zoomfeat.config import save_yaml, to_dict
-
     cfg = load_table4_config(preset, overrides)
     published = load_published(cfg.published)
     labels, out = Path(labels), Path(out)

@@ -14,6 +14,8 @@ import sys
 
 from zoomfeat import __version__
 
+__all__ = ["VERB_MODULES", "build_parser", "main", "one_line", "is_plugin_error", "user_errors"]
+
 #: Verb modules in the order they appear in --help (pipeline order).
 VERB_MODULES = ["slides", "ldm", "extract", "encoders", "probe", "mil", "reproduce", "predict", "train", "large", "view",
                 "demo"]

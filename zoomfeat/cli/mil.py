@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 
 from zoomfeat.cli.common import add_jobs_option
+from zoomfeat.cli.mil_deploy import cv_thumbnails, register_deploy
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("mil", help="MIL heads on feature bags (cv, train, predict)",
@@ -20,8 +22,6 @@ def register(subparsers) -> None:
     cv.add_argument("overrides", nargs="*", help="key=value overrides, e.g. bags=out/features_zoomldm hparams.lr=1e-4")
     add_jobs_option(cv)
     cv.set_defaults(func=_cv)
-    from zoomfeat.cli.mil_deploy import register_deploy
-
     register_deploy(sub)
 
     sp = sub.add_parser("splits", help="convert split tables to / from Patho-Bench's TSV layout",
@@ -70,14 +70,6 @@ def load_mil_config(args: argparse.Namespace, schema: type):
     cfg = load_config(schema, args.config, args.overrides)
     out = args.out or cfg.out or str(Path("runs") / "mil" / Path(args.config).stem)
     return cfg, out
-
-
-def cv_thumbnails(cfg):
-    """The heatmaps' thumbnail provider of a mil config: its ``slides`` folder, else the labels CSV's ``path``."""
-    from zoomfeat.cohort import label_slide_paths
-    from zoomfeat.slides.thumbnails import SlideThumbnails
-
-    return SlideThumbnails(cfg.slides, label_slide_paths(cfg.labels))
 
 
 def _cv(args: argparse.Namespace) -> int:

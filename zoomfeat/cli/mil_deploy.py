@@ -42,9 +42,16 @@ def register_deploy(sub) -> None:
     p.set_defaults(func=_predict)
 
 
+def cv_thumbnails(cfg):
+    """The heatmaps' thumbnail provider of a mil config: its ``slides`` folder, else the labels CSV's ``path``."""
+    from zoomfeat.names import label_slide_paths
+    from zoomfeat.slides.thumbnails import SlideThumbnails
+
+    return SlideThumbnails(cfg.slides, label_slide_paths(cfg.labels))
+
+
 def _train(args: argparse.Namespace) -> int:
     from mil.final import FinalConfig, train_final
-    from zoomfeat.cli.mil import cv_thumbnails
     from zoomfeat.config import load_config
 
     cfg = load_config(FinalConfig, args.config, args.overrides)
@@ -67,8 +74,8 @@ def print_metrics(metrics) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from mil.deploy import load_ensemble
-    from mil.external import run_predict
-    from zoomfeat.cohort import label_slide_paths
+    from mil.predict import run_predict
+    from zoomfeat.names import label_slide_paths
     from zoomfeat.slides.thumbnails import SlideThumbnails
 
     if bool(args.model) == bool(args.ensemble):

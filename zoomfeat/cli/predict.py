@@ -7,7 +7,7 @@ import argparse
 
 from zoomfeat.cli.common import WEIGHTS_REGISTRY_HELP
 from zoomfeat.cli.options import add_config_args, add_fields, options_from_args
-from zoomfeat.predict import PredictConfig
+from zoomfeat.predict_options import PredictConfig
 
 
 def register(subparsers) -> None:

@@ -12,16 +12,19 @@ encoder name → path, relative paths resolving beside that file.
 
 from __future__ import annotations
 
-from zoomfeat.encoders.base import (ModelEncoder, TileContext, TileEncoder, TileTransform,  # noqa: F401
-                                    to_float_images)
-from zoomfeat.encoders.options import EncoderOptions, RandomInitOptions, int_list, option  # noqa: F401
-from zoomfeat.encoders.registry import (DEFAULT_REGISTRY, EncoderEntry, build_from_options,  # noqa: F401
-                                        create_encoder, encoder_entries, get_encoder, load_weights_registry,
-                                        load_plugins, register_encoder, resolve_weights,
-                                        unregister_encoder)
+from zoomfeat.encoders.base import ModelEncoder, TileContext, TileEncoder, TileTransform, to_float_images
+from zoomfeat.encoders.options import EncoderOptions, RandomInitOptions, int_list, option
+from zoomfeat.encoders.registry import (DEFAULT_REGISTRY, EncoderEntry, build_from_options, create_encoder,
+                                        encoder_entries, get_encoder, load_plugins, load_weights_registry,
+                                        register_encoder, resolve_weights, unregister_encoder)
 
 # the built-ins register themselves on import (torch is imported, no weights are loaded); order = --help order
 from zoomfeat.encoders import zoomldm, baselines, uni, phikon, tiny, custom  # noqa: E402,F401  isort: skip
+
+__all__ = ["ModelEncoder", "TileContext", "TileEncoder", "TileTransform", "to_float_images", "EncoderOptions",
+           "RandomInitOptions", "int_list", "option", "DEFAULT_REGISTRY", "EncoderEntry", "build_from_options",
+           "create_encoder", "encoder_entries", "get_encoder", "load_plugins", "load_weights_registry",
+           "register_encoder", "resolve_weights", "unregister_encoder"]
 
 # third-party encoders (entry points of group zoomfeat.encoders and $ZOOMFEAT_PLUGINS) are loaded on the first
 # registry lookup, not here: see zoomfeat.encoders.registry.load_plugins

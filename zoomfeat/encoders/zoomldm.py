@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 from zoomfeat.encoders.base import TileContext, TileEncoder, TileTransform
-from zoomfeat.precision import autocast
 from zoomfeat.encoders.options import EncoderOptions, int_list, option
-from zoomfeat.encoders.registry import get_encoder, register_encoder, resolve_weights
+from zoomfeat.encoders.registry import create_encoder, get_encoder, register_encoder, resolve_weights
 from zoomfeat.io import sha256_file
+from zoomfeat.ldm import ZoomLDM
 from zoomfeat.mags import mag_to_index
+from zoomfeat.precision import autocast
 
 #: The registry name of this encoder: the only place the string is written (bags, probe rows and the demo use it).
 ZOOMLDM = "zoomldm"
@@ -52,17 +53,6 @@ def tile_seed(slide: str, x: int, y: int, mag: str, base_seed: int = 0) -> int:
 def tile_seeds(slide: str, coords: np.ndarray, mag: str, base_seed: int = 0) -> np.ndarray:
     return np.array([tile_seed(slide, x, y, mag, base_seed) for x, y in np.asarray(coords).reshape(-1, 2)],
                     dtype=np.int64)
-
-
-def block_channels(unet_config: Any) -> dict[int, int]:
-    """Channels of every ``return_intermediates`` activation: 0 = middle block, 1.. = decoder (output) blocks."""
-    get = unet_config.get if isinstance(unet_config, dict) else (lambda k, d=None: getattr(unet_config, k, d))
-    chans = list(get("block_out_channels"))
-    per = int(get("layers_per_block")) + 1
-    out = {0: chans[-1]}
-    for j in range(1, len(chans) * per + 1):
-        out[j] = list(reversed(chans))[(j - 1) // per]
-    return out
 
 
 class ZoomLDMEncoder(TileEncoder):
@@ -86,7 +76,7 @@ class ZoomLDMEncoder(TileEncoder):
         bad_t = [v for v in self.t if not 0 <= v < n_t]
         if bad_t:
             raise ValueError(f"timesteps must lie in [0, {n_t - 1}], got {bad_t}")
-        chans = block_channels(ldm.unet.config)
+        chans = {b.index: b.channels for b in ldm.feature_blocks()}
         bad = [b for b in self.blocks if b not in chans]
         if bad:
             raise ValueError(f"blocks must be in 0..{max(chans)} (0 = middle block, 1..{max(chans)} = decoder "
@@ -257,8 +247,6 @@ def ssl_encoder_for(ldm, name: str, weights=None, registry=None, precision: str 
                     kwargs: dict | None = None):
     """The conditioning encoder ``name`` of ``ldm`` (``tiny-vit`` sized to the model's ssl dim); ``precision``:
     the ZoomLDM forward's, or None for the encoder's own default."""
-    from zoomfeat.encoders.registry import create_encoder
-
     kw = dict(kwargs or {})
     if precision is not None:
         kw.setdefault("precision", precision)  # one --precision for the whole forward
@@ -294,7 +282,6 @@ def create_zoomldm(weights: str | os.PathLike | None = None, blocks: Sequence[in
         if weights is None:
             raise FileNotFoundError("zoomldm needs --weights: a folder from `zoomfeat convert`/training or an "
                                     "official weights.ckpt with config.yaml beside it")
-        from zoomfeat.ldm import ZoomLDM
 
         ldm = ZoomLDM.load(weights, config, ema=ema)
     sha, wpath = (sha256_file(weights), str(weights)) if weights is not None else (None, None)

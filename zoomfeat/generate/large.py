@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from zoomfeat.generate.options import GUIDANCE_MODES, LargeImageConfig  # noqa: F401 — the API's names
 from zoomfeat.generate.patches import load_ssl_grid, to_uint8
 from zoomfeat.generate.resize import Resizer
+from zoomfeat.precision import autocast
 
 __all__ = [
     "LargeImageConfig",
@@ -441,8 +442,6 @@ def sample_large_image(model, ssl_grid: np.ndarray | torch.Tensor, config: Large
     ``condition`` pools/normalises exactly as in training. Deterministic for a given seed and device.
     Runs under autocast at ``config.precision`` (the VQ encode/decode inside stays fp32).
     """
-    from zoomfeat.precision import autocast
-
     cfg = config or LargeImageConfig()
     with autocast(model.device, cfg.precision):
         return _sample_large_image(model, ssl_grid, cfg, seed)

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from zoomfeat.io import atomic_path
+from zoomfeat.precision import autocast
+from zoomfeat.slides.grid import child_grid
 
 
 def load_ssl_grid(src, ssl_dim: int) -> torch.Tensor:
@@ -71,8 +73,6 @@ def ssl_grid_from_image(image: np.ndarray, encoder, side: int) -> torch.Tensor:
     (one UNI embedding per 256-px 20x tile).
     """
     from PIL import Image
-
-    from zoomfeat.slides.grid import child_grid
 
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB image H×W×3; got shape {image.shape}")
@@ -153,8 +153,6 @@ def generate_patches(
     Returns uint8 ``[n, H, W, 3]``. Reproducible for a given ``seed`` (noise drawn on CPU). ``precision``:
     autocast dtype of the Summarizer + UNet (the official samples ran under fp16 autocast); the VQ decode is fp32.
     """
-    from zoomfeat.precision import autocast
-
     grid = load_ssl_grid(ssl_grid, int(model.ssl_dim))
     if grid.shape[0] not in (1, n):
         raise ValueError(f"got {grid.shape[0]} SSL grids for n={n} samples (give 1 grid or n grids)")

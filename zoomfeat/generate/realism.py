@@ -16,6 +16,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from zoomfeat.encoders import create_encoder
+from zoomfeat.generate.patches import generate_patches, save_image_grid
+from zoomfeat.ldm import ZoomLDM
+from zoomfeat.mags import mag_to_index
+from zoomfeat.slides.coords import coords_path, read_coords
+from zoomfeat.slides.grid import child_grid, parents_5x
+from zoomfeat.slides.reader import open_slide
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -37,11 +44,6 @@ def channel_stats(imgs: np.ndarray) -> dict:
 
 def sample_real(slides: Sequence[Path], tiles_dir: Path, n: int, mag: str, px: int, seed: int = 0):
     """``n`` random real patches of ``mag`` (uint8, px×px) and their SSL inputs' source tiles (16 children at 5x)."""
-    from zoomfeat.extract import parents_5x
-    from zoomfeat.slides.grid import child_grid
-    from zoomfeat.slides.coords import coords_path, read_coords
-    from zoomfeat.slides.reader import open_slide
-
     rng = np.random.default_rng(seed)
     picks = [slides[i] for i in rng.choice(len(slides), n, replace=len(slides) < n)]
     imgs, ssl_tiles = [], []
@@ -75,9 +77,6 @@ def generate_like(ldm, ssl_encoder, ssl_tiles: list, mag: str, steps: int = 20, 
                   seed: int = 0) -> np.ndarray:
     """Generated uint8 patches conditioned on the SSL embeddings of ``ssl_tiles`` (one list per patch), sampled
     by :func:`zoomfeat.generate.patches.generate_patches` in one batch."""
-    from zoomfeat.generate.patches import generate_patches
-    from zoomfeat.mags import mag_to_index
-
     grids = []
     for tiles in ssl_tiles:
         emb = ssl_encoder.encode(torch.from_numpy(np.stack(tiles))).float()  # (k, C)
@@ -92,10 +91,6 @@ def realism_report(model_dir: str | os.PathLike, slides: Sequence[Path], tiles_d
                    out_dir: str | os.PathLike, n: int = 32, mags: Sequence[str] = ("20x", "5x"), steps: int = 20,
                    seed: int = 0) -> dict:
     """Write ``real_vs_generated_{mag}.png`` (top rows real, bottom rows generated) and return the statistics."""
-    from zoomfeat.encoders import create_encoder
-    from zoomfeat.generate.patches import save_image_grid
-    from zoomfeat.ldm import ZoomLDM
-
     ldm = ZoomLDM.load(model_dir).eval()
     ssl = create_encoder("tiny-vit", dim=int(ldm.ssl_dim))  # the conditioning encoder of the tiny recipe
     judge = create_encoder("tiny-vit")  # the demo's baseline encoder, as the feature space of the distance

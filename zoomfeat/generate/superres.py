@@ -31,6 +31,7 @@ from zoomfeat.generate.large import (
 from zoomfeat.generate.options import LargeImageConfig, SuperResConfig  # noqa: F401 — the API's names
 from zoomfeat.generate.patches import to_uint8
 from zoomfeat.generate.resize import Resizer
+from zoomfeat.precision import autocast
 
 __all__ = ["SuperResConfig", "SuperRes", "Inversion", "prepare_image", "invert_condition", "super_resolve",
            "sr_metrics", "side_by_side"]
@@ -150,7 +151,6 @@ def super_resolve(model, image: np.ndarray, config: SuperResConfig | None = None
     inv = invert_condition(model, lr, n, cfg, gen, progress=progress)
     scfg = cfg.sampling
     feats = inv.features.to(model.device)
-    from zoomfeat.precision import autocast
 
     with autocast(model.device, scfg.precision):  # sampling at sampling.precision; the inversion above is fp32
         with torch.no_grad():

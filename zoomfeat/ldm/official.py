@@ -22,7 +22,9 @@ import torch
 import yaml
 
 from zoomfeat.ldm.modules import build_empty_modules
+from zoomfeat.ldm.summarizer import rename_legacy_mlp_keys
 from zoomfeat.mags import MAG_LABELS
+from zoomfeat.weights import refuse_checkpoint, torch_load_tensors
 
 #: Top-level schedule buffers (recomputed from the config) and LitEma counters — the only keys not loaded.
 SCHEDULE_BUFFERS = (
@@ -64,8 +66,6 @@ def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     A pickle that holds arbitrary Python objects (e.g. a Lightning checkpoint with callbacks/optimizer
     objects) is refused with a clear message instead of being executed.
     """
-    from zoomfeat.weights import refuse_checkpoint, torch_load_tensors
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -373,8 +373,6 @@ def convert_official_state_dict(
     sd: dict[str, torch.Tensor], cfg: dict, ema: bool = True
 ) -> tuple[dict[str, dict[str, torch.Tensor]], ConversionReport]:
     """Official state dict → ``{"unet": …, "vq": …, "summarizer": …}`` diffusers-named state dicts + report."""
-    from zoomfeat.ldm.summarizer import rename_legacy_mlp_keys
-
     unet_sd, vq_sd, cond_sd, report = split_official_state_dict(sd, ema=ema)
     out = {
         "unet": convert_unet_state_dict(unet_sd, cfg),

@@ -22,10 +22,13 @@ import torch
 import torch.nn as nn
 from diffusers import UNet2DConditionModel, VQModel
 
+from zoomfeat.config import load_yaml, save_yaml
 from zoomfeat.ldm import official
 from zoomfeat.ldm.modules import build_modules
 from zoomfeat.ldm.schedulers import DEFAULT_SCHEDULE, make_scheduler, training_scheduler
 from zoomfeat.ldm.summarizer import Summarizer, pool_and_normalize
+from zoomfeat.mags import MAG_LABELS, mag_to_index
+from zoomfeat.precision import fp32
 
 CONFIG_FILE = "zoomldm_config.yaml"
 SUBFOLDERS = ("unet", "vq", "summarizer")
@@ -42,8 +45,6 @@ class FeatureBlock:
 
 def _normalize_config(cfg: dict | str | os.PathLike) -> dict:
     if not isinstance(cfg, dict):
-        from zoomfeat.config import load_yaml
-
         cfg = load_yaml(cfg)
     cfg = copy.deepcopy(cfg)
     for section in ("unet", "vq", "summarizer"):
@@ -55,8 +56,6 @@ def _normalize_config(cfg: dict | str | os.PathLike) -> dict:
     cfg.setdefault("image_size", cfg["vq"].get("sample_size", 256))
     cfg.setdefault("feat_target_size", 8)
     if "mag_labels" not in cfg:
-        from zoomfeat.mags import MAG_LABELS
-
         cfg["mag_labels"] = list(MAG_LABELS[: cfg["summarizer"].get("mag_levels", 8)])
     return cfg
 
@@ -126,8 +125,6 @@ class ZoomLDM(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> "ZoomLDM":
         """Load a folder written by :meth:`save_pretrained` (safetensors in ``unet/``, ``vq/``, ``summarizer/``)."""
-        from zoomfeat.config import load_yaml
-
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{path}: not a ZoomLDM folder ({CONFIG_FILE} missing)")
@@ -142,8 +139,6 @@ class ZoomLDM(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write ``unet/``, ``vq/``, ``summarizer/`` (diffusers safetensors) + ``zoomldm_config.yaml``, atomically."""
-        from zoomfeat.config import save_yaml
-
         path = Path(path)
         if path.exists() and any(path.iterdir()) and not (path / CONFIG_FILE).exists():
             raise FileExistsError(f"{path} exists and is not a ZoomLDM folder; refusing to overwrite")
@@ -218,8 +213,6 @@ class ZoomLDM(nn.Module):
     # ------------------------------------------------------------------------------------ conditioning
     def mag_index(self, mag, batch: int) -> torch.Tensor:
         """Magnification(s) → LongTensor ``[batch]``: an index, a label such as ``"5x"``, or one per sample."""
-        from zoomfeat.mags import mag_to_index
-
         def one(m) -> int:
             if isinstance(m, (np.integer,)):
                 m = int(m)
@@ -281,16 +274,12 @@ class ZoomLDM(nn.Module):
         """Images in [-1, 1] ``[B, 3, H, W]`` → pre-quantization latents (scale 1.0, as ZoomLDM was trained).
 
         The VQ runs outside autocast, in its own dtype (fp32), as in the official code (zoomfeat.precision)."""
-        from zoomfeat.precision import fp32
-
         with fp32(self.vq.device):
             return self.vq.encode(images.to(self.vq.device, self.vq.dtype)).latents
 
     def decode(self, latents: torch.Tensor, quantize: bool = True) -> torch.Tensor:
         """Latents → images in [-1, 1] (snapped to the codebook first, as the official decode does); fp32 like
         :meth:`encode`."""
-        from zoomfeat.precision import fp32
-
         with fp32(self.vq.device):
             return self.vq.decode(latents.to(self.vq.device, self.vq.dtype), force_not_quantize=not quantize).sample
 

@@ -1,23 +1,25 @@
-"""Slides stage: OpenSlide reading at any µm/px, tissue detection, linked multi-scale tile grids, synthetic cohorts."""
+"""Slides stage: OpenSlide reading at any µm/px, tissue detection, linked multi-scale tile grids, synthetic cohorts.
 
-from zoomfeat.slides.coords import TileGrid, coords_path, geojson_path, qc_path, read_coords, write_coords
-from zoomfeat.slides.reader import WSI, MppError, SlideOpenError, SlideReadError, open_slide
+Public names are resolved on first use (PEP 562): tiling and synthetic slides pull in skimage, shapely and tifffile,
+which a module reading only the grid geometry (:mod:`zoomfeat.slides.grid`) does not need.
+"""
 
-__all__ = [
-    "WSI", "MppError", "SlideOpenError", "SlideReadError", "open_slide",
-    "TileGrid", "coords_path", "geojson_path", "qc_path", "read_coords", "write_coords",
-    "tile_slide", "tile_cohort", "make_cohort", "make_slide",
-]
+import importlib
+
+#: public name → its module
+_EXPORTS = {
+    "WSI": "reader", "MppError": "reader", "SlideOpenError": "reader", "SlideReadError": "reader",
+    "open_slide": "reader",
+    "TileGrid": "coords", "coords_path": "coords", "geojson_path": "coords", "qc_path": "coords",
+    "read_coords": "coords", "write_coords": "coords",
+    "tile_slide": "tiling", "tile_cohort": "tiling",
+    "make_cohort": "synthetic", "make_slide": "synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    # tiling / synthetic pull in skimage, shapely, tifffile: import them only when used
-    if name in ("tile_slide", "tile_cohort"):
-        from zoomfeat.slides import tiling
-
-        return getattr(tiling, name)
-    if name in ("make_cohort", "make_slide"):
-        from zoomfeat.slides import synthetic
-
-        return getattr(synthetic, name)
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"zoomfeat.slides.{_EXPORTS[name]}"), name)
     raise AttributeError(name)

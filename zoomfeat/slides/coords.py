@@ -28,7 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from zoomfeat import __version__
+from zoomfeat.io import atomic_h5
 from zoomfeat.mags import BASE_MPP, MAG_LABELS
+from zoomfeat.names import check_slide_id, output_path
 
 COORDS_DIR = "coords"
 QC_DIR = "qc"
@@ -37,8 +40,6 @@ GEOJSON_DIR = "geojson"
 
 def coords_path(tile_dir: str | os.PathLike, slide_id: str) -> Path:
     """Where ``zoomfeat tile --out tile_dir`` writes a slide's coordinate HDF5."""
-    from zoomfeat.cohort import output_path
-
     return output_path(Path(tile_dir) / COORDS_DIR, slide_id, ".h5")
 
 
@@ -67,14 +68,10 @@ def find_coords(tile_dir: str | os.PathLike, slide_id: str) -> Path:
 
 
 def qc_path(tile_dir: str | os.PathLike, slide_id: str) -> Path:
-    from zoomfeat.cohort import output_path
-
     return output_path(Path(tile_dir) / QC_DIR, slide_id, ".png")
 
 
 def geojson_path(tile_dir: str | os.PathLike, slide_id: str) -> Path:
-    from zoomfeat.cohort import output_path
-
     return output_path(Path(tile_dir) / GEOJSON_DIR, slide_id, ".geojson")
 
 
@@ -184,9 +181,6 @@ def write_coords(
 ) -> Path:
     """Write ``grid`` to ``path`` atomically (temp file + rename); ``scale_attrs[k]`` = attributes of the
     scale-k ``coords`` dataset (see :func:`coord_attrs`)."""
-    from zoomfeat import __version__
-    from zoomfeat.io import atomic_h5
-
     path = Path(path)
 
     def _dataset(g, name: str, data: np.ndarray, attrs: dict | None = None):
@@ -251,7 +245,6 @@ def read_coords(path: str | os.PathLike, mpp: float | None = None, base_mpp: flo
         a = {k: _attr(ds.attrs, k) for k in ds.attrs}
         fa = {k: _attr(f.attrs, k) for k in f.attrs}
         name = a.get("name") or path.stem.removesuffix("_patches")
-        from zoomfeat.cohort import check_slide_id
 
         check_slide_id(str(name), f"{path}: its 'name' attribute")  # file attributes never pick output paths
         attrs = {**fa, **a}

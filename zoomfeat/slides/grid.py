@@ -11,6 +11,7 @@ A region is kept when any of its 20x children is kept.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -109,3 +110,85 @@ def n_tiles_expected(width: int, height: int, size_l0: int) -> int:
 
 def region_count(n: int, k: int) -> int:
     return math.ceil(n / 2**k)
+
+
+# ------------------------------------------------------------------------------------------------ 5x regions and SSL grids
+
+#: Read-request kinds of one slide, in processing order: 20x tiles, background children of 5x regions (SSL only),
+#: 5x regions. The 5x conditioning needs every child's embedding, so the regions come last.
+KIND_20X, KIND_CHILD, KIND_5X = 0, 1, 2
+
+
+def parents_5x(grid) -> tuple[np.ndarray, np.ndarray, int]:
+    """5x regions (coords, parent_index, level-0 size) from the tiling file, or derived on the lattice anchored at
+    (0, 0) (4×4 tiles per region) when the coordinate file has none (CLAM/TRIDENT files)."""
+    s = int(grid.patch_size_level0)
+    if grid.coords_5x is not None and grid.parent_index is not None:
+        return (np.asarray(grid.coords_5x, np.int64), np.asarray(grid.parent_index, np.int64),
+                int(grid.patch_size_level0_5x or 4 * s))
+    coords = np.asarray(grid.coords, np.int64).reshape(-1, 2)
+    # CLAM anchors its grid at the tissue contour's corner (e.g. x = 320, y = 70), not at (0, 0): anchor the 5x
+    # lattice at the grid's own origin so that every tile lies inside its parent region
+    origin = coords[0] % s if len(coords) else np.zeros(2, np.int64)
+    if not (coords % s == origin).all():
+        origin = np.zeros(2, np.int64)  # irregular grid (overlap): tiles may straddle two regions
+    c5, pidx = parent_regions(coords - origin, s, 2)
+    return c5 + origin, pidx, 4 * s
+
+
+@dataclass
+class ReadPlan:
+    """What one slide's extraction reads (``parts[kind] = (coords, level-0 side)``, in processing order) and where
+    each read's output goes: 20x tiles, 5x regions and, for an encoder with an SSL encoder, each region's children
+    (``kid_rows``: row in ``coords`` of every child, row-major per region; -1 = background, read when embedded)."""
+
+    coords: np.ndarray
+    size: int
+    out_px: int
+    parts: dict[int, tuple[np.ndarray, int]]
+    c5: np.ndarray | None = None
+    pidx: np.ndarray | None = None
+    size_5x: int | None = None
+    kid_rows: np.ndarray | None = None
+    counts: dict = field(default_factory=dict)
+
+
+def plan_reads(grid, opts, with_ssl: bool, sid: str = "") -> ReadPlan:
+    """The read plan of one slide: 20x tiles, then background children of 5x regions (SSL grids only), then the
+    5x regions (their conditioning needs every child's embedding, so they come last). ``opts``: the extraction
+    options (:class:`zoomfeat.extract.ExtractOptions`; its ``mags`` and ``missing_children`` are read)."""
+    s = int(grid.patch_size_level0)
+    coords = np.asarray(grid.coords, np.int64).reshape(-1, 2)
+    if len(coords) == 0:
+        raise ValueError(f"{sid}: the coordinate file has no tiles")
+    plan = ReadPlan(coords, s, int(grid.patch_size), {KIND_20X: (coords, s)})
+    if "5x" not in opts.mags:
+        return plan
+    plan.c5, plan.pidx, plan.size_5x = parents_5x(grid)
+    if with_ssl:
+        # SSL grid of each 5x region: kept children reuse their 20x embedding, the others are read and embedded
+        kids = child_grid(plan.c5, s).reshape(-1, 2)
+        known = {(int(x), int(y)): r for r, (x, y) in enumerate(coords)}
+        rows = np.array([known.get((int(x), int(y)), -1) for x, y in kids], np.int64)
+        plan.kid_rows = rows
+        if opts.missing_children == "embed":
+            plan.parts[KIND_CHILD] = (kids[rows < 0], s)
+            plan.counts["children_embedded_5x"] = int((rows < 0).sum())
+        else:
+            plan.counts["children_mean_filled_5x"] = int((rows < 0).sum())
+    plan.parts[KIND_5X] = (plan.c5, plan.size_5x)
+    return plan
+
+
+def ssl_grids_5x(ssl20: np.ndarray, emb: np.ndarray, kid_rows: np.ndarray, missing: str) -> np.ndarray:
+    """(M, C, 4, 4) SSL grids of the 5x regions from their children, row-major: tissue children take their 20x
+    embedding (``ssl20``), background ones their own (``emb``, ``missing='embed'``) or the mean of the region's
+    tissue children (``missing='mean'``). Fills ``emb`` in place."""
+    emb[kid_rows >= 0] = ssl20[kid_rows[kid_rows >= 0]]
+    n = len(kid_rows) // 16
+    per_region = emb.reshape(n, 16, -1)
+    if missing == "mean":
+        kept = (kid_rows >= 0).reshape(n, 16)
+        mean = (per_region * kept[..., None]).sum(1) / kept.sum(1, keepdims=True)
+        per_region[~kept] = np.repeat(mean, (~kept).sum(1), axis=0)
+    return per_region.reshape(n, 4, 4, -1).transpose(0, 3, 1, 2)  # row-major → (M, C, 4, 4)

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from zoomfeat.mags import BASE_MPP
+from zoomfeat.names import slide_id
 
 #: Plausible level-0 resolutions (µm/px). Outside this a value is treated as wrong metadata.
 MPP_RANGE = (0.1, 2.0)
@@ -220,7 +221,6 @@ class WSI:
         require_mpp: bool = True,
     ):
         self.path = Path(path)
-        from zoomfeat.cohort import slide_id
 
         self.name = slide_id(self.path)
         self.base_mpp = float(base_mpp)

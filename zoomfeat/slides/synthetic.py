@@ -44,6 +44,7 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
+from zoomfeat.io import atomic_path
 
 SUBTYPE_NAMES = ["round", "spindle", "glandular"]
 BACKGROUND = np.array([240, 238, 242], np.float32)
@@ -319,8 +320,6 @@ def write_pyramid_tiff(
     """
     import tifffile
 
-    from zoomfeat.io import atomic_path
-
     path = Path(path)
     h, w = image.shape[:2]
     levels = []
@@ -447,8 +446,6 @@ def make_cohort(out_dir: str | os.PathLike, n_slides: int = 24, seed: int = 0, w
     plus path, mpp, subtype_name, latent_risk, architecture, architecture_name). Existing slides are kept (resume).
     Returns the labels CSV path."""
     from tqdm.auto import tqdm
-
-    from zoomfeat.io import atomic_path
 
     out_dir = Path(out_dir)
     sdir = out_dir / "slides"

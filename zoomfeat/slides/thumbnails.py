@@ -9,7 +9,8 @@ from typing import Mapping, Union
 
 import numpy as np
 
-from zoomfeat.cohort import find_slide
+from zoomfeat.names import find_slide
+from zoomfeat.slides.reader import open_slide
 
 Source = Union[str, os.PathLike, Mapping[str, Union[str, os.PathLike]], None]
 
@@ -18,7 +19,7 @@ class SlideThumbnails:
     """slide id → (thumbnail uint8 HxWx3 whose longer side is ``max_side``, level-0 (width, height), file name).
 
     ``sources`` are looked up in order: a folder of slides (or one slide file), or a mapping slide id → slide path
-    (e.g. ``zoomfeat.cohort.label_slide_paths(labels_csv)``); None entries are ignored. A slide found nowhere gives
+    (e.g. ``zoomfeat.names.label_slide_paths(labels_csv)``); None entries are ignored. A slide found nowhere gives
     None; one that cannot be read raises (the heatmap then says so and draws on the tile grid)."""
 
     def __init__(self, *sources: Source, max_side: int = 1024):
@@ -39,7 +40,6 @@ class SlideThumbnails:
         p = self.path(sid)
         if p is None:
             return None
-        from zoomfeat.slides.reader import open_slide
 
         with open_slide(p) as wsi:
             return np.asarray(wsi.thumbnail(self.max_side))[..., :3], tuple(wsi.dimensions), p.name

@@ -14,9 +14,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from zoomfeat.cohort import CohortReport, SlideResult, one_line_error, resolve_slides, run_cohort, slide_id
-from zoomfeat.io import file_fingerprint, remove_dead_temps
+from zoomfeat.cohort import CohortReport, SlideResult, one_line_error, run_cohort
+from zoomfeat.io import file_fingerprint, kill_point, remove_dead_temps, sweep_locks
 from zoomfeat.mags import BASE_MPP, MAG_LABELS, N_SCALES, mag_to_index
+from zoomfeat.names import id_collisions, resolve_slides, slide_id
 from zoomfeat.slides import grid as G
 from zoomfeat.slides.coords import (
     TileGrid,
@@ -324,9 +325,6 @@ def _tile_parallel(paths: list[Path], out_dir: Path, workers: int, kwargs: dict,
     import multiprocessing as mp
 
     from tqdm.auto import tqdm
-
-    from zoomfeat.cohort import id_collisions
-    from zoomfeat.io import kill_point, sweep_locks
 
     clashes = id_collisions(paths)
     sweep_locks(out_dir / ".locks")

@@ -13,6 +13,7 @@ from functools import reduce
 from pathlib import Path
 
 import numpy as np
+from zoomfeat.io import atomic_path, write_text_atomic
 
 #: Saturation (0–255) below which nothing counts as tissue even if Otsu says so (blank slides).
 MIN_SATURATION = 15
@@ -139,8 +140,6 @@ def write_geojson(geom, path: str | os.PathLike, properties: dict | None = None)
     """Write tissue polygons as a GeoJSON FeatureCollection (level-0 px coordinates), atomically."""
     from shapely.geometry import mapping
 
-    from zoomfeat.io import write_text_atomic
-
     feats = []
     parts = list(getattr(geom, "geoms", [geom])) if not geom.is_empty else []
     for i, part in enumerate(parts):
@@ -183,8 +182,6 @@ def save_qc_png(
 ) -> Path:
     """QC thumbnail: tissue mask tinted green, kept 20x tiles outlined (blue), 5x parents (orange)."""
     from PIL import Image, ImageDraw
-
-    from zoomfeat.io import atomic_path
 
     base = tm.thumbnail.astype(np.float32)
     tint = np.array([40, 200, 60], np.float32)

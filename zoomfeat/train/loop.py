@@ -25,14 +25,19 @@ from typing import Any
 import torch
 
 from zoomfeat.config import load_yaml, save_yaml, to_dict
+from zoomfeat.encoders import create_encoder
 from zoomfeat.io import write_json_atomic
+from zoomfeat.ldm import ZoomLDM
+from zoomfeat.names import resolve_slides
+from zoomfeat.precision import normalize_precision
+from zoomfeat.slides.synthetic import make_cohort
 from zoomfeat.train.checkpoints import list_checkpoints, load_checkpoint, param_checksum, save_checkpoint
 from zoomfeat.train.config import BuildConfig, ShardConfig, TrainConfig, as_train_config, resolve_path
 from zoomfeat.train.dataset import DatasetError, MultiScaleLatentDataset, StepBatchSampler, collate
 from zoomfeat.train.metrics import MetricsLog, step_row
 from zoomfeat.train.objective import DiffusionObjective, draw_step_noise
 from zoomfeat.train.sampling import save_sample_grid, with_ema
-from zoomfeat.train.shards import vq_fingerprint
+from zoomfeat.train.shards import build_dataset, vq_fingerprint
 from zoomfeat.train.vq import prepare_first_stage
 
 KILL_ENV = "ZOOMFEAT_TRAIN_KILL_AT_STEP"  # test hook: SIGKILL this process right after that step (crash simulation)
@@ -43,8 +48,6 @@ def make_model(cfg: TrainConfig | dict, base: Path | None = None):
     """The ZoomLDM to train: ``init: config`` (random, seeded), ``official`` (released ckpt) or ``pretrained`` (dir).
 
     Checkpoints go through :meth:`ZoomLDM.load`; relative paths: :func:`zoomfeat.train.config.resolve_path`."""
-    from zoomfeat.ldm import ZoomLDM
-
     cfg = as_train_config(cfg)
     base = base or Path.cwd()
     m = cfg.model
@@ -67,7 +70,6 @@ def build_slides(spec: BuildConfig | None, root: Path):
     slides = spec.slides if spec is not None else None
     if slides is None:
         syn = (spec.synthetic if spec is not None else None) or {}
-        from zoomfeat.slides.synthetic import make_cohort
 
         cohort_dir = root / "cohort"
         if not (cohort_dir / "slides").exists() or not any((cohort_dir / "slides").glob("*.tiff")):
@@ -99,8 +101,6 @@ def ensure_dataset(cfg: TrainConfig | dict, root: Path, ldm, progress: bool = Tr
             "grids must be the model's (UNI for the released ZoomLDM), never a silent default; set e.g. "
             "ssl_encoder: {name: uni, weights: /path/to/uni} or {name: tiny-vit, dim: 48} for the tiny model"
         )
-    from zoomfeat.encoders import create_encoder
-    from zoomfeat.train.shards import build_dataset
 
     slides = build_slides(spec, root)
     encoder = create_encoder(enc_spec.pop("name"), **enc_spec)
@@ -119,8 +119,6 @@ def _prepare_data(cfg: TrainConfig, ldm, out_dir: Path, accelerator, progress: b
     root = Path(os.path.expanduser(str(cfg.dataset.root)))
     root = root if root.is_absolute() else out_dir / root  # relative dataset roots live in the run folder
     if accelerator.is_main_process:
-        from zoomfeat.cohort import resolve_slides
-
         def slides_fn():  # only called when the first stage is trained
             return resolve_slides(build_slides(cfg.dataset.build, root))
 
@@ -149,7 +147,6 @@ def _mixed_precision(setting: str) -> str:
         if torch.cuda.is_available():
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "no"
-    from zoomfeat.precision import normalize_precision
 
     try:
         p = normalize_precision(setting)

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from zoomfeat.ldm.summarizer import pool_and_normalize
 from zoomfeat.train.dataset import step_seed
 
 
@@ -26,8 +27,6 @@ class DiffusionObjective(nn.Module):
 
     def context(self, ssl: list[torch.Tensor], mags: torch.Tensor) -> torch.Tensor:
         """Summarizer context for a batch whose SSL grids may differ in side (grouped by side, order kept)."""
-        from zoomfeat.ldm.summarizer import pool_and_normalize
-
         sides = torch.tensor([g.shape[-1] for g in ssl])
         out = None
         for side in sides.unique().tolist():

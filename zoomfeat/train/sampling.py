@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from zoomfeat.io import atomic_path
+from zoomfeat.generate.patches import save_image_grid
 from zoomfeat.train.config import SampleConfig
 from zoomfeat.train.dataset import MultiScaleLatentDataset
 
@@ -31,15 +31,7 @@ def save_sample_grid(ldm, dataset: MultiScaleLatentDataset, path: Path, sample: 
     real = ldm.decode(torch.stack([it["latents"] for it in items]).to(ldm.device))
     images = torch.cat([real, fake]).float().clamp(-1, 1).cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        from zoomfeat.generate.patches import save_image_grid
-    except ImportError:  # generation module absent: torchvision's grid writer
-        from torchvision.utils import save_image
-
-        with atomic_path(path) as tmp:
-            save_image((images + 1) / 2, str(tmp), nrow=n, format="png")
-    else:
-        save_image_grid(images, path, nrow=n)  # atomic; takes [-1, 1] floats
+    save_image_grid(images, path, nrow=n)  # atomic; takes [-1, 1] floats
     return path
 
 

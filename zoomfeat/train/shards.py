@@ -14,11 +14,18 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from zoomfeat.cohort import run_cohort
 from zoomfeat.io import atomic_h5, atomic_path, write_json_atomic
 from zoomfeat.mags import N_SCALES
+from zoomfeat.names import resolve_slides, slide_id
+from zoomfeat.slides.coords import read_coords
 from zoomfeat.slides.grid import child_grid
+from zoomfeat.slides.reader import open_slide
+from zoomfeat.slides.tiling import tile_slide
 from zoomfeat.train.config import ShardConfig
+
 from zoomfeat.train.dataset import FORMAT_VERSION, INDEX_COLUMNS, DatasetError
+from zoomfeat.weights import state_dict_sha256
 
 
 @dataclass
@@ -50,8 +57,6 @@ def images_to_unit_range(images: np.ndarray):
 
 def vq_fingerprint(vq) -> str:
     """Hash of the VQ weights: latents are only meaningful to the model whose VQ encoded them."""
-    from zoomfeat.weights import state_dict_sha256
-
     return state_dict_sha256(vq)
 
 
@@ -176,8 +181,6 @@ def build_slide_shard(slide: str | os.PathLike, shard_path: str | os.PathLike, g
     Returns ``{"counts": {k: n}, "skipped": [k, ...], "n_20x_tiles": n}``; scales the slide has no region for are
     skipped.
     """
-    from zoomfeat.slides.reader import open_slide
-
     cfg = cfg or ShardConfig()
     tile_l0 = int(grid.patch_size_level0)
     regions, skipped = _pick_regions(grid, cfg.scales, cfg.max_per_scale, np.random.default_rng(cfg.seed))
@@ -277,10 +280,6 @@ def build_dataset(slides, out_dir: str | os.PathLike, ssl_encoder, vq, cfg: Shar
     ``encode(x).latents`` / ``encode(x)`` gives pre-quantisation latents of images in [-1, 1]). Per-slide
     failures are reported and the cohort continues; a rerun only builds the missing shards.
     """
-    from zoomfeat.cohort import resolve_slides, run_cohort, slide_id
-    from zoomfeat.slides.coords import read_coords
-    from zoomfeat.slides.tiling import tile_slide
-
     out_dir = Path(out_dir)
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     cfg = cfg or ShardConfig()

@@ -20,8 +20,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from zoomfeat.io import atomic_path
+from zoomfeat.io import atomic_path, write_json_atomic
 from zoomfeat.mags import N_SCALES
+from zoomfeat.slides.coords import read_coords
+from zoomfeat.slides.reader import open_slide
+from zoomfeat.slides.tiling import tile_slide
 from zoomfeat.train.config import FirstStageConfig, TrainConfig, as_train_config
 from zoomfeat.train.shards import images_to_unit_range
 
@@ -32,10 +35,6 @@ def collect_patches(slides: Sequence[str | os.PathLike], coords_dir: str | os.Pa
     """uint8 (N, patch_px, patch_px, 3): up to ``max_per_scale`` random regions per slide and scale (256·2^k px at
     20x shown at ``patch_px``), read with the same tiling lattice the training set uses."""
     from tqdm.auto import tqdm
-
-    from zoomfeat.slides.coords import read_coords
-    from zoomfeat.slides.reader import open_slide
-    from zoomfeat.slides.tiling import tile_slide
 
     rng = np.random.default_rng(seed)
     out: list[np.ndarray] = []
@@ -153,8 +152,6 @@ def prepare_first_stage(cfg: TrainConfig | dict, ldm, out_dir: Path, slides_fn, 
 def _save_first_stage(vq, fdir: Path, report: dict, progress: bool) -> None:
     """``vq.safetensors`` (atomic: a rerun reuses it) and ``summary.json``."""
     from safetensors.torch import save_file
-
-    from zoomfeat.io import write_json_atomic
 
     with atomic_path(fdir / "vq.safetensors") as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in vq.state_dict().items()}, str(tmp))

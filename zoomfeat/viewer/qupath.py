@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+from zoomfeat.io import write_text_atomic
+from zoomfeat.names import SlideIdError, output_path
 
 PALETTE = [(220, 50, 47), (38, 139, 210), (133, 153, 0), (211, 54, 130), (42, 161, 152), (181, 137, 0)]
 
@@ -107,8 +109,6 @@ def export_qupath(res, out: str | os.PathLike, run: str | None = None, progress:
     """Write ``{out}/{slide}.geojson`` for every slide; returns slide → path, or slide → reason when skipped."""
     from tqdm.auto import tqdm
 
-    from zoomfeat.cohort import SlideIdError, output_path
-    from zoomfeat.io import write_text_atomic
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     primary = _primary(res, run)

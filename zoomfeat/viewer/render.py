@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from zoomfeat.slides.tissue import detect_tissue
 
 DZ_TILE = 254
 DZ_OVERLAP = 1
@@ -180,8 +181,6 @@ def tissue_png(width: float, height: float, geojson: Path | None, slide: SlideSo
             if len(pts) >= 3:
                 draw.polygon(pts, fill=(0, 0, 0, 0) if hole else TISSUE_RGBA, outline=TISSUE_RGBA[:3] + (255,))
     elif slide is not None:
-        from zoomfeat.slides.tissue import detect_tissue
-
         try:
             th = np.asarray(slide.thumbnail(1024))
         except ValueError:  # too large to read without a pyramid: an empty layer

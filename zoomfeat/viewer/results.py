@@ -22,7 +22,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from zoomfeat.cohort import SlideIdError, check_slide_id, find_slide, label_slide_paths
+from mil.data import load_standardizer, read_features
+from mil.folds import head_hparams
+from mil.heatmap import bag_instances, rank_normalize
+from mil.models import build_model
+from mil.tasks import make_task
+from zoomfeat.bags import list_bags, load_bag, read_bag_attrs
+from zoomfeat.names import SlideIdError, check_slide_id, find_slide, label_slide_paths
+from zoomfeat.slides.coords import coords_path, geojson_path, read_coords
+from zoomfeat.weights import torch_load_tensors
 
 SKIP_DIRS = {"attention", "heatmaps", "wandb", "qupath", ".locks"}
 
@@ -171,7 +179,7 @@ def discover_runs(run_dir: str | os.PathLike) -> list[Run]:
 
 
 def safe_rows(pred: pd.DataFrame, leaf: Path) -> pd.DataFrame:
-    """Predictions whose slide id is a plain file-name stem (``zoomfeat.cohort.check_slide_id``): an id such as
+    """Predictions whose slide id is a plain file-name stem (``zoomfeat.names.check_slide_id``): an id such as
     ``../../x`` would name files outside the run (attention CSVs, exported pages), so its rows are dropped."""
     if "slide" not in pred.columns:
         return pred
@@ -203,8 +211,6 @@ def _run_model(cfg: dict, rel: str) -> str:
 
 
 def _bag_files(run: Run) -> dict[str, Path]:
-    from zoomfeat.bags import list_bags
-
     if run.bags is None:
         return {}
     try:
@@ -215,12 +221,6 @@ def _bag_files(run: Run) -> dict[str, Path]:
 
 def fold_model(run: Run, fold: int, dim: int):
     """The head that scored fold ``fold``'s test slides, rebuilt exactly as ``mil.cv.run_folds`` built it."""
-    from mil.cv import head_hparams
-    from mil.data import load_standardizer
-    from mil.models import build_model
-    from mil.tasks import make_task
-    from zoomfeat.weights import torch_load_tensors
-
     ckpt = run.path / f"fold{fold}" / "best.pt"
     if not ckpt.exists():
         raise FileNotFoundError(f"{run.name}: no checkpoint {ckpt}")
@@ -321,15 +321,11 @@ class Results:
 
     def coords_file(self, sid: str) -> Path | None:
         """The tiling coordinate file: ``--tiles`` folder, else the one the bag was extracted from."""
-        from zoomfeat.slides.coords import coords_path
-
         if self.tiles_arg is not None:
             p = coords_path(self.tiles_arg, sid)
             return p if p.exists() else None
         bag = self.bag_file(sid)
         if bag is not None and bag.suffix == ".h5":
-            from zoomfeat.bags import read_bag_attrs
-
             v = read_bag_attrs(bag).get("coords_file")
             q = resolve_path(v, [bag.parent]) if v else None
             return q
@@ -339,8 +335,6 @@ class Results:
         cp = self.coords_file(sid)
         if cp is None:
             return None
-        from zoomfeat.cohort import SlideIdError
-        from zoomfeat.slides.coords import geojson_path
 
         try:
             p = geojson_path(cp.parent.parent, sid)
@@ -362,8 +356,6 @@ class Results:
         reads them: ``patch_size_level0_5x`` when recorded, else 4× the 20x side; 256 px when nothing is)."""
         cp = self.coords_file(sid)
         if cp is not None:
-            from zoomfeat.slides.coords import read_coords
-
             tg = read_coords(cp)
             c5 = tg.coords_5x
             return {"coords": np.asarray(tg.coords), "size": float(tg.patch_size_level0),
@@ -373,8 +365,6 @@ class Results:
         bag = self.bag_file(sid)
         if bag is None:
             return None
-        from mil.heatmap import bag_instances
-        from zoomfeat.bags import load_bag
 
         b = load_bag(bag)
         if b.coords is None or b.coords_unit != "px":
@@ -398,8 +388,6 @@ class Results:
 
     def load_bag(self, run: Run, sid: str):
         """The run's bag of ``sid`` read once (features and coordinates both come from it)."""
-        from zoomfeat.bags import load_bag
-
         path = self.bags[run.name].get(sid)
         if path is None:
             raise FileNotFoundError(f"{run.name}: no bag for {sid}")
@@ -409,14 +397,10 @@ class Results:
     def _instances(run: Run, bag) -> tuple[np.ndarray | None, float]:
         """The run's instances in ``bag`` (level-0 corners) and their side (256 px, or 4× that at 5x, when the bag
         does not record it)."""
-        from mil.heatmap import bag_instances
-
         coords, size = bag_instances(bag, run.mag)
         return coords, float(size or (4 * 256 if run.mag == "5x" else 256))
 
     def _read_attention(self, run: Run, sid: str) -> Attention | None:
-        from mil.heatmap import rank_normalize
-
         csv = run.path / "attention" / f"{sid}.csv"
         if csv.exists():
             df = pd.read_csv(csv)
@@ -443,8 +427,6 @@ class Results:
         """Forward the slide's bag (``bag``: already loaded, else read here) through its fold's head: attention (N,)
         and the prediction (for checks)."""
         import torch
-
-        from mil.data import read_features
 
         bag = self.load_bag(run, sid) if bag is None else bag
         x = read_features(bag.get(run.mag))

@@ -10,10 +10,12 @@ from __future__ import annotations
 # registration order = listing order
 from zoomfeat.encoders.baselines import (uni_v1, uni_v2, phikon, phikon_v2, ctranspath, virchow2,  # noqa: F401
                                          hoptimus0, hoptimus1, gigapath, resnet50, conch_v15)
-from zoomfeat.encoders.baselines.common import BaselineSpec, full_size_listing  # noqa: F401
+from zoomfeat.encoders.baselines.common import BaselineSpec, full_size_listing
 
 #: Every baseline's spec by encoder name (the ``uni`` alias builds ``uni_v1``'s).
 SPECS: dict[str, BaselineSpec] = {m.SPEC.name: m.SPEC for m in (uni_v1, uni_v2, phikon, phikon_v2, ctranspath,
                                                                  virchow2, hoptimus0, hoptimus1, gigapath,
                                                                  resnet50, conch_v15)}
 SPECS["uni"] = uni_v1.SPEC
+
+__all__ = ["SPECS", "BaselineSpec", "full_size_listing"]
