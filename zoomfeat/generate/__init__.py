@@ -13,7 +13,7 @@ Public names are resolved on first use (PEP 562), so that importing one module (
 the others (the realism report reads slides and encoders).
 """
 
-import importlib
+from zoomfeat.exports import lazy_getattr
 
 #: public name → its module
 _EXPORTS = {
@@ -26,8 +26,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"zoomfeat.generate.{_EXPORTS[name]}"), name)
-    raise AttributeError(name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

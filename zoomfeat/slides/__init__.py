@@ -4,7 +4,7 @@ Public names are resolved on first use (PEP 562): tiling and synthetic slides pu
 which a module reading only the grid geometry (:mod:`zoomfeat.slides.grid`) does not need.
 """
 
-import importlib
+from zoomfeat.exports import lazy_getattr
 
 #: public name → its module
 _EXPORTS = {
@@ -18,8 +18,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"zoomfeat.slides.{_EXPORTS[name]}"), name)
-    raise AttributeError(name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -1,7 +1,7 @@
 """Training ZoomLDM on a user's cohort: the options (:mod:`.config`), the multi-scale training set (built by
 :mod:`.shards`, read by :mod:`.dataset`) and the loop (:mod:`.loop`)."""
 
-import importlib
+from zoomfeat.exports import lazy_getattr
 
 #: public name → its module; imported on first use (the CLI reads config defaults at start-up without numpy, and
 #: the loop imports accelerate/diffusers)
@@ -18,8 +18,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"zoomfeat.train.{_EXPORTS[name]}"), name)
-    raise AttributeError(name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
