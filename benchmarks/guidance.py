@@ -23,6 +23,10 @@ the full-size BRCA architecture (random init from configs/ldm/zoomldm_brca.yaml,
 1 iteration).
 
     .venv/bin/python benchmarks/guidance.py [--problems tiny,full] [--device cpu|cuda] [--threads 2] [--repeats 2]
+
+``--in-process`` (what the test suite uses on ``tiny``) runs both variants in the calling process instead of one
+subprocess each: the FLOP accounting and the printed lines are the same, the time is not spent importing torch and
+diffusers twice, but the peak-memory figures are no longer isolated (the allocator keeps what the first variant freed).
 """
 
 from __future__ import annotations
@@ -160,15 +164,17 @@ def worker(problem: str, mode: str, device: str, threads: int, repeats: int) -> 
     return res
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--problems", default="tiny,full")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write every measurement to this JSON file")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run both variants in this process (a smoke check: peak memory not isolated)")
     ap.add_argument("--worker", nargs=2, metavar=("PROBLEM", "MODE"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(*args.worker, args.device, args.threads, args.repeats)))
         return 0
@@ -179,6 +185,16 @@ def main() -> int:
             raise SystemExit(f"unknown problem {problem!r}; choose from {', '.join(PROBLEMS)}")
         res = {}
         for mode in ("fd", "autograd"):
+            if args.in_process:
+                import torch
+
+                threads = torch.get_num_threads()
+                try:
+                    res[mode] = worker(problem, mode, args.device, args.threads, args.repeats)
+                finally:
+                    torch.set_num_threads(threads)  # worker() sets the benchmark's thread count
+                rows.append(res[mode])
+                continue
             cmd = [sys.executable, __file__, "--worker", problem, mode, "--device", args.device,
                    "--threads", str(args.threads), "--repeats", str(args.repeats)]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -8,19 +8,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_guidance_benchmark_tiny(tmp_path, micro_ldm_dir):
+@pytest.mark.parametrize("where", ["in_process", pytest.param("subprocesses", marks=pytest.mark.slow)])
+def test_guidance_benchmark_tiny(tmp_path, micro_ldm_dir, capsys, where):
+    # by default in-process (--in-process): the variants' own subprocesses cost a torch + diffusers import each, most
+    # of the tiny problem's time; the slow twin runs the script as a user does, one subprocess per variant
     out = tmp_path / "guidance.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "guidance.py"), "--problems", "tiny", "--repeats", "1",
-         "--threads", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
-        env=dict(os.environ),
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "ratio fd/autograd" in proc.stdout and "per update (steady state)" in proc.stdout
+    argv = ["--problems", "tiny", "--repeats", "1", "--threads", "1", "--json", str(out)]
+    if where == "in_process":
+        from benchmarks.guidance import main
+
+        assert main([*argv, "--in-process"]) == 0
+        stdout = capsys.readouterr().out
+    else:
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "guidance.py"), *argv],
+                              capture_output=True, text=True, timeout=300, env=dict(os.environ))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        stdout = proc.stdout
+    assert "ratio fd/autograd" in stdout and "per update (steady state)" in stdout
     rows = {r["mode"]: r for r in json.loads(out.read_text())}
     fd, ag = rows["fd"], rows["autograd"]
     for r in (fd, ag):

@@ -90,7 +90,7 @@ def run(tmp_path_factory):
         "sweep={blocks: [0, 1], t: [0, 100], conditioning: [none], mags: [20x+5x], tiles_per_slide: 4,"
         " tune_fraction: 0.34,"
         " n_folds: 2, n_repeats: 2}",
-        "compare.n_folds=2", "compare.n_repeats=2", "compare.val_fraction=0",
+        "compare.n_folds=2", "compare.n_repeats=1", "compare.val_fraction=0",
         "compare.hparams={embed_dim: 16, attn_dim: 8, dropout: 0.0, lr: 0.005, epochs: 6, min_epochs: 6,"
         " patience: 50, min_val_slides: 99, standardize: true, progress: false, wandb: false,"
         # bags held in memory after a fold's first read: re-reading every bag's file each epoch was half the

@@ -17,7 +17,7 @@ import torch
 from tests.test_train_dataset import tiny_dataset, tiny_train_cfg  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
-REF_STEPS = 60
+REF_STEPS = 40  # was 60: at 40, loss ratio 0.34 (bound 0.7), CFG rate 0.091 (bound 0.1 ± 0.04)
 CKPT_EVERY = 10
 
 
@@ -52,9 +52,9 @@ def ref_run(tiny_dataset, tmp_path_factory) -> Path:
 def test_loss_falls(ref_run):
     m = pd.read_csv(ref_run / "metrics.csv")
     assert list(m["step"]) == list(range(1, REF_STEPS + 1))
-    first50 = m["loss"].iloc[:50].mean()
+    first = m["loss"].iloc[:REF_STEPS - 10].mean()
     last10 = m["loss"].iloc[-10:].mean()
-    assert last10 <= 0.7 * first50, (first50, last10)
+    assert last10 <= 0.7 * first, (first, last10)
     # per-magnification columns: every scale of the dataset shows up, and with a finite loss
     per_mag = [c for c in m.columns if c.startswith("loss_mag")]
     seen = [c for c in per_mag if m[c].notna().any()]
@@ -67,7 +67,7 @@ def test_loss_falls(ref_run):
 def test_cfg_dropout_rate_in_training(ref_run):
     m = pd.read_csv(ref_run / "metrics.csv")
     rate = m["n_uncond"].sum() / m["n_samples"].sum()
-    assert abs(rate - 0.1) < 0.04, rate  # 480 draws: sd 0.014
+    assert abs(rate - 0.1) < 0.04, rate  # 320 draws: sd 0.017
 
 
 def test_saved_model_is_ema_and_generates(ref_run):
