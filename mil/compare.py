@@ -30,6 +30,7 @@ import pandas as pd
 from mil.cv import CVConfig, cv_config, splits_for
 from mil.data import Cohort, build_cohort, load_labels
 from mil.folds import finish_folds, plan_folds
+from mil.models import get_head
 from mil.pathobench import read_pathobench
 from mil.plots import compare_plot, forest_plot
 from mil.results import CVResult, write_result
@@ -37,6 +38,7 @@ from mil.spec import SpecMismatchError, check_cohort_specs
 from mil.splits import load_splits, save_splits
 from mil.stats import corrected_ttest, detectable_delta, holm, outcome, se_from_ci, split_ratio
 from mil.tasks import TASKS
+from mil.trainer import check_hparams, hparams_for
 from zoomfeat.bags import list_bags
 from zoomfeat.config import merge, save_yaml
 from zoomfeat.io import atomic_path, write_text_atomic
@@ -106,6 +108,8 @@ def compare(cfg: dict, out_dir: str | os.PathLike, jobs: int | None = None) -> p
         raise ValueError(f"encoder entry names must be unique: {names}")
     reference = resolve_reference(cfg.get("reference"), names, cfg["frameworks"])
     tasks = [parse_task(t) for t in cfg["tasks"]]
+    for kind in dict.fromkeys(t["task"] for t in tasks):  # before any task runs (a task's ValueError only skips it)
+        check_hparams(cfg["frameworks"], kind, cfg.get("hparams") or {})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml({**cfg, "encoders": entries, "tasks": tasks}, out / "config.yaml")
@@ -142,15 +146,13 @@ def compare(cfg: dict, out_dir: str | os.PathLike, jobs: int | None = None) -> p
 
 
 PRIMARY = ("auc", "c_index")
-FRAMEWORKS = ("linear", "abmil", "transmil", "twobranch")
 
 
 def _frameworks(cfg: dict) -> list[str]:
     fw = cfg.get("frameworks") or [cfg.get("model") or "abmil"]
     fw = [f.strip().lower() for f in (fw.split(",") if isinstance(fw, str) else fw) if str(f).strip()]
-    bad = [f for f in fw if f not in FRAMEWORKS]
-    if bad:
-        raise ValueError(f"unknown framework(s) {bad}; choose from {FRAMEWORKS}")
+    for f in fw:
+        get_head(f)  # an unknown framework: ValueError naming the nearest registered head
     return list(dict.fromkeys(fw))
 
 
@@ -189,7 +191,8 @@ def _run_task(cfg: dict, t: dict, entries: list[dict], files: dict, out: Path,
     cells = [(fw, e, out / e["name"] / t["name"] if single else out / e["name"] / fw / t["name"])
              for fw in cfg["frameworks"] for e in entries]
     plans = [plan_folds(_restrict(cohorts[e["name"]], order), splits, model=fw, mag=e["mag"], seed=int(cfg["seed"]),
-                        out_dir=sub if fw != "linear" else None, attention=False, **(cfg.get("hparams") or {}))
+                        out_dir=sub if get_head(fw).trained else None, attention=False,
+                        **hparams_for(fw, tcfg["task"], cfg.get("hparams") or {}))
              for fw, e, sub in cells]
     results = iter_jobs([c for p in plans for c in p.calls], jobs)  # every fold of every cell: one pool
     for (fw, e, sub), plan in zip(cells, plans):

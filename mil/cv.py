@@ -24,6 +24,7 @@ from mil.results import CVResult, write_result
 from mil.spec import check_cohort_specs
 from mil.splits import check_splits, load_splits, make_splits, save_splits
 from mil.tasks import TASKS
+from mil.trainer import check_hparams
 from zoomfeat.bags import list_bags
 from zoomfeat.config import load_config, save_yaml, to_dict
 
@@ -154,6 +155,7 @@ def run_cv(cfg: dict | CVConfig, out_dir: str | os.PathLike, thumbnails: Thumbna
                       stacklevel=2)
     if cfg["task"] not in TASKS:
         raise ValueError(f"unknown task {cfg['task']!r}; choose one of {TASKS}")
+    check_hparams(cfg["model"], cfg["task"], cfg.get("hparams") or {})  # before any output or bag is read
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")

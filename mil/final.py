@@ -16,6 +16,7 @@ cohort summary, CV estimate; written last, so its presence means the folder is c
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from mil.data import Cohort
 from mil.folds import head_hparams, train_head
 from mil.heatmap import ThumbnailProvider
 from mil.modelfile import MODEL_FORMAT, jsonable, save_model, write_cv_spec
-from mil.models import model_kwargs
+from mil.models import get_head
 from mil.spec import cohort_spec
 from mil.splits import fold_indices, make_splits
 from mil.tasks import CLASSIFICATION, TASKS
@@ -102,9 +103,9 @@ def fit_head(cohort: Cohort, cfg: dict, train_idx: np.ndarray, val_idx: np.ndarr
     """Train one head on ``train_idx`` (early-stopping on ``val_idx`` if any); returns (net, task, info, model_hp)."""
     hparams = {**(cfg.get("hparams") or {}), **overrides}
     name, mag = str(cfg["model"]).lower(), cfg["mag"]
-    tcfg, model_hp = head_hparams(name, mag, cohort.dim, hparams)
+    tcfg, model_hp = head_hparams(name, mag, cohort.dim, hparams, cohort.task)
     net, task, info, norm = train_head(cohort, name, mag, tcfg, model_hp, train_idx, val_idx, int(cfg["seed"]),
-                                       bool(hparams.get("cache", False)), name=f"{name}-{cohort.task}-final",
+                                       bool(tcfg.cache), name=f"{name}-{cohort.task}-final",
                                        log_dir=log_dir)
     info["norm"] = norm
     return net.cpu(), task, info, model_hp
@@ -144,6 +145,9 @@ def train_final(cfg: dict | FinalConfig, out_dir: str | os.PathLike, run_cv: boo
     if cfg["task"] not in TASKS:
         raise ValueError(f"unknown task {cfg['task']!r}; choose one of {TASKS}")
     out = Path(out_dir)
+    check_hparams(cfg["model"], cfg["task"], cfg.get("hparams") or {})  # before the bags are read
+    if not get_head(cfg["model"]).trained:
+        raise ValueError(f"mil train: model {cfg['model']!r} is not a trainable head")
     cohort = prepare_cohort(cfg)
     spec = cohort_spec([i for i in cohort.items if isinstance(i, (str, os.PathLike))], cfg["mag"])
     cv = None
@@ -159,7 +163,7 @@ def train_final(cfg: dict | FinalConfig, out_dir: str | os.PathLike, run_cv: boo
     meta = {"format": MODEL_FORMAT, "toolkit_version": __version__,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": {"name": str(cfg["model"]).lower(), "in_dim": int(cohort.dim), "n_out": int(task.n_out),
-                      "kwargs": jsonable({**model_kwargs(str(cfg["model"]).lower(), model_hp),
+                      "kwargs": jsonable({**dataclasses.asdict(model_hp[0]),
                                            **getattr(net, "sizes", {})})},
             "task": _task_meta(cohort, cfg, task), "mag": cfg["mag"], "seed": int(cfg["seed"]),
             "feature_spec": spec, "training": _training_meta(cohort, tr, va, info, how, cfg), "cv": cv,
