@@ -35,6 +35,7 @@ from mil.models import get_head
 from mil.spec import cohort_spec
 from mil.splits import fold_indices, make_splits
 from mil.tasks import CLASSIFICATION, TASKS
+from mil.trainer import check_hparams
 from zoomfeat import __version__
 
 @dataclass
