@@ -54,7 +54,7 @@ class CompareConfig(CVConfig):
     encoders: list = field(default_factory=list)  # [{name, bags, mag}] or "[name=]folder[:mag]" strings
     tasks: list = field(default_factory=lambda: ["hrd"])  # names in TASK_DEFAULTS or {name, task, target}
     n_repeats: int = 3
-    frameworks: list | None = None  # linear | abmil | transmil | twobranch (default: [model])
+    frameworks: list | None = None  # registered heads: linear | abmil | transmil | twobranch | ... (default: [model])
     reference: str | None = None  # NAME or NAME/FRAMEWORK (default: the first entry)
     reference_note: str | None = None  # what the reference is (e.g. "random-init tiny-vit"): in compare.md / verdict
 
