@@ -109,8 +109,8 @@ def compare(cfg: dict | CompareConfig, out_dir: str | os.PathLike, jobs: int | N
         raise ValueError(f"encoder entry names must be unique: {names}")
     reference = resolve_reference(cfg.reference, names, cfg.frameworks)
     tasks = [parse_task(t) for t in cfg.tasks]
-    for kind in dict.fromkeys(t["task"] for t in tasks):  # before any task runs (a task's ValueError only skips it)
-        check_hparams(cfg.frameworks, kind, cfg.hparams or {})
+    # before any task runs (a task's ValueError only skips it); each framework × task then reads its own keys
+    check_hparams(cfg.frameworks, list(dict.fromkeys(t["task"] for t in tasks)), cfg.hparams or {})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml({**to_dict(cfg), "encoders": entries, "tasks": tasks}, out / "config.yaml")

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import os
 import random
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mil.data import BagDataset, collate_bags
-from mil.models import get_head, head_options
+from mil.models import get_head, head_names, head_options
 from mil.models.registry import option_names
-from mil.tasks import task_options
+from mil.tasks import TASKS, task_options
 from zoomfeat.config import from_dict, unknown_message
 from zoomfeat.io import atomic_path
 from zoomfeat.precision import autocast, check_supported, effective_precision, resolve_device
@@ -95,17 +96,33 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
-def check_hparams(models: list[str] | str, task: str, hparams: dict) -> None:
-    """Every key of ``hparams`` must be a trainer setting (:class:`HeadTrainConfig`), an option of one of
-    ``models`` (their registered options dataclass) or of ``task`` (:func:`mil.tasks.task_options`); anything
-    else is a ValueError naming the key and the nearest valid one."""
+def check_hparams(models: list[str] | str, tasks: list[str] | str, hparams: dict) -> None:
+    """Every key of ``hparams`` must be a trainer setting (:class:`HeadTrainConfig`), an option of one of ``models``
+    (their registered options dataclass) or of one of ``tasks`` (:func:`mil.tasks.task_options`). A key that is
+    an option of another registered head or task (``attn_dim`` of an ABMIL config run with ``model=transmil``) is
+    not read: a warning names it. Anything else is a ValueError naming the key and the nearest valid one."""
     models = [models] if isinstance(models, str) else list(models)
-    known = {f.name for f in fields(HeadTrainConfig)} | {f.name for f in fields(task_options(task))}
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    known = {f.name for f in fields(HeadTrainConfig)}
+    for t in tasks:
+        known |= {f.name for f in fields(task_options(t))}
     for m in models:
         known |= set(option_names(m))
     unknown = sorted(set(hparams or {}) - known)
-    if unknown:
-        raise ValueError(f"hparams ({'/'.join(models)}, {task}): {unknown_message(unknown, known)}")
+    others = {k: [n for n in (*head_names(), *TASKS) if k in _option_set(n)] for k in unknown}
+    unread = {k: v for k, v in others.items() if v}
+    if unread:
+        warnings.warn(f"hparams not read by {'/'.join(models)} ({'/'.join(tasks)}): "
+                      + ", ".join(f"{k!r} (an option of {', '.join(v)})" for k, v in unread.items()), stacklevel=3)
+    bad = [k for k in unknown if k not in unread]
+    if bad:
+        raise ValueError(f"hparams ({'/'.join(models)}, {'/'.join(tasks)}): {unknown_message(bad, known)}")
+
+
+def _option_set(name: str) -> set[str]:
+    """The option names of a registered head or a task."""
+    schema = task_options(name) if name in TASKS else get_head(name).options
+    return {f.name for f in fields(schema)}
 
 
 def hparams_for(model: str, task: str, hparams: dict) -> dict:
@@ -120,8 +137,8 @@ def head_settings(model: str, task: str, hparams: dict, in_dim: int | None = Non
     """(trainer settings, head options, task options) of one head from a flat ``hparams`` mapping, every key
     checked (:func:`check_hparams`); numbers given as strings are cast, bag-dependent head defaults are filled
     (the head's ``resolve_options``) when ``in_dim`` is given."""
-    hparams = dict(hparams or {})
-    check_hparams(model, task, hparams)
+    check_hparams(model, task, dict(hparams or {}))  # misspelt keys: error; other heads' / tasks' options: warned
+    hparams = hparams_for(model, task, hparams)
     pick = lambda schema: {k: v for k, v in hparams.items() if k in {f.name for f in fields(schema)}}  # noqa: E731
     entry = get_head(model)
     head = head_options(model, from_dict(entry.options, pick(entry.options), f"hparams ({model})"), in_dim, mag)

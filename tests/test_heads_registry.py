@@ -74,8 +74,11 @@ def test_task_options_are_typed_and_checked():
     with pytest.raises(ValueError, match="n_bin"):
         make_task("survival", n_bin=3)
     check_hparams("abmil", "survival", {"surv_loss": "nll", "lr": 1e-3, "dropout": 0.1})
-    with pytest.raises(ValueError, match="'surv_loss'.*binary|surv_loss"):
-        check_hparams("abmil", "binary", {"surv_loss": "nll"})  # a survival option is not a binary task's
+    with pytest.warns(UserWarning, match="'surv_loss' \\(an option of survival\\)"):
+        check_hparams("abmil", "binary", {"surv_loss": "nll"})  # a survival option: not read, and said so
+    with pytest.warns(UserWarning, match="'attn_dim' \\(an option of abmil, twobranch\\)"):
+        _, head, _ = head_settings("transmil", "binary", {"attn_dim": 8, "heads": 2})  # abmil config, transmil
+    assert head.heads == 2
     with pytest.raises(ValueError, match=r"'dropuot' \(did you mean 'dropout'\?\)"):
         check_hparams(["linear", "abmil"], "binary", {"dropuot": 0.5})
 
