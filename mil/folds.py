@@ -185,7 +185,7 @@ def head_hparams(model: str, mag: str, dim: int, hparams: dict, task: str) -> tu
     return tcfg, (head, topts)
 
 
-def train_head(cohort: Cohort, model: str, mag: str, cfg: HeadTrainConfig, model_hp: dict, fit_idx: np.ndarray,
+def train_head(cohort: Cohort, model: str, mag: str, cfg: HeadTrainConfig, model_hp: tuple, fit_idx: np.ndarray,
                val_idx: np.ndarray, seed: int, cache: bool, name: str, ckpt_path: Path | None = None,
                log_dir: Path | None = None):
     """Fit one fresh head on ``fit_idx`` (early stopping on ``val_idx`` when it is not empty), features
