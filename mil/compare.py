@@ -16,6 +16,7 @@ into one sentence.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import types
@@ -30,6 +31,7 @@ import pandas as pd
 from mil.cv import CVConfig, cv_config, splits_for
 from mil.data import Cohort, build_cohort, load_labels
 from mil.folds import finish_folds, plan_folds
+from mil.models import get_head
 from mil.pathobench import read_pathobench
 from mil.plots import compare_plot, forest_plot
 from mil.results import CVResult, write_result
@@ -37,8 +39,9 @@ from mil.spec import SpecMismatchError, check_cohort_specs
 from mil.splits import load_splits, save_splits
 from mil.stats import corrected_ttest, detectable_delta, holm, outcome, se_from_ci, split_ratio
 from mil.tasks import TASKS
+from mil.trainer import check_hparams, hparams_for
 from zoomfeat.bags import list_bags
-from zoomfeat.config import merge, save_yaml
+from zoomfeat.config import save_yaml, to_dict, unknown_message
 from zoomfeat.io import atomic_path, write_text_atomic
 from zoomfeat.jobs import iter_jobs
 
@@ -51,7 +54,7 @@ class CompareConfig(CVConfig):
     encoders: list = field(default_factory=list)  # [{name, bags, mag}] or "[name=]folder[:mag]" strings
     tasks: list = field(default_factory=lambda: ["hrd"])  # names in TASK_DEFAULTS or {name, task, target}
     n_repeats: int = 3
-    frameworks: list | None = None  # linear | abmil | transmil | twobranch (default: [model])
+    frameworks: list | None = None  # registered heads: linear | abmil | transmil | twobranch | ... (default: [model])
     reference: str | None = None  # NAME or NAME/FRAMEWORK (default: the first entry)
     reference_note: str | None = None  # what the reference is (e.g. "random-init tiny-vit"): in compare.md / verdict
 
@@ -92,23 +95,25 @@ def parse_task(spec: Any) -> dict:
     return t
 
 
-def compare(cfg: dict, out_dir: str | os.PathLike, jobs: int | None = None) -> pd.DataFrame:
+def compare(cfg: dict | CompareConfig, out_dir: str | os.PathLike, jobs: int | None = None) -> pd.DataFrame:
     """Run every (encoder entry × framework × task) on shared splits; write compare.csv/.md/.png and
     compare_forest.png; return the long table (one row per encoder × framework × task × metric). ``jobs``: worker
     processes for the folds (default: the usable cores); the outputs do not depend on it."""
     cfg = cv_config(cfg, CompareConfig)
-    cfg["frameworks"] = _frameworks(cfg)
-    entries = [parse_entry(e) for e in cfg["encoders"]]
+    cfg = dataclasses.replace(cfg, frameworks=_frameworks(cfg))
+    entries = [parse_entry(e) for e in cfg.encoders]
     if not entries:
         raise ValueError("compare needs at least one encoder entry (encoders: [{name, bags, mag}] or --bags)")
     names = [e["name"] for e in entries]
     if len(set(names)) != len(names):
         raise ValueError(f"encoder entry names must be unique: {names}")
-    reference = resolve_reference(cfg.get("reference"), names, cfg["frameworks"])
-    tasks = [parse_task(t) for t in cfg["tasks"]]
+    reference = resolve_reference(cfg.reference, names, cfg.frameworks)
+    tasks = [parse_task(t) for t in cfg.tasks]
+    # before any task runs (a task's ValueError only skips it); each framework × task then reads its own keys
+    check_hparams(cfg.frameworks, list(dict.fromkeys(t["task"] for t in tasks)), cfg.hparams or {})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_yaml({**cfg, "encoders": entries, "tasks": tasks}, out / "config.yaml")
+    save_yaml({**to_dict(cfg), "encoders": entries, "tasks": tasks}, out / "config.yaml")
     files = {e["name"]: list_bags(e["bags"], encoder=e.get("encoder")) for e in entries}
     long_rows: list[dict] = []
     failed: list[tuple[str, str]] = []
@@ -129,12 +134,12 @@ def compare(cfg: dict, out_dir: str | os.PathLike, jobs: int | None = None) -> p
     with atomic_path(out / "compare_folds.csv") as tmp:
         fold_table.to_csv(tmp, index=False)
     primary = table[table["metric"].isin(PRIMARY)]
-    design = f"{cfg['n_repeats']}×{cfg['n_folds']}-fold"
+    design = f"{cfg.n_repeats}×{cfg.n_folds}-fold"
     compare_plot(primary.assign(encoder=_row_names(primary)), out / "compare.png",
-                 title=f"{'/'.join(cfg['frameworks'])}: encoder comparison ({design})")
+                 title=f"{'/'.join(cfg.frameworks)}: encoder comparison ({design})")
     forest_plot(primary.assign(encoder=_row_names(primary)), out / "compare_forest.png",
                 title=f"Δ vs reference, unadjusted 95% CI (corrected resampled t, {design}); colour: Holm outcome")
-    md = to_markdown(table, cfg)
+    md = to_markdown(table, to_dict(cfg))
     if failed:
         md += "\nTasks not run:\n\n" + "".join(f"- {n}: {r}\n" for n, r in failed)
     write_text_atomic(out / "compare.md", md)
@@ -142,15 +147,15 @@ def compare(cfg: dict, out_dir: str | os.PathLike, jobs: int | None = None) -> p
 
 
 PRIMARY = ("auc", "c_index")
-FRAMEWORKS = ("linear", "abmil", "transmil", "twobranch")
 
 
-def _frameworks(cfg: dict) -> list[str]:
-    fw = cfg.get("frameworks") or [cfg.get("model") or "abmil"]
+def _frameworks(cfg: CompareConfig) -> list[str]:
+    """The config's frameworks (a list or a comma-separated string; default: its ``model``), each a registered
+    head (:func:`mil.models.head_names`)."""
+    fw = cfg.frameworks or [cfg.model or "abmil"]
     fw = [f.strip().lower() for f in (fw.split(",") if isinstance(fw, str) else fw) if str(f).strip()]
-    bad = [f for f in fw if f not in FRAMEWORKS]
-    if bad:
-        raise ValueError(f"unknown framework(s) {bad}; choose from {FRAMEWORKS}")
+    for f in fw:
+        get_head(f)  # an unknown framework: ValueError naming the nearest registered head
     return list(dict.fromkeys(fw))
 
 
@@ -174,27 +179,28 @@ def _row_names(table: pd.DataFrame) -> pd.Series:
     return table["encoder"].astype(str) + " (" + table["framework"].astype(str) + ")"
 
 
-def _run_task(cfg: dict, t: dict, entries: list[dict], files: dict, out: Path,
+def _run_task(cfg: CompareConfig, t: dict, entries: list[dict], files: dict, out: Path,
               jobs: int | None = None) -> list[dict]:
     """One task over every encoder entry × framework with one shared split table; returns the summary rows,
     each carrying its per-split scores (``_folds``) for the paired statistics. The folds of every encoder entry ×
     framework run as one list of jobs on ``jobs`` workers (:func:`zoomfeat.jobs.iter_jobs`); each cell's outputs
     are written while the workers go on with the next cells."""
     long_rows = []
-    tcfg = merge(cfg, {k: v for k, v in t.items() if k != "name"})
+    tcfg = task_config(cfg, t)
     cohorts, order = _task_cohorts(cfg, t, tcfg, entries, files, out)
     ref = _restrict(cohorts[entries[0]["name"]], order)
     splits = _task_splits(ref, cfg, tcfg, t["name"], out)
-    single = len(cfg["frameworks"]) == 1
+    single = len(cfg.frameworks) == 1
     cells = [(fw, e, out / e["name"] / t["name"] if single else out / e["name"] / fw / t["name"])
-             for fw in cfg["frameworks"] for e in entries]
-    plans = [plan_folds(_restrict(cohorts[e["name"]], order), splits, model=fw, mag=e["mag"], seed=int(cfg["seed"]),
-                        out_dir=sub if fw != "linear" else None, attention=False, **(cfg.get("hparams") or {}))
+             for fw in cfg.frameworks for e in entries]
+    plans = [plan_folds(_restrict(cohorts[e["name"]], order), splits, model=fw, mag=e["mag"], seed=int(cfg.seed),
+                        out_dir=sub if get_head(fw).trained else None, attention=False,
+                        **hparams_for(fw, tcfg.task, cfg.hparams or {}))
              for fw, e, sub in cells]
     results = iter_jobs([c for p in plans for c in p.calls], jobs)  # every fold of every cell: one pool
     for (fw, e, sub), plan in zip(cells, plans):
         res: CVResult = finish_folds(plan, [next(results) for _ in plan.calls])
-        write_result(res, sub, {**tcfg, "model": fw, "bags": e["bags"], "mag": e["mag"]})
+        write_result(res, sub, dataclasses.replace(tcfg, model=fw, bags=e["bags"], mag=e["mag"]))
         for r in res.summary.itertuples():
             long_rows.append({"encoder": e["name"], "framework": fw, "task": t["name"], "metric": r.metric,
                               "mean": r.mean, "std": r.std, "ci_low": r.ci_low, "ci_high": r.ci_high,
@@ -204,9 +210,19 @@ def _run_task(cfg: dict, t: dict, entries: list[dict], files: dict, out: Path,
     return long_rows
 
 
-def _task_cohorts(cfg: dict, t: dict, tcfg: dict, entries: list[dict], files: dict, out: Path):
+def task_config(cfg: CompareConfig, t: dict) -> CompareConfig:
+    """``cfg`` with a task entry's keys (``task``, ``target``, ...; not its ``name``) in place."""
+    keys = {k: v for k, v in t.items() if k != "name"}
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(keys) - names)
+    if unknown:
+        raise ValueError(f"compare task {t.get('name')!r}: {unknown_message(unknown, names)}")
+    return dataclasses.replace(cfg, **keys)
+
+
+def _task_cohorts(cfg: CompareConfig, t: dict, tcfg: CompareConfig, entries: list[dict], files: dict, out: Path):
     """Each entry's validated cohort for the task, and the slides usable in every entry (skipped_{task}.csv)."""
-    df, skipped = load_labels(cfg["labels"], t["task"], t.get("target"), tcfg["time_col"], tcfg["event_col"])
+    df, skipped = load_labels(cfg.labels, t["task"], t.get("target"), tcfg.time_col, tcfg.event_col)
     cohorts: dict[str, Cohort] = {}
     for e in entries:
         check_cohort_specs({s: files[e["name"]][s] for s in df["slide"] if s in files[e["name"]]}, e["mag"],
@@ -214,8 +230,8 @@ def _task_cohorts(cfg: dict, t: dict, tcfg: dict, entries: list[dict], files: di
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cohorts[e["name"]] = build_cohort(df, files[e["name"]], t["task"], t.get("target"), mag=e["mag"],
-                                              on_bad=cfg["on_bad"], time_col=tcfg["time_col"],
-                                              event_col=tcfg["event_col"], skipped=skipped)
+                                              on_bad=cfg.on_bad, time_col=tcfg.time_col,
+                                              event_col=tcfg.event_col, skipped=skipped)
     common = set.intersection(*(set(c.slides) for c in cohorts.values()))
     dropped = sorted({s for c in cohorts.values() for s in c.slides} - common)
     all_skipped = sorted({(s, f"{n}: {r}") for n, c in cohorts.items() for s, r in c.skipped}
@@ -230,17 +246,17 @@ def _task_cohorts(cfg: dict, t: dict, tcfg: dict, entries: list[dict], files: di
     return cohorts, order
 
 
-def _task_splits(ref: Cohort, cfg: dict, tcfg: dict, task_name: str, out: Path) -> pd.DataFrame:
+def _task_splits(ref: Cohort, cfg: CompareConfig, tcfg: CompareConfig, task_name: str, out: Path) -> pd.DataFrame:
     """The task's split table: given (``splits: {task: path}``, ours or a Patho-Bench TSV) or made once and
     saved to ``splits_{task}.csv``; reused by every encoder and framework."""
-    given = cfg.get("splits")
+    given = cfg.splits
     path = given.get(task_name) if isinstance(given, dict) else None
     if path and str(path).endswith(".tsv"):
         splits = load_splits(read_pathobench(path), ref.slides)
         save_splits(splits, out / f"splits_{task_name}.csv")
         return splits
-    n_rep, k = int(cfg.get("n_repeats", 1)), int(cfg["n_folds"])
-    splits = splits_for(ref, {**tcfg, "n_repeats": n_rep}, path or out / f"splits_{task_name}.csv")
+    n_rep, k = int(cfg.n_repeats), int(cfg.n_folds)
+    splits = splits_for(ref, dataclasses.replace(tcfg, n_repeats=n_rep), path or out / f"splits_{task_name}.csv")
     have = (splits["repeat"].nunique(), splits["fold"].nunique() // max(1, splits["repeat"].nunique()))
     if not path and have != (n_rep, k):
         raise ValueError(f"{out / f'splits_{task_name}.csv'} holds {have[0]} × {have[1]}-fold splits but the config "
@@ -292,7 +308,7 @@ def _p(x: float) -> str:
 
 
 def to_markdown(table: pd.DataFrame, cfg: dict) -> str:
-    """Primary metric per row × task with its CI, Δ vs the reference with its CI, Holm p and win/tie/loss;
+    """``cfg``: the compare config as a mapping (``to_dict``; a partial one in tests). Primary metric per row × task with its CI, Δ vs the reference with its CI, Holm p and win/tie/loss;
     then every metric; then the verdict sentence."""
     tasks = list(dict.fromkeys(table["task"]))
     prim = table[table["metric"].isin(PRIMARY)].assign(row=lambda t: _row_names(t))

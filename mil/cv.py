@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +24,7 @@ from mil.results import CVResult, write_result
 from mil.spec import check_cohort_specs
 from mil.splits import check_splits, load_splits, make_splits, save_splits
 from mil.tasks import TASKS
+from mil.trainer import check_hparams
 from zoomfeat.bags import list_bags
 from zoomfeat.config import load_config, save_yaml, to_dict
 
@@ -107,36 +108,38 @@ class CVConfig:
     out: str | None = None  # output folder when --out is not given
 
 
-def cv_config(cfg: dict | CVConfig | None, schema: type = CVConfig) -> dict:
-    """A config (mapping or ``schema`` instance) with every default filled in, as the dict the code consumes;
-    unknown keys are errors."""
-    return to_dict(cfg if isinstance(cfg, schema) else load_config(schema, to_dict(cfg or {})))
+def cv_config(cfg: dict | CVConfig | None, schema: type = CVConfig) -> CVConfig:
+    """A config (mapping or ``schema`` instance) as a ``schema`` instance with every default filled in; unknown
+    keys are errors. An instance of a subclass (``mil train``'s :class:`mil.final.FinalConfig`) gives its
+    ``schema`` fields only."""
+    if type(cfg) is schema:
+        return cfg
+    if isinstance(cfg, schema):
+        return schema(**{f.name: getattr(cfg, f.name) for f in fields(schema)})
+    return load_config(schema, to_dict(cfg or {}))
 
 
-def prepare_cohort(cfg: dict, bags: str | os.PathLike | None = None, mag: str | None = None,
+def prepare_cohort(cfg: CVConfig, bags: str | os.PathLike | None = None, mag: str | None = None,
                    encoder: str | None = None) -> Cohort:
-    """Labels CSV + bag folder (``zoomfeat.bags.list_bags``) → validated :class:`Cohort` for ``cfg['task']``."""
-    bags = bags or cfg.get("bags")
-    if not cfg.get("labels") or not bags:
+    """Labels CSV + bag folder (``zoomfeat.bags.list_bags``) → validated :class:`Cohort` for ``cfg.task``."""
+    bags = bags or cfg.bags
+    if not cfg.labels or not bags:
         raise ValueError("config needs 'labels' (CSV) and 'bags' (folder of {slide}.h5)")
-    df, skipped = load_labels(cfg["labels"], cfg["task"], cfg.get("target"), cfg.get("time_col", "time"),
-                              cfg.get("event_col", "event"))
-    files = list_bags(bags, encoder=encoder or cfg.get("encoder"))
-    check_cohort_specs({s: files[s] for s in df["slide"] if s in files}, mag or cfg.get("mag", "20x"),
+    df, skipped = load_labels(cfg.labels, cfg.task, cfg.target, cfg.time_col, cfg.event_col)
+    files = list_bags(bags, encoder=encoder or cfg.encoder)
+    check_cohort_specs({s: files[s] for s in df["slide"] if s in files}, mag or cfg.mag,
                        what=f"bags of {bags}")  # every bag against the majority's spec, before any training
-    return build_cohort(df, files, cfg["task"], cfg.get("target"), mag=mag or cfg.get("mag", "20x"),
-                        on_bad=cfg.get("on_bad", "skip"), time_col=cfg.get("time_col", "time"),
-                        event_col=cfg.get("event_col", "event"), skipped=skipped)
+    return build_cohort(df, files, cfg.task, cfg.target, mag=mag or cfg.mag, on_bad=cfg.on_bad,
+                        time_col=cfg.time_col, event_col=cfg.event_col, skipped=skipped)
 
 
-def splits_for(cohort: Cohort, cfg: dict, path: str | os.PathLike) -> pd.DataFrame:
+def splits_for(cohort: Cohort, cfg: CVConfig, path: str | os.PathLike) -> pd.DataFrame:
     """Reuse the split table at ``path`` when it exists (same folds for every encoder), else make and save it."""
     path = Path(path)
     if path.exists():
         return load_splits(path, cohort.slides)
-    df = make_splits(cohort.slides, cohort.patients, cohort.strata, int(cfg["n_folds"]), int(cfg["seed"]),
-                     float(cfg.get("val_fraction", 0.2)), strict=cohort.task != "survival",
-                     n_repeats=int(cfg.get("n_repeats", 1)))
+    df = make_splits(cohort.slides, cohort.patients, cohort.strata, int(cfg.n_folds), int(cfg.seed),
+                     float(cfg.val_fraction), strict=cohort.task != "survival", n_repeats=int(cfg.n_repeats))
     save_splits(df, path)
     return df
 
@@ -148,20 +151,21 @@ def run_cv(cfg: dict | CVConfig, out_dir: str | os.PathLike, thumbnails: Thumbna
     the config's cohort when the caller already built it (:func:`prepare_cohort`), so the bags are scanned once.
     ``jobs``: worker processes for the folds (:func:`mil.folds.run_folds`)."""
     cfg = cv_config(cfg)
-    if cfg.get("slides") and thumbnails is None and cfg.get("heatmaps"):
+    if cfg.slides and thumbnails is None and cfg.heatmaps:
         warnings.warn("config 'slides' is read by the caller: pass thumbnails=zoomfeat.slides.thumbnails."
                       "SlideThumbnails(slides) for heatmaps over the slides (drawing them on the tile grid)",
                       stacklevel=2)
-    if cfg["task"] not in TASKS:
-        raise ValueError(f"unknown task {cfg['task']!r}; choose one of {TASKS}")
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown task {cfg.task!r}; choose one of {TASKS}")
+    check_hparams(cfg.model, cfg.task, cfg.hparams or {})  # before any output or bag is read
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
+    save_yaml(to_dict(cfg), out / "config.yaml")
     if cohort is None:
         cohort = prepare_cohort(cfg)
-    splits = splits_for(cohort, cfg, cfg.get("splits") or out / "splits.csv")
+    splits = splits_for(cohort, cfg, cfg.splits or out / "splits.csv")
     check_splits(splits)
-    res = run_folds(cohort, splits, model=cfg["model"], mag=cfg["mag"], seed=int(cfg["seed"]), out_dir=out,
-                    attention=True, jobs=jobs, **(cfg.get("hparams") or {}))
+    res = run_folds(cohort, splits, model=cfg.model, mag=cfg.mag, seed=int(cfg.seed), out_dir=out,
+                    attention=True, jobs=jobs, **(cfg.hparams or {}))
     write_result(res, out, cfg, cohort, thumbnails)
     return res

@@ -8,6 +8,7 @@ Outputs in ``out``: ``predictions.csv`` (one row per slide: ``prob_{k}`` in the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,10 +20,10 @@ import pandas as pd
 
 from mil.data import BadBagError, BagDataset, Cohort, check_features, load_standardizer, read_features
 from mil.modelfile import FEATURE_SPEC, META, STANDARDIZE, WEIGHTS, read_model_card
-from mil.models import build_model, model_kwargs, with_split_dim
+from mil.models import build_model
 from mil.spec import cohort_spec
 from mil.tasks import CLASSIFICATION, make_task
-from mil.trainer import predict
+from mil.trainer import head_settings, predict
 from zoomfeat.bags import list_bags
 from zoomfeat.config import load_yaml
 from zoomfeat.precision import resolve_device
@@ -119,14 +120,14 @@ def load_ensemble(cv_dir: str | os.PathLike) -> Predictor:
     classes = _cv_classes(cv_dir) if task_name in CLASSIFICATION else []
     spec, in_dim = _cv_spec(cv_dir, cfg)
     name = str(cfg.get("model", "abmil")).lower()
-    hp = with_split_dim(name, dict(cfg.get("hparams") or {}), in_dim, mag)
-    task = make_task(task_name, n_classes=max(len(classes), 2), **hp)
+    _, head, topts = head_settings(name, task_name, dict(cfg.get("hparams") or {}), in_dim, mag)
+    task = make_task(task_name, n_classes=max(len(classes), 2), options=topts)
     nets = []
     for ck in ckpts:
-        net = build_model(name, in_dim, task.n_out, **model_kwargs(name, hp))
+        net = build_model(name, in_dim, task.n_out, options=head)
         net.load_state_dict(torch_load_tensors(ck), strict=True)  # a pickled best.pt: one line, no torch advice
         nets.append(net.eval())
-    task_hp = {k: hp[k] for k in TASK_HP if k in hp}
+    task_hp = dataclasses.asdict(topts)
     return Predictor(nets, task_name, classes, mag, spec, task_hp, in_dim, str(cv_dir), "ensemble",
                      {"folds": [str(c.relative_to(cv_dir)) for c in ckpts], "config": cfg},
                      [load_standardizer(c.parent / STANDARDIZE) for c in ckpts])

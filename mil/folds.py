@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 
 from mil.data import BagDataset, Cohort, fit_standardizer, save_standardizer
-from mil.linear import linear_fold, pooled_features
-from mil.models import build_model, with_split_dim
+from mil.linear import LinearProbe  # noqa: F401  (registers the 'linear' head)
+from mil.models import build_model, get_head
 from mil.results import CVResult, prediction_rows, summarize
 from mil.splits import fold_indices, with_repeat
 from mil.tasks import CLASSIFICATION, make_task
-from mil.trainer import HeadTrainConfig, head_threads, limited_threads, predict, seed_everything, train_model
+from mil.trainer import (HeadTrainConfig, head_settings, head_threads, limited_threads, predict, seed_everything,
+                         train_model)
 from zoomfeat import __version__
 from zoomfeat.io import write_text_atomic
 from zoomfeat.jobs import run_jobs
@@ -63,11 +64,11 @@ def plan_folds(cohort: Cohort, splits: pd.DataFrame, model: str = "abmil", mag: 
     splits = with_repeat(splits)
     folds = sorted(splits["fold"].unique())
     indices = {f: fold_indices(splits, cohort.slides, f) for f in folds}
-    if str(model).lower() == "linear":
-        x = pooled_features(cohort, mag)
-        calls = [(linear_fold, (cohort, x, indices[f], f, seed), {}) for f in folds]
-        return FoldPlan(cohort, splits, "linear", folds, calls)
-    cfg = HeadTrainConfig.from_hparams(hparams)
+    entry = get_head(model)
+    cfg, head, _ = head_settings(entry.name, cohort.task, hparams, cohort.dim, mag)
+    if not entry.trained:  # a head with its own fold jobs (the linear probe)
+        return FoldPlan(cohort, splits, entry.name, folds, entry.cls.fold_jobs(cohort, indices, folds, mag, seed,
+                                                                               head))
     if not any(len(indices[f]["val"]) for f in folds):
         warnings.warn("no validation patients (val_fraction: 0 or a split table without 'val' rows): each fold runs "
                       f"a fixed schedule of {cfg.epochs} epochs and keeps the last one; set val_fraction > 0 for "
@@ -135,10 +136,10 @@ def fit_fold(cohort: Cohort, idx: dict, fold: int, model: str, mag: str, seed: i
     ``fold`` only, so any worker gives the same head. With ``out_dir`` and ``key`` (:func:`fold_key`) the result is
     also written to ``fold{k}/result.json`` (last, atomically): a rerun of a killed CV reuses it."""
     task_name = cohort.task
-    cfg, model_hp = head_hparams(model, mag, cohort.dim, hparams)
+    cfg, model_hp = head_hparams(model, mag, cohort.dim, hparams, task_name)
     n_classes = len(cohort.classes) if task_name in CLASSIFICATION else 0
     out = Path(out_dir) if out_dir else None
-    cache = not any(isinstance(i, (str, os.PathLike)) for i in cohort.items) or bool(hparams.get("cache", False))
+    cache = not any(isinstance(i, (str, os.PathLike)) for i in cohort.items) or bool(cfg.cache)
     fold_seed = int(seed) * 1000 + int(fold)
     fixed = len(idx["val"]) < cfg.min_val_slides  # too few validation slides to select epochs on
     fit_idx = np.concatenate([idx["train"], idx["val"]]) if fixed else idx["train"]
@@ -176,14 +177,15 @@ def fold_result_json(result: dict, key: str) -> str:
                        "attention_dtype": dtype}, default=to_py)
 
 
-def head_hparams(model: str, mag: str, dim: int, hparams: dict) -> tuple[HeadTrainConfig, dict]:
-    """Trainer settings and head / task settings (``HeadTrainConfig.extra``, with the two-branch ``split_dim``
-    default) of one head, as ``mil cv`` and ``mil train`` both read them."""
-    tcfg = HeadTrainConfig.from_hparams(hparams)
-    return tcfg, with_split_dim(model, dict(tcfg.extra), dim, mag)
+def head_hparams(model: str, mag: str, dim: int, hparams: dict, task: str) -> tuple[HeadTrainConfig, tuple]:
+    """Trainer settings and (head options, task options) of one head, every key of ``hparams`` checked
+    (:func:`mil.trainer.head_settings`; bag-dependent head defaults such as the two-branch ``split_dim`` filled),
+    as ``mil cv`` and ``mil train`` both read them."""
+    tcfg, head, topts = head_settings(model, task, hparams, dim, mag)
+    return tcfg, (head, topts)
 
 
-def train_head(cohort: Cohort, model: str, mag: str, cfg: HeadTrainConfig, model_hp: dict, fit_idx: np.ndarray,
+def train_head(cohort: Cohort, model: str, mag: str, cfg: HeadTrainConfig, model_hp: tuple, fit_idx: np.ndarray,
                val_idx: np.ndarray, seed: int, cache: bool, name: str, ckpt_path: Path | None = None,
                log_dir: Path | None = None):
     """Fit one fresh head on ``fit_idx`` (early stopping on ``val_idx`` when it is not empty), features
@@ -194,9 +196,10 @@ def train_head(cohort: Cohort, model: str, mag: str, cfg: HeadTrainConfig, model
     same head whichever caller trains it."""
     n_classes = len(cohort.classes) if cohort.task in CLASSIFICATION else 0
     seed_everything(seed)
-    task = make_task(cohort.task, n_classes=n_classes, **model_hp)
+    head, topts = model_hp
+    task = make_task(cohort.task, n_classes=n_classes, options=topts)
     task.fit(cohort.targets[fit_idx], balance=cfg.class_weights)
-    net = build_model(model, cohort.dim, task.n_out, **model_hp)
+    net = build_model(model, cohort.dim, task.n_out, options=head)
     train_ds = BagDataset(cohort.subset(fit_idx), mag, cfg.max_instances, sample=True, seed=seed, cache=cache)
     val_ds = BagDataset(cohort.subset(val_idx), mag, cache=cache) if len(val_idx) else None
     norm = fit_standardizer(train_ds) if cfg.standardize else None

@@ -11,11 +11,13 @@ converge) for survival. Scored with the same metrics as the MIL heads, one fold 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from mil.data import Cohort, read_features
+from mil.models import register_head
 from mil.results import prediction_rows
 from mil.splits import fold_indices
 from mil.tasks import CLASSIFICATION, make_task
@@ -85,3 +87,21 @@ def linear_fold(cohort: Cohort, x: np.ndarray, idx: dict, fold: int, seed: int =
     met = task.metrics(y_te, pred)
     return {"row": {"fold": int(fold), **met, "n_train": len(tr), "n_val": 0, "n_test": len(te)},
             "pred": prediction_rows(cohort, te, y_te, pred, fold, n_classes)}
+
+
+@dataclass
+class LinearOptions:
+    """The linear probe reads no option from ``hparams`` (L2 C=1, balanced class weights; Cox ridge 0.1)."""
+
+
+@register_head("linear", options=LinearOptions)
+class LinearProbe:
+    """The ``linear`` framework: mean-pooled bags → logistic regression / Cox, one fit per fold. Not an
+    ``nn.Module`` trained by :mod:`mil.trainer`: it declares its own fold jobs."""
+
+    @classmethod
+    def fold_jobs(cls, cohort: Cohort, indices: dict, folds: list, mag: str, seed: int,
+                  options: LinearOptions) -> list:
+        """One :func:`linear_fold` job per fold (zoomfeat.jobs.Job tuples), on features pooled once."""
+        x = pooled_features(cohort, mag)
+        return [(linear_fold, (cohort, x, indices[f], f, seed), {}) for f in folds]

@@ -89,7 +89,7 @@ def prediction_rows(cohort: Cohort, test_idx, y, pred, fold, n_classes: int) -> 
 
 
 
-def write_result(res: CVResult, out: Path, cfg: dict, cohort: Cohort | None = None,
+def write_result(res: CVResult, out: Path, cfg, cohort: Cohort | None = None,
                  thumbnails: ThumbnailProvider | None = None) -> None:
     """Per-fold metrics, predictions, summary (CSV + markdown), ROC or KM plot, attention CSVs, heatmaps."""
     out.mkdir(parents=True, exist_ok=True)
@@ -100,13 +100,13 @@ def write_result(res: CVResult, out: Path, cfg: dict, cohort: Cohort | None = No
     pd.DataFrame(res.skipped, columns=["slide", "reason"]).to_csv(out / "skipped.csv", index=False)
     extra = ""
     if res.task == "survival":
-        p = plots.km_plot(res.predictions, out / "km.png", title=f"{cfg.get('model')} — predicted risk groups")
+        p = plots.km_plot(res.predictions, out / "km.png", title=f"{cfg.model} — predicted risk groups")
         extra = f"\nKaplan–Meier of out-of-fold risk groups (median split): log-rank p = {p:.3g} (km.png)\n"
     else:
-        plots.roc_plot(res.predictions, res.classes, out / "roc.png", title=f"{cfg.get('model')} — {cfg.get('target')}")
-    lines = [f"# MIL cross-validation: {cfg.get('model')} on {cfg.get('task')} ({cfg.get('target') or 'survival'})",
-             "", f"bags: {cfg.get('bags')} (mag {cfg.get('mag')}), {len(res.predictions)} slides, "
-             f"{res.metrics.shape[0]} folds, seed {cfg.get('seed')}, skipped {len(res.skipped)}", "",
+        plots.roc_plot(res.predictions, res.classes, out / "roc.png", title=f"{cfg.model} — {cfg.target}")
+    lines = [f"# MIL cross-validation: {cfg.model} on {cfg.task} ({cfg.target or 'survival'})",
+             "", f"bags: {cfg.bags} (mag {cfg.mag}), {len(res.predictions)} slides, "
+             f"{res.metrics.shape[0]} folds, seed {cfg.seed}, skipped {len(res.skipped)}", "",
              "| metric | mean ± std | 95% CI (corrected t over folds) |", "|---|---|---|"]
     for r in res.summary.itertuples():
         lines.append(f"| {r.metric} | {r.mean:.3f} ± {r.std:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] |")
@@ -115,7 +115,7 @@ def write_result(res: CVResult, out: Path, cfg: dict, cohort: Cohort | None = No
         write_attention(res, out, cohort, cfg, thumbnails)
 
 
-def write_attention(res: CVResult, out: Path, cohort: Cohort, cfg: dict,
+def write_attention(res: CVResult, out: Path, cohort: Cohort, cfg,
                     thumbnails: ThumbnailProvider | None = None) -> None:
     """attention/{slide}.csv (x, y, score, rank) for every test slide; heatmaps for the top-scored few (over the
     thumbnails the caller's provider gives, see :mod:`mil.heatmap`)."""
@@ -125,10 +125,10 @@ def write_attention(res: CVResult, out: Path, cohort: Cohort, cfg: dict,
     pred = res.predictions
     score_col = "risk" if res.task == "survival" else f"prob_{len(res.classes) - 1}"
     order = pred.sort_values(score_col, ascending=False)["slide"].tolist()
-    n_maps = int(cfg.get("heatmaps", 3) or 0)
+    n_maps = int(cfg.heatmaps or 0)
     for slide in order:
         scores = res.attention.get(slide)
-        coords, psize = instance_coords(cohort.items[pos[slide]], cfg.get("mag"), len(scores))
+        coords, psize = instance_coords(cohort.items[pos[slide]], cfg.mag, len(scores))
         write_attention_csv(adir / f"{slide}.csv", coords, scores)
         if n_maps > 0 and coords is not None:
             slide_heatmap(slide, coords, scores, out / "heatmaps" / f"{slide}.png", thumbnails, patch_size=psize,

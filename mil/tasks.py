@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,6 +13,28 @@ from mil.survival import cox_loss
 
 CLASSIFICATION = ("binary", "multiclass")
 TASKS = (*CLASSIFICATION, "survival")
+
+
+@dataclass
+class ClassificationOptions:
+    """Options of the binary / multiclass tasks: none (class weights are the trainer's ``class_weights``)."""
+
+
+@dataclass
+class SurvivalOptions:
+    """Options of the survival task (``hparams`` keys)."""
+
+    surv_loss: str = "cox"  # cox | nll (discrete-time)
+    n_bins: int = 4  # time bins of the NLL loss
+    alpha: float = 0.4  # NLL weight of the uncensored term
+    ties: str = "efron"  # Cox partial-likelihood ties
+
+
+def task_options(task: str) -> type:
+    """The options dataclass of ``task``."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    return SurvivalOptions if task == "survival" else ClassificationOptions
 
 
 class ClassificationTask:
@@ -153,13 +176,19 @@ def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
         return float("nan")
 
 
-def make_task(task: str, n_classes: int = 2, **hparams):
-    """Task object by name; survival reads ``surv_loss``, ``n_bins``, ``alpha`` from hparams."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+def make_task(task: str, n_classes: int = 2, options: ClassificationOptions | SurvivalOptions | None = None,
+              **kwargs):
+    """Task object by name from its options (:func:`task_options`; an instance, or its fields as keywords)."""
+    cls = task_options(task)
+    if options is None:
+        try:
+            options = cls(**kwargs)
+        except TypeError as exc:
+            raise ValueError(f"task {task!r}: {exc}") from None
+    elif not isinstance(options, cls):
+        raise TypeError(f"task {task!r} takes {cls.__name__}, got {type(options).__name__}")
     if task == "survival":
-        return SurvivalTask(hparams.get("surv_loss", "cox"), hparams.get("n_bins", 4), hparams.get("alpha", 0.4),
-                            hparams.get("ties", "efron"))
+        return SurvivalTask(options.surv_loss, options.n_bins, options.alpha, options.ties)
     if task == "binary" and n_classes != 2:
         raise ValueError(f"task 'binary' needs exactly 2 classes, the labels have {n_classes}; use 'multiclass'")
     return ClassificationTask(n_classes)

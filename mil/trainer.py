@@ -16,7 +16,8 @@ import contextlib
 import copy
 import os
 import random
-from dataclasses import dataclass, field, fields
+import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mil.data import BagDataset, collate_bags
+from mil.models import get_head, head_names, head_options
+from mil.models.registry import option_names
+from mil.tasks import TASKS, task_options
+from zoomfeat.config import from_dict, unknown_message
 from zoomfeat.io import atomic_path
 from zoomfeat.precision import autocast, check_supported, effective_precision, resolve_device
 from zoomfeat.threads import thread_count
@@ -57,13 +62,14 @@ class HeadTrainConfig:
     progress: bool = True
     wandb: bool = True
     wandb_project: str = "zoomfeat-mil"
-    extra: dict = field(default_factory=dict)
+    cache: bool = False  # keep bags read from files in memory (in-memory bags always are)
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> "HeadTrainConfig":
-        names = {f.name for f in fields(cls)} - {"extra"}
-        known = {k: _coerce(k, v) for k, v in hparams.items() if k in names}
-        return cls(**known, extra={k: v for k, v in hparams.items() if k not in names})
+        """The trainer's keys of ``hparams``; the other keys must belong to a head or the task
+        (:func:`check_hparams` rejects the rest)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: _coerce(k, v) for k, v in hparams.items() if k in names})
 
     def resolved_batch_size(self, task) -> int:
         if self.batch_size:
@@ -88,6 +94,56 @@ def _coerce(key: str, value: Any) -> Any:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"hparams.{key} must be a number, got {value!r}") from exc
     return value
+
+
+def check_hparams(models: list[str] | str, tasks: list[str] | str, hparams: dict) -> None:
+    """Every key of ``hparams`` must be a trainer setting (:class:`HeadTrainConfig`), an option of one of ``models``
+    (their registered options dataclass) or of one of ``tasks`` (:func:`mil.tasks.task_options`). A key that is
+    an option of another registered head or task (``attn_dim`` of an ABMIL config run with ``model=transmil``) is
+    not read: a warning names it. Anything else is a ValueError naming the key and the nearest valid one."""
+    models = [models] if isinstance(models, str) else list(models)
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    known = {f.name for f in fields(HeadTrainConfig)}
+    for t in tasks:
+        known |= {f.name for f in fields(task_options(t))}
+    for m in models:
+        known |= set(option_names(m))
+    unknown = sorted(set(hparams or {}) - known)
+    others = {k: [n for n in (*head_names(), *TASKS) if k in _option_set(n)] for k in unknown}
+    unread = {k: v for k, v in others.items() if v}
+    if unread:
+        warnings.warn(f"hparams not read by {'/'.join(models)} ({'/'.join(tasks)}): "
+                      + ", ".join(f"{k!r} (an option of {', '.join(v)})" for k, v in unread.items()), stacklevel=3)
+    bad = [k for k in unknown if k not in unread]
+    if bad:
+        raise ValueError(f"hparams ({'/'.join(models)}, {'/'.join(tasks)}): {unknown_message(bad, known)}")
+
+
+def _option_set(name: str) -> set[str]:
+    """The option names of a registered head or a task."""
+    schema = task_options(name) if name in TASKS else get_head(name).options
+    return {f.name for f in fields(schema)}
+
+
+def hparams_for(model: str, task: str, hparams: dict) -> dict:
+    """The keys of ``hparams`` (checked over several heads: ``compare``) that ``model`` and ``task`` read: the
+    trainer's, the head's and the task's."""
+    own = {f.name for f in fields(HeadTrainConfig)} | {f.name for f in fields(task_options(task))}
+    own |= set(option_names(model))
+    return {k: v for k, v in (hparams or {}).items() if k in own}
+
+
+def head_settings(model: str, task: str, hparams: dict, in_dim: int | None = None, mag: str | None = None):
+    """(trainer settings, head options, task options) of one head from a flat ``hparams`` mapping, every key
+    checked (:func:`check_hparams`); numbers given as strings are cast, bag-dependent head defaults are filled
+    (the head's ``resolve_options``) when ``in_dim`` is given."""
+    check_hparams(model, task, dict(hparams or {}))  # misspelt keys: error; other heads' / tasks' options: warned
+    hparams = hparams_for(model, task, hparams)
+    pick = lambda schema: {k: v for k, v in hparams.items() if k in {f.name for f in fields(schema)}}  # noqa: E731
+    entry = get_head(model)
+    head = head_options(model, from_dict(entry.options, pick(entry.options), f"hparams ({model})"), in_dim, mag)
+    topts = from_dict(task_options(task), pick(task_options(task)), f"hparams ({task})")
+    return HeadTrainConfig.from_hparams(hparams), head, topts
 
 
 def seed_everything(seed: int) -> None:
@@ -257,7 +313,7 @@ def train_model(model: torch.nn.Module, task, train_ds: BagDataset, val_ds: BagD
                      drop_last=bs > 1 and len(train_ds) > bs and getattr(task, "kind", None) == "cox")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=effective_precision(device, cfg.precision) == "fp16")
-    logger = RunLogger(cfg.wandb, cfg.wandb_project, name, {"lr": cfg.lr, "batch_size": bs, **cfg.extra}, log_dir)
+    logger = RunLogger(cfg.wandb, cfg.wandb_project, name, {"lr": cfg.lr, "batch_size": bs}, log_dir)
     has_val = val_ds is not None and len(val_ds) > 0
     best = {"loss": float("inf"), "epoch": -1, "state": None}
     history, val_losses = [], []

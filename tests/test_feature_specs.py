@@ -15,7 +15,7 @@ from mil.synthetic import write_bags
 from zoomfeat.cli import main
 
 TINY = ["hparams.embed_dim=16", "hparams.attn_dim=8", "hparams.epochs=2", "hparams.min_epochs=0",
-        "hparams.patience=1", "hparams.progress=false", "hparams.n_boot=20", "n_folds=2", "hparams.wandb=false"]
+        "hparams.patience=1", "hparams.progress=false", "n_folds=2", "hparams.wandb=false"]
 
 
 def _cohort(root, odd: tuple[str, ...] = ("slide_000",), n: int = 12):

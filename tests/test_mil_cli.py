@@ -13,7 +13,7 @@ from zoomfeat.cli import main
 
 
 TINY = ["hparams.embed_dim=16", "hparams.attn_dim=8", "hparams.epochs=6", "hparams.min_epochs=0",
-        "hparams.patience=3", "hparams.lr=3e-3", "hparams.progress=false", "hparams.n_boot=100", "n_folds=3"]
+        "hparams.patience=3", "hparams.lr=3e-3", "hparams.progress=false", "n_folds=3"]
 
 
 @pytest.fixture(scope="module")
@@ -114,5 +114,5 @@ def test_cross_validate_reads_bag_paths(cohort):
     with pytest.warns(UserWarning, match="NaN or inf"):
         res = mil.cross_validate(paths, df["hrd"].tolist(), df["patient"].tolist(), model="abmil", n_folds=3,
                                  seed=0, slide_ids=df["slide"].tolist(), mag="20x+5x", embed_dim=8, attn_dim=4,
-                                 epochs=2, progress=False, n_boot=20)
+                                 epochs=2, progress=False)
     assert len(res) == 3 and res["n_test"].sum() == 29  # the NaN bag is skipped

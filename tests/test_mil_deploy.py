@@ -17,7 +17,7 @@ from zoomfeat.cli import main
 
 HP = ["hparams.embed_dim=16", "hparams.attn_dim=8", "hparams.epochs=8", "hparams.min_epochs=2",
       "hparams.patience=3", "hparams.lr=2e-3", "hparams.progress=false", "hparams.wandb=false",
-      "hparams.n_boot=100", "val_fraction=0.34", "n_folds=3", "heatmaps=0"]
+      "val_fraction=0.34", "n_folds=3", "heatmaps=0"]
 
 
 def _bags(slides, tiles, feats, *extra):

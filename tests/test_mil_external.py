@@ -14,7 +14,7 @@ from zoomfeat.cli import main
 
 TINY = ["hparams.embed_dim=16", "hparams.attn_dim=8", "hparams.epochs=6", "hparams.min_epochs=0",
         "hparams.patience=3", "hparams.lr=3e-3", "hparams.progress=false", "hparams.wandb=false",
-        "hparams.n_boot=100", "n_folds=3", "heatmaps=0"]
+        "n_folds=3", "heatmaps=0"]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 
 import mil.data
 import mil.trainer
-from mil.cv import head_hparams, train_head
+from mil.folds import head_hparams, train_head
 from mil.data import Cohort
 
 READ_FEATURES = mil.data.read_features
@@ -31,7 +31,7 @@ def _train(monkeypatch, max_bytes: int, batch_size: int | None):
     cohort = _cohort()
     cfg, hp = head_hparams("abmil", "20x", cohort.dim, {"epochs": 6, "min_epochs": 6, "min_val_slides": 2,
                                                         "batch_size": batch_size, "progress": False, "wandb": False,
-                                                        "embed_dim": 16, "attn_dim": 8})
+                                                        "embed_dim": 16, "attn_dim": 8}, cohort.task)
     net, _, info, _ = train_head(cohort, "abmil", "20x", cfg, hp, np.arange(12), np.arange(12, 16), seed=3,
                                  cache=False, name="t")
     return net.state_dict(), info, reads

@@ -20,7 +20,7 @@ from zoomfeat.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 HP = ["hparams.embed_dim=16", "hparams.attn_dim=8", "hparams.epochs=2", "hparams.min_epochs=0",
-      "hparams.patience=1", "hparams.progress=false", "hparams.wandb=false", "hparams.n_boot=20", "n_folds=2",
+      "hparams.patience=1", "hparams.progress=false", "hparams.wandb=false", "n_folds=2",
       "val_fraction=0.34", "heatmaps=0"]
 
 

@@ -172,7 +172,7 @@ def test_mil_fold_bf16(tmp_path):
     res = {}
     for p in ("fp32", "bf16"):
         df = mil.cross_validate(bags, y, model="abmil", n_folds=2, seed=0, embed_dim=16, attn_dim=8, lr=3e-3,
-                                epochs=3, patience=10, min_val_slides=1, progress=False, n_boot=10, precision=p, out_dir=tmp_path / p)
+                                epochs=3, patience=10, min_val_slides=1, progress=False, precision=p, out_dir=tmp_path / p)
         res[p] = (pd.read_csv(tmp_path / p / "fold0" / "history.csv"), df.predictions)
     (ha, pa), (hb, pb) = res["fp32"], res["bf16"]
     for col in ("train_loss", "val_loss"):

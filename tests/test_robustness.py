@@ -561,7 +561,7 @@ def test_mil_cv_skips_unreadable_pt_bags_end_to_end(tmp_path):
     out = tmp_path / "cv"
     assert main(["mil", "cv", "--config", str(ROOT / "configs/mil/abmil_hrd.yaml"), "--out", str(out),
                  f"labels={labels}", f"bags={pt_dir}", "hparams.embed_dim=8", "hparams.attn_dim=4",
-                 "hparams.epochs=1", "hparams.min_epochs=0", "hparams.progress=false", "hparams.n_boot=20",
+                 "hparams.epochs=1", "hparams.min_epochs=0", "hparams.progress=false",
                  "n_folds=2"]) == 0
     skipped = pd.read_csv(out / "skipped.csv").set_index("slide")["reason"]
     assert sorted(skipped.index) == ["slide_015", "slide_016", "slide_017"]

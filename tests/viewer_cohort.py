@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 TINY = ["hparams.embed_dim=16", "hparams.attn_dim=8", "hparams.epochs=4", "hparams.min_epochs=0",
-        "hparams.patience=2", "hparams.lr=3e-3", "hparams.progress=false", "hparams.n_boot=50", "n_folds=2",
+        "hparams.patience=2", "hparams.lr=3e-3", "hparams.progress=false", "n_folds=2",
         "hparams.wandb=false", "val_fraction=0.5"]
 
 

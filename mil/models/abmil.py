@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+from mil.models.registry import register_head
 
 
 def instance_mlp(in_dim: int, embed_dim: int, n_layers: int = 1, dropout: float = 0.25) -> nn.Sequential:
@@ -47,6 +51,18 @@ class GatedAttention(nn.Module):
         return pooled, weights, raw
 
 
+@dataclass
+class ABMILOptions:
+    """Options of the ``abmil`` head (``hparams`` keys)."""
+
+    embed_dim: int | None = None  # None: follows in_dim (default_width)
+    attn_dim: int | None = None  # None: embed_dim // 2
+    dropout: float = 0.25
+    n_fc: int = 1
+    gated: bool = True
+
+
+@register_head("abmil", options=ABMILOptions)
 class ABMIL(nn.Module):
     """Gated ABMIL: instance MLP (fc :func:`default_width` — 512 for ≥ 512-d features —, dropout 0.25) → gated
     attention (half that width) → weighted mean → Linear.

@@ -9,14 +9,41 @@ branch sees a parent once per 20x child, so parents weigh by their tissue covera
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from mil.models.abmil import GatedAttention, instance_mlp
+from mil.models.registry import register_head
 
 
+@dataclass
+class TwoBranchOptions:
+    """Options of the ``twobranch`` head (``hparams`` keys); ``split_dim`` None: the 20x | 5x halves of a
+    ``20x+5x`` bag (:meth:`TwoBranchMIL.resolve_options`)."""
+
+    split_dim: int | None = None
+    embed_dim: int = 512
+    attn_dim: int = 256
+    dropout: float = 0.25
+    n_fc: int = 1
+    gated: bool = True
+
+
+@register_head("twobranch", options=TwoBranchOptions)
 class TwoBranchMIL(nn.Module):
     """Two gated-ABMIL branches (20x part, 5x part of each row) → concat → Linear."""
+
+    @classmethod
+    def resolve_options(cls, opts: TwoBranchOptions, in_dim: int, mag: str | None) -> TwoBranchOptions:
+        """Without an explicit ``split_dim`` the head needs ``mag='20x+5x'`` and splits the bag width in half."""
+        if opts.split_dim is not None:
+            return opts
+        if mag != "20x+5x":
+            raise ValueError("model 'twobranch' needs mag '20x+5x' (or an explicit split_dim)")
+        return dataclasses.replace(opts, split_dim=in_dim // 2)
 
     def __init__(
         self,

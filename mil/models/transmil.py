@@ -15,10 +15,13 @@ after PPEG, so padding values cannot change the output.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from nystrom_attention import NystromAttention
 from torch import nn
+
+from mil.models.registry import register_head
 
 
 class TransLayer(nn.Module):
@@ -65,6 +68,20 @@ class PPEG(nn.Module):
         return torch.cat([cls_token, grid.flatten(2).transpose(1, 2)], dim=1)
 
 
+@dataclass
+class TransMILOptions:
+    """Options of the ``transmil`` head (``hparams`` keys)."""
+
+    embed_dim: int = 512
+    heads: int = 8
+    dim_head: int | None = None
+    num_landmarks: int | None = None
+    pinv_iterations: int = 6
+    dropout: float = 0.1
+    mask_aware: bool = False
+
+
+@register_head("transmil", options=TransMILOptions)
 class TransMIL(nn.Module):
     """TransMIL; ``forward(x [B,N,D], mask [B,N] | None)`` → dict(logits, attention [B,N], embedding).
 

@@ -51,7 +51,8 @@ def register(subparsers) -> None:
                         "zoomldm-20x+5x=out/features_zoomldm:20x+5x")
     c.add_argument("--tasks", default=None, help="comma-separated task names (subtype,hrd,survival)")
     c.add_argument("--frameworks", default=None,
-                   help="comma-separated: linear (mean-pooled linear probe), abmil, transmil (default: config "
+                   help="comma-separated registered heads: linear (mean-pooled linear probe), abmil, transmil, twobranch, "
+                        "or your own @register_head (default: config "
                         "'frameworks', else 'model')")
     c.add_argument("--reference", default=None, metavar="NAME[/FRAMEWORK]",
                    help="row the others are compared with (paired Δ, CI, Holm p); default: the first encoder entry")

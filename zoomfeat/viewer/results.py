@@ -224,9 +224,9 @@ def fold_model(run: Run, fold: int, dim: int):
     ckpt = run.path / f"fold{fold}" / "best.pt"
     if not ckpt.exists():
         raise FileNotFoundError(f"{run.name}: no checkpoint {ckpt}")
-    _, hp = head_hparams(run.model, run.mag, dim, dict(run.cfg.get("hparams") or {}))  # as mil cv built the head
-    task = make_task(run.task, n_classes=max(run.n_classes, 2), **hp)
-    net = build_model(run.model, dim, task.n_out, **hp)
+    _, (head, topts) = head_hparams(run.model, run.mag, dim, dict(run.cfg.get("hparams") or {}), run.task)
+    task = make_task(run.task, n_classes=max(run.n_classes, 2), options=topts)  # as mil cv built the head
+    net = build_model(run.model, dim, task.n_out, options=head)
     net.load_state_dict(torch_load_tensors(ckpt))  # a pickled best.pt: UnsafeCheckpointError (no attention)
     return net.eval(), task, load_standardizer(ckpt.parent / "standardize.npz")
 
