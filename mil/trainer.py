@@ -68,7 +68,7 @@ class HeadTrainConfig:
     def from_hparams(cls, hparams: dict) -> "HeadTrainConfig":
         """The trainer's keys of ``hparams``; the other keys must belong to a head or the task
         (:func:`check_hparams` rejects the rest)."""
-        names = {f.name for f in fields(cls)}
+        names = _names(cls)
         return cls(**{k: _coerce(k, v) for k, v in hparams.items() if k in names})
 
     def resolved_batch_size(self, task) -> int:
@@ -96,6 +96,21 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
+def _names(schema: type) -> set[str]:
+    """The field names of an options dataclass."""
+    return {f.name for f in fields(schema)}
+
+
+def _reads(name: str) -> set[str]:
+    """The option names of a registered head or a task."""
+    return _names(task_options(name)) if name in TASKS else set(option_names(name))
+
+
+def _keys_read(models: list[str], tasks: list[str]) -> set[str]:
+    """The ``hparams`` keys the trainer, the heads ``models`` and the tasks ``tasks`` read."""
+    return _names(HeadTrainConfig).union(*(_reads(n) for n in (*models, *tasks)))
+
+
 def check_hparams(models: list[str] | str, tasks: list[str] | str, hparams: dict) -> None:
     """Every key of ``hparams`` must be a trainer setting (:class:`HeadTrainConfig`), an option of one of ``models``
     (their registered options dataclass) or of one of ``tasks`` (:func:`mil.tasks.task_options`). A key that is
@@ -103,13 +118,9 @@ def check_hparams(models: list[str] | str, tasks: list[str] | str, hparams: dict
     not read: a warning names it. Anything else is a ValueError naming the key and the nearest valid one."""
     models = [models] if isinstance(models, str) else list(models)
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
-    known = {f.name for f in fields(HeadTrainConfig)}
-    for t in tasks:
-        known |= {f.name for f in fields(task_options(t))}
-    for m in models:
-        known |= set(option_names(m))
+    known = _keys_read(models, tasks)
     unknown = sorted(set(hparams or {}) - known)
-    others = {k: [n for n in (*head_names(), *TASKS) if k in _option_set(n)] for k in unknown}
+    others = {k: [n for n in (*head_names(), *TASKS) if k in _reads(n)] for k in unknown}
     unread = {k: v for k, v in others.items() if v}
     if unread:
         warnings.warn(f"hparams not read by {'/'.join(models)} ({'/'.join(tasks)}): "
@@ -119,17 +130,10 @@ def check_hparams(models: list[str] | str, tasks: list[str] | str, hparams: dict
         raise ValueError(f"hparams ({'/'.join(models)}, {'/'.join(tasks)}): {unknown_message(bad, known)}")
 
 
-def _option_set(name: str) -> set[str]:
-    """The option names of a registered head or a task."""
-    schema = task_options(name) if name in TASKS else get_head(name).options
-    return {f.name for f in fields(schema)}
-
-
 def hparams_for(model: str, task: str, hparams: dict) -> dict:
     """The keys of ``hparams`` (checked over several heads: ``compare``) that ``model`` and ``task`` read: the
     trainer's, the head's and the task's."""
-    own = {f.name for f in fields(HeadTrainConfig)} | {f.name for f in fields(task_options(task))}
-    own |= set(option_names(model))
+    own = _keys_read([model], [task])
     return {k: v for k, v in (hparams or {}).items() if k in own}
 
 
@@ -139,7 +143,7 @@ def head_settings(model: str, task: str, hparams: dict, in_dim: int | None = Non
     (the head's ``resolve_options``) when ``in_dim`` is given."""
     check_hparams(model, task, dict(hparams or {}))  # misspelt keys: error; other heads' / tasks' options: warned
     hparams = hparams_for(model, task, hparams)
-    pick = lambda schema: {k: v for k, v in hparams.items() if k in {f.name for f in fields(schema)}}  # noqa: E731
+    pick = lambda schema: {k: v for k, v in hparams.items() if k in _names(schema)}  # noqa: E731
     entry = get_head(model)
     head = head_options(model, from_dict(entry.options, pick(entry.options), f"hparams ({model})"), in_dim, mag)
     topts = from_dict(task_options(task), pick(task_options(task)), f"hparams ({task})")
