@@ -92,23 +92,29 @@ def test_threads_never_exceed_available_cores(monkeypatch):
     assert "ZOOMFEAT_THREADS" not in os.environ or os.environ["ZOOMFEAT_THREADS"] == "2"
 
 
+def _tiny_vit_bags(tmp_path):
+    """The synthetic cohort in ``tmp_path/cohort`` → tiles → random-init tiny-vit bags (20x): (labels, bags)."""
+    from zoomfeat.bags import read_bag
+    from zoomfeat.cli import main
+
+    c, t, f = tmp_path / "cohort", tmp_path / "tiles", tmp_path / "features"
+    assert main(["tile", str(c / "slides"), "--out", str(t), "--no-progress"]) == 0
+    assert main(["extract", str(c / "slides"), "--tiles", str(t), "--out", str(f), "--no-progress", "--workers", "0",
+                 "--encoder", "tiny-vit", "--mags", "20x"]) == 0
+    lab = pd.read_csv(c / "labels.csv", dtype={"slide": str})
+    return lab, [read_bag(f / "features_tiny-vit" / f"{s}.h5", mag="20x") for s in lab["slide"]]
+
+
 def test_abmil_defaults_learn_a_tiny_demo_like_cohort_end_to_end(tmp_path):
     """The fast default twin of the slow test below (issue 23.3): 24 synthetic 1024-px slides → tiles → random-init
     tiny-vit bags (20x, 4–11 tiles each) → mil.cross_validate(..., model="abmil", n_folds=3) with its defaults.
     Measured: AUC 0.872, balanced accuracy 0.722 (linear probe 0.928 / 0.778 on the same folds); with the old
     512-wide head 0.802 / 0.667, without standardisation 0.796 / 0.574 — both fail here. About 25 s on 2 shared
     cores (slides, tiles and extraction included)."""
-    from zoomfeat.bags import read_bag
-    from zoomfeat.cli import main
     from zoomfeat.slides import make_cohort
 
-    c, t, f = tmp_path / "cohort", tmp_path / "tiles", tmp_path / "features"
-    make_cohort(c, n_slides=24, seed=0, sizes_20x=(1024,), progress=False)
-    assert main(["tile", str(c / "slides"), "--out", str(t), "--no-progress"]) == 0
-    assert main(["extract", str(c / "slides"), "--tiles", str(t), "--out", str(f), "--no-progress", "--workers", "0",
-                 "--encoder", "tiny-vit", "--mags", "20x"]) == 0
-    lab = pd.read_csv(c / "labels.csv", dtype={"slide": str})
-    bags = [read_bag(f / "features_tiny-vit" / f"{s}.h5", mag="20x") for s in lab["slide"]]
+    make_cohort(tmp_path / "cohort", n_slides=24, seed=0, sizes_20x=(1024,), progress=False)
+    lab, bags = _tiny_vit_bags(tmp_path)
     df = mil.cross_validate(bags, lab["subtype"].tolist(), groups=lab["patient"].tolist(), model="abmil",
                             task="multiclass", n_folds=3, progress=False, wandb=False)
     assert df["auc"].mean() >= 0.84 and df["balanced_accuracy"].mean() >= 0.65, df[["auc", "balanced_accuracy"]]
@@ -120,16 +126,11 @@ def test_abmil_defaults_learn_the_demo_like_cohort(tmp_path):
     tiles → random-init tiny-vit bags (20x) → mil.cross_validate(..., model="abmil", task="multiclass", n_folds=5)
     with its defaults, next to the linear probe on the same folds. Measured: ABMIL AUC 0.906, balanced accuracy
     0.748; linear probe 0.893 / 0.764; the old 512-wide default head 0.876 / 0.711 (docs/mil.md)."""
-    from zoomfeat.bags import read_bag
     from zoomfeat.cli import main
 
-    c, t, f = tmp_path / "cohort", tmp_path / "tiles", tmp_path / "features"
-    assert main(["synth-cohort", "--out", str(c), "--n-slides", "60", "--seed", "0", "--sizes", "1792,2048,2304"]) == 0
-    assert main(["tile", str(c / "slides"), "--out", str(t), "--no-progress"]) == 0
-    assert main(["extract", str(c / "slides"), "--tiles", str(t), "--out", str(f), "--no-progress", "--workers", "0",
-                 "--encoder", "tiny-vit", "--mags", "20x"]) == 0
-    lab = pd.read_csv(c / "labels.csv", dtype={"slide": str})
-    bags = [read_bag(f / "features_tiny-vit" / f"{s}.h5", mag="20x") for s in lab["slide"]]
+    assert main(["synth-cohort", "--out", str(tmp_path / "cohort"), "--n-slides", "60", "--seed", "0", "--sizes",
+                 "1792,2048,2304"]) == 0
+    lab, bags = _tiny_vit_bags(tmp_path)
     df = mil.cross_validate(bags, lab["subtype"].tolist(), groups=lab["patient"].tolist(), model="abmil",
                             task="multiclass", n_folds=5, progress=False)
     assert df["auc"].mean() >= 0.89 and df["balanced_accuracy"].mean() >= 0.70, df[["auc", "balanced_accuracy"]]
