@@ -41,7 +41,7 @@ from mil.stats import corrected_ttest, detectable_delta, holm, outcome, se_from_
 from mil.tasks import TASKS
 from mil.trainer import check_hparams, hparams_for
 from zoomfeat.bags import list_bags
-from zoomfeat.config import save_yaml, to_dict, unknown_message
+from zoomfeat.config import from_dict, save_yaml, to_dict
 from zoomfeat.io import atomic_path, write_text_atomic
 from zoomfeat.jobs import iter_jobs
 
@@ -211,13 +211,10 @@ def _run_task(cfg: CompareConfig, t: dict, entries: list[dict], files: dict, out
 
 
 def task_config(cfg: CompareConfig, t: dict) -> CompareConfig:
-    """``cfg`` with a task entry's keys (``task``, ``target``, ...; not its ``name``) in place."""
-    keys = {k: v for k, v in t.items() if k != "name"}
-    names = {f.name for f in dataclasses.fields(cfg)}
-    unknown = sorted(set(keys) - names)
-    if unknown:
-        raise ValueError(f"compare task {t.get('name')!r}: {unknown_message(unknown, names)}")
-    return dataclasses.replace(cfg, **keys)
+    """``cfg`` with a task entry's keys (``task``, ``target``, ...; not its ``name``) in place, through the config
+    loader (:func:`zoomfeat.config.from_dict`: an unknown key names the nearest valid one)."""
+    return from_dict(type(cfg), {k: v for k, v in t.items() if k != "name"}, f"compare task {t.get('name')!r}",
+                     base=cfg)
 
 
 def _task_cohorts(cfg: CompareConfig, t: dict, tcfg: CompareConfig, entries: list[dict], files: dict, out: Path):
