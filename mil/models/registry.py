@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
-import os
 from dataclasses import dataclass
 from typing import Any
+
+from zoomfeat.plugins import import_plugins
 
 #: entry-point group that installed packages use to add heads (``[project.entry-points."zoomfeat.heads"]``)
 PLUGIN_GROUP = "zoomfeat.heads"
@@ -72,15 +72,7 @@ def _ensure_plugins() -> None:
     if _PLUGINS["loaded"]:
         return
     _PLUGINS["loaded"] = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=PLUGIN_GROUP):
-        ep.load()
-    for mod in filter(None, (m.strip() for m in os.environ.get("ZOOMFEAT_PLUGINS", "").split(","))):
-        try:
-            importlib.import_module(mod)
-        except ImportError as exc:
-            raise ValueError(f"ZOOMFEAT_PLUGINS: cannot import {mod!r}: {exc}") from None
+    import_plugins(PLUGIN_GROUP, "head")
 
 
 def head_names() -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from zoomfeat.config import CONFIG_DIR
 from zoomfeat.encoders.options import EncoderOptions
+from zoomfeat.plugins import PluginImportError, import_plugins  # noqa: F401  PluginImportError: the CLI reads it here
 
 #: The packaged EXAMPLE weights registry (every entry empty; read when no user registry is named). Users keep their
 #: own file, named by ``$ZOOMFEAT_WEIGHTS_REGISTRY`` or ``--weights-registry``; its relative paths resolve beside it.
@@ -98,10 +99,6 @@ def get_encoder(name: str) -> EncoderEntry:
     return _REGISTRY[name]
 
 
-class PluginImportError(ImportError):
-    """A module named in ``$ZOOMFEAT_PLUGINS`` that does not import (the CLI reports it in one line)."""
-
-
 #: Entry-point group that installed packages use to add encoders (``[project.entry-points."zoomfeat.encoders"]``).
 PLUGIN_GROUP = "zoomfeat.encoders"
 
@@ -113,25 +110,7 @@ def load_plugins() -> list[str]:
     plugin only warns, so one bad package cannot take the CLI down. Returns the modules loaded. Called once, lazily,
     by the first registry lookup (:func:`get_encoder`, :func:`encoder_entries`, :func:`create_encoder`), not at
     import of :mod:`zoomfeat.encoders`."""
-    import importlib
-    import warnings
-    from importlib.metadata import entry_points
-
-    loaded = []
-    for ep in entry_points(group=PLUGIN_GROUP):
-        try:
-            ep.load()
-            loaded.append(ep.value)
-        except Exception as exc:  # noqa: BLE001 — report and go on
-            warnings.warn(f"encoder plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}",
-                          RuntimeWarning, stacklevel=2)
-    for mod in filter(None, (m.strip() for m in os.environ.get("ZOOMFEAT_PLUGINS", "").split(","))):
-        try:
-            importlib.import_module(mod)
-        except ImportError as exc:
-            raise PluginImportError(f"ZOOMFEAT_PLUGINS: cannot import {mod!r}: {exc}") from None
-        loaded.append(mod)
-    return loaded
+    return import_plugins(PLUGIN_GROUP, "encoder")
 
 
 def load_weights_registry(path: str | os.PathLike | None = None) -> dict[str, Path]:
