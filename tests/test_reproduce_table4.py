@@ -26,6 +26,10 @@ SUBSTITUTES = {  # extraction → (encoder mapping of the preset, create_encoder
     "phikon": ({"name": "phikon", "depth": 1}, {"random_init": True, "depth": 1}),
     "ctranspath": ({"name": "ctranspath", "depth": 1}, {"random_init": True, "depth": 1}),
 }
+# The default (fast) run: the three baseline rows read the small `tiny-vit` (48-d, 64 px) from weight files the
+# test writes under the registry names uni / phikon / ctranspath, so the registry → weights_key → strict-load path
+# is still exercised; the real depth-1 builders run in the slow test (most of its time is their extraction).
+TINY_SUBSTITUTES = {key: ({"name": "tiny-vit", "seed": i}, {"seed": i}) for i, key in enumerate(SUBSTITUTES)}
 PLANTED = "planted-lymph"  # a test encoder whose feature is the synthetic HRD signal: its HRD AUC must be high
 
 
@@ -56,17 +60,18 @@ def write_weights(path, name: str, **kw) -> None:
     from zoomfeat.encoders.baselines.common import checkpoint_state_dict
 
     enc = create_encoder(name, **kw)
-    save_file({k: v.detach().contiguous() for k, v in checkpoint_state_dict(SPECS[name], enc.model).items()}, str(path))
+    state = checkpoint_state_dict(SPECS[name], enc.model) if name in SPECS else enc.model.state_dict()
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path))
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A 24-slide cohort with binary IDC/ILC and HRD labels, weight files + registry, the preset overrides."""
+def make_run(tmp_path_factory, substitutes: dict, n_slides: int = 24, epochs: int = 6):
+    """A cohort of ``n_slides`` synthetic slides with binary IDC/ILC and HRD labels, weight files + registry for the
+    ``substitutes``, the preset overrides; yields (root, overrides)."""
     from zoomfeat.encoders import unregister_encoder
     from zoomfeat.slides.synthetic import make_cohort
 
     root = tmp_path_factory.mktemp("table4")
-    labels = make_cohort(root / "cohort", n_slides=24, seed=5, sizes_20x=(1024,), progress=False)
+    labels = make_cohort(root / "cohort", n_slides=n_slides, seed=5, sizes_20x=(1024,), progress=False)
     df = pd.read_csv(labels)
     df["subtype"] = np.where(df["subtype"] == 1, "ILC", "IDC")  # the spindle subtype stands in for lobular
     # one labelled slide that OpenSlide cannot open: it fails in every stage while the others go on (exit 3)
@@ -74,13 +79,13 @@ def run(tmp_path_factory):
     df = pd.concat([df, pd.DataFrame([{"slide": "broken", "patient": "pat999", "subtype": "IDC", "hrd": 0}])])
     df.to_csv(root / "labels.csv", index=False)
     reg = {"zoomldm": str(MICRO_LDM / "weights.ckpt")}
-    for key, (_, kw) in SUBSTITUTES.items():
-        write_weights(root / f"{key}.safetensors", SUBSTITUTES[key][0]["name"], **kw)
+    for key, (enc, kw) in substitutes.items():
+        write_weights(root / f"{key}.safetensors", enc["name"], **kw)
         reg[key] = f"{key}.safetensors"  # relative to the registry file
     (root / "weights.yaml").write_text("".join(f"{k}: {v}\n" for k, v in reg.items()))
     _register_planted()
     extractions = [f"extractions.{k}={{encoder: {enc}, weights_key: {k}}}".replace("'", "")
-                   for k, (enc, _) in SUBSTITUTES.items()]
+                   for k, (enc, _) in substitutes.items()]
     overrides = [
         *extractions,
         "extractions.zoomldm.encoder.ssl_encoder=tiny-vit",
@@ -91,7 +96,7 @@ def run(tmp_path_factory):
         " tune_fraction: 0.34,"
         " n_folds: 2, n_repeats: 2}",
         "compare.n_folds=2", "compare.n_repeats=1", "compare.val_fraction=0",
-        "compare.hparams={embed_dim: 16, attn_dim: 8, dropout: 0.0, lr: 0.005, epochs: 6, min_epochs: 6,"
+        f"compare.hparams={{embed_dim: 16, attn_dim: 8, dropout: 0.0, lr: 0.005, epochs: {epochs}, min_epochs: {epochs},"
         " patience: 50, min_val_slides: 99, standardize: true, progress: false, wandb: false,"
         # bags held in memory after a fold's first read: re-reading every bag's file each epoch was half the
         # comparison's time here (the first epoch still reads every bag from disk)
@@ -99,6 +104,18 @@ def run(tmp_path_factory):
     ]
     yield root, overrides
     unregister_encoder(PLANTED)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The default tests' run: tiny-vit weight files under the baseline names (TINY_SUBSTITUTES)."""
+    yield from make_run(tmp_path_factory, TINY_SUBSTITUTES)
+
+
+@pytest.fixture(scope="module")
+def run_real(tmp_path_factory):
+    """The slow test's run: the real CTransPath / UNI / Phikon builders at depth 1."""
+    yield from make_run(tmp_path_factory, SUBSTITUTES)
 
 
 def _rows() -> list[dict]:
@@ -114,8 +131,20 @@ def _argv(root, overrides, out: str = "out", registry: str = "weights.yaml") -> 
             "--weights-registry", str(root / registry), "--out", str(root / out), "--no-progress", *overrides]
 
 
-def test_table4_end_to_end_then_a_rerun_reuses_every_stage(run, capsys):
-    root, overrides = run
+@pytest.mark.slow
+def test_table4_end_to_end_then_a_rerun_reuses_every_stage(run_real, capsys):
+    """With the real CTransPath / UNI / Phikon builders (depth 1) behind the baseline rows. By default
+    test_table4_end_to_end_then_a_rerun_reuses_every_stage_fast checks the same on tiny-vit weight files."""
+    check_end_to_end(*run_real, capsys)
+
+
+def test_table4_end_to_end_then_a_rerun_reuses_every_stage_fast(run, capsys):
+    """The default twin of the slow test: the same pipeline and checks, tiny-vit weight files for the baselines."""
+    check_end_to_end(*run, capsys)
+
+
+def check_end_to_end(root, overrides, capsys):
+    """Run the whole table, check it, rerun it: nothing is redone and the table is the same."""
     assert main(_argv(root, overrides)) == 3  # the broken slide failed; every other slide made it into the table
     text = capsys.readouterr().out
     assert "FAILED broken" in text
