@@ -13,8 +13,7 @@ import pytest
 from tests.conftest import ROOT
 
 nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
+pytest.importorskip("IPython")
 
 NB_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(p.name for p in NB_DIR.glob("*.ipynb"))
@@ -47,6 +46,8 @@ def executed(tmp_path_factory, request):
     """
     import asyncio
 
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
     # only the notebooks whose test was selected (e.g. with -k 02)
     wanted = sorted({it.callspec.params["name"] for it in request.session.items
                      if getattr(it, "originalname", "") == "test_notebook_runs_top_to_bottom"}) or NOTEBOOKS
@@ -95,11 +96,41 @@ EXPECTED_FILES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_top_to_bottom(name, executed):
+    """Each notebook in its own real Jupyter kernel (slow: three kernels start and import torch). By default
+    test_notebook_runs_top_to_bottom_fast runs the same cells in this process and checks the same outputs."""
     nb, out, seconds, err = executed[name]
     if err is not None:
         raise err
+    check_executed(name, nb, out)
+
+
+# the fast twin's smaller sizes (the real-kernel test runs the notebooks as committed)
+SHRINK = {
+    "01_feature_extraction.ipynb": {},
+    "02_mil_comparison.ipynb": {"epochs=6": "epochs=2", "n_folds=3": "n_folds=2"},
+    "03_generation_superres.ipynb": {"steps=10": "steps=2", "iters=6": "iters=2"},
+}
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_top_to_bottom_fast(name, tmp_path, monkeypatch):
+    """The default twin of test_notebook_runs_top_to_bottom: every code cell of the committed notebook, in order,
+    in one namespace in this process (tests/_fx_e2e.py: last expressions and display() calls go through IPython's
+    display formatter, as in a kernel), with the Makefile's notebook environment and the working directory
+    outside the repository, at the smaller sizes of SHRINK (fewer epochs, folds, sampler steps); the same checks of
+    outputs, pictures and written files."""
+    from tests._fx_e2e import run_notebook_in_process
+
+    out = tmp_path / "out"
+    nb = run_notebook_in_process(NB_DIR / name, tmp_path / "cwd", out, monkeypatch, ROOT, SHRINK[name])
+    check_executed(name, nb, out)
+
+
+def check_executed(name: str, nb, out) -> None:
+    """What an executed notebook must show and have written to its output folder ``out``."""
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count for c in code)
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
