@@ -50,16 +50,64 @@ def test_relative_config_paths_resolve_in_the_package(tmp_path, monkeypatch):
         load_config(TilingConfig, {"min_tisue": 0.3})
 
 
-def test_wheel_install_runs_from_outside_the_checkout(tmp_path):
-    """Build the wheel (non-editable), install it into a bare target folder and run the CLI from elsewhere."""
-    wheels, target, work, src = (tmp_path / n for n in ("wheels", "site", "elsewhere", "src"))
-    work.mkdir()
-    # build from a copy of the sources (setuptools writes build/ beside them; the checkout stays untouched)
+def _copy_sources(src: Path) -> None:
+    """The files a wheel is built from, copied (setuptools writes build/ beside them; the checkout stays untouched)."""
     skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for name in ("zoomfeat", "mil"):
         shutil.copytree(ROOT / name, src / name, ignore=skip)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
+
+
+def test_wheel_runs_from_outside_the_checkout_fast(tmp_path, monkeypatch):
+    """The default twin of test_wheel_install_runs_from_outside_the_checkout: the wheel built in this process by the
+    same PEP 517 backend pip calls (setuptools.build_meta), unpacked into a bare folder (what `pip install --target`
+    does with a pure-Python wheel), and one interpreter started elsewhere with only that folder on its path: it
+    imports the installed copy, finds the packaged configs, tiles a slide with the default tiling config and shows
+    `compare --help`."""
+    import zipfile
+
+    from setuptools import build_meta
+
+    wheels, target, work, src = (tmp_path / n for n in ("wheels", "site", "elsewhere", "src"))
+    work.mkdir()
+    wheels.mkdir()
+    _copy_sources(src)
+    monkeypatch.chdir(src)
+    name = build_meta.build_wheel(str(wheels))
+    with zipfile.ZipFile(wheels / name) as zf:
+        listed = set(zf.namelist())
+        zf.extractall(target)
+    assert {"zoomfeat/configs/tiling.yaml", "zoomfeat/configs/encoders/weights.yaml",
+            "zoomfeat/viewer/static/openseadragon/openseadragon.min.js"} <= listed
+    code = ("import contextlib, io, sys, zoomfeat, zoomfeat.config as c\n"
+            "print(zoomfeat.__file__); print(c.CONFIG_DIR)\n"
+            "from zoomfeat.cli import main\n"
+            f"rc = main(['tile', {str(SLIDES / 'cmu_small_region.svs')!r}, '--out', 'tiles', '--no-progress'])\n"
+            "assert rc == 0, rc\n"
+            "buf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf):\n"
+            "    try:\n"
+            "        main(['compare', '--help'])\n"
+            "    except SystemExit as e:\n"
+            "        assert e.code == 0, e.code\n"
+            "assert '--config' in buf.getvalue(), buf.getvalue()\n")
+    env = {**os.environ, "PYTHONPATH": str(target), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    where = proc.stdout.split()[:2]
+    assert all(line.startswith(str(target)) for line in where), proc.stdout
+    assert (work / "tiles" / "coords" / "cmu_small_region.h5").is_file()
+
+
+@pytest.mark.slow
+def test_wheel_install_runs_from_outside_the_checkout(tmp_path):
+    """Build the wheel (non-editable), install it into a bare target folder and run the CLI from elsewhere (slow:
+    pip twice and three interpreters; test_wheel_runs_from_outside_the_checkout_fast covers it by default)."""
+    wheels, target, work, src = (tmp_path / n for n in ("wheels", "site", "elsewhere", "src"))
+    work.mkdir()
+    _copy_sources(src)  # build from a copy of the sources
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)], check=True,
                    cwd=tmp_path, timeout=300)
