@@ -31,6 +31,10 @@ def test_corrected_ttest_against_hand_values_and_plain_t():
 def test_holm_by_hand():
     np.testing.assert_allclose(holm([0.01, 0.04, 0.03, np.nan])[:3], [0.03, 0.06, 0.06])
     assert np.isnan(holm([0.01, np.nan])[1])
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.r_[np.random.default_rng(0).uniform(0, 0.2, 12), 0.01, 0.01, 0.9, 1.0]  # ties, values clipped at 1
+    np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1], rtol=0, atol=1e-15)
 
 
 def test_repeated_splits_are_patient_level_per_repeat():
