@@ -102,3 +102,20 @@ def paired_test(a: np.ndarray, b: np.ndarray, test_over_train: float) -> dict:
 def n_test_over_n_train(splits: list[tuple[np.ndarray, np.ndarray]]) -> float:
     """n_test / n_train averaged over splits (the correction term of the resampled t-test)."""
     return float(np.mean([len(te) / max(1, len(tr)) for tr, te in splits]))
+
+
+def probe_feature_set(keys: dict, X: np.ndarray, splits: dict, subset: str,
+                      alpha_bar: dict[int, float]) -> tuple[list[dict], dict]:
+    """One feature set's probe.csv rows and per-split scores, for every task in ``splits`` ({task: (y, splits)});
+    ``X`` holds the evaluated slides only."""
+    rows, scores = [], {}
+    for task, (yy, sp) in splits.items():
+        sc = linear_probe_scores(X, yy, sp, "survival" if task == "survival" else "classification")
+        m, sd, lo, hi = corrected_ci(sc, n_test_over_n_train(sp))
+        ab = alpha_bar.get(keys["t"]) if keys["t"] != "" else None
+        rows.append({**keys, "task": task, "metric": "c_index" if task == "survival" else "auc", "mean": m,
+                     "std": sd, "ci_low": lo, "ci_high": hi, "alpha_bar": ab,
+                     "noise_pct": None if ab is None else 100 * (1 - ab), "subset": subset,
+                     "n_slides": int(len(X)), "n_splits": int(np.isfinite(sc).sum())})
+        scores[(subset, task) + tuple(keys.values())] = sc
+    return rows, scores

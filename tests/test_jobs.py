@@ -24,8 +24,8 @@ TINY = ["hparams.embed_dim=8", "hparams.attn_dim=4", "hparams.epochs=2", "hparam
 @pytest.fixture(scope="module")
 def bags(tmp_path_factory):
     root = tmp_path_factory.mktemp("jobs")
-    good, labels = write_bags(root, n_slides=16, dim=8, seed=0, encoder="zoomldm")
-    noise, _ = write_bags(root, n_slides=16, dim=8, seed=0, informative=False, encoder="noise")
+    good, labels = write_bags(root, n_slides=8, dim=8, seed=0, encoder="zoomldm")
+    noise, _ = write_bags(root, n_slides=8, dim=8, seed=0, informative=False, encoder="noise")
     return good, noise, labels
 
 

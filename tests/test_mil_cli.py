@@ -14,15 +14,17 @@ from zoomfeat.cli import main
 
 TINY = ["hparams.embed_dim=16", "hparams.attn_dim=8", "hparams.epochs=6", "hparams.min_epochs=0",
         "hparams.patience=3", "hparams.lr=3e-3", "hparams.progress=false", "n_folds=3"]
+N = 18  # slides (9 patients) of the synthetic cohort; the last one gets a NaN feature
+NAN = f"slide_{N - 1:03d}"
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("milcohort")
-    good, labels = write_bags(root, n_slides=30, dim=8, seed=0, encoder="zoomldm")
-    noise, _ = write_bags(root, n_slides=30, dim=8, seed=0, informative=False, encoder="noise")
+    good, labels = write_bags(root, n_slides=N, dim=8, seed=0, encoder="zoomldm")
+    noise, _ = write_bags(root, n_slides=N, dim=8, seed=0, informative=False, encoder="noise")
     # bad inputs: a NaN bag, a bag nobody labelled, a labelled slide without a bag
-    with h5py.File(good / "slide_029.h5", "r+") as h5:
+    with h5py.File(good / f"{NAN}.h5", "r+") as h5:
         f = h5["features"][:]
         f[3, 1] = np.nan
         h5["features"][...] = f
@@ -45,9 +47,9 @@ def test_mil_cv_end_to_end(cohort, tmp_path, capsys):
                  "config.yaml", "skipped.csv", "fold0/best.pt"):
         assert (out / name).exists(), name
     skipped = pd.read_csv(out / "skipped.csv").set_index("slide")["reason"]
-    assert "NaN or inf" in skipped["slide_029"] and "no bag" in skipped["ghost"]
+    assert "NaN or inf" in skipped[NAN] and "no bag" in skipped["ghost"]
     pred = pd.read_csv(out / "predictions.csv")
-    assert len(pred) == 29 and pred.groupby("patient")["fold"].nunique().max() == 1
+    assert len(pred) == N - 1 and pred.groupby("patient")["fold"].nunique().max() == 1
     att = pd.read_csv(out / "attention" / "slide_000.csv")
     assert list(att.columns) == ["x", "y", "score", "rank"] and att["rank"].max() == 1.0
     assert len(list((out / "heatmaps").glob("*.png"))) == 3
@@ -68,7 +70,7 @@ def test_compare_end_to_end(cohort, tmp_path):
     rc = main(["compare", "--config", "configs/mil/compare.yaml", "--out", str(out), "--labels", str(labels),
                "--frameworks", "abmil",
                "--bags", f"zoomldm-20x={good}:20x", "--bags", f"zoomldm-20x+5x={good}:20x+5x",
-               "--bags", f"noise={noise}", "--tasks", "hrd,survival", *TINY, "hparams.epochs=4",
+               "--bags", f"noise={noise}", "--tasks", "hrd,survival", *TINY, "hparams.epochs=2",
                "n_repeats=1"])
     assert rc == 0
     table = pd.read_csv(out / "compare.csv")
@@ -84,8 +86,8 @@ def test_compare_end_to_end(cohort, tmp_path):
         pred = pd.read_csv(out / enc / "hrd" / "predictions.csv")
         test = splits[splits["split"] == "test"].set_index("slide")["fold"]
         assert (pred.set_index("slide")["fold"] == test.loc[pred["slide"]]).all()
-    # slide_029 is NaN in one encoder only: left out of every entry so the folds stay identical
-    assert "slide_029" not in set(splits["slide"])
+    # the NaN slide is NaN in one encoder only: left out of every entry so the folds stay identical
+    assert NAN not in set(splits["slide"])
 
 
 def test_cli_errors_are_clear(cohort, tmp_path, capsys):
@@ -115,4 +117,4 @@ def test_cross_validate_reads_bag_paths(cohort):
         res = mil.cross_validate(paths, df["hrd"].tolist(), df["patient"].tolist(), model="abmil", n_folds=3,
                                  seed=0, slide_ids=df["slide"].tolist(), mag="20x+5x", embed_dim=8, attn_dim=4,
                                  epochs=2, progress=False)
-    assert len(res) == 3 and res["n_test"].sum() == 29  # the NaN bag is skipped
+    assert len(res) == 3 and res["n_test"].sum() == N - 1  # the NaN bag is skipped

@@ -15,7 +15,7 @@ import torch
 
 from zoomfeat.cli import main
 
-HP = ["hparams.embed_dim=16", "hparams.attn_dim=8", "hparams.epochs=8", "hparams.min_epochs=2",
+HP = ["hparams.embed_dim=16", "hparams.attn_dim=8", "hparams.epochs=4", "hparams.min_epochs=2",
       "hparams.patience=3", "hparams.lr=2e-3", "hparams.progress=false", "hparams.wandb=false",
       "val_fraction=0.34", "n_folds=3", "heatmaps=0"]
 
@@ -119,7 +119,11 @@ def test_mismatching_features_exit_2_naming_the_difference(trained, tmp_path, ca
 
     root, model = trained["root"], trained["model"]
     # bags of the same architecture with other weights (tiny-vit seed 1): weights hash and recipe differ
-    other = _bags(root / "B" / "slides", tmp_path / "tiles", tmp_path / "feats1", "--seed", "1")
+    two = tmp_path / "two"  # two slides are enough to be refused
+    two.mkdir()
+    for p in sorted((root / "B" / "slides").iterdir())[:2]:
+        shutil.copy(p, two / p.name)
+    other = _bags(two, tmp_path / "tiles", tmp_path / "feats1", "--seed", "1")
     capsys.readouterr()
     assert main(["mil", "predict", str(model), "--bags", str(other), "--out", str(tmp_path / "p1")]) == 2
     err = capsys.readouterr().err

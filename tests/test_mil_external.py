@@ -12,7 +12,7 @@ import pytest
 from mil.synthetic import write_bags
 from zoomfeat.cli import main
 
-TINY = ["hparams.embed_dim=16", "hparams.attn_dim=8", "hparams.epochs=6", "hparams.min_epochs=0",
+TINY = ["hparams.embed_dim=16", "hparams.attn_dim=8", "hparams.epochs=3", "hparams.min_epochs=0",
         "hparams.patience=3", "hparams.lr=3e-3", "hparams.progress=false", "hparams.wandb=false",
         "n_folds=3", "heatmaps=0"]
 

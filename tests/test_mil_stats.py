@@ -31,6 +31,10 @@ def test_corrected_ttest_against_hand_values_and_plain_t():
 def test_holm_by_hand():
     np.testing.assert_allclose(holm([0.01, 0.04, 0.03, np.nan])[:3], [0.03, 0.06, 0.06])
     assert np.isnan(holm([0.01, np.nan])[1])
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.r_[np.random.default_rng(0).uniform(0, 0.2, 12), 0.01, 0.01, 0.9, 1.0]  # ties, values clipped at 1
+    np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1], rtol=0, atol=1e-15)
 
 
 def test_repeated_splits_are_patient_level_per_repeat():
@@ -80,6 +84,15 @@ def bags(tmp_path_factory):
     return good, noise, labels
 
 
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """24 slides: for the tests that check the table's shape, not a planted difference."""
+    root = tmp_path_factory.mktemp("cmpsmall")
+    good, labels = write_bags(root, n_slides=24, dim=8, seed=0, encoder="good")
+    noise, _ = write_bags(root, n_slides=24, dim=8, seed=0, informative=False, encoder="noise")
+    return good, noise, labels
+
+
 def test_compare_paired_statistics_find_planted_difference(bags, tmp_path):
     good, noise, labels = bags
     out = tmp_path / "cmp"
@@ -110,8 +123,8 @@ def test_compare_paired_statistics_find_planted_difference(bags, tmp_path):
     assert "noise" in v and "good beats it" in v and "\n" not in v
 
 
-def test_identical_rows_tie_and_verdict_says_no_difference(bags, tmp_path):
-    good, _, labels = bags
+def test_identical_rows_tie_and_verdict_says_no_difference(small, tmp_path):
+    good, _, labels = small
     out = tmp_path / "same"
     assert main(["compare", "--config", "configs/mil/compare.yaml", "--out", str(out), "--labels", str(labels),
                  "--bags", f"a={good}:20x", "--bags", f"b={good}:20x", "--tasks", "hrd,survival",
@@ -142,10 +155,10 @@ def test_splits_cli_round_trip(tmp_path):
                                   ours.sort_values(key).reset_index(drop=True), check_dtype=False)
 
 
-def test_mil_compare_is_callable_and_has_verdict(bags, tmp_path):
+def test_mil_compare_is_callable_and_has_verdict(small, tmp_path):
     import mil
 
-    good, noise, labels = bags
+    good, noise, labels = small
     cfg = {"labels": str(labels), "encoders": [{"name": "n", "bags": str(noise)}, {"name": "g", "bags": str(good)}],
            "tasks": ["subtype"], "frameworks": ["linear"], "n_repeats": 1, "n_folds": 3}
     for k in range(2):  # a second call still works (importing the submodule must not shadow the callable)
@@ -153,13 +166,13 @@ def test_mil_compare_is_callable_and_has_verdict(bags, tmp_path):
     assert "against n/linear" in mil.compare.verdict(table).lower()
 
 
-def test_two_frameworks_share_splits_and_compare_within_framework(bags, tmp_path):
-    good, noise, labels = bags
+def test_two_frameworks_share_splits_and_compare_within_framework(small, tmp_path):
+    good, noise, labels = small
     out = tmp_path / "fw"
     assert main(["compare", "--config", "configs/mil/compare.yaml", "--out", str(out), "--labels", str(labels),
                  "--bags", f"noise={noise}:20x", "--bags", f"good={good}:20x", "--tasks", "subtype",
                  "--frameworks", "linear,abmil", "n_repeats=1", "n_folds=3", "hparams.embed_dim=16",
-                 "hparams.attn_dim=8", "hparams.epochs=3", "hparams.progress=false", "hparams.wandb=false"]) == 0
+                 "hparams.attn_dim=8", "hparams.epochs=2", "hparams.progress=false", "hparams.wandb=false"]) == 0
     table = pd.read_csv(out / "compare.csv")
     auc = table[table["metric"] == "auc"]
     assert len(auc) == 4 and set(auc["reference"]) == {"noise/linear", "noise/abmil"}

@@ -22,7 +22,10 @@ from typing import Sequence
 
 import numpy as np
 
-from mil.probe_eval import corrected_ci, linear_probe_scores, n_test_over_n_train, repeated_splits
+# probe_feature_set (a pool job) lives in mil.probe_eval: a worker unpickling it imports that module, not this one
+# (with the LDM and encoders behind it)
+from mil.probe_eval import (corrected_ci, linear_probe_scores, n_test_over_n_train, probe_feature_set,  # noqa: F401
+                            repeated_splits)
 from zoomfeat.encoders import create_encoder
 from zoomfeat.encoders.base import TileContext
 from zoomfeat.encoders.zoomldm import ZOOMLDM, ZoomLDMEncoder, ssl_encoder_for, tile_seeds
@@ -234,23 +237,6 @@ def evaluate(sets, targets: dict, patients: np.ndarray, mask: np.ndarray, spec: 
     for r, sc in run_jobs(calls, jobs):
         rows += r
         scores.update(sc)
-    return rows, scores
-
-
-def probe_feature_set(keys: dict, X: np.ndarray, splits: dict, subset: str,
-                      alpha_bar: dict[int, float]) -> tuple[list[dict], dict]:
-    """One feature set's probe.csv rows and per-split scores, for every task in ``splits`` ({task: (y, splits)});
-    ``X`` holds the evaluated slides only."""
-    rows, scores = [], {}
-    for task, (yy, sp) in splits.items():
-        sc = linear_probe_scores(X, yy, sp, "survival" if task == "survival" else "classification")
-        m, sd, lo, hi = corrected_ci(sc, n_test_over_n_train(sp))
-        ab = alpha_bar.get(keys["t"]) if keys["t"] != "" else None
-        rows.append({**keys, "task": task, "metric": "c_index" if task == "survival" else "auc", "mean": m,
-                     "std": sd, "ci_low": lo, "ci_high": hi, "alpha_bar": ab,
-                     "noise_pct": None if ab is None else 100 * (1 - ab), "subset": subset,
-                     "n_slides": int(len(X)), "n_splits": int(np.isfinite(sc).sum())})
-        scores[(subset, task) + tuple(keys.values())] = sc
     return rows, scores
 
 
