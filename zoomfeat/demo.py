@@ -31,7 +31,7 @@ from mil.splits import make_splits
 from zoomfeat.encoders import create_encoder
 from zoomfeat.encoders.zoomldm import ZOOMLDM
 from zoomfeat.generate.realism import format_report, realism_report
-from zoomfeat.jobs import process_cpu_seconds
+from zoomfeat.jobs import process_cpu_seconds, resolve_jobs, run_jobs
 from zoomfeat.ldm import ZoomLDM
 from zoomfeat.names import resolve_slides
 from zoomfeat.slides.coords import coords_path, read_coords
@@ -85,9 +85,10 @@ class Steps:
     """The demo's step runner: each step is the CLI verb a user would type (printed first), run in-process by
     ``execute`` (argv → exit code; ``zoomfeat.cli.main``) and logged as (command, wall s, CPU s) in ``log``."""
 
-    def __init__(self, execute: Callable[[list[str]], int | None], log: list | None = None):
+    def __init__(self, execute: Callable[[list[str]], int | None], log: list | None = None, jobs: int = 1):
         self.execute = execute
         self.log = log if log is not None else []
+        self.jobs = resolve_jobs(int(jobs))  # 0: the usable cores
 
     def __call__(self, argv: Sequence, ok: tuple[int, ...] = (0,)) -> int:
         argv = [str(a) for a in argv]
@@ -102,6 +103,50 @@ class Steps:
             raise RuntimeError(f"demo step failed (exit {rc}): {cmd}")
         print(f"  ({dt:.1f} s wall, {dc:.1f} s CPU)", flush=True)
         return rc
+
+
+    def side_by_side(self, jobs: Sequence[tuple[Callable, tuple]]) -> list:
+        """Run independent one-core jobs ``(fn, args)`` — each ``fn(execute, *args)`` returns ``(log rows,
+        result)`` — on ``self.jobs`` pool workers (:func:`zoomfeat.jobs.run_jobs`, one core each), or here in order
+        when ``self.jobs`` is 1; the rows join this log in job order, followed by the group's own wall / CPU."""
+        n = resolve_jobs(self.jobs, len(jobs))
+        if n > 1:
+            print(f"\n# {len(jobs)} independent step chains side by side on {n} processes (one core each; their "
+                  "output interleaves)", flush=True)
+        t0, c0 = time.perf_counter(), _cpu()
+        done = run_jobs([(fn, (self.execute, *args), {}) for fn, args in jobs], jobs=n)
+        results = []
+        for rows, result in done:
+            self.log.extend(rows)
+            results.append(result)
+        if n > 1:
+            dt, dc = time.perf_counter() - t0, _cpu() - c0
+            self.log.append((f"  ↳ the {len(jobs)} chains above, side by side on {n} processes", dt, dc))
+            print(f"  (side by side: {dt:.1f} s wall, {dc:.1f} s CPU)", flush=True)
+        return results
+
+
+def _chain(execute, argvs: Sequence[Sequence]) -> tuple[list, None]:
+    """A :meth:`Steps.side_by_side` job: CLI steps run one after another (in a pool worker)."""
+    steps = Steps(execute)
+    for argv in argvs:
+        steps(argv)
+    return steps.log, None
+
+
+def _external_job(execute, out: Path, labels: Path, bags: Path, folds: int) -> tuple[list, dict]:
+    """A :meth:`Steps.side_by_side` job: :func:`external_validation` (final model, external predictions)."""
+    steps = Steps(execute)
+    return steps.log, external_validation(out, labels, bags, steps, folds=folds)
+
+
+def _generate_job(execute, argv: Sequence, model_dir: Path, slides: Path, tiles: Path, gen: Path) -> tuple[list, dict]:
+    """A :meth:`Steps.side_by_side` job: generate patches, then the real vs generated report."""
+    steps = Steps(execute)
+    steps(argv)
+    realism = _timed("real vs generated patches (zoomfeat.generate.realism)",
+                     lambda: realism_report(model_dir, resolve_slides(slides), tiles, gen, n=64), steps.log)
+    return steps.log, realism
 
 
 def _timed(name: str, fn, log: list):
@@ -163,12 +208,15 @@ def _report_labels(labels: Path, probe: Path) -> Path:
 
 
 def run_demo(execute: Callable[[list[str]], int | None], out: str | Path = "demo_out", n_slides: int = 60,
-             train_steps: int = 200, folds: int = 5, skip_train: bool = False) -> Path:
+             train_steps: int = 200, folds: int = 5, skip_train: bool = False, jobs: int = 1) -> Path:
     """Run the demo into ``out`` and return the comparison folder; reruns reuse finished steps. ``execute`` runs one
-    CLI command line (argv → exit code): ``zoomfeat.cli.main``, as ``zoomfeat demo`` passes it."""
+    CLI command line (argv → exit code): ``zoomfeat.cli.main``, as ``zoomfeat demo`` passes it. ``jobs`` > 1 runs
+    the one-core steps that do not depend on each other (the three extractions and the external cohort; the external
+    validation beside generation) side by side on a process pool (``execute`` must then pickle: a module-level
+    function); the outputs do not depend on it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    run_step = Steps(execute)
+    run_step = Steps(execute, jobs=jobs)
     log = run_step.log
     t_start, c_start = time.perf_counter(), _cpu()
 
@@ -188,9 +236,13 @@ def run_demo(execute: Callable[[list[str]], int | None], out: str | Path = "demo
     common = [str(slides), "--tiles", str(tiles), "--out", str(feats), "--no-progress", "--workers", "0",
               "--threads", "1"]
     recipe = ["--config", str(probe / "best_recipe.yaml"), "--weights", str(model_dir)]
-    run_step(["extract", *common, *recipe, "--conditioning", "uni", "--ssl-encoder", "tiny-vit", "--tag", ZOOMLDM])
-    run_step(["extract", *common, *recipe, "--conditioning", "none", "--tag", f"{ZOOMLDM}_none"])
-    run_step(["extract", *common, "--encoder", "tiny-vit", "--mags", "20x,5x"])
+    # two chains of about equal CPU (demo: 52 + 13 s | 33 + 25 s)
+    first = [["extract", *common, *recipe, "--conditioning", "uni", "--ssl-encoder", "tiny-vit", "--tag", ZOOMLDM],
+             ["extract", *common, "--encoder", "tiny-vit", "--mags", "20x,5x"]]
+    second = [["extract", *common, *recipe, "--conditioning", "none", "--tag", f"{ZOOMLDM}_none"]]
+    if run_step.jobs > 1 and not (out / "external" / "cohort" / "labels.csv").exists():
+        second.append(_external_cohort(out, workers=1))  # on a core of its own while the extractions run
+    run_step.side_by_side([(_chain, (first,)), (_chain, (second,))])
 
     cmp_root = out / "compare"
     report_labels = _report_labels(labels, probe)
@@ -203,14 +255,11 @@ def run_demo(execute: Callable[[list[str]], int | None], out: str | Path = "demo
         argv += ["--bags", b]
     run_step([*argv, f"n_folds={folds}", f"reference_note={REFERENCE_NOTE}"])  # key=value overrides last, together
 
-    external_validation(out, labels, feats / "features_tiny-vit", run_step, folds=folds)
-
     gen = out / "generated"
-    run_step(["generate", "--model", str(model_dir), "--ssl", str(_ssl_grid(slides, tiles, out, ssl_dim)), "--mag",
-          "5x", "--n", "4", "--steps", "20", "--out", str(gen / "5x")])
-
-    realism = _timed("real vs generated patches (zoomfeat.generate.realism)",
-                     lambda: realism_report(model_dir, resolve_slides(slides), tiles, gen, n=64), log)
+    generate = ["generate", "--model", str(model_dir), "--ssl", str(_ssl_grid(slides, tiles, out, ssl_dim)), "--mag",
+                "5x", "--n", "4", "--steps", "20", "--out", str(gen / "5x")]
+    _, realism = run_step.side_by_side([(_external_job, (out, labels, feats / "features_tiny-vit", folds)),
+                                        (_generate_job, (generate, model_dir, slides, tiles, gen))])
     _summary(out, probe, cmp_root, realism, format_report, log, time.perf_counter() - t_start, _cpu() - c_start,
              n_slides=None if skip_train else n_slides)
     print(f"\nLook at the results (slides, attention heatmaps, generated patches; 127.0.0.1 only):\n"
@@ -250,8 +299,7 @@ def external_validation(out: str | Path, labels: str | Path, bags: str | Path, r
     ext = out / "external"
     ext_labels = ext / "cohort" / "labels.csv"
     if not ext_labels.exists():
-        run_step(["synth-cohort", "--out", ext / "cohort", "--n-slides", n_slides, "--seed", seed, "--workers",
-                  available_cores()])
+        run_step(_external_cohort(out, n_slides, seed))
     pred = ext / "predictions"
     rc = run_step(["predict", ext / "cohort" / "slides", "--model", model, "--out", pred, "--labels", ext_labels,
                 "--no-progress"], ok=(0, 3))
@@ -263,6 +311,12 @@ def external_validation(out: str | Path, labels: str | Path, bags: str | Path, r
           f"subtype AUC {auc[0]:.3f} (95% CI {auc[1]:.3f}–{auc[2]:.3f}); model card {model / 'README.md'}, "
           f"predictions {pred / 'predictions.csv'}")
     return res
+
+
+def _external_cohort(out: Path, n_slides: int = 12, seed: int = 1, workers: int | None = None) -> list:
+    """The synth-cohort command of the external cohort (another seed): slides are independent, so every core."""
+    return ["synth-cohort", "--out", Path(out) / "external" / "cohort", "--n-slides", n_slides, "--seed", seed,
+            "--workers", available_cores() if workers is None else workers]
 
 
 def _ssl_grid(slides: Path, tiles: Path, out: Path, ssl_dim: int) -> Path:
