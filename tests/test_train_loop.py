@@ -27,14 +27,28 @@ def _env() -> dict:
     return env
 
 
-def _cli(out: Path, root: Path, steps: int, *extra: str, env=None, launcher=None) -> subprocess.CompletedProcess:
-    cmd = (launcher or [sys.executable, "-m", "zoomfeat"]) + [
-        "train", "--config", "configs/train/tiny.yaml", "--out", str(out), "--max-steps", str(steps), "--no-progress",
-        "--set", f"dataset.root={root}", "--set", f"train.checkpoint_every={CKPT_EVERY}", "--set", "wandb.enabled=false",
+def _train_argv(out: Path, root: Path, steps: int, *extra: str) -> list[str]:
+    return [
+        "train", "--config", str(ROOT / "configs" / "train" / "tiny.yaml"), "--out", str(out), "--max-steps", str(steps),
+        "--no-progress", "--set", f"dataset.root={root}", "--set", f"train.checkpoint_every={CKPT_EVERY}",
+        "--set", "wandb.enabled=false",
         "--set", "model.config=ldm/zoomldm_tiny.yaml", "--set", "first_stage.train=false",  # the shared random-VQ dataset
         *extra,
     ]
+
+
+def _cli(out: Path, root: Path, steps: int, *extra: str, env=None, launcher=None) -> subprocess.CompletedProcess:
+    cmd = (launcher or [sys.executable, "-m", "zoomfeat"]) + _train_argv(out, root, steps, *extra)
     return subprocess.run(cmd, cwd=ROOT, env=env or _env(), capture_output=True, text=True, timeout=600)
+
+
+def _forked_cli(out: Path, root: Path, steps: int, *extra: str, envs: list[dict]) -> list[int]:
+    """`zoomfeat train` (cli.main) in one forked process per entry of ``envs``, all at once (tests/_fx_train.py)."""
+    from tests._fx_train import run_forked
+    from zoomfeat.cli import main
+
+    argv = _train_argv(out, root, steps, *extra)
+    return run_forked([lambda: main(argv)] * len(envs), envs)
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +115,29 @@ def test_saved_model_is_ema_and_generates(ref_run):
     assert grid.size[0] >= 4 * 64 and grid.size[1] >= 2 * 64
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reproduces_curve(ref_run, tiny_dataset, tmp_path):
-    from zoomfeat.train.loop import train
-
+    """`python -m zoomfeat train` killed in its own interpreter; test_kill_and_resume_reproduces_curve_fast covers
+    the same kill -9 + resume by default, with the killed run in a forked process."""
     out = tmp_path / "run"
     env = _env()
     env["ZOOMFEAT_TRAIN_KILL_AT_STEP"] = "15"
     killed = _cli(out, tiny_dataset, 20, env=env)  # SIGKILL right after step 15 (checkpoint at 10)
     assert killed.returncode == -9, killed.stderr[-2000:]
+    _resume_reproduces_curve(ref_run, tiny_dataset, out)
+
+
+def test_kill_and_resume_reproduces_curve_fast(ref_run, tiny_dataset, tmp_path):
+    """The default twin: the same CLI run, SIGKILLed after step 15 in a forked process, then resumed here."""
+    out = tmp_path / "run"
+    env = {"ZOOMFEAT_TRAIN_KILL_AT_STEP": "15", "WANDB_MODE": "disabled"}
+    assert _forked_cli(out, tiny_dataset, 20, envs=[env]) == [-9]  # SIGKILL right after step 15 (checkpoint at 10)
+    _resume_reproduces_curve(ref_run, tiny_dataset, out)
+
+
+def _resume_reproduces_curve(ref_run, tiny_dataset, out):
+    from zoomfeat.train.loop import train
+
     assert (out / "checkpoints" / "step_00000010").exists() and not (out / "model").exists()
     assert len(pd.read_csv(out / "metrics.csv")) == 15
     # without --resume the run refuses to overwrite
@@ -137,12 +166,28 @@ def test_kill_and_resume_reproduces_curve(ref_run, tiny_dataset, tmp_path):
         torch.testing.assert_close(oa["state"][i]["exp_avg_sq"], ob["state"][i]["exp_avg_sq"], rtol=0, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ranks_in_sync(tiny_dataset, tmp_path):
+    """Through `torchrun`; test_two_process_gloo_ranks_in_sync_fast covers the same 2-rank gloo run by default."""
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "zoomfeat"]
     # scales 3..7 only: every grid is 8x8, so the Summarizer's pad_token is never used — DDP must cope with that
     res = _cli(out, tiny_dataset, 4, "--set", "dataset.scales=[3,4,5,6,7]", launcher=torchrun)
     assert res.returncode == 0, res.stderr[-3000:]
+    _ranks_in_sync(out)
+
+
+def test_two_process_gloo_ranks_in_sync_fast(tiny_dataset, tmp_path):
+    """The default twin: two forked processes with torchrun's environment rendezvous over gloo and train (DDP)."""
+    from tests._fx_train import torchrun_envs
+
+    out = tmp_path / "ddp"
+    # scales 3..7 only: every grid is 8x8, so the Summarizer's pad_token is never used — DDP must cope with that
+    assert _forked_cli(out, tiny_dataset, 4, "--set", "dataset.scales=[3,4,5,6,7]", envs=torchrun_envs(2)) == [0, 0]
+    _ranks_in_sync(out)
+
+
+def _ranks_in_sync(out):
     r0 = json.loads((out / "ranks" / "rank0.json").read_text())
     r1 = json.loads((out / "ranks" / "rank1.json").read_text())
     assert r0["world_size"] == r1["world_size"] == 2
