@@ -153,7 +153,7 @@ def _resume_reproduces_curve(ref_run, tiny_dataset, out, killed_at: int, ckpt: i
     assert list(got["step"]) == list(range(1, steps + 1))
     np.testing.assert_allclose(got["loss"], ref["loss"], rtol=0, atol=1e-6)
     np.testing.assert_array_equal(got["n_uncond"], ref["n_uncond"])
-    # the resumed model equals the uninterrupted one at step 20 (online weights, EMA, optimizer moments)
+    # the resumed model equals the uninterrupted one at the last step (online weights, EMA, optimizer moments)
     from safetensors.torch import load_file
 
     a_dir, b_dir = out / "checkpoints" / f"step_{steps:08d}", ref_run / "checkpoints" / f"step_{steps:08d}"
