@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from tests._fx_extract import run_forked, zoomfeat_main
 from tests.conftest import SLIDES
 from zoomfeat.bags import bag_path, load_bag
 from zoomfeat.cli import main
@@ -174,29 +175,48 @@ def test_an_option_clashing_with_an_extract_flag_does_not_break_the_cli(capsys):
         create_encoder("test-clash")
 
 
+LAB_ENCODERS = ("from zoomfeat.encoders import TileEncoder, register_encoder, to_float_images\n\n\n"
+                "@register_encoder('plugin-red')\nclass Red(TileEncoder):\n    '''Mean red of a tile.'''\n\n"
+                "    dim = 1\n\n    def encode(self, images, ctx=None):\n"
+                "        return to_float_images(images)[:, :1].mean(dim=(2, 3))\n")
+PLUGIN_EXTRACT = ["extract", str(CMU), "--encoder", "plugin-red", "--out", "OUT", "--mags", "20x", "--workers", "0",
+                  "--no-progress"]
+
+
+def _check_plugin_module(tmp_path, run) -> None:
+    """``run(args, env)`` runs `python -m zoomfeat ARGS` in a new process whose import path holds ``tmp_path``."""
+    (tmp_path / "lab_encoders.py").write_text(LAB_ENCODERS)
+    out = tmp_path / "out"
+    ok = run([str(out) if a == "OUT" else a for a in PLUGIN_EXTRACT], {"ZOOMFEAT_PLUGINS": "lab_encoders"})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bag = load_bag(bag_path(out, "plugin-red", "cmu_small_region"))
+    assert bag.features.shape[1] == 1 and 0 < float(bag.features.mean()) < 1
+    bad = run(["extract", "--help"], {"ZOOMFEAT_PLUGINS": "no_such_module_xyz"})
+    assert bad.returncode == 2 and "no_such_module_xyz" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+@pytest.mark.slow
 def test_plugin_module_adds_an_encoder_to_the_zoomfeat_command(tmp_path):
     """A user's module named in $ZOOMFEAT_PLUGINS registers its encoder before the `zoomfeat` command builds its
-    parser: `python -m zoomfeat extract --encoder plugin-red` works in a fresh process (entry points work the same)."""
+    parser: `python -m zoomfeat extract --encoder plugin-red` works in a fresh process (entry points work the same).
+    Slow form (a new interpreter per run); the default suite runs the same checks in a forked child that imports
+    zoomfeat afresh: test_plugin_module_adds_an_encoder_to_the_zoomfeat_command_fast."""
     import os
     import subprocess
     import sys
 
-    (tmp_path / "lab_encoders.py").write_text(
-        "from zoomfeat.encoders import TileEncoder, register_encoder, to_float_images\n\n\n"
-        "@register_encoder('plugin-red')\nclass Red(TileEncoder):\n    '''Mean red of a tile.'''\n\n    dim = 1\n\n"
-        "    def encode(self, images, ctx=None):\n        return to_float_images(images)[:, :1].mean(dim=(2, 3))\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-           "ZOOMFEAT_PLUGINS": "lab_encoders", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "zoomfeat", "extract", str(CMU), "--encoder", "plugin-red", "--out",
-                          str(out), "--mags", "20x", "--workers", "0", "--no-progress"],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    bag = load_bag(bag_path(out, "plugin-red", "cmu_small_region"))
-    assert bag.features.shape[1] == 1 and 0 < float(bag.features.mean()) < 1
-    bad = subprocess.run([sys.executable, "-m", "zoomfeat", "extract", "--help"], capture_output=True, text=True,
-                         env={**env, "ZOOMFEAT_PLUGINS": "no_such_module_xyz"}, timeout=300)
-    assert bad.returncode == 2 and "no_such_module_xyz" in bad.stderr and len(bad.stderr.splitlines()) == 1
+           "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    _check_plugin_module(tmp_path, lambda args, extra: subprocess.run(
+        [sys.executable, "-m", "zoomfeat", *args], env={**env, **extra}, capture_output=True, text=True, timeout=300))
+
+
+def test_plugin_module_adds_an_encoder_to_the_zoomfeat_command_fast(tmp_path):
+    """Fast twin of the test above: each run is a forked child that drops every zoomfeat module and imports the
+    toolkit again (a new registry, plugins not yet loaded), with torch & co. already in memory."""
+    _check_plugin_module(tmp_path, lambda args, extra: run_forked(
+        zoomfeat_main(args), tmp_path / "_fork", {"WANDB_MODE": "disabled", **extra}, path=[str(tmp_path)],
+        fresh=True))
 
 
 def _verbs_with_flags(parser, path=()):
@@ -259,33 +279,59 @@ def test_cli_weights_registry_flag_reaches_the_encoder(tmp_path, monkeypatch, ca
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.h5"))
 
 
-def test_plugins_load_on_first_registry_lookup(tmp_path, monkeypatch):
-    """Issue 26.4: importing zoomfeat.encoders scans no plugins; the first registry lookup does, once."""
-    import subprocess
-    import sys
+LAZY_PLUGIN = ("import os\nopen(os.environ['MARK'], 'a').write('x')\n"
+               "from zoomfeat.encoders import TileEncoder, register_encoder\n\n\n"
+               "@register_encoder('lazy-plugin')\nclass Lazy(TileEncoder):\n    '''A plugin.'''\n\n    dim = 1\n")
+LAZY_CODE = ("import os, zoomfeat.encoders as e\n"
+             "assert not os.path.exists(os.environ['MARK']), 'plugin imported at import time'\n"
+             "assert 'lazy-plugin' in e.encoder_entries()\n"
+             "e.get_encoder('lazy-plugin'); e.encoder_entries()\n"
+             "import warnings\n"
+             "with warnings.catch_warnings(record=True) as w:\n"
+             "    warnings.simplefilter('always')\n"
+             "    assert e.Encoder is e.ModelEncoder and w and w[0].category is DeprecationWarning\n"
+             "print(open(os.environ['MARK']).read())\n")
 
-    (tmp_path / "lazy_plugin.py").write_text(
-        "import os\nopen(os.environ['MARK'], 'a').write('x')\n"
-        "from zoomfeat.encoders import TileEncoder, register_encoder\n\n\n"
-        "@register_encoder('lazy-plugin')\nclass Lazy(TileEncoder):\n    '''A plugin.'''\n\n    dim = 1\n")
-    mark = tmp_path / "mark"
-    code = ("import os, zoomfeat.encoders as e\n"
-            "assert not os.path.exists(os.environ['MARK']), 'plugin imported at import time'\n"
-            "assert 'lazy-plugin' in e.encoder_entries()\n"
-            "e.get_encoder('lazy-plugin'); e.encoder_entries()\n"
-            "import warnings\n"
-            "with warnings.catch_warnings(record=True) as w:\n"
-            "    warnings.simplefilter('always')\n"
-            "    assert e.Encoder is e.ModelEncoder and w and w[0].category is DeprecationWarning\n"
-            "print(open(os.environ['MARK']).read())\n")
-    import os
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-           "ZOOMFEAT_PLUGINS": "lazy_plugin", "MARK": str(mark), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+def _check_lazy_plugins(tmp_path, run_code, run_cli) -> None:
+    """``run_code(code, env)``: `python -c CODE`, ``run_cli(args, env)``: `python -m zoomfeat ARGS`, each in a new
+    process whose import path holds ``tmp_path``."""
+    (tmp_path / "lazy_plugin.py").write_text(LAZY_PLUGIN)
+    env = {"ZOOMFEAT_PLUGINS": "lazy_plugin", "MARK": str(tmp_path / "mark"), "OMP_NUM_THREADS": "1"}
+    run = run_code(LAZY_CODE, env)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "x"  # imported exactly once
     # a broken plugin met first in a verb's handler (`zoomfeat encoders` looks the registry up there): one line, exit 2
-    bad = subprocess.run([sys.executable, "-m", "zoomfeat", "encoders"], capture_output=True, text=True, timeout=300,
-                         env={**env, "ZOOMFEAT_PLUGINS": "no_such_module_xyz"})
+    bad = run_cli(["encoders"], {**env, "ZOOMFEAT_PLUGINS": "no_such_module_xyz"})
     assert bad.returncode == 2 and "no_such_module_xyz" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_plugins_load_on_first_registry_lookup(tmp_path):
+    """Issue 26.4: importing zoomfeat.encoders scans no plugins; the first registry lookup does, once. Slow form (a
+    new interpreter per run); the default suite runs the same checks in forked children that import zoomfeat afresh:
+    test_plugins_load_on_first_registry_lookup_fast."""
+    import os
+    import subprocess
+    import sys
+
+    base = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+
+    def sub(cmd, env):
+        return subprocess.run([sys.executable, *cmd], env={**base, **env}, capture_output=True, text=True, timeout=300)
+
+    _check_lazy_plugins(tmp_path, lambda code, env: sub(["-c", code], env),
+                        lambda args, env: sub(["-m", "zoomfeat", *args], env))
+
+
+def test_plugins_load_on_first_registry_lookup_fast(tmp_path):
+    """Fast twin of the test above: each run is a forked child that drops every zoomfeat module first, so
+    `import zoomfeat.encoders` really imports it again (and with it a registry whose plugins are not loaded)."""
+
+    def code_runner(code):
+        return lambda: exec(compile(code, "<string>", "exec"), {"__name__": "__main__"})
+
+    _check_lazy_plugins(
+        tmp_path,
+        lambda code, env: run_forked(code_runner(code), tmp_path / "_fork", env, path=[str(tmp_path)], fresh=True),
+        lambda args, env: run_forked(zoomfeat_main(args), tmp_path / "_fork", env, path=[str(tmp_path)], fresh=True))

@@ -129,14 +129,20 @@ def test_uni_architecture_on_meta():
     assert m.num_classes == 0 and m.global_pool == "token"
 
 
+#: blocks of the UNI / Phikon models the strict-loading tests write and load (the full 24 / 12 would only add
+#: ~1 GB of weights to write and read: their full-size listing is checked on the meta device above and in
+#: tests/test_encoder_parity.py)
+STRICT_DEPTH = 2
+
+
 def test_uni_strict_load_and_shape(tmp_path):
     from zoomfeat.encoders.uni import build_uni_model
 
     with torch.device("meta"):
-        ref_model = build_uni_model()
+        ref_model = build_uni_model(STRICT_DEPTH)
     ref_model = _fast_random(ref_model).eval()
     torch.save(ref_model.state_dict(), tmp_path / "pytorch_model.bin")
-    enc = create_encoder("uni", weights=tmp_path)  # folder → pytorch_model.bin, strict=True
+    enc = create_encoder("uni", weights=tmp_path, depth=STRICT_DEPTH)  # folder → pytorch_model.bin, strict=True
     assert enc.dim == 1024 and enc.transforms.size == 224 and enc.precision == "fp16"
     # dynamic_img_size lets a small input through: the check is about weights and output shape, not pixels
     enc.transforms = TileTransform(size=32)
@@ -149,7 +155,7 @@ def test_uni_strict_load_and_shape(tmp_path):
     sd.pop("blocks.0.ls1.gamma")  # LayerScale missing (a ViT-L without init_values) must fail strict loading
     torch.save(sd, tmp_path / "bad.bin")
     with pytest.raises(RuntimeError, match="ls1.gamma"):
-        create_encoder("uni", weights=tmp_path / "bad.bin")
+        create_encoder("uni", weights=tmp_path / "bad.bin", depth=STRICT_DEPTH)
 
 
 @pytest.mark.parametrize("form", ["state_dict", "folder"])
@@ -159,7 +165,7 @@ def test_phikon_strict_load(tmp_path, form):
     from zoomfeat.encoders.phikon import phikon_config
 
     with torch.device("meta"):
-        m = ViTModel(phikon_config(), add_pooling_layer=False)
+        m = ViTModel(phikon_config(STRICT_DEPTH), add_pooling_layer=False)
     m = _fast_random(m, seed=3).eval()
     if form == "state_dict":
         w = tmp_path / "phikon.bin"
@@ -170,7 +176,8 @@ def test_phikon_strict_load(tmp_path, form):
     x = _tiles(2, px=224)
     with torch.inference_mode():
         expect = m(pixel_values=TileTransform(224)(x)).last_hidden_state[:, 0]
-    enc = create_encoder("phikon", weights=w)
+    enc = create_encoder("phikon", weights=w, **({"depth": STRICT_DEPTH} if form == "state_dict" else {}))
+    assert enc.model.config.num_hidden_layers == STRICT_DEPTH  # a folder's config.json gives the depth
     out = enc.encode(x)
     assert out.shape == (2, 768) and enc.dim == 768
     torch.testing.assert_close(out, expect, rtol=1e-4, atol=1e-4)
@@ -179,7 +186,7 @@ def test_phikon_strict_load(tmp_path, form):
         sd.pop("layernorm.weight")
         torch.save(sd, tmp_path / "bad.bin")
         with pytest.raises(RuntimeError, match="layernorm.weight"):
-            create_encoder("phikon", weights=tmp_path / "bad.bin")
+            create_encoder("phikon", weights=tmp_path / "bad.bin", depth=STRICT_DEPTH)
 
 
 # ---------------------------------------------------------------------------------------------- ZoomLDM encoder

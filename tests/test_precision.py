@@ -85,12 +85,12 @@ def test_extract_bf16_matches_fp32(slide, tmp_path, encoder):
         assert not np.array_equal(fa, fb)  # bf16 really ran
 
 
-@pytest.mark.parametrize("name,depth", [("uni", 2), ("phikon", 2),  # the fast default twins: full width, 2 blocks
+@pytest.mark.parametrize("name,depth", [("uni", 1), ("phikon", 1),  # the fast default twins: full width, 1 block
                                         pytest.param("uni", None, marks=pytest.mark.slow),
                                         pytest.param("phikon", None, marks=pytest.mark.slow)])
 def test_uni_and_phikon_architectures_bf16(name, depth):
     """The real UNI ViT-L/16 and Phikon ViT-B (random init): bf16 autocast puts the matmuls in bf16, features stay
-    within cos 0.99 of fp32. The default suite builds them at full width with 2 transformer blocks (`depth`, the
+    within cos 0.99 of fp32. The default suite builds them at full width with 1 transformer block (`depth`, the
     builders' reduced variant; the full UNI took about 40 s on CPU, most of it bf16 matmuls); the full-depth models
     run under the `slow` marker."""
     from zoomfeat.encoders import create_encoder
@@ -112,17 +112,17 @@ def test_uni_and_phikon_architectures_bf16(name, depth):
 
 
 def test_training_steps_bf16_close_to_fp32(tiny_dataset, tmp_path):
-    """Four steps of the tiny config in fp32 (API) and bf16 (`zoomfeat train --precision bf16`, accelerate's CPU
-    autocast): same batches, losses close."""
+    """Two steps of the tiny config in fp32 (API) and bf16 (`zoomfeat train --precision bf16`, accelerate's CPU
+    autocast): same batches, losses close (was four steps; two keep every check and halve the CPU bf16 time)."""
     from tests.conftest import ROOT
     from tests.test_train_dataset import tiny_train_cfg
     from zoomfeat.config import load_yaml
     from zoomfeat.train.loop import train
 
-    train(tiny_train_cfg(tiny_dataset, checkpoint_every=0, save_model=False), tmp_path / "fp32", max_steps=4,
+    train(tiny_train_cfg(tiny_dataset, checkpoint_every=0, save_model=False), tmp_path / "fp32", max_steps=2,
           progress=False)
     assert main(["train", "--config", str(ROOT / "configs" / "train" / "tiny.yaml"), "--out", str(tmp_path / "bf16"),
-                 "--max-steps", "4", "--no-progress", "--precision", "bf16", "--set", f"dataset.root={tiny_dataset}",
+                 "--max-steps", "2", "--no-progress", "--precision", "bf16", "--set", f"dataset.root={tiny_dataset}",
                  "--set", "train.checkpoint_every=0", "--set", "train.save_model=false",
                  "--set", "wandb.enabled=false",
                  # the shared dataset was encoded by the random-init VQ of this config (as tiny_train_cfg pins it)
@@ -130,7 +130,7 @@ def test_training_steps_bf16_close_to_fp32(tiny_dataset, tmp_path):
     assert load_yaml(tmp_path / "bf16" / "config.yaml")["train"]["mixed_precision"] == "bf16"
     losses = {p: pd.read_csv(tmp_path / p / "metrics.csv")["loss"].to_numpy() for p in ("fp32", "bf16")}
     a, b = losses["fp32"], losses["bf16"]
-    assert len(a) == len(b) == 4 and np.isfinite(b).all()
+    assert len(a) == len(b) == 2 and np.isfinite(b).all()
     assert np.abs(a - b).max() <= 0.01 * np.abs(a).max(), (a, b)  # measured 1.6e-4 relative
     assert not np.array_equal(a, b)
 
@@ -151,13 +151,14 @@ def test_large_image_bf16(model):
     from zoomfeat.generate.large import LargeImageConfig, sample_large_image
 
     grid = torch.randn(model.ssl_dim, 2, 2, generator=torch.Generator().manual_seed(0))
-    res = {p: sample_large_image(model, grid, LargeImageConfig(t0=1000, stride=250, n_steps=1, batch_size=4,
+    res = {p: sample_large_image(model, grid, LargeImageConfig(t0=1000, stride=500, n_steps=1, batch_size=4,
                                                                progress=False, precision=p), seed=1)
            for p in ("fp32", "bf16")}
     a, b = res["fp32"], res["bf16"]
     assert b.latent.dtype == torch.float32 and torch.isfinite(b.latent).all()
     assert b.image.shape == a.image.shape == (2 * model.image_size,) * 2 + (3,)
-    # the random micro UNet is chaotic over 4 guided steps (latents reach |z| ≈ 485): measured cos 0.978
+    # the random micro UNet is chaotic even over 2 guided steps (stride 500; latents reach |z| ≈ 498): measured cos
+    # 0.972 (0.978 over 4 steps at stride 250), constraint errors 0.5 % apart
     assert _rowcos(a.latent.reshape(1, -1), b.latent.reshape(1, -1)).min() > 0.95
     assert abs(a.constraint_error - b.constraint_error) < 0.05 * a.constraint_error
     assert not torch.equal(a.latent, b.latent)
@@ -193,7 +194,7 @@ def test_superres_sampling_bf16(model):
     lr = np.asarray(Image.open(SLIDES / "he_tile_1000px.png").convert("RGB").resize((128, 128), Image.BICUBIC))
     res = {}
     for p in ("fp32", "bf16"):
-        cfg = SuperResConfig(scale=2, iters=3, sampling=LargeImageConfig(t0=1000, stride=500, n_steps=1,
+        cfg = SuperResConfig(scale=2, iters=1, sampling=LargeImageConfig(t0=1000, stride=500, n_steps=1,
                                                                           progress=False, precision=p))
         res[p] = super_resolve(model, lr, cfg, seed=0, progress=False)
     a, b = res["fp32"], res["bf16"]

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests._fx_extract import Forked, run_forked, zoomfeat_main
 from tests.conftest import MICRO_LDM, ROOT, SLIDES
 from zoomfeat.bags import bag_path, list_bags, load_bag
 from zoomfeat.cli import main
@@ -169,10 +170,13 @@ def _unshare_ok() -> bool:
     return r.returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _unshare_ok(), reason="needs `unshare -rm` (user + mount namespaces) to mount a small tmpfs")
 def test_real_full_tmpfs_no_segfault(cohort, tmp_path):
     """A real 1 MiB tmpfs with ~24 KiB free (in a private mount namespace): h5py/HDF5 2.0 used to segfault (exit
-    139, stale lock, no summary). Now: exit 3, one FAILED line per full slide, complete bags only, no lock."""
+    139, stale lock, no summary). Now: exit 3, one FAILED line per full slide, complete bags only, no lock.
+    Slow form (`unshare -rm sh` running `python -m zoomfeat`); the default suite runs the same checks in a forked
+    child that enters its own user + mount namespace: test_real_full_tmpfs_no_segfault_fast."""
     mnt = tmp_path / "full"
     mnt.mkdir()
     out = mnt / "out"
@@ -199,17 +203,64 @@ print('bags ok')" >> {tmp_path}/listing 2>&1
     assert "bags ok" in listing and ".lock" not in listing.split(".locks:")[-1]
 
 
+def _extract_in_a_full_tmpfs(mnt: Path, out: Path, cohort: Path, tmp_path: Path) -> int:
+    """In a forked (so single-threaded) child: what `unshare -rm` does (a user namespace mapping us to root, a private
+    mount namespace), then a 1 MiB tmpfs at ``mnt`` with ~24 KiB left, then `zoomfeat extract` into it; writes the
+    output listing and reads every bag back. Returns the extract's exit status."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    uid, gid = os.getuid(), os.getgid()
+    if libc.unshare(0x10000000 | 0x00020000) != 0:  # CLONE_NEWUSER | CLONE_NEWNS
+        raise OSError(ctypes.get_errno(), "unshare")
+    Path("/proc/self/setgroups").write_text("deny")
+    Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
+    Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
+    for src, target, fs, flags, data in ((b"none", b"/", None, 16384 | 262144, None),  # MS_REC | MS_PRIVATE
+                                         (b"tmpfs", str(mnt).encode(), b"tmpfs", 0, b"size=1m")):
+        if libc.mount(src, target, fs, flags, data) != 0:
+            raise OSError(ctypes.get_errno(), f"mount {target}")
+    (mnt / "filler").write_bytes(b"x" * (1024 * 1024 - 24 * 1024))
+    rc = main(_extract_args(out, cohort / "tiles", cohort / "slides"))
+    sys.stdout.flush()
+    feat = out / "features_tiny-vit"
+    listing = []
+    for d in (feat, feat / ".locks"):
+        listing.append(f"{d}:\n" + ("\n".join(sorted(os.listdir(d))) if d.is_dir() else "(absent)") + "\n")
+    for bag in feat.glob("*.h5"):
+        h5py.File(bag, "r")["features"][:]
+    (tmp_path / "listing").write_text("\n".join(listing) + "bags ok\n")
+    return rc
+
+
+@pytest.mark.skipif(not _unshare_ok(), reason="needs `unshare -rm` (user + mount namespaces) to mount a small tmpfs")
+def test_real_full_tmpfs_no_segfault_fast(cohort, tmp_path):
+    """Fast twin of the test above: the same real full tmpfs, mounted by a forked child in its own user + mount
+    namespace (a segfault would show as returncode -11), and the same checks."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    r = run_forked(lambda: _extract_in_a_full_tmpfs(mnt, mnt / "out", cohort, tmp_path), tmp_path / "_fork",
+                   {"WANDB_MODE": "disabled"})
+    rc, stdout = r.returncode, r.stdout
+    listing = (tmp_path / "listing").read_text() if rc >= 0 else ""
+    assert rc == 3, (rc, stdout, r.stderr)
+    assert "No space left on device" in stdout and "FAILED" in stdout and "Traceback" not in stdout
+    assert "bags ok" in listing and ".lock" not in listing.split(".locks:")[-1]
+
+
 # ---------------------------------------------------------------------------------------------- 4 kills
 
 
-@pytest.mark.parametrize("verb", ["extract", "tile"])
-def test_kill_between_rename_and_lock_release(cohort, tmp_path, verb):
-    """SIGKILL right after the output's rename, before the lock release: the rerun neither sees a held lock nor
-    leaves the lock file behind, and the slide counts as done."""
+def _forked(args: list[str], tmp_path: Path, **env) -> Forked:
+    """`python -m zoomfeat ARGS` in a forked child (a real process, a real SIGKILL; torch not imported again)."""
+    return run_forked(zoomfeat_main(args), tmp_path / "_fork", {"WANDB_MODE": "disabled", **env})
+
+
+def _kill_between_rename_and_lock_release(cohort, tmp_path, verb, run):
     slide = cohort / "slides" / "syn0.tiff"
     args = (_extract_args(tmp_path, cohort / "tiles", slide) if verb == "extract"
             else ["tile", str(slide), "--out", str(tmp_path), "--no-progress"])
-    r = _run(args, ZOOMFEAT_KILL_AT="cohort:before_unlock")
+    r = run(args, ZOOMFEAT_KILL_AT="cohort:before_unlock")
     assert r.returncode == -9
     done = bag_path(tmp_path, "tiny-vit", "syn0") if verb == "extract" else coords_path(tmp_path, "syn0")
     assert done.exists()
@@ -219,12 +270,25 @@ def test_kill_between_rename_and_lock_release(cohort, tmp_path, verb):
     assert not _leftovers(tmp_path)
 
 
-def test_kill_between_pt_and_bag_keeps_both_outputs(cohort, tmp_path):
-    """--clam-pt: the .pt is written before the bag (the completion marker), and "done" needs both; a kill in
-    between, or a bag from a run without --clam-pt, is redone so the .pt is never lost."""
+@pytest.mark.slow
+@pytest.mark.parametrize("verb", ["extract", "tile"])
+def test_kill_between_rename_and_lock_release(cohort, tmp_path, verb):
+    """SIGKILL right after the output's rename, before the lock release: the rerun neither sees a held lock nor
+    leaves the lock file behind, and the slide counts as done. Slow form (`python -m zoomfeat` subprocess); the
+    default suite runs the same checks on a forked process: ..._fast below."""
+    _kill_between_rename_and_lock_release(cohort, tmp_path, verb, _run)
+
+
+@pytest.mark.parametrize("verb", ["extract", "tile"])
+def test_kill_between_rename_and_lock_release_fast(cohort, tmp_path, verb):
+    """Fast twin of the test above: the killed run is a forked child of this process (real SIGKILL, real flock)."""
+    _kill_between_rename_and_lock_release(cohort, tmp_path, verb, lambda args, **env: _forked(args, tmp_path, **env))
+
+
+def _kill_between_pt_and_bag(cohort, tmp_path, run):
     slide = cohort / "slides" / "syn1.tiff"
     args = _extract_args(tmp_path, cohort / "tiles", slide, "--clam-pt")
-    assert _run(args, ZOOMFEAT_KILL_AT="extract:after_pt").returncode == -9
+    assert run(args, ZOOMFEAT_KILL_AT="extract:after_pt").returncode == -9
     feat = tmp_path / "features_tiny-vit"
     assert (feat / "pt_files" / "syn1.pt").exists() and not (feat / "syn1.h5").exists()
     assert main(args) == 0
@@ -235,6 +299,19 @@ def test_kill_between_pt_and_bag_keeps_both_outputs(cohort, tmp_path):
     assert main(_extract_args(other, cohort / "tiles", slide, "--clam-pt")) == 0
     assert pd.read_csv(other / "features_tiny-vit" / "summary.csv")["status"].tolist() == ["done"]
     assert (other / "features_tiny-vit" / "pt_files" / "syn1.pt").exists()
+
+
+@pytest.mark.slow
+def test_kill_between_pt_and_bag_keeps_both_outputs(cohort, tmp_path):
+    """--clam-pt: the .pt is written before the bag (the completion marker), and "done" needs both; a kill in
+    between, or a bag from a run without --clam-pt, is redone so the .pt is never lost. Slow form (`python -m
+    zoomfeat` subprocess); the default suite runs the same checks on a forked process: ..._fast below."""
+    _kill_between_pt_and_bag(cohort, tmp_path, _run)
+
+
+def test_kill_between_pt_and_bag_keeps_both_outputs_fast(cohort, tmp_path):
+    """Fast twin of the test above: the killed run is a forked child of this process (a real SIGKILL)."""
+    _kill_between_pt_and_bag(cohort, tmp_path, lambda args, **env: _forked(args, tmp_path, **env))
 
 
 ORPHAN_WATCH = textwrap.dedent("""
@@ -569,17 +646,38 @@ def test_mil_cv_skips_unreadable_pt_bags_end_to_end(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_two_concurrent_extract_runs_share_the_work(cohort, tmp_path):
-    """Two identical `extract` runs on one output folder at once: every slide is computed exactly once in total,
-    both exit 0 (ZOOMFEAT_LOCK_WAIT lets each wait for the other's last slide), and the summary has every slide."""
-    args = [sys.executable, "-m", "zoomfeat", *_extract_args(tmp_path, cohort / "tiles", cohort / "slides")]
-    env = {**ENV, "ZOOMFEAT_LOCK_WAIT": "120"}
-    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    done = sum(int(o.split("done: ")[1].split(")")[0].split(",")[0]) if "done: " in o else 0 for o, _ in outs)
+def _two_concurrent_runs(cohort, tmp_path, start) -> None:
+    outs = start(_extract_args(tmp_path, cohort / "tiles", cohort / "slides"), {"ZOOMFEAT_LOCK_WAIT": "120"})
+    assert [rc for rc, _, _ in outs] == [0, 0], outs
+    done = sum(int(o.split("done: ")[1].split(")")[0].split(",")[0]) if "done: " in o else 0 for _, o, _ in outs)
     assert done == 3, outs
     rows = pd.read_csv(tmp_path / "features_tiny-vit" / "summary.csv")
     assert sorted(rows["slide"]) == ["syn0", "syn1", "syn2"] and set(rows["status"]) <= {"done", "skipped"}
     assert not _leftovers(tmp_path)
+
+
+@pytest.mark.slow
+def test_two_concurrent_extract_runs_share_the_work(cohort, tmp_path):
+    """Two identical `extract` runs on one output folder at once: every slide is computed exactly once in total,
+    both exit 0 (ZOOMFEAT_LOCK_WAIT lets each wait for the other's last slide), and the summary has every slide.
+    Slow form (two `python -m zoomfeat` subprocesses); the default suite runs the same checks on two forked
+    processes: test_two_concurrent_extract_runs_share_the_work_fast."""
+
+    def start(args, env):
+        procs = [subprocess.Popen([sys.executable, "-m", "zoomfeat", *args], env={**ENV, **env},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        return [(p.returncode, o, e) for p, (o, e) in zip(procs, outs)]
+
+    _two_concurrent_runs(cohort, tmp_path, start)
+
+
+def test_two_concurrent_extract_runs_share_the_work_fast(cohort, tmp_path):
+    """Fast twin of the test above: the two runs are forked children of this process, started together."""
+
+    def start(args, env):
+        kids = [run_forked(zoomfeat_main(args), tmp_path.parent / f"{tmp_path.name}_fork", env, wait=False)
+                for _ in range(2)]
+        return [(r.returncode, r.stdout, r.stderr) for r in (k.wait() for k in kids)]
+
+    _two_concurrent_runs(cohort, tmp_path, start)

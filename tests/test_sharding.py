@@ -87,7 +87,9 @@ def _shares(feat_dir, world) -> list[list[str]]:
     return [sorted(_summary(feat_dir / f"summary_rank{r}.csv")) for r in range(world)]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(cohort, reference, tmp_path):
+    """Through `torchrun`; test_torchrun_two_processes_fast covers the same two concurrent ranks by default."""
     out = tmp_path / "torchrun"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
@@ -95,6 +97,21 @@ def test_torchrun_two_processes(cohort, reference, tmp_path):
            "-m", "zoomfeat", "extract", *_args(cohort, out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    _two_ranks_checks(out, reference)
+
+
+def test_torchrun_two_processes_fast(cohort, reference, tmp_path):
+    """The default twin: `zoomfeat extract` (cli.main) in two forked processes running side by side, each with the
+    environment torchrun gives its rank (tests/_fx_train.py), instead of two fresh interpreters."""
+    from tests._fx_train import run_forked, torchrun_envs
+
+    out = tmp_path / "torchrun"
+    argv = ["extract", *_args(cohort, out)]
+    assert run_forked([lambda: main(argv)] * 2, torchrun_envs(2)) == [0, 0]
+    _two_ranks_checks(out, reference)
+
+
+def _two_ranks_checks(out, reference):
     feat_dir = out / "features_zoomldm"
     shares = _shares(feat_dir, 2)
     assert shares == [sorted(NAMES[0::2]), sorted(NAMES[1::2])]  # two real processes, disjoint round-robin halves
