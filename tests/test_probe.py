@@ -26,7 +26,7 @@ def test_sweep_outputs_resume_and_bad_slide(cohort):
     root, labels = cohort
     weights = MICRO_LDM / "weights.ckpt"
     spec = SweepSpec(blocks=[0, 2], t=[0, 100], conditioning=["none", "uni"], tasks=["hrd"], baselines=["tiny-vit"],
-                     tiles_per_slide=6, n_folds=2, n_repeats=2, ssl_encoder="tiny-vit")
+                     tiles_per_slide=2, n_folds=2, n_repeats=2, ssl_encoder="tiny-vit")
     out = root / "probe"
     res = sweep(root / "cohort" / "slides", root / "tiles", labels, weights, out, spec, progress=False)
     df = pd.read_csv(out / "probe.csv")
