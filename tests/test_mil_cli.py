@@ -40,7 +40,7 @@ def cohort(tmp_path_factory):
 def test_mil_cv_end_to_end(cohort, tmp_path, capsys):
     root, good, _, labels = cohort
     args = ["mil", "cv", "--config", "configs/mil/abmil_hrd.yaml", "--out", str(tmp_path / "a"),
-            f"labels={labels}", f"bags={good}", *TINY]
+            f"labels={labels}", f"bags={good}", *TINY, "hparams.epochs=3"]
     assert main(args) == 0
     out = tmp_path / "a"
     for name in ("splits.csv", "fold_metrics.csv", "predictions.csv", "summary.csv", "summary.md", "roc.png",
@@ -71,7 +71,7 @@ def test_compare_end_to_end(cohort, tmp_path):
                "--frameworks", "abmil",
                "--bags", f"zoomldm-20x={good}:20x", "--bags", f"zoomldm-20x+5x={good}:20x+5x",
                "--bags", f"noise={noise}", "--tasks", "hrd,survival", *TINY, "hparams.epochs=2",
-               "n_repeats=1"])
+               "n_repeats=1", "n_folds=2"])
     assert rc == 0
     table = pd.read_csv(out / "compare.csv")
     assert set(table["encoder"]) == {"zoomldm-20x", "zoomldm-20x+5x", "noise"}

@@ -32,6 +32,10 @@ HEADS = {
     "abmil": dict(embed_dim=32, attn_dim=16, dropout=0.1),
     "transmil": dict(embed_dim=32, heads=2, num_landmarks=16, dropout=0.1, mask_aware=True),
 }
+#: TransMIL at 5 epochs instead of 10 (half its time, the test's largest cost): measured test AUC 0.984 / 0.967 /
+#: 0.968 (data seeds 0 / 1 / 2 with torch seeds 0 / 1 / 2; 10 epochs: 0.981 / 0.967 / 0.962), frequency reader
+#: 0.784 / 0.748 / 0.719. A smaller cohort is not cheaper: 200 bags reach 0.84-0.98 in the same time.
+EPOCHS = {"abmil": 10, "transmil": 5}
 
 
 @pytest.mark.parametrize("head", sorted(HEADS))
@@ -48,7 +52,7 @@ def test_head_learns_concept_presence_not_frequency(head):
     seed_everything(0)
     net = build_model(head, D, 2, **HEADS[head])
     task = ClassificationTask(2).fit(train[1])
-    cfg = HeadTrainConfig(lr=2e-3, epochs=10, patience=4, batch_size=16, progress=False, wandb=False)
+    cfg = HeadTrainConfig(lr=2e-3, epochs=EPOCHS[head], patience=4, batch_size=16, progress=False, wandb=False)
     train_model(net, task, BagDataset(_cohort(*train), cache=True), BagDataset(_cohort(*val), cache=True), cfg)
     res = predict(net, task, BagDataset(_cohort(*test)), batch_size=1, attention=True)
     auc = roc_auc_score(test[1], res["pred"][:, 1])

@@ -112,17 +112,18 @@ def test_uni_and_phikon_architectures_bf16(name, depth):
 
 
 def test_training_steps_bf16_close_to_fp32(tiny_dataset, tmp_path):
-    """Two steps of the tiny config in fp32 (API) and bf16 (`zoomfeat train --precision bf16`, accelerate's CPU
-    autocast): same batches, losses close (was four steps; two keep every check and halve the CPU bf16 time)."""
+    """One step of the tiny config in fp32 (API) and bf16 (`zoomfeat train --precision bf16`, accelerate's CPU
+    autocast): same batch, losses close (was four steps, then two; the warm-up's first step has LR 0, so a second
+    step only repeated the forward comparison on another batch of the same weights)."""
     from tests.conftest import ROOT
     from tests.test_train_dataset import tiny_train_cfg
     from zoomfeat.config import load_yaml
     from zoomfeat.train.loop import train
 
-    train(tiny_train_cfg(tiny_dataset, checkpoint_every=0, save_model=False), tmp_path / "fp32", max_steps=2,
+    train(tiny_train_cfg(tiny_dataset, checkpoint_every=0, save_model=False), tmp_path / "fp32", max_steps=1,
           progress=False)
     assert main(["train", "--config", str(ROOT / "configs" / "train" / "tiny.yaml"), "--out", str(tmp_path / "bf16"),
-                 "--max-steps", "2", "--no-progress", "--precision", "bf16", "--set", f"dataset.root={tiny_dataset}",
+                 "--max-steps", "1", "--no-progress", "--precision", "bf16", "--set", f"dataset.root={tiny_dataset}",
                  "--set", "train.checkpoint_every=0", "--set", "train.save_model=false",
                  "--set", "wandb.enabled=false",
                  # the shared dataset was encoded by the random-init VQ of this config (as tiny_train_cfg pins it)
@@ -130,7 +131,7 @@ def test_training_steps_bf16_close_to_fp32(tiny_dataset, tmp_path):
     assert load_yaml(tmp_path / "bf16" / "config.yaml")["train"]["mixed_precision"] == "bf16"
     losses = {p: pd.read_csv(tmp_path / p / "metrics.csv")["loss"].to_numpy() for p in ("fp32", "bf16")}
     a, b = losses["fp32"], losses["bf16"]
-    assert len(a) == len(b) == 2 and np.isfinite(b).all()
+    assert len(a) == len(b) == 1 and np.isfinite(b).all()
     assert np.abs(a - b).max() <= 0.01 * np.abs(a).max(), (a, b)  # measured 1.6e-4 relative
     assert not np.array_equal(a, b)
 

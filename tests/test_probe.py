@@ -26,7 +26,7 @@ def test_sweep_outputs_resume_and_bad_slide(cohort):
     root, labels = cohort
     weights = MICRO_LDM / "weights.ckpt"
     spec = SweepSpec(blocks=[0, 2], t=[0, 100], conditioning=["none", "uni"], tasks=["hrd"], baselines=["tiny-vit"],
-                     tiles_per_slide=6, n_folds=2, n_repeats=2, ssl_encoder="tiny-vit")
+                     tiles_per_slide=2, n_folds=2, n_repeats=2, ssl_encoder="tiny-vit")
     out = root / "probe"
     res = sweep(root / "cohort" / "slides", root / "tiles", labels, weights, out, spec, progress=False)
     df = pd.read_csv(out / "probe.csv")
@@ -122,10 +122,8 @@ def test_probe_summary_says_a_best_cell_without_tuning_split_is_optimistic(capsy
 TWO_CORES = pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="needs 2 usable cores")
 
 
-@TWO_CORES
-def test_slide_means_on_two_workers_match_one(cohort, tmp_path):
-    """The probe's per-slide features split over two workers (one model copy each) equal the in-process ones, in the
-    slides' order, a failing slide included (fast twin of the slow whole-sweep check below)."""
+def _means_one_vs_two(cohort, tmp_path):
+    """compute_means on 3 slides + a missing one with jobs=1 and jobs=2: {jobs: (means, failed)}."""
     from zoomfeat.ldm import ZoomLDM
     from zoomfeat.probe import SweepSpec, compute_means
 
@@ -140,6 +138,33 @@ def test_slide_means_on_two_workers_match_one(cohort, tmp_path):
     for sid, m in got[1][0].items():
         assert m.keys() == got[2][0][sid].keys() and all(np.array_equal(m[k], got[2][0][sid][k]) for k in m)
     assert sorted(p.name for p in (tmp_path / "c2").glob("*.npz")) == [f"{s.stem}.npz" for s in slides[:3]]
+    return got
+
+
+@TWO_CORES
+def test_slide_means_on_two_forked_workers_match_one(cohort, tmp_path, monkeypatch):
+    """Fast default twin of the loky-pool test below: the same split of the slides over two workers (each job
+    pickled to its own forked process with its own model copy, results pickled back), checked the same way; the
+    loky pool itself (whose workers re-import torch, ~20 s) is the slow test's and tests/test_jobs.py's."""
+    import os
+
+    import zoomfeat.probe
+    from tests._fx_extract import forked_run_jobs
+
+    calls = []
+    monkeypatch.setattr(zoomfeat.probe, "run_jobs", lambda c, n: calls.append(len(c)) or forked_run_jobs(c, n))
+    _means_one_vs_two(cohort, tmp_path)
+    assert calls == [2]  # jobs=2: two chunks on two workers (jobs=1 stays in this process)
+    assert os.getpid() not in forked_run_jobs.last_pids and len(set(forked_run_jobs.last_pids)) == 2
+
+
+@pytest.mark.slow
+@TWO_CORES
+def test_slide_means_on_two_workers_match_one(cohort, tmp_path):
+    """The probe's per-slide features split over two workers (one model copy each, a real loky pool) equal the
+    in-process ones, in the slides' order, a failing slide included (fast twin of the slow whole-sweep check below;
+    by default test_slide_means_on_two_forked_workers_match_one covers it with forked workers)."""
+    _means_one_vs_two(cohort, tmp_path)
 
 
 @pytest.mark.slow

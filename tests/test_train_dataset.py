@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -32,13 +33,22 @@ def tiny_train_cfg(root: Path, **train) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
-    """Build (once per session) the tiny config's dataset through the self-contained path of `zoomfeat train`."""
+    """Build (once per test run) the tiny config's dataset through the self-contained path of `zoomfeat train`.
+
+    Under pytest-xdist the workers share one build: it lives in the run's common base folder (the parent of each
+    worker's own), and the first worker to take the file lock builds it while the others wait, then find it
+    complete (``ensure_dataset`` skips a complete dataset). Tests that write into a dataset work on a copy."""
+    from filelock import FileLock
+
     from zoomfeat.train.loop import ensure_dataset, make_model
 
-    root = tmp_path_factory.getbasetemp() / "train_tiny_dataset"
-    cfg = tiny_train_cfg(root)
-    ldm = make_model(cfg)
-    ensure_dataset(cfg, root, ldm, progress=False)
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # one folder per run, common to its workers
+    root = base / "train_tiny_dataset"
+    with FileLock(str(base / "train_tiny_dataset.lock")):
+        cfg = tiny_train_cfg(root)
+        ensure_dataset(cfg, root, make_model(cfg), progress=False)
     return root
 
 
@@ -83,14 +93,18 @@ def test_build_layout_counts_and_shared_ssl(tiny_dataset):
         assert found > 0, "no 10x region overlaps a sampled 20x tile; enlarge MAX_PER_SCALE"
 
 
-def test_rerun_skips_done_slides(tiny_dataset):
+def test_rerun_skips_done_slides(tiny_dataset, tmp_path):
     from zoomfeat.encoders import create_encoder
     from zoomfeat.train.config import ShardConfig
     from zoomfeat.train.shards import build_dataset
 
+    slides = tiny_dataset / "cohort" / "slides"
+    # a rerun rewrites meta.json (complete: false while it runs): on a copy, as other workers read the shared build
+    tiny_dataset = tmp_path / "ds"
+    shutil.copytree(slides.parent.parent, tiny_dataset, ignore=shutil.ignore_patterns("cohort"))
     before = (tiny_dataset / "index.csv").read_text()
     ldm = tiny_ldm()
-    report = build_dataset(tiny_dataset / "cohort" / "slides", tiny_dataset, create_encoder("tiny-vit", dim=48, seed=0),
+    report = build_dataset(slides, tiny_dataset, create_encoder("tiny-vit", dim=48, seed=0),
                            ldm.vq, ShardConfig(patch_px=64, ssl_px=64, max_per_scale=MAX_PER_SCALE), progress=False)
     assert report.cohort.counts() == {"skipped": 2}
     assert (tiny_dataset / "index.csv").read_text() == before
@@ -98,7 +112,7 @@ def test_rerun_skips_done_slides(tiny_dataset):
     torch.manual_seed(123)
     other = type(ldm).from_config(ldm.config)
     with pytest.raises(ValueError, match="vq_sha256"):
-        build_dataset(tiny_dataset / "cohort" / "slides", tiny_dataset, create_encoder("tiny-vit", dim=48, seed=0),
+        build_dataset(slides, tiny_dataset, create_encoder("tiny-vit", dim=48, seed=0),
                       other.vq, ShardConfig(patch_px=64, ssl_px=64, max_per_scale=MAX_PER_SCALE), progress=False)
 
 

@@ -16,7 +16,7 @@ def _patches(n=48):
         y, x = rng.integers(0, 1024 - 128, 2)
         crop = img[y:y + 128, x:x + 128]
         if crop.mean() < 235:  # tissue, not background
-            out.append(crop[::2, ::2])
+            out.append(crop[::4, ::4])  # 32 px (the VQ is convolutional): a quarter of the 64-px compute
     return np.stack(out)
 
 
@@ -33,7 +33,8 @@ def test_train_vq_learns_and_keeps_unit_scale(tmp_path):
     imgs = _patches()
     vq = _vq()
     before = reconstruction_error(vq, imgs)
-    # 20 steps (was 60: a third of the time): measured error ratio 0.42, latent std 0.50 on this seed
+    # 20 steps (was 60: a third of the time) on 32-px patches (was 64 px): measured error ratio 0.45, latent std 0.49
+    # on this seed (seeds 1, 2 of the VQ init and train_vq: ratios 0.58, 0.51, latent std 0.50, 0.50)
     rep = train_vq(vq, imgs, steps=20, batch_size=4, lr=3e-3, log_path=tmp_path / "m.csv", progress=False)
     after = reconstruction_error(vq, imgs)
     assert after < 0.6 * before, (before, after)
