@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-TINY = ["hparams.embed_dim=16", "hparams.attn_dim=8", "hparams.epochs=4", "hparams.min_epochs=0",
+TINY = ["hparams.embed_dim=16", "hparams.attn_dim=8", "hparams.epochs=2", "hparams.min_epochs=0",
         "hparams.patience=2", "hparams.lr=3e-3", "hparams.progress=false", "n_folds=2",
         "hparams.wandb=false", "val_fraction=0.5"]
 
@@ -43,8 +43,9 @@ def write_colour_bags(slides: Path, tiles: Path, out: Path) -> Path:
     return out / "features_colour"
 
 
-def build(root: Path, n_slides: int = 12, sizes=(1024, 1280), compare: bool = True) -> dict[str, Path]:
-    """Everything under ``root``; returns the interesting paths. About 10-20 s on one core."""
+def build(root: Path, n_slides: int = 8, sizes=(1024, 1280), compare: bool = True) -> dict[str, Path]:
+    """Everything under ``root``; returns the interesting paths. About 5-10 s on one core (8 slides, 2 epochs: the
+    viewer tests check recomputation, routes and drawing, which do not depend on how well the heads learned)."""
     from zoomfeat.cli import main
     from zoomfeat.slides import make_cohort
     from zoomfeat.slides.tiling import tile_cohort
