@@ -13,10 +13,13 @@ import os
 import signal
 import socket
 import sys
-import traceback
+import tempfile
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import pytest
+
+from tests._fx_extract import run_forked as fork
 
 
 def _free_port() -> int:
@@ -25,63 +28,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(fn: Callable[[], int | None], env: Mapping[str, str]) -> None:
-    """In the forked child: set the environment, run ``fn``, and leave with its exit code, never returning into
-    pytest (``os._exit``: no atexit hooks, no fixture finalisers, no second report)."""
-    code = 1
-    try:
-        os.environ.update(env)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        from accelerate.state import AcceleratorState, PartialState  # a fork inherits the parent's singletons
+def _with_fresh_accelerate(fn: Callable[[], int | None]) -> Callable[[], int | None]:
+    """``fn`` run after resetting accelerate's singletons, which a fork inherits from the parent."""
+    def run() -> int | None:
+        from accelerate.state import AcceleratorState, PartialState
 
         AcceleratorState._reset_state(reset_partial_state=True)
         PartialState._reset_state()
-        rc = fn()
-        code = int(rc or 0)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    except BaseException:  # noqa: BLE001 - report anything to the parent's captured stderr
-        traceback.print_exc()
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+        return fn()
+
+    return run
 
 
 def run_forked(fns: Sequence[Callable[[], int | None]], envs: Sequence[Mapping[str, str]],
                timeout: float = 300) -> list[int]:
-    """Run each ``fns[i]`` in its own forked process with ``envs[i]`` added, all at once; return their exit codes
-    in the style of ``subprocess``: ``-N`` for a process killed by signal ``N``."""
+    """Run each ``fns[i]`` in its own forked process with ``envs[i]`` added, all at once (the fork helper of
+    tests/_fx_extract.py); return their exit codes in the style of ``subprocess``: ``-N`` for a process killed by
+    signal ``N``. A failing process's output is echoed to stderr (shown with the failing test)."""
     if not hasattr(os, "fork"):
         pytest.skip("needs os.fork")
-    pids = []
-    for fn, env in zip(fns, envs):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - child
-            _child(fn, env)
-        pids.append(pid)
-    import time
-
-    deadline = time.monotonic() + timeout
-    codes: dict[int, int] = {}
-    while len(codes) < len(pids):
-        for pid in pids:
-            if pid in codes:
-                continue
-            got, status = os.waitpid(pid, os.WNOHANG)
-            if got:
-                codes[pid] = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-        if len(codes) < len(pids):
-            if time.monotonic() > deadline:
-                for pid in pids:
-                    if pid not in codes:
-                        os.kill(pid, signal.SIGKILL)
-                        os.waitpid(pid, 0)
-                raise TimeoutError(f"forked processes did not finish in {timeout} s")
-            time.sleep(0.05)
-    return [codes[p] for p in pids]
+    tmp = Path(tempfile.mkdtemp(prefix="forked_ranks"))
+    kids = [fork(_with_fresh_accelerate(fn), tmp, dict(env), timeout=timeout, wait=False) for fn, env in zip(fns, envs)]
+    done = []
+    try:
+        for kid in kids:
+            done.append(kid.wait())
+    except TimeoutError:
+        for kid in kids[len(done) + 1:]:
+            os.kill(kid.pid, signal.SIGKILL)
+            os.waitpid(kid.pid, 0)
+        raise
+    for r in done:
+        if r.returncode:
+            sys.stderr.write(r.stdout + r.stderr)
+    return [r.returncode for r in done]
 
 
 def torchrun_envs(world: int, run_id: str = "t24-fork") -> list[dict[str, str]]:
