@@ -213,7 +213,8 @@ def _setup(cfg: TrainConfig, ldm, accelerator, out_dir: Path) -> _Run:
     module = DiffusionObjective(ldm, p_uncond=float(tc.p_uncond)).to(device)
     module.train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=float(tc.lr), weight_decay=float(tc.weight_decay),
-                                  betas=tuple(tc.betas), eps=float(tc.adam_eps))
+                                  betas=tuple(tc.betas), eps=float(tc.adam_eps),
+                                  foreach=True)  # the per-tensor arithmetic, fewer dispatches (CPU default: off)
     lr_sched = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=int(tc.warmup_steps),
                              num_training_steps=int(tc.max_steps))
     ema = EMAModel(ldm.unet.parameters(), decay=float(tc.ema_decay))

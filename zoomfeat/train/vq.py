@@ -76,7 +76,7 @@ def train_vq(vq, images: np.ndarray, steps: int = FirstStageConfig.steps, batch_
     g = torch.Generator().manual_seed(int(seed))
     device = next(vq.parameters()).device
     vq.train().requires_grad_(True)
-    opt = torch.optim.AdamW(vq.parameters(), lr=float(lr), weight_decay=0.0)
+    opt = torch.optim.AdamW(vq.parameters(), lr=float(lr), weight_decay=0.0, foreach=True)  # = per-tensor, faster
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(lr), total_steps=int(steps), pct_start=0.1)
     rows, t0 = [], time.perf_counter()
     for step in tqdm(range(int(steps)), desc="first stage (VQ)", unit="step", disable=not progress):

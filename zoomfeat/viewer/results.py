@@ -436,6 +436,8 @@ class Results:
         net, task, norm = self._models[key]
         if norm is not None:  # the head was trained on fold-standardised features (mil.cv)
             x = (x - norm[0]) / norm[1]
+        elif not x.flags.writeable:  # a cached bag (mil.data.BagCache): the tensor gets its own copy
+            x = x.copy()
         with torch.inference_mode():
             out = net(torch.from_numpy(np.ascontiguousarray(x))[None], None)
         return {"attention": out["attention"][0].float().numpy().astype(np.float64),
