@@ -135,10 +135,11 @@ def compare(cfg: dict | CompareConfig, out_dir: str | os.PathLike, jobs: int | N
         fold_table.to_csv(tmp, index=False)
     primary = table[table["metric"].isin(PRIMARY)]
     design = f"{cfg.n_repeats}×{cfg.n_folds}-fold"
-    compare_plot(primary.assign(encoder=_row_names(primary)), out / "compare.png",
-                 title=f"{'/'.join(cfg.frameworks)}: encoder comparison ({design})")
-    forest_plot(primary.assign(encoder=_row_names(primary)), out / "compare_forest.png",
-                title=f"Δ vs reference, unadjusted 95% CI (corrected resampled t, {design}); colour: Holm outcome")
+    if cfg.plots:
+        compare_plot(primary.assign(encoder=_row_names(primary)), out / "compare.png",
+                     title=f"{'/'.join(cfg.frameworks)}: encoder comparison ({design})")
+        forest_plot(primary.assign(encoder=_row_names(primary)), out / "compare_forest.png",
+                    title=f"Δ vs reference, unadjusted 95% CI (corrected resampled t, {design}); colour: Holm outcome")
     md = to_markdown(table, to_dict(cfg))
     if failed:
         md += "\nTasks not run:\n\n" + "".join(f"- {n}: {r}\n" for n, r in failed)

@@ -103,6 +103,7 @@ class CVConfig:
     splits: Any = None  # a saved split table to reuse (default: <out>/splits.csv, reused if present)
     slides: str | None = None  # folder of WSIs: heatmaps over thumbnails (read by the CLI layer)
     heatmaps: int = 3  # heatmap PNGs for the highest-scored test slides
+    plots: bool = True  # roc.png / km.png per run (compare: per cell, + compare.png, compare_forest.png); false: none
     on_bad: str = "skip"  # skip | error
     hparams: dict = field(default_factory=dict)
     out: str | None = None  # output folder when --out is not given

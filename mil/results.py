@@ -91,18 +91,19 @@ def prediction_rows(cohort: Cohort, test_idx, y, pred, fold, n_classes: int) -> 
 
 def write_result(res: CVResult, out: Path, cfg, cohort: Cohort | None = None,
                  thumbnails: ThumbnailProvider | None = None) -> None:
-    """Per-fold metrics, predictions, summary (CSV + markdown), ROC or KM plot, attention CSVs, heatmaps."""
+    """Per-fold metrics, predictions, summary (CSV + markdown), ROC or KM plot (unless ``cfg.plots`` is false),
+    attention CSVs, heatmaps."""
     out.mkdir(parents=True, exist_ok=True)
     for name, df in (("fold_metrics.csv", res.metrics), ("predictions.csv", res.predictions),
                      ("summary.csv", res.summary)):
         with atomic_path(out / name) as tmp:
             df.to_csv(tmp, index=False)
     pd.DataFrame(res.skipped, columns=["slide", "reason"]).to_csv(out / "skipped.csv", index=False)
-    extra = ""
-    if res.task == "survival":
+    extra, draw = "", getattr(cfg, "plots", True)  # plots: false (e.g. big sweeps): no PNG
+    if draw and res.task == "survival":
         p = plots.km_plot(res.predictions, out / "km.png", title=f"{cfg.model} — predicted risk groups")
         extra = f"\nKaplan–Meier of out-of-fold risk groups (median split): log-rank p = {p:.3g} (km.png)\n"
-    else:
+    elif draw:
         plots.roc_plot(res.predictions, res.classes, out / "roc.png", title=f"{cfg.model} — {cfg.target}")
     lines = [f"# MIL cross-validation: {cfg.model} on {cfg.task} ({cfg.target or 'survival'})",
              "", f"bags: {cfg.bags} (mag {cfg.mag}), {len(res.predictions)} slides, "

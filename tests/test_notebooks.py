@@ -110,7 +110,7 @@ def test_notebook_runs_top_to_bottom(name, executed):
 # the fast twin's smaller sizes (the real-kernel test runs the notebooks as committed)
 SHRINK = {
     "01_feature_extraction.ipynb": {},
-    "02_mil_comparison.ipynb": {"epochs=6": "epochs=2", "n_folds=3": "n_folds=2", '"n_folds": 3': '"n_folds": 2',
+    "02_mil_comparison.ipynb": {"epochs=6": "epochs=2", "n_folds=3": "n_folds=2", '"n_folds": 3': '"n_folds": 2, "n_repeats": 1',
                                 "concept_bags(48": "concept_bags(24", "survival_bags(60": "survival_bags(32",
                                 "n_slides=24": "n_slides=16"},
     "03_generation_superres.ipynb": {"steps=10": "steps=2", "iters=6": "iters=2", "stride=250": "stride=500"},
@@ -122,7 +122,7 @@ def test_notebook_runs_top_to_bottom_fast(name, tmp_path, monkeypatch):
     """The default twin of test_notebook_runs_top_to_bottom: every code cell of the committed notebook, in order,
     in one namespace in this process (tests/_fx_e2e.py: last expressions and display() calls go through IPython's
     display formatter, as in a kernel), with the Makefile's notebook environment and the working directory
-    outside the repository, at the smaller sizes of SHRINK (fewer epochs, folds, sampler steps); the same checks of
+    outside the repository, at the smaller sizes of SHRINK (fewer epochs, folds, compare repeats, sampler steps); the same checks of
     outputs, pictures and written files."""
     from tests._fx_e2e import run_notebook_in_process
 

@@ -96,6 +96,7 @@ def make_run(tmp_path_factory, substitutes: dict, n_slides: int = 24, epochs: in
         " tune_fraction: 0.34,"
         " n_folds: 2, n_repeats: 2}",
         "compare.n_folds=2", "compare.n_repeats=1", "compare.val_fraction=0",
+        "compare.plots=false",  # 14 ROC + 2 compare figures (~2.5 s); the tables are checked
         f"compare.hparams={{embed_dim: 16, attn_dim: 8, dropout: 0.0, lr: 0.005, epochs: {epochs}, min_epochs: {epochs},"
         " patience: 50, min_val_slides: 99, standardize: true, progress: false, wandb: false,"
         # bags held in memory after a fold's first read: re-reading every bag's file each epoch was half the
@@ -178,6 +179,7 @@ def check_end_to_end(root, overrides, capsys):
     assert tune and not tune & set(report["patient"])
     cmp = pd.read_csv(out / "compare" / "compare.csv")
     assert "broken" in set(report["slide"]) and set(cmp["n_slides"]) <= {len(report) - 1}
+    assert not list((out / "compare").rglob("*.png"))  # compare.plots=false: no figure, every table
     # identical splits for every row: one split table per task
     assert sorted(p.name for p in (out / "compare").glob("splits_*.csv")) == ["splits_hrd.csv", "splits_subtyping.csv"]
 
