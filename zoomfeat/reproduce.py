@@ -306,6 +306,7 @@ def stage_extract(slides: list[Path], out: Path, cfg: Table4Config, registry, re
                   echo: Callable[[str], None]) -> dict:
     """Every extraction into ``OUT/features/features_{key}`` (finished slides are skipped)."""
     import gc
+    import weakref
 
     codes, counts = [], {}
     for key, ex in cfg.extractions.items():
@@ -318,8 +319,10 @@ def stage_extract(slides: list[Path], out: Path, cfg: Table4Config, registry, re
                              channels_last=ecfg.channels_last,
                              mode=None if ecfg.compile_mode in (None, "default") else ecfg.compile_mode)
         report = extract_cohort([str(s) for s in slides], encoder, ecfg.out, tiles_dir=ecfg.tiles, opts=ecfg)
+        alive = weakref.ref(encoder)
         del encoder
-        gc.collect()
+        if alive() is not None:  # kept by a reference cycle: free its weights before the next model loads (a
+            gc.collect()        # full collection costs 0.3-1 s in a process holding torch, so only then)
         codes.append(stage_code(report))
         counts[key] = report.counts()
         echo(f"      extract {key} ({ecfg.encoder.name}, {','.join(ecfg.mags)}): " + _counts(report.counts())
