@@ -1,8 +1,8 @@
 """Install zoomfeat's dependencies into the interpreter running this script (``make install``).
 
 uv installs the same packages as pip about six times faster (parallel download and unpacking: ≈ 30 s instead of
-≈ 3 min for the CUDA torch build and its nvidia-* wheels), so it is used when ``pip install uv`` works; pip is the
-fallback. uv does not read pip's configuration, so the indexes, find-links and constraints pip would use on this
+≈ 3 min for the CUDA torch build and its nvidia-* wheels; 90 s with the bytecode compiled, as pip does), so it is
+used when ``pip install uv`` works; pip is the fallback. uv does not read pip's configuration, so the indexes, find-links and constraints pip would use on this
 machine are passed on, and ``unsafe-best-match`` makes uv pick, like pip, the best version across all indexes.
 Standard library only: it runs before anything is installed.
 """
@@ -61,7 +61,7 @@ def with_uv() -> bool:
         return False
     uv = os.path.join(os.path.dirname(sys.executable), "uv")
     args, env = uv_args(pip_config())
-    base = [uv, "pip", "install", "-q", "--python", sys.executable, *args]
+    base = [uv, "pip", "install", "-q", "--compile-bytecode", "--python", sys.executable, *args]
     return run([*base, *TORCH], env) and run([*base, *PROJECT], env)
 
 
