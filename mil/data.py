@@ -40,7 +40,7 @@ class BagCache:
     and validation sets, the test predictions) and again in every fold, repeat, head and task — in the demo's
     comparison that was 18 % of the CPU time. An entry is keyed on the file's identity (device, inode, mtime, size),
     so a bag rewritten in place or replaced by an atomic rename is read again. Cached arrays are read-only.
-    ``ZOOMFEAT_BAG_CACHE_MB`` sets the budget per process (0 turns the cache off)."""
+    Budget: :func:`bag_cache_budget` (``ZOOMFEAT_BAG_CACHE_MB=0`` turns the cache off)."""
 
     def __init__(self, max_bytes: int):
         from collections import OrderedDict
@@ -75,7 +75,19 @@ class BagCache:
         self.bytes = 0
 
 
-BAG_CACHE = BagCache(int(float(os.environ.get("ZOOMFEAT_BAG_CACHE_MB", "1024")) * (1 << 20)))
+def bag_cache_budget() -> int:
+    """Bytes per process: ``ZOOMFEAT_BAG_CACHE_MB``, else 1 GiB but never more than a quarter of the RAM shared
+    by one process per usable core (a ``--jobs`` pool of N workers holds N caches)."""
+    env = os.environ.get("ZOOMFEAT_BAG_CACHE_MB")
+    if env not in (None, ""):
+        return int(float(env) * (1 << 20))
+    import psutil
+    from zoomfeat.threads import available_cores
+
+    return int(min(1 << 30, psutil.virtual_memory().total / (4 * max(1, available_cores()))))
+
+
+BAG_CACHE = BagCache(bag_cache_budget())
 
 
 def read_features(item: Any, mag: str = "20x") -> np.ndarray:

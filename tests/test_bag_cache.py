@@ -66,3 +66,17 @@ def test_budget_evicts_least_recently_used_and_tensors_are_writable(tmp_path, ca
     x = BagDataset(cohort)[1]["x"]  # no standardiser: the cached (read-only) array is copied for torch
     x += 1  # writable, and the cache is untouched
     assert read_features(paths[1])[0, 0] == 1.0
+
+
+def test_budget_follows_the_environment_and_the_machine(monkeypatch):
+    import psutil
+
+    from zoomfeat.threads import available_cores
+
+    monkeypatch.setenv("ZOOMFEAT_BAG_CACHE_MB", "0")
+    assert data.bag_cache_budget() == 0
+    monkeypatch.setenv("ZOOMFEAT_BAG_CACHE_MB", "2.5")
+    assert data.bag_cache_budget() == int(2.5 * (1 << 20))
+    monkeypatch.delenv("ZOOMFEAT_BAG_CACHE_MB")
+    quarter = psutil.virtual_memory().total / (4 * available_cores())
+    assert data.bag_cache_budget() == int(min(1 << 30, quarter))  # one cache per core's process ≤ 1/4 of RAM
