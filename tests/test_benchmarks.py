@@ -64,3 +64,15 @@ def test_table4_cost_counts_flops_on_the_meta_device_and_sums_gpu_hours():
     zl = rows["ZoomLDM 20x + 5x, UNI-conditioned"]
     assert zl["tflop_per_slide"] == 510.0
     assert zl["gpu_hours_at_peak"] == 5.1 and zl["gpu_hours"] == 10.2  # 510 TFLOP × 36000 / 1 PFLOP/s; at 50 %
+
+
+def test_mil_step_overhead_benchmark_small(capsys, monkeypatch):
+    """benchmarks/mil_step_overhead.py at a small size: foreach AdamW leaves the weights bit-identical (its exit
+    code says so) and the cached bag reads give the same arrays as read_bag (asserted inside)."""
+    import mil.data as data
+    from benchmarks.mil_step_overhead import main
+
+    monkeypatch.setattr(data, "BAG_CACHE", data.BagCache(1 << 24))  # the benchmark clears it: not the suite's
+    assert main(["--steps", "40", "--bags", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "bit-identical: True" in out and "read_features (BagCache)" in out
