@@ -61,7 +61,9 @@ class BagCache:
         return arr
 
     def put(self, key: tuple, arr: np.ndarray) -> np.ndarray:
-        if arr.nbytes > self.max_bytes // 4:  # one bag never pushes out most of the others
+        """Keep ``arr`` (made read-only) and return it; returned as given when the cache is off (budget 0) or it is
+        too large (over a quarter of the budget: one bag never pushes out most of the others)."""
+        if self.max_bytes <= 0 or arr.nbytes > self.max_bytes // 4:
             return arr
         arr.flags.writeable = False
         self.entries[key] = arr
@@ -93,30 +95,34 @@ BAG_CACHE = BagCache(bag_cache_budget())
 def read_features(item: Any, mag: str = "20x") -> np.ndarray:
     """Features of one bag as float32 (N, D): a path goes through ``zoomfeat.bags.read_bag``, once per process
     while the file is unchanged (:class:`BagCache`; the array is then read-only: copy it to write)."""
-    if isinstance(item, (str, os.PathLike)):
-        path = Path(item)
-        if not path.exists():
-            raise BadBagError(f"missing bag: {path}")
-        key = BagCache.key(path, mag) if BAG_CACHE.max_bytes > 0 else None
-        cached = BAG_CACHE.get(key) if key is not None else None
-        if cached is not None:
-            return cached
-        try:
-            arr = read_bag(path, mag=mag)
-        except (OSError, KeyError) as exc:
-            raise BadBagError(f"unreadable bag {path}: {exc}") from exc
-        except ValueError as exc:
-            raise BadBagError(str(exc)) from exc
-        arr = np.asarray(arr, dtype=np.float32)
-        if arr.ndim == 1:
-            arr = arr[None, :]
-        return BAG_CACHE.put(key, arr) if key is not None else arr
-    else:
-        arr = item.detach().cpu().numpy() if hasattr(item, "detach") else np.asarray(item)
+    if not isinstance(item, (str, os.PathLike)):
+        return _as_rows(item.detach().cpu().numpy() if hasattr(item, "detach") else item)
+    path = Path(item)
+    if not path.exists():
+        raise BadBagError(f"missing bag: {path}")
+    key = BagCache.key(path, mag)
+    cached = BAG_CACHE.get(key)
+    if cached is not None:
+        return cached
+    try:
+        arr = read_bag(path, mag=mag)
+    except (OSError, KeyError) as exc:
+        raise BadBagError(f"unreadable bag {path}: {exc}") from exc
+    except ValueError as exc:
+        raise BadBagError(str(exc)) from exc
+    return BAG_CACHE.put(key, _as_rows(arr))
+
+
+def _as_rows(arr) -> np.ndarray:
+    """float32, one row per instance (a 1-D bag is one instance)."""
     arr = np.asarray(arr, dtype=np.float32)
-    if arr.ndim == 1:
-        arr = arr[None, :]
-    return arr
+    return arr[None, :] if arr.ndim == 1 else arr
+
+
+def features_tensor(arr: np.ndarray) -> torch.Tensor:
+    """``arr`` as a tensor; a read-only array (a cached bag, :class:`BagCache`) is copied first, so nothing that
+    writes to the tensor can change the cache."""
+    return torch.from_numpy(np.ascontiguousarray(arr) if arr.flags.writeable else arr.copy())
 
 
 def check_features(arr: np.ndarray, name: str, dim: int | None = None) -> None:
@@ -350,10 +356,8 @@ class BagDataset(Dataset):
             arr = arr[np.sort(self.rng.choice(arr.shape[0], self.max_instances, replace=False))]
         if self.norm is not None:
             arr = (arr - self.norm[0]) / self.norm[1]
-        elif not arr.flags.writeable:  # a cached bag (read-only): the tensor gets its own copy
-            arr = arr.copy()
         y = self.cohort.targets[i]
-        return {"x": torch.from_numpy(np.ascontiguousarray(arr)), "y": torch.as_tensor(y), "index": i}
+        return {"x": features_tensor(arr), "y": torch.as_tensor(y), "index": i}
 
 
 def save_standardizer(norm: tuple[np.ndarray, np.ndarray], path: str | os.PathLike) -> None:

@@ -99,11 +99,11 @@ def write_result(res: CVResult, out: Path, cfg, cohort: Cohort | None = None,
         with atomic_path(out / name) as tmp:
             df.to_csv(tmp, index=False)
     pd.DataFrame(res.skipped, columns=["slide", "reason"]).to_csv(out / "skipped.csv", index=False)
-    extra, draw = "", getattr(cfg, "plots", True)  # plots: false (e.g. big sweeps): no PNG
-    if draw and res.task == "survival":
+    extra = ""
+    if cfg.plots and res.task == "survival":
         p = plots.km_plot(res.predictions, out / "km.png", title=f"{cfg.model} — predicted risk groups")
         extra = f"\nKaplan–Meier of out-of-fold risk groups (median split): log-rank p = {p:.3g} (km.png)\n"
-    elif draw:
+    elif cfg.plots:
         plots.roc_plot(res.predictions, res.classes, out / "roc.png", title=f"{cfg.model} — {cfg.target}")
     lines = [f"# MIL cross-validation: {cfg.model} on {cfg.task} ({cfg.target or 'survival'})",
              "", f"bags: {cfg.bags} (mag {cfg.mag}), {len(res.predictions)} slides, "

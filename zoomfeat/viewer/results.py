@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from mil.data import load_standardizer, read_features
+from mil.data import features_tensor, load_standardizer, read_features
 from mil.folds import head_hparams
 from mil.heatmap import bag_instances, rank_normalize
 from mil.models import build_model
@@ -436,10 +436,8 @@ class Results:
         net, task, norm = self._models[key]
         if norm is not None:  # the head was trained on fold-standardised features (mil.cv)
             x = (x - norm[0]) / norm[1]
-        elif not x.flags.writeable:  # a cached bag (mil.data.BagCache): the tensor gets its own copy
-            x = x.copy()
         with torch.inference_mode():
-            out = net(torch.from_numpy(np.ascontiguousarray(x))[None], None)
+            out = net(features_tensor(x)[None], None)
         return {"attention": out["attention"][0].float().numpy().astype(np.float64),
                 "pred": task.predict(out["logits"].float())[0]}
 
