@@ -21,6 +21,16 @@ MANIFESTS = DATA / "manifests"  # every key of the full-size released checkpoint
 PEER = DATA / "peer_outputs"  # files written by the real CLAM and TRIDENT code
 
 
+def good_and_noise_bags(root: Path, n_slides: int, good: str = "good") -> tuple[Path, Path, Path]:
+    """A synthetic cohort's bags twice (``mil.synthetic.write_bags``, 8-d, seed 0): with the planted concepts
+    (encoder ``good``) and as pure noise (encoder ``noise``), for the same slides; (good, noise, labels CSV)."""
+    from mil.synthetic import write_bags
+
+    good_dir, labels = write_bags(root, n_slides=n_slides, dim=8, seed=0, encoder=good)
+    noise_dir, _ = write_bags(root, n_slides=n_slides, dim=8, seed=0, informative=False, encoder="noise")
+    return good_dir, noise_dir, labels
+
+
 def _optional_fixtures() -> Path:
     env = os.environ.get("ZOOMFEAT_SHARED")
     base = Path(env) if env else ROOT.parent / "shared"

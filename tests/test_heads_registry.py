@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from mil.models import get_head, head_names, register_head, unregister_head
-from mil.synthetic import write_bags
 from mil.tasks import SurvivalOptions, make_task
 from mil.trainer import check_hparams, head_settings
+from tests.conftest import good_and_noise_bags
 from zoomfeat.cli import main
 
 TINY = ["hparams.epochs=2", "hparams.min_epochs=0", "hparams.patience=2", "hparams.progress=false",
@@ -51,10 +51,7 @@ def mean_head():
 
 @pytest.fixture(scope="module")
 def bags(tmp_path_factory):
-    root = tmp_path_factory.mktemp("heads")
-    good, labels = write_bags(root, n_slides=16, dim=8, seed=0, encoder="good")
-    noise, _ = write_bags(root, n_slides=16, dim=8, seed=0, informative=False, encoder="noise")
-    return good, noise, labels
+    return good_and_noise_bags(tmp_path_factory.mktemp("heads"), 16)
 
 
 def test_builtin_heads_are_ordinary_registered_heads():

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.compare_jobs import digests
-from mil.synthetic import write_bags
+from tests.conftest import good_and_noise_bags
 from zoomfeat.cli import main
 from zoomfeat.jobs import call_with_cores, process_cpu_seconds, resolve_jobs, run_jobs, worker_count
 from zoomfeat.threads import available_cores, thread_count
@@ -23,10 +23,7 @@ TINY = ["hparams.embed_dim=8", "hparams.attn_dim=4", "hparams.epochs=2", "hparam
 
 @pytest.fixture(scope="module")
 def bags(tmp_path_factory):
-    root = tmp_path_factory.mktemp("jobs")
-    good, labels = write_bags(root, n_slides=8, dim=8, seed=0, encoder="zoomldm")
-    noise, _ = write_bags(root, n_slides=8, dim=8, seed=0, informative=False, encoder="noise")
-    return good, noise, labels
+    return good_and_noise_bags(tmp_path_factory.mktemp("jobs"), 8, good="zoomldm")
 
 
 @pytest.mark.skipif(available_cores() < 2, reason="needs 2 usable cores for a 2-worker pool")

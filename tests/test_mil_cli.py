@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mil.synthetic import write_bags
+from tests.conftest import good_and_noise_bags
 from zoomfeat.cli import main
 
 
@@ -21,8 +21,7 @@ NAN = f"slide_{N - 1:03d}"
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("milcohort")
-    good, labels = write_bags(root, n_slides=N, dim=8, seed=0, encoder="zoomldm")
-    noise, _ = write_bags(root, n_slides=N, dim=8, seed=0, informative=False, encoder="noise")
+    good, noise, labels = good_and_noise_bags(root, N, good="zoomldm")
     # bad inputs: a NaN bag, a bag nobody labelled, a labelled slide without a bag
     with h5py.File(good / f"{NAN}.h5", "r+") as h5:
         f = h5["features"][:]

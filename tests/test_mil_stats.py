@@ -11,7 +11,7 @@ from scipy import stats
 from mil.pathobench import read_pathobench, write_pathobench
 from mil.splits import load_splits, make_splits
 from mil.stats import corrected_ttest, holm
-from mil.synthetic import write_bags
+from tests.conftest import good_and_noise_bags
 from zoomfeat.cli import main
 
 
@@ -78,19 +78,13 @@ def test_pathobench_leak_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def bags(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cmpstats")
-    good, labels = write_bags(root, n_slides=48, dim=8, seed=0, encoder="good")
-    noise, _ = write_bags(root, n_slides=48, dim=8, seed=0, informative=False, encoder="noise")
-    return good, noise, labels
+    return good_and_noise_bags(tmp_path_factory.mktemp("cmpstats"), 48)
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """24 slides: for the tests that check the table's shape, not a planted difference."""
-    root = tmp_path_factory.mktemp("cmpsmall")
-    good, labels = write_bags(root, n_slides=24, dim=8, seed=0, encoder="good")
-    noise, _ = write_bags(root, n_slides=24, dim=8, seed=0, informative=False, encoder="noise")
-    return good, noise, labels
+    return good_and_noise_bags(tmp_path_factory.mktemp("cmpsmall"), 24)
 
 
 def test_compare_paired_statistics_find_planted_difference(bags, tmp_path):
