@@ -43,7 +43,7 @@ from mil.trainer import check_hparams, hparams_for
 from zoomfeat.bags import list_bags
 from zoomfeat.config import from_dict, save_yaml, to_dict
 from zoomfeat.io import atomic_path, write_text_atomic
-from zoomfeat.jobs import iter_jobs
+from zoomfeat.jobs import iter_jobs, run_jobs, warm_workers
 
 
 
@@ -99,6 +99,7 @@ def compare(cfg: dict | CompareConfig, out_dir: str | os.PathLike, jobs: int | N
     """Run every (encoder entry × framework × task) on shared splits; write compare.csv/.md/.png and
     compare_forest.png; return the long table (one row per encoder × framework × task × metric). ``jobs``: worker
     processes for the folds (default: the usable cores); the outputs do not depend on it."""
+    warm_workers(["mil.compare"], jobs)  # the workers start while this process reads the bags and plans the folds
     cfg = cv_config(cfg, CompareConfig)
     cfg = dataclasses.replace(cfg, frameworks=_frameworks(cfg))
     entries = [parse_entry(e) for e in cfg.encoders]
@@ -117,14 +118,26 @@ def compare(cfg: dict | CompareConfig, out_dir: str | os.PathLike, jobs: int | N
     files = {e["name"]: list_bags(e["bags"], encoder=e.get("encoder")) for e in entries}
     long_rows: list[dict] = []
     failed: list[tuple[str, str]] = []
-    for t in tasks:
+    planned: list[TaskPlan] = []
+    for t in tasks:  # every task is planned first, so that one pool runs the folds of all of them without a pause
         try:
-            long_rows += _run_task(cfg, t, entries, files, out, jobs)
+            planned.append(_plan_task(cfg, t, entries, files, out))
         except SpecMismatchError:
             raise  # foreign features in an entry: the user's error for every task, not one task's skip
         except ValueError as exc:  # e.g. too few patients in a class for this task: the other tasks still run
             warnings.warn(f"compare: task {t['name']} skipped: {exc}", stacklevel=2)
             failed.append((t["name"], str(exc)))
+    results = iter_jobs([(_value_error_as_result, c, {}) for tp in planned for p in tp.plans for c in p.calls], jobs)
+    plot_jobs: list = []
+    for tp in planned:
+        try:
+            long_rows += _finish_task(tp, results, plot_jobs)
+        except SpecMismatchError:
+            raise
+        except ValueError as exc:  # a fold of this task could not be fitted: its other cells are not written
+            warnings.warn(f"compare: task {tp.task['name']} skipped: {exc}", stacklevel=2)
+            failed.append((tp.task["name"], str(exc)))
+    run_jobs(plot_jobs, jobs)  # each cell's ROC / KM plot, on the pool now that the folds are done
     if not long_rows:
         raise ValueError("compare: every task failed: " + "; ".join(f"{n}: {r}" for n, r in failed))
     table = paired_statistics(pd.DataFrame(long_rows), reference)
@@ -180,13 +193,20 @@ def _row_names(table: pd.DataFrame) -> pd.Series:
     return table["encoder"].astype(str) + " (" + table["framework"].astype(str) + ")"
 
 
-def _run_task(cfg: CompareConfig, t: dict, entries: list[dict], files: dict, out: Path,
-              jobs: int | None = None) -> list[dict]:
-    """One task over every encoder entry × framework with one shared split table; returns the summary rows,
-    each carrying its per-split scores (``_folds``) for the paired statistics. The folds of every encoder entry ×
-    framework run as one list of jobs on ``jobs`` workers (:func:`zoomfeat.jobs.iter_jobs`); each cell's outputs
-    are written while the workers go on with the next cells."""
-    long_rows = []
+@dataclass
+class TaskPlan:
+    """One task's shared split table applied to every encoder entry × framework: the fold jobs of each cell."""
+
+    task: dict
+    tcfg: CompareConfig
+    n_slides: int
+    cells: list  # (framework, entry, output folder) per cell, in the order of ``plans``
+    plans: list
+
+
+def _plan_task(cfg: CompareConfig, t: dict, entries: list[dict], files: dict, out: Path) -> TaskPlan:
+    """One task's cohorts (the slides usable in every entry), its split table and the fold jobs of every encoder
+    entry × framework (folds already finished by a killed run are reused, :func:`mil.folds.plan_folds`)."""
     tcfg = task_config(cfg, t)
     cohorts, order = _task_cohorts(cfg, t, tcfg, entries, files, out)
     ref = _restrict(cohorts[entries[0]["name"]], order)
@@ -198,16 +218,45 @@ def _run_task(cfg: CompareConfig, t: dict, entries: list[dict], files: dict, out
                         out_dir=sub if get_head(fw).trained else None, attention=False,
                         **hparams_for(fw, tcfg.task, cfg.hparams or {}))
              for fw, e, sub in cells]
-    results = iter_jobs([c for p in plans for c in p.calls], jobs)  # every fold of every cell: one pool
-    for (fw, e, sub), plan in zip(cells, plans):
-        res: CVResult = finish_folds(plan, [next(results) for _ in plan.calls])
-        write_result(res, sub, dataclasses.replace(tcfg, model=fw, bags=e["bags"], mag=e["mag"]))
-        for r in res.summary.itertuples():
-            long_rows.append({"encoder": e["name"], "framework": fw, "task": t["name"], "metric": r.metric,
-                              "mean": r.mean, "std": r.std, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                              "n_folds": r.n_folds, "n_slides": len(order),
-                              "_folds": res.metrics[["fold", "repeat", "n_train", "n_val", "n_test",
-                                                     r.metric]].rename(columns={r.metric: "value"})})
+    return TaskPlan(t, tcfg, len(order), cells, plans)
+
+
+def _value_error_as_result(fn, args: tuple, kwargs: dict):
+    """A fold job whose ValueError (e.g. one class in a training split) comes back as its result: the jobs of
+    every task share one pool, so one task's failure must not stop the others'."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as exc:
+        return exc
+
+
+def _finish_task(tp: TaskPlan, results, plot_jobs: list) -> list[dict]:
+    """Take the task's fold results from ``results`` (the shared pool's, in plan order), write each cell's outputs
+    while the workers go on with the next jobs, and return the summary rows, each carrying its per-split scores
+    (``_folds``) for the paired statistics; each cell's plot goes to ``plot_jobs``. On a ValueError (a fold's, or this task's outputs') the rest of the
+    task's results are taken before it is raised, so the next task reads its own."""
+    long_rows, t = [], tp.task
+    left = sum(len(p.calls) for p in tp.plans)
+    try:
+        for (fw, e, sub), plan in zip(tp.cells, tp.plans):
+            got = [next(results) for _ in plan.calls]
+            left -= len(got)
+            error = next((r for r in got if isinstance(r, ValueError)), None)
+            if error is not None:
+                raise error
+            res: CVResult = finish_folds(plan, got)
+            write_result(res, sub, dataclasses.replace(tp.tcfg, model=fw, bags=e["bags"], mag=e["mag"]),
+                         plot_jobs=plot_jobs)
+            for r in res.summary.itertuples():
+                long_rows.append({"encoder": e["name"], "framework": fw, "task": t["name"], "metric": r.metric,
+                                  "mean": r.mean, "std": r.std, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                                  "n_folds": r.n_folds, "n_slides": tp.n_slides,
+                                  "_folds": res.metrics[["fold", "repeat", "n_train", "n_val", "n_test",
+                                                         r.metric]].rename(columns={r.metric: "value"})})
+    except ValueError:
+        for _ in range(left):
+            next(results)
+        raise
     return long_rows
 
 

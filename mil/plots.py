@@ -66,7 +66,6 @@ def km_plot(pred: pd.DataFrame, path: str | os.PathLike, n_groups: int = 2, titl
     """Kaplan–Meier curves (lifelines) of out-of-fold risk groups; returns the log-rank p-value (multivariate
     log-rank for more than two groups)."""
     from lifelines import KaplanMeierFitter
-    from lifelines.statistics import logrank_test, multivariate_logrank_test
 
     plt = _plt()
     t, e, r = pred["time"].to_numpy(float), pred["event"].to_numpy(int), pred["risk"].to_numpy(float)
@@ -77,15 +76,24 @@ def km_plot(pred: pd.DataFrame, path: str | os.PathLike, n_groups: int = 2, titl
         m = g == k
         if m.any():
             KaplanMeierFitter(label=f"{names[k]} (n={int(m.sum())})").fit(t[m], e[m]).plot_survival_function(ax=ax)
-    if len(np.unique(g)) < 2:
-        p = float("nan")
-    elif n_groups == 2:
-        p = float(logrank_test(t[g == 0], t[g == 1], e[g == 0], e[g == 1]).p_value)
-    else:
-        p = float(multivariate_logrank_test(t, g, e).p_value)
+    p = km_logrank_p(pred, n_groups)
     ax.set(xlabel="time", ylabel="survival probability", title=(title or "Kaplan–Meier") + f"\nlog-rank p = {p:.3g}")
     _save(fig, path)
     return p
+
+
+def km_logrank_p(pred: pd.DataFrame, n_groups: int = 2) -> float:
+    """The log-rank p-value :func:`km_plot` prints: out-of-fold risk groups (median split for two), multivariate
+    log-rank for more than two groups; NaN with one group."""
+    from lifelines.statistics import logrank_test, multivariate_logrank_test
+
+    t, e = pred["time"].to_numpy(float), pred["event"].to_numpy(int)
+    g = risk_groups(pred["risk"].to_numpy(float), n_groups)
+    if len(np.unique(g)) < 2:
+        return float("nan")
+    if n_groups == 2:
+        return float(logrank_test(t[g == 0], t[g == 1], e[g == 0], e[g == 1]).p_value)
+    return float(multivariate_logrank_test(t, g, e).p_value)
 
 
 def compare_plot(table: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:

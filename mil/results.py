@@ -90,9 +90,10 @@ def prediction_rows(cohort: Cohort, test_idx, y, pred, fold, n_classes: int) -> 
 
 
 def write_result(res: CVResult, out: Path, cfg, cohort: Cohort | None = None,
-                 thumbnails: ThumbnailProvider | None = None) -> None:
+                 thumbnails: ThumbnailProvider | None = None, plot_jobs: list | None = None) -> None:
     """Per-fold metrics, predictions, summary (CSV + markdown), ROC or KM plot (unless ``cfg.plots`` is false),
-    attention CSVs, heatmaps."""
+    attention CSVs, heatmaps. ``plot_jobs``: the plot is appended there as a job (:func:`zoomfeat.jobs.run_jobs`)
+    instead of drawn here (``compare`` draws them on its pool: drawn beside the fold workers, they slowed them)."""
     out.mkdir(parents=True, exist_ok=True)
     for name, df in (("fold_metrics.csv", res.metrics), ("predictions.csv", res.predictions),
                      ("summary.csv", res.summary)):
@@ -101,10 +102,18 @@ def write_result(res: CVResult, out: Path, cfg, cohort: Cohort | None = None,
     pd.DataFrame(res.skipped, columns=["slide", "reason"]).to_csv(out / "skipped.csv", index=False)
     extra = ""
     if cfg.plots and res.task == "survival":
-        p = plots.km_plot(res.predictions, out / "km.png", title=f"{cfg.model} — predicted risk groups")
-        extra = f"\nKaplan–Meier of out-of-fold risk groups (median split): log-rank p = {p:.3g} (km.png)\n"
+        job = (plots.km_plot, (res.predictions, out / "km.png"), {"title": f"{cfg.model} — predicted risk groups"})
+        p = plots.km_logrank_p(res.predictions) if plot_jobs is not None else None
+        extra = "\nKaplan–Meier of out-of-fold risk groups (median split): log-rank p = {:.3g} (km.png)\n"
     elif cfg.plots:
-        plots.roc_plot(res.predictions, res.classes, out / "roc.png", title=f"{cfg.model} — {cfg.target}")
+        job = (plots.roc_plot, (res.predictions, res.classes, out / "roc.png"),
+               {"title": f"{cfg.model} — {cfg.target}"})
+    if cfg.plots and plot_jobs is not None:
+        plot_jobs.append(job)
+    elif cfg.plots:
+        p = job[0](*job[1], **job[2])
+    if extra:
+        extra = extra.format(p)
     lines = [f"# MIL cross-validation: {cfg.model} on {cfg.task} ({cfg.target or 'survival'})",
              "", f"bags: {cfg.bags} (mag {cfg.mag}), {len(res.predictions)} slides, "
              f"{res.metrics.shape[0]} folds, seed {cfg.seed}, skipped {len(res.skipped)}", "",

@@ -34,13 +34,70 @@ def test_compare_jobs_2_is_byte_identical_to_jobs_1(bags, tmp_path):
         out = tmp_path / f"jobs{jobs}"
         rc = main(["compare", "--config", "configs/mil/compare.yaml", "--out", str(out), "--labels", str(labels),
                    "--frameworks", "linear,abmil", "--bags", f"a={good}:20x", "--bags", f"b={noise}:20x",
-                   "--tasks", "hrd", "--jobs", str(jobs), *TINY])
+                   "--tasks", "hrd,survival", "--jobs", str(jobs), *TINY])
         assert rc == 0
         outs[jobs] = digests(out)
-    assert len(outs[1]) > 20 and "compare.csv" in outs[1] and "b/abmil/hrd/fold3/best.pt" in outs[1]
+    # both tasks' folds share one pool stream; the plots are drawn on the pool after the folds
+    assert len(outs[1]) > 40 and "compare.csv" in outs[1] and "b/abmil/hrd/fold3/best.pt" in outs[1]
+    assert {"a/abmil/hrd/roc.png", "b/linear/survival/km.png", "b/abmil/survival/fold3/best.pt"} <= outs[1].keys()
     assert outs[1].keys() == outs[2].keys()
     differ = [k for k in outs[1] if outs[1][k] != outs[2][k]]
     assert not differ, f"--jobs 2 differs from --jobs 1 in {differ}"
+
+
+def test_a_task_whose_fold_fails_is_skipped_and_the_next_task_reads_its_own_results(bags, tmp_path, monkeypatch):
+    """compare runs every task's folds as one stream: a ValueError in one fold of hrd's first ABMIL cell skips hrd
+    (the cells after it are not written, their results are taken from the stream) and survival gets exactly the
+    results it gets when it runs alone."""
+    import mil.folds
+    from mil.compare import compare
+
+    good, noise, labels = bags
+    cfg = {"labels": str(labels), "frameworks": ["linear", "abmil"], "n_folds": 2, "n_repeats": 2,
+           "encoders": [f"a={good}:20x", f"b={noise}:20x"], "plots": False,
+           "hparams": {"embed_dim": 8, "attn_dim": 4, "epochs": 2, "min_epochs": 0, "patience": 2, "lr": 3e-3,
+                       "progress": False, "wandb": False}}
+    alone = compare({**cfg, "tasks": ["survival"]}, tmp_path / "alone", jobs=1)
+    real = mil.folds.fit_fold
+
+    def fails_on_hrd_a(cohort, idx, fold, model, mag, *args, **kwargs):
+        if cohort.task == "binary" and fold == 1 and "noise" not in str(cohort.items[0]):
+            raise ValueError("planted failure")
+        return real(cohort, idx, fold, model, mag, *args, **kwargs)
+
+    monkeypatch.setattr(mil.folds, "fit_fold", fails_on_hrd_a)
+    with pytest.warns(UserWarning, match="task hrd skipped: planted failure"):
+        both = compare({**cfg, "tasks": ["hrd", "survival"]}, tmp_path / "both", jobs=1)
+    assert set(both["task"]) == {"survival"}
+    cols = ["encoder", "framework", "metric", "mean", "std"]
+    pd.testing.assert_frame_equal(both[cols].reset_index(drop=True), alone[cols].reset_index(drop=True))
+    assert (tmp_path / "both" / "b" / "linear" / "hrd" / "summary.csv").exists()  # written before the failure
+    assert not (tmp_path / "both" / "a" / "abmil" / "hrd" / "summary.csv").exists()
+    assert not (tmp_path / "both" / "b" / "abmil" / "hrd" / "summary.csv").exists()
+    assert "hrd: planted failure" in (tmp_path / "both" / "compare.md").read_text()
+
+
+@pytest.mark.skipif(available_cores() < 2, reason="needs 2 usable cores for a 2-worker pool")
+def test_warm_workers_start_the_pool_the_next_call_reuses():
+    import zoomfeat.jobs as zj
+
+    zj.warm_workers(["mil.folds"], jobs=1)
+    assert zj._warming is None  # jobs that run in this process need no pool
+    zj.warm_workers(["mil.folds"], jobs=2)
+    first = zj._warming
+    zj.warm_workers(["mil.folds"], jobs=2)
+    assert zj._warming is first  # a second call neither waits for nor replaces the pending warm-up
+    res = run_jobs([(_pid_threads, (i,), {}) for i in range(4)], jobs=2)
+    assert zj._warming is None and [r[0] for r in res] == [0, 1, 2, 3] and os.getpid() not in {r[1] for r in res}
+    # the BLAS limit a worker set stays for its life (set once, not per job)
+    limits = run_jobs([(_blas_threads, (), {}) for _ in range(4)], jobs=2)
+    assert all(n == max(1, available_cores() // 2) for lim in limits for n in lim)
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [i["num_threads"] for i in threadpool_info()]
 
 
 def _pid_threads(x: int) -> tuple[int, int, int, str]:

@@ -45,28 +45,75 @@ def iter_jobs(calls: Sequence[Job], jobs: int | None = None) -> Iterator:
     writes finished results while the workers compute the next ones."""
     calls = list(calls)
     n = resolve_jobs(jobs, len(calls))
-    if n <= 1:
+    if n <= 1:  # (workers a warm_workers call started finish their imports on their own)
         return (fn(*args, **kwargs) for fn, args, kwargs in calls)
     from joblib import Parallel, delayed
 
+    _wait_for_warm_workers()
     share = max(1, available_cores() // n)
     return Parallel(n_jobs=n, backend="loky", return_as="generator")(
         delayed(call_with_cores)(share, fn, args, kwargs) for fn, args, kwargs in calls)
 
 
+_warming: tuple[int, Iterator] | None = None  # warm_workers' (workers, calls) until a pool call takes over
+
+
+def warm_workers(modules: Sequence[str], jobs: int | None = None) -> None:
+    """Start the pool that the next :func:`iter_jobs` / :func:`run_jobs` call with the same ``jobs`` reuses, each
+    worker importing ``modules``, and return at once: the workers' start-up (torch, sklearn, ...: 2–3 s each) then
+    overlaps what this process does before its first job (reading bags, planning folds) instead of following it.
+    Nothing happens when the jobs would run in this process."""
+    global _warming
+    n = resolve_jobs(jobs)
+    if n <= 1 or (_warming is not None and _warming[0] == n):
+        return
+    _wait_for_warm_workers()
+    from joblib import Parallel, delayed
+
+    share = max(1, available_cores() // n)
+    _warming = (n, Parallel(n_jobs=n, backend="loky", return_as="generator_unordered")(
+        delayed(call_with_cores)(share, import_modules, (tuple(modules),), {}) for _ in range(n)))
+
+
+def _wait_for_warm_workers() -> None:
+    """Let the warm-up calls finish before a pool call dispatches its own (one joblib call at a time)."""
+    global _warming
+    warming, _warming = _warming, None
+    for _ in warming[1] if warming else ():
+        pass
+
+
+def import_modules(names: Sequence[str]) -> None:
+    """Import ``names`` (a pool worker's warm-up)."""
+    import importlib
+
+    for name in names:
+        importlib.import_module(name)
+
+
+_blas_cores: int | None = None  # the BLAS / OpenMP limit this process has set (call_with_cores)
+
+
 def call_with_cores(cores: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     """Run one job in a pool worker that may use ``cores`` cores: every thread limit of the job
-    (:func:`zoomfeat.threads.thread_count`, torch, BLAS via threadpoolctl) reads that share."""
-    os.environ["ZOOMFEAT_CORES"] = str(int(cores))
-    os.environ["OMP_NUM_THREADS"] = str(int(cores))  # a worker spawned from a shell inherits the parent's (all cores)
+    (:func:`zoomfeat.threads.thread_count`, torch, BLAS / OpenMP) reads that share. The BLAS limit is set once per
+    worker (threadpoolctl scans the loaded libraries: ≈ 5 ms, which 450 small compare jobs paid 450 times) and
+    stays for the worker's life; the environment variables cover libraries loaded later."""
+    global _blas_cores
+    cores = int(cores)
+    os.environ["ZOOMFEAT_CORES"] = str(cores)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(cores)  # a worker spawned from a shell inherits the parent's (all cores)
     import torch  # every job trains or scores with torch: cap it before the job's first op, not only if imported
 
-    if torch.get_num_threads() != int(cores):
-        torch.set_num_threads(int(cores))
-    from threadpoolctl import threadpool_limits
+    if torch.get_num_threads() != cores:
+        torch.set_num_threads(cores)
+    if _blas_cores != cores:
+        from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(int(cores)):
-        return fn(*args, **kwargs)
+        threadpool_limits(cores)
+        _blas_cores = cores
+    return fn(*args, **kwargs)
 
 
 def worker_count(jobs: int | None = None, n_jobs: int | None = None) -> int:

@@ -103,6 +103,9 @@ def _splits(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from zoomfeat.jobs import warm_workers
+
+    warm_workers(["mil.compare"], args.jobs)  # the pool's workers import torch & co. while this process does
     from mil.compare import CompareConfig, compare
 
     cfg, out = load_mil_config(args, CompareConfig)
