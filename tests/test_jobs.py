@@ -94,6 +94,21 @@ def test_warm_workers_start_the_pool_the_next_call_reuses():
     assert all(n == max(1, available_cores() // 2) for lim in limits for n in lim)
 
 
+@pytest.mark.skipif(available_cores() < 2, reason="needs 2 usable cores for a 2-worker pool")
+def test_release_workers_kills_the_idle_pool_and_a_later_call_starts_another():
+    import psutil
+    from joblib.externals.loky import reusable_executor
+
+    import zoomfeat.jobs as zj
+
+    pids = {r[1] for r in run_jobs([(_pid_threads, (i,), {}) for i in range(4)], jobs=2)}
+    zj.release_workers()
+    gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=10)
+    assert not alive
+    assert [r[0] for r in run_jobs([(_pid_threads, (i,), {}) for i in range(3)], jobs=2)] == [0, 1, 2]
+    assert reusable_executor._executor is not None and not pids & {p.pid for p in psutil.Process().children()}
+
+
 def _blas_threads() -> list[int]:
     from threadpoolctl import threadpool_info
 

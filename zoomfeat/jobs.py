@@ -83,6 +83,21 @@ def _wait_for_warm_workers() -> None:
         pass
 
 
+def release_workers() -> None:
+    """Stop the pool's workers now, killing them: call it when no job is left (a CLI verb that is done). Left to
+    interpreter exit, loky lets each worker tear torch down on its own and waits for it: ≈ 1.5 s at the end of a
+    ``compare --jobs 2`` that has nothing left to do."""
+    global _warming
+    _warming = None
+    try:
+        from joblib.externals.loky import reusable_executor
+    except ImportError:  # pragma: no cover - joblib is a dependency
+        return
+    executor = getattr(reusable_executor, "_executor", None)  # the pool run_jobs / iter_jobs reuse, if started
+    if executor is not None:
+        executor.shutdown(wait=False, kill_workers=True)
+
+
 def import_modules(names: Sequence[str]) -> None:
     """Import ``names`` (a pool worker's warm-up)."""
     import importlib

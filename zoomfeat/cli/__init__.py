@@ -73,6 +73,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")
+    argv_given = argv
     argv = sys.argv[1:] if argv is None else list(argv)
     verb = next((a for a in argv if not a.startswith("-")), "")  # the top-level parser has only --help/--version
     try:
@@ -88,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     apply_threads(args)
     try:
         rc = args.func(args)
+        if argv_given is None:  # a program run (not a library call): its pool has nothing left to do
+            from zoomfeat.jobs import release_workers
+
+            release_workers()
     except ImportError as exc:  # plugins load on the first registry lookup, which may come in the handler
         if not is_plugin_error(exc):
             raise
