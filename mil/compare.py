@@ -137,6 +137,8 @@ def compare(cfg: dict | CompareConfig, out_dir: str | os.PathLike, jobs: int | N
         except ValueError as exc:  # a fold of this task could not be fitted: its other cells are not written
             warnings.warn(f"compare: task {tp.task['name']} skipped: {exc}", stacklevel=2)
             failed.append((tp.task["name"], str(exc)))
+    for _ in results:  # none is left: ends the pool call (else it is closed half-way when garbage-collected)
+        pass
     run_jobs(plot_jobs, jobs)  # each cell's ROC / KM plot, on the pool now that the folds are done
     if not long_rows:
         raise ValueError("compare: every task failed: " + "; ".join(f"{n}: {r}" for n, r in failed))

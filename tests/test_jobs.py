@@ -102,11 +102,21 @@ def test_release_workers_kills_the_idle_pool_and_a_later_call_starts_another():
     import zoomfeat.jobs as zj
 
     pids = {r[1] for r in run_jobs([(_pid_threads, (i,), {}) for i in range(4)], jobs=2)}
+    # a worker's tqdm lock holds no multiprocessing semaphore that killing it would leak
+    assert set(run_jobs([(_tqdm_lock_kind, (), {}) for _ in range(4)], jobs=2)) == {"RLock"}
     zj.release_workers()
     gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=10)
     assert not alive
     assert [r[0] for r in run_jobs([(_pid_threads, (i,), {}) for i in range(3)], jobs=2)] == [0, 1, 2]
     assert reusable_executor._executor is not None and not pids & {p.pid for p in psutil.Process().children()}
+
+
+def _tqdm_lock_kind() -> str:
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(2), disable=True):
+        pass
+    return type(tqdm.get_lock()).__name__.lstrip("_")
 
 
 def _blas_threads() -> list[int]:

@@ -128,7 +128,19 @@ def call_with_cores(cores: int, fn: Callable[..., Any], args: tuple, kwargs: dic
 
         threadpool_limits(cores)
         _blas_cores = cores
+        _thread_lock_for_tqdm()
     return fn(*args, **kwargs)
+
+
+def _thread_lock_for_tqdm() -> None:
+    """tqdm's default lock holds a multiprocessing semaphore; a worker that :func:`release_workers` kills could not
+    unlink it (the resource tracker then warns of a leak at exit), and bars in pool workers share no lock anyway."""
+    import threading
+
+    from tqdm.std import tqdm
+
+    if "_lock" not in vars(tqdm):
+        tqdm.set_lock(threading.RLock())
 
 
 def worker_count(jobs: int | None = None, n_jobs: int | None = None) -> int:
