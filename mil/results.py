@@ -100,20 +100,18 @@ def write_result(res: CVResult, out: Path, cfg, cohort: Cohort | None = None,
         with atomic_path(out / name) as tmp:
             df.to_csv(tmp, index=False)
     pd.DataFrame(res.skipped, columns=["slide", "reason"]).to_csv(out / "skipped.csv", index=False)
-    extra = ""
+    extra, job = "", None
     if cfg.plots and res.task == "survival":
         job = (plots.km_plot, (res.predictions, out / "km.png"), {"title": f"{cfg.model} — predicted risk groups"})
-        p = plots.km_logrank_p(res.predictions) if plot_jobs is not None else None
-        extra = "\nKaplan–Meier of out-of-fold risk groups (median split): log-rank p = {:.3g} (km.png)\n"
+        p = plots.km_logrank_p(res.predictions)
+        extra = f"\nKaplan–Meier of out-of-fold risk groups (median split): log-rank p = {p:.3g} (km.png)\n"
     elif cfg.plots:
         job = (plots.roc_plot, (res.predictions, res.classes, out / "roc.png"),
                {"title": f"{cfg.model} — {cfg.target}"})
-    if cfg.plots and plot_jobs is not None:
+    if job is not None and plot_jobs is not None:
         plot_jobs.append(job)
-    elif cfg.plots:
-        p = job[0](*job[1], **job[2])
-    if extra:
-        extra = extra.format(p)
+    elif job is not None:
+        job[0](*job[1], **job[2])
     lines = [f"# MIL cross-validation: {cfg.model} on {cfg.task} ({cfg.target or 'survival'})",
              "", f"bags: {cfg.bags} (mag {cfg.mag}), {len(res.predictions)} slides, "
              f"{res.metrics.shape[0]} folds, seed {cfg.seed}, skipped {len(res.skipped)}", "",
