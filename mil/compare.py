@@ -235,8 +235,9 @@ def _value_error_as_result(fn, args: tuple, kwargs: dict):
 def _finish_task(tp: TaskPlan, results, plot_jobs: list) -> list[dict]:
     """Take the task's fold results from ``results`` (the shared pool's, in plan order), write each cell's outputs
     while the workers go on with the next jobs, and return the summary rows, each carrying its per-split scores
-    (``_folds``) for the paired statistics; each cell's plot goes to ``plot_jobs``. On a ValueError (a fold's, or this task's outputs') the rest of the
-    task's results are taken before it is raised, so the next task reads its own."""
+    (``_folds``) for the paired statistics; each cell's plot goes to ``plot_jobs``. On a ValueError (a fold's, or
+    this task's outputs') the rest of the task's results are taken before it is raised, so the next task reads
+    its own."""
     long_rows, t = [], tp.task
     left = sum(len(p.calls) for p in tp.plans)
     try:

@@ -62,9 +62,10 @@ def risk_groups(risk: np.ndarray, n_groups: int = 2) -> np.ndarray:
     return np.searchsorted(edges, risk, side="right")
 
 
-def km_plot(pred: pd.DataFrame, path: str | os.PathLike, n_groups: int = 2, title: str = "") -> float:
+def km_plot(pred: pd.DataFrame, path: str | os.PathLike, n_groups: int = 2, title: str = "",
+            p: float | None = None) -> float:
     """Kaplan–Meier curves (lifelines) of out-of-fold risk groups; returns the log-rank p-value (multivariate
-    log-rank for more than two groups)."""
+    log-rank for more than two groups; ``p``: :func:`km_logrank_p` already computed for these predictions)."""
     from lifelines import KaplanMeierFitter
 
     plt = _plt()
@@ -76,7 +77,7 @@ def km_plot(pred: pd.DataFrame, path: str | os.PathLike, n_groups: int = 2, titl
         m = g == k
         if m.any():
             KaplanMeierFitter(label=f"{names[k]} (n={int(m.sum())})").fit(t[m], e[m]).plot_survival_function(ax=ax)
-    p = km_logrank_p(pred, n_groups)
+    p = km_logrank_p(pred, n_groups) if p is None else p
     ax.set(xlabel="time", ylabel="survival probability", title=(title or "Kaplan–Meier") + f"\nlog-rank p = {p:.3g}")
     _save(fig, path)
     return p

@@ -102,8 +102,9 @@ def write_result(res: CVResult, out: Path, cfg, cohort: Cohort | None = None,
     pd.DataFrame(res.skipped, columns=["slide", "reason"]).to_csv(out / "skipped.csv", index=False)
     extra, job = "", None
     if cfg.plots and res.task == "survival":
-        job = (plots.km_plot, (res.predictions, out / "km.png"), {"title": f"{cfg.model} — predicted risk groups"})
         p = plots.km_logrank_p(res.predictions)
+        job = (plots.km_plot, (res.predictions, out / "km.png"), {"title": f"{cfg.model} — predicted risk groups",
+                                                                  "p": p})
         extra = f"\nKaplan–Meier of out-of-fold risk groups (median split): log-rank p = {p:.3g} (km.png)\n"
     elif cfg.plots:
         job = (plots.roc_plot, (res.predictions, res.classes, out / "roc.png"),

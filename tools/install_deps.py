@@ -2,8 +2,9 @@
 
 uv installs the same packages as pip about six times faster (parallel download and unpacking: ≈ 30 s instead of
 ≈ 3 min for the CUDA torch build and its nvidia-* wheels; 90 s with the bytecode compiled, as pip does), so it is
-used when ``pip install uv`` works; pip is the fallback. uv does not read pip's configuration, so the indexes, find-links and constraints pip would use on this
-machine are passed on, and ``unsafe-best-match`` makes uv pick, like pip, the best version across all indexes.
+used when ``pip install uv`` works; pip is the fallback. uv does not read pip's configuration, so the indexes,
+find-links and constraints pip would use on this machine are passed on, and ``unsafe-best-match`` makes uv pick,
+like pip, the best version across all indexes.
 Standard library only: it runs before anything is installed.
 """
 from __future__ import annotations
